@@ -1,0 +1,3 @@
+from osmos.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""Shared plumbing of the op layer: argument validation, dtype codes, threads, streams.
+
+Every op validates in Python before native code runs, raising ValueError / TypeError with a
+message that names the argument, so bad input never reaches a kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+# Mirrors csrc/include/osmos/dtype.h.
+DTYPE_CODES = {
+    torch.float32: 0,
+    torch.float16: 1,
+    torch.bfloat16: 2,
+    torch.float64: 3,
+    torch.int64: 4,
+    torch.int32: 5,
+    torch.uint8: 6,
+}
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def dtype_code(t: torch.Tensor) -> int:
+    return DTYPE_CODES[t.dtype]
+
+
+def _names(dtypes: Iterable[torch.dtype]) -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def check_tensor(
+    name: str,
+    t,
+    *,
+    dtypes: Iterable[torch.dtype] | None = None,
+    ndim: int | None = None,
+    device: torch.device | None = None,
+    contiguous: bool = True,
+) -> None:
+    """Raise TypeError / ValueError naming `name` when `t` is not what a kernel accepts."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if dtypes is not None:
+        dtypes = tuple(dtypes)
+        if t.dtype not in dtypes:
+            raise TypeError(f"{name} must have dtype {_names(dtypes)}, got {str(t.dtype).replace('torch.', '')}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} must be on {device}, got {t.device}")
+    if contiguous and not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (call .contiguous() first)")
+
+
+def check_int(name: str, value, *, low: int | None = None, high: int | None = None) -> None:
+    """Raise TypeError / ValueError unless low <= value <= high."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
+
+
+def num_threads() -> int:
+    """Threads a CPU kernel may use: torch's intra-op setting."""
+    return max(1, torch.get_num_threads())
+
+
+def cuda_stream(t: torch.Tensor) -> int:
+    """Raw handle of the current CUDA stream on t's device."""
+    return torch.cuda.current_stream(t.device).cuda_stream
+
+
+def triton_interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET") == "1"

@@ -1,0 +1,169 @@
+"""TopK error-feedback compression: one EF21 worker step.
+
+With d = x - state (computed in state's dtype), select the k entries of largest |d|, return
+their values and int64 indices (ascending), and add the values into state in place, so
+state becomes the worker's new g_i.
+
+Selection is exact. Ties in |d| go to the lower index, so every backend returns the same set.
+NaN policy: a NaN in d ranks above every number, +inf included (as torch.topk ranks NaN);
+NaNs tie with one another, lower index first. -0.0 and +0.0 tie.
+
+The receiver side is `topk_decompress` (dense vector from (values, indices)) and
+`topk_accumulate_` (adds many workers' (values, indices) into a dense buffer).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+from osmos import _native
+from osmos.ops._common import (
+    FLOAT_DTYPES,
+    check_int,
+    check_tensor,
+    cuda_stream,
+    dtype_code,
+    num_threads,
+    triton_interpreting,
+)
+
+MAX_NUMEL = 2**31 - 1
+_NAN_KEY = 0x7F800001  # every NaN's |d| bit pattern is mapped here, just above +inf
+
+
+def validate(x: Tensor, state: Tensor, k: int) -> None:
+    check_tensor("x", x, dtypes=FLOAT_DTYPES)
+    check_tensor("state", state, dtypes=(x.dtype, torch.float32) if x.dtype != torch.float32 else (torch.float32,))
+    if state.shape != x.shape:
+        raise ValueError(f"state must have the shape of x {tuple(x.shape)}, got {tuple(state.shape)}")
+    if state.device != x.device:
+        raise ValueError(f"state must be on x's device {x.device}, got {state.device}")
+    if x.numel() > MAX_NUMEL:
+        raise ValueError(f"x has {x.numel()} elements; at most 2**31 - 1 are supported")
+    check_int("k", k, low=0, high=x.numel())
+
+
+def magnitude_keys(d: Tensor) -> Tensor:
+    """int32 keys that order |d| as the kernels do (NaNs canonicalised above +inf)."""
+    keys = d.float().abs().view(torch.int32)
+    return torch.where(keys > 0x7F800000, torch.full_like(keys, _NAN_KEY), keys)
+
+
+def reference_topk_compress(x: Tensor, state: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Pure-torch definition of the op (slow: a full stable sort)."""
+    d = (x.to(state.dtype) - state).reshape(-1)
+    keys = magnitude_keys(d)
+    order = torch.sort(keys, descending=True, stable=True).indices[:k]
+    indices = torch.sort(order).values
+    values = d[indices]
+    flat = state.view(-1)
+    flat[indices] = flat[indices] + values
+    return values, indices
+
+
+@torch.library.custom_op("osmos::topk_compress", mutates_args=("state",))
+def _topk_compress_op(x: Tensor, state: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    raise NotImplementedError(f"osmos::topk_compress has no kernel for device {x.device.type}")
+
+
+@_topk_compress_op.register_fake
+def _(x, state, k):
+    return x.new_empty(k, dtype=state.dtype), x.new_empty(k, dtype=torch.int64)
+
+
+def _alloc(x: Tensor, state: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    return torch.empty(k, dtype=state.dtype, device=x.device), torch.empty(k, dtype=torch.int64, device=x.device)
+
+
+def topk_compress_cpu(x: Tensor, state: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The C++ kernel (osmos._C); the reference when _C is not built."""
+    if not _native.has_cpu_kernel("topk_compress"):
+        return reference_topk_compress(x, state, k)
+    values, indices = _alloc(x, state, k)
+    _native.C.topk_compress(
+        x.data_ptr(), dtype_code(x), state.data_ptr(), dtype_code(state), x.numel(), k,
+        values.data_ptr(), indices.data_ptr(), num_threads(),
+    )
+    return values, indices
+
+
+def topk_compress_cuda_native(x: Tensor, state: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The CUDA kernel (osmos._cuda), on the current stream."""
+    values, indices = _alloc(x, state, k)
+    workspace = torch.empty(_native.CUDA.topk_compress_workspace_bytes(x.numel(), k), dtype=torch.uint8, device=x.device)
+    _native.CUDA.topk_compress(
+        x.data_ptr(), dtype_code(x), state.data_ptr(), dtype_code(state), x.numel(), k,
+        values.data_ptr(), indices.data_ptr(), workspace.data_ptr(), workspace.numel(), cuda_stream(x),
+    )
+    return values, indices
+
+
+def topk_compress_triton(x: Tensor, state: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    from osmos.triton_kernels.topk_compress import topk_compress as kernel
+
+    return kernel(x, state, k)
+
+
+def _gpu_backend() -> str:
+    """OSMOS_GPU_BACKEND=cuda|triton|torch overrides; otherwise the native kernel when built."""
+    choice = os.environ.get("OSMOS_GPU_BACKEND", "")
+    if choice:
+        return choice
+    if _native.has_cuda_kernel("topk_compress"):
+        return "cuda"
+    ok, _ = _native.triton_status()
+    return "triton" if ok else "torch"
+
+
+@_topk_compress_op.register_kernel("cpu")
+def _(x, state, k):
+    if triton_interpreting() and os.environ.get("OSMOS_CPU_BACKEND") == "triton":
+        return topk_compress_triton(x, state, k)
+    return topk_compress_cpu(x, state, k)
+
+
+@_topk_compress_op.register_kernel("cuda")
+def _(x, state, k):
+    backend = _gpu_backend()
+    if backend == "cuda":
+        return topk_compress_cuda_native(x, state, k)
+    if backend == "triton":
+        return topk_compress_triton(x, state, k)
+    return reference_topk_compress(x, state, k)
+
+
+def topk_compress(x: Tensor, state: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """One EF21 worker step: (values, indices) of TopK(x - state); state += those values.
+
+    Args:
+        x: the new gradient, any shape, float32 / float16 / bfloat16, contiguous.
+        state: the worker's g_i, same shape and device; x's dtype or float32. Updated in place.
+        k: entries to keep, 0 <= k <= x.numel().
+    Returns:
+        values [k] in state's dtype and indices [k] int64 into x.view(-1), ascending.
+    """
+    validate(x, state, k)
+    return _topk_compress_op(x, state, k)
+
+
+def topk_decompress(values: Tensor, indices: Tensor, n: int) -> Tensor:
+    """Dense vector of length n with values at indices (zeros elsewhere)."""
+    check_tensor("values", values, dtypes=FLOAT_DTYPES, contiguous=False)
+    check_tensor("indices", indices, dtypes=(torch.int64,), contiguous=False)
+    if values.shape != indices.shape:
+        raise ValueError(f"values and indices must have one shape, got {tuple(values.shape)} and {tuple(indices.shape)}")
+    check_int("n", n, low=0)
+    out = values.new_zeros(n)
+    return topk_accumulate_(out, values, indices)
+
+
+def topk_accumulate_(out: Tensor, values: Tensor, indices: Tensor, alpha: float = 1.0) -> Tensor:
+    """out[indices] += alpha * values, for values / indices of any matching shape
+    (e.g. [workers, k] from an all_gather). Repeated indices accumulate. Returns out."""
+    check_tensor("out", out, ndim=1, dtypes=FLOAT_DTYPES)
+    if values.shape != indices.shape:
+        raise ValueError(f"values and indices must have one shape, got {tuple(values.shape)} and {tuple(indices.shape)}")
+    return out.index_add_(0, indices.reshape(-1), values.reshape(-1).to(out.dtype), alpha=alpha)
