@@ -267,9 +267,10 @@ def train_spm(pipe, concept: str, surrogate: str = "", steps: int = 1000, lr: fl
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            bar.set_postfix(loss=float(loss), era=float(loss_era), la=float(loss_la))
+            values = {"loss": loss.item(), "erasure": loss_era.item(), "anchoring": loss_la.item()}
+            bar.set_postfix(values)
             if callback is not None:
-                callback(step, {"loss": float(loss), "erasure": float(loss_era), "anchoring": float(loss_la)})
+                callback(step, values)
             if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
                 _save_checkpoint(checkpoint, spm, opt, step + 1, generator)
     finally:
