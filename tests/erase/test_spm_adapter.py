@@ -192,3 +192,22 @@ def test_low_precision_unet():
     with torch.no_grad(), apply_spm(unet, [spm]):
         out = unet(latents.bfloat16(), t, encoder_hidden_states=text.bfloat16()).sample
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def test_torch_compile_fullgraph_with_spm_hooks():
+    from diffusers import Transformer2DModel
+
+    block = Transformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=16, norm_num_groups=8,
+                               cross_attention_dim=32).eval()
+    spm_a, spm_b = randomized(SPM.for_unet(block, "a"), 1), randomized(SPM.for_unet(block, "b"), 2)
+    # the attention / feed-forward block (diffusers' Transformer2DModel.forward itself warns,
+    # which dynamo cannot trace in fullgraph mode)
+    inner = block.transformer_blocks[0]
+    x, text = torch.randn(2, 16, 16), torch.randn(2, 3, 32)
+    with torch.no_grad(), apply_spm(block, [spm_a, spm_b], gamma=torch.tensor([[1.0, 0.2], [0.0, 0.7]])) as h:
+        eager = inner(x, encoder_hidden_states=text)
+        with h.disabled():
+            base = inner(x, encoder_hidden_states=text)
+        compiled = torch.compile(inner, fullgraph=True, backend="eager")
+        torch.testing.assert_close(compiled(x, encoder_hidden_states=text), eager)
+    assert not torch.allclose(eager, base)
