@@ -19,9 +19,10 @@ struct AdapterInjectArgs {
   int64_t batch, tokens, in, out_features, adapters;
 };
 
-// Rows [row_begin, row_end) with the portable path / the AVX-512 path; q is C floats of scratch.
-void adapter_inject_rows_scalar(const AdapterInjectArgs& a, int64_t row_begin, int64_t row_end, float* q);
-void adapter_inject_rows_avx512(const AdapterInjectArgs& a, int64_t row_begin, int64_t row_end, float* q);
+// Rows [row_begin, row_end) with the portable path / the AVX-512 path; scratch holds C + in + out
+// floats (the AVX-512 path uses the first C).
+void adapter_inject_rows_scalar(const AdapterInjectArgs& a, int64_t row_begin, int64_t row_end, float* scratch);
+void adapter_inject_rows_avx512(const AdapterInjectArgs& a, int64_t row_begin, int64_t row_end, float* scratch);
 
 // Whole op: splits rows over up to `threads` threads and picks the ISA path at run time.
 void adapter_inject(const AdapterInjectArgs& a, int threads);
