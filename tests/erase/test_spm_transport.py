@@ -96,3 +96,12 @@ def test_transformers_encoder_marks_special_and_padding():
     assert e.content.tolist() == [False, True, True, False, False, False]
     ft = FacilitatedTransport(encode, ["cat"])
     assert ft.gammas(["a cat"]).item() == 1.0
+
+
+def test_overlap_ignore_ids_drop_stop_words():
+    enc = CountingEncoder()
+    plain = FacilitatedTransport(enc, ["a cat"], rule=lambda p, c: 0.0)
+    assert plain.gammas(["a red car"]).item() == pytest.approx(0.5)
+    ignoring = FacilitatedTransport(enc, ["a cat"], rule=lambda p, c: 0.0, overlap_ignore_ids=[enc.words.ids("a")])
+    assert ignoring.gammas(["a red car"]).item() == 0.0
+    assert ignoring.gammas(["a cat on a mat"]).item() == 1.0

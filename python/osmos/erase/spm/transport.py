@@ -71,10 +71,10 @@ RULES: dict[str, Callable[[PromptEncoding, PromptEncoding], float]] = {
 }
 
 
-def token_overlap(prompt: PromptEncoding, concept: PromptEncoding) -> float:
-    """|T(p) & T(c)| / |T(c)| on content token ids."""
-    c = concept.content_ids()
-    return len(prompt.content_ids() & c) / len(c) if c else 0.0
+def token_overlap(prompt: PromptEncoding, concept: PromptEncoding, ignore: frozenset[int] = frozenset()) -> float:
+    """|T(p) & T(c)| / |T(c)| on content token ids, leaving out `ignore` (e.g. stop words)."""
+    c = concept.content_ids() - ignore
+    return len((prompt.content_ids() - ignore) & c) / len(c) if c else 0.0
 
 
 class FacilitatedTransport:
@@ -86,17 +86,20 @@ class FacilitatedTransport:
         factor: the facilitate factor f.
         rule: a name in RULES or a callable.
         use_token_overlap: include the token-overlap term.
+        overlap_ignore_ids: token ids the overlap term leaves out (stop words such as "a": with
+            them, every "a ..." prompt shares half of the concept "a cat").
     """
 
     def __init__(self, encode: Encoder, concepts: Sequence[str], factor: float = 1.0,
                  rule: str | Callable[[PromptEncoding, PromptEncoding], float] = "token_max",
-                 use_token_overlap: bool = True):
+                 use_token_overlap: bool = True, overlap_ignore_ids: Sequence[int] = ()):
         if isinstance(rule, str):
             if rule not in RULES:
                 raise ValueError(f"rule must be one of {sorted(RULES)} or a callable, got {rule!r}")
             rule = RULES[rule]
         self.encode, self.factor, self.rule, self.use_token_overlap = encode, float(factor), rule, use_token_overlap
         self.concepts = list(concepts)
+        self.overlap_ignore_ids = frozenset(int(i) for i in overlap_ignore_ids)
         self._concept_encodings = list(encode(self.concepts))
         self._cache: dict[str, Tensor] = {}
 
@@ -106,7 +109,7 @@ class FacilitatedTransport:
         for concept in self._concept_encodings:
             score = self.rule(prompt, concept)
             if self.use_token_overlap:
-                score = max(score, token_overlap(prompt, concept))
+                score = max(score, token_overlap(prompt, concept, self.overlap_ignore_ids))
             values.append(min(1.0, max(0.0, self.factor * score)))
         return torch.tensor(values, dtype=torch.float32)
 
