@@ -69,6 +69,7 @@ def test_anchor_acceptance_prefers_far_concepts_and_rescales():
 ANCHORS = ["a dog", "a red car", "a house", "a tree", "a boat", "the sea"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sd15", "sdxl"])
 def test_train_spm_few_steps(kind):
     pipe = tiny_pipe(kind)
@@ -86,6 +87,7 @@ def test_train_spm_few_steps(kind):
     assert not any(p.requires_grad for p in pipe.unet.parameters())
 
 
+@pytest.mark.slow
 def test_train_spm_resumes_exactly(tmp_path):
     """steps 0-1 straight == step 0, checkpoint, then step 1 resumed (params, Adam state, RNG)."""
     pipe = tiny_pipe("sd21")
