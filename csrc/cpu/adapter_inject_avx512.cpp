@@ -1,0 +1,106 @@
+// AVX-512 path of the fused rank-1 adapter injection (see adapter_inject.h): 16 channels per
+// vector, projections four adapters at a time so each x vector is loaded once per group,
+// then one pass over the output row that adds every adapter's scaled up-vector.
+#include <immintrin.h>
+
+#include <stdexcept>
+
+#include "cpu/adapter_inject.h"
+#include "osmos/dtype.h"
+
+namespace osmos::cpu {
+namespace {
+
+inline __mmask16 tail_mask(int64_t left) { return left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1); }
+
+struct F32 {
+  static __m512 load(const void* p, int64_t i, __mmask16 m) {
+    return _mm512_maskz_loadu_ps(m, static_cast<const float*>(p) + i);
+  }
+  static void store(void* p, int64_t i, __m512 v, __mmask16 m) { _mm512_mask_storeu_ps(static_cast<float*>(p) + i, m, v); }
+};
+struct F16 {
+  static __m512 load(const void* p, int64_t i, __mmask16 m) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(p) + i));
+  }
+  static void store(void* p, int64_t i, __m512 v, __mmask16 m) {
+    _mm256_mask_storeu_epi16(static_cast<uint16_t*>(p) + i, m, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+};
+struct BF16 {
+  static __m512 load(const void* p, int64_t i, __mmask16 m) {
+    __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(p) + i);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  // Round to nearest even; NaN stays a quiet NaN (as osmos::f32_to_bf16).
+  static void store(void* p, int64_t i, __m512 v, __mmask16 m) {
+    __m512i u = _mm512_castps_si512(v);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+    rounded = _mm512_mask_mov_epi32(rounded, nan, quiet);
+    _mm256_mask_storeu_epi16(static_cast<uint16_t*>(p) + i, m, _mm512_cvtepi32_epi16(rounded));
+  }
+};
+
+template <class E>
+void rows(const AdapterInjectArgs& a, int64_t r0, int64_t r1, float* q) {
+  const int64_t in = a.in, out = a.out_features, C = a.adapters;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t b = r / a.tokens;
+    const int64_t xo = r * in, yo = r * out;
+    int64_t k = 0;
+    for (; k + 4 <= C; k += 4) {
+      const float* d = a.down + k * in;
+      __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+      for (int64_t c = 0; c < in; c += 16) {
+        const __mmask16 m = tail_mask(in - c);
+        const __m512 xv = E::load(a.x, xo + c, m);
+        s0 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, d + c), s0);
+        s1 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, d + in + c), s1);
+        s2 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, d + 2 * in + c), s2);
+        s3 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, d + 3 * in + c), s3);
+      }
+      q[k] = _mm512_reduce_add_ps(s0);
+      q[k + 1] = _mm512_reduce_add_ps(s1);
+      q[k + 2] = _mm512_reduce_add_ps(s2);
+      q[k + 3] = _mm512_reduce_add_ps(s3);
+    }
+    for (; k < C; ++k) {
+      const float* d = a.down + k * in;
+      __m512 s0 = _mm512_setzero_ps(), s1 = s0;
+      int64_t c = 0;
+      for (; c + 32 <= in; c += 32) {
+        s0 = _mm512_fmadd_ps(E::load(a.x, xo + c, 0xffff), _mm512_loadu_ps(d + c), s0);
+        s1 = _mm512_fmadd_ps(E::load(a.x, xo + c + 16, 0xffff), _mm512_loadu_ps(d + c + 16), s1);
+      }
+      for (; c < in; c += 16) {
+        const __mmask16 m = tail_mask(in - c);
+        s0 = _mm512_fmadd_ps(E::load(a.x, xo + c, m), _mm512_maskz_loadu_ps(m, d + c), s0);
+      }
+      q[k] = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+    }
+    for (k = 0; k < C; ++k) q[k] *= a.gamma[b * C + k];
+    for (int64_t o = 0; o < out; o += 16) {
+      const __mmask16 m = tail_mask(out - o);
+      __m512 acc = E::load(a.y, yo + o, m);
+      for (k = 0; k < C; ++k)
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(q[k]), _mm512_maskz_loadu_ps(m, a.up + k * out + o), acc);
+      E::store(a.out, yo + o, acc, m);
+    }
+  }
+}
+
+}  // namespace
+
+void adapter_inject_rows_avx512(const AdapterInjectArgs& a, int64_t r0, int64_t r1, float* q) {
+  switch (DType(a.dtype)) {
+    case DType::f32: return rows<F32>(a, r0, r1, q);
+    case DType::f16: return rows<F16>(a, r0, r1, q);
+    case DType::bf16: return rows<BF16>(a, r0, r1, q);
+    default: throw std::invalid_argument("adapter_inject: x must be float32, float16 or bfloat16");
+  }
+}
+
+}  // namespace osmos::cpu

@@ -1,0 +1,278 @@
+"""Training an SPM: the ESD-form erasure loss, Latent Anchoring and the training loop.
+
+Batches are laid out in contiguous named blocks (BatchLayout) and split with the same layout,
+so the rows of a prediction are always the rows of the conditioning that produced them. (The
+reference code builds its anchor batch interleaved but splits it in halves, so half of its
+anchors are the empty prompt.)
+
+The pipe is anything with `unet`, `scheduler` (a diffusers scheduler with set_timesteps /
+step, e.g. DDIMScheduler), `encode_prompt(prompts) -> states [N, L, dim]` or
+`(states, added_cond_kwargs)` (batch-first tensors, e.g. SDXL's text_embeds / time_ids), and
+`latent_shape` (channels, height, width).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from osmos.erase.spm.adapter import SPM
+from osmos.erase.spm.inject import apply_spm
+
+
+# ---- batch layout -------------------------------------------------------------------------
+class BatchLayout:
+    """Named contiguous blocks of a batch, in order: e.g. [("target", 1), ("anchors", 4)]."""
+
+    def __init__(self, blocks: Sequence[tuple[str, int]]):
+        self.blocks = [(name, int(n)) for name, n in blocks if n > 0]
+        self.size = sum(n for _, n in self.blocks)
+
+    def cat(self, parts: dict[str, Tensor]) -> Tensor:
+        """One batch from {name: [n, ...]} in the layout's order."""
+        for name, n in self.blocks:
+            if parts[name].shape[0] != n:
+                raise ValueError(f"block {name!r} needs {n} rows, got {parts[name].shape[0]}")
+        return torch.cat([parts[name] for name, _ in self.blocks])
+
+    def split(self, batch: Tensor) -> dict[str, Tensor]:
+        """{name: rows} of a batch laid out by cat."""
+        if batch.shape[0] != self.size:
+            raise ValueError(f"batch has {batch.shape[0]} rows, the layout {self.size}")
+        return dict(zip([name for name, _ in self.blocks], batch.split([n for _, n in self.blocks])))
+
+
+# ---- losses -------------------------------------------------------------------------------
+def erasure_target(eps_target: Tensor, eps_surrogate: Tensor, eta: float = 1.0) -> Tensor:
+    """eps(c_sur) - eta (eps(c_tar) - eps(c_sur)): where the base model's prediction for the
+    concept is pushed (both from the frozen base model)."""
+    return eps_surrogate - eta * (eps_target - eps_surrogate)
+
+
+def erasure_loss(eps_adapted_target: Tensor, eps_base_target: Tensor, eps_base_surrogate: Tensor, eta: float = 1.0) -> Tensor:
+    """L_era = mean || eps_{theta+SPM}(x_t, c_tar) - erasure_target ||^2."""
+    target = erasure_target(eps_base_target, eps_base_surrogate, eta).detach()
+    return torch.nn.functional.mse_loss(eps_adapted_target.float(), target.float())
+
+
+def anchoring_loss(eps_adapted_anchors: Tensor, eps_base_anchors: Tensor) -> Tensor:
+    """L_LA = mean over anchors || eps_{theta+SPM}(x_t, a) - eps_theta(x_t, a) ||^2 (0 without anchors)."""
+    if eps_adapted_anchors.shape[0] == 0:
+        return eps_adapted_anchors.new_zeros((), dtype=torch.float32)
+    return torch.nn.functional.mse_loss(eps_adapted_anchors.float(), eps_base_anchors.detach().float())
+
+
+# ---- anchors ------------------------------------------------------------------------------
+def pooled(states: Tensor, content: Tensor | None = None) -> Tensor:
+    """Mean over content tokens: [N, L, dim] (+ mask [N, L]) -> [N, dim]."""
+    if content is None:
+        return states.float().mean(1)
+    w = content.float()[..., None]
+    return (states.float() * w).sum(1) / w.sum(1).clamp_min(1)
+
+
+class AnchorSampler:
+    """Anchor embeddings for Latent Anchoring: vocabulary entries accepted with probability
+    ((1 - cos(pooled(a), pooled(target))) / max)^power, so concepts far from the target are
+    kept more often (measured on pooled content tokens, not on flattened 77 x dim vectors where
+    everything is near-orthogonal), then rescaled to the target's norm x U(low, high), plus
+    optional Gaussian perturbation of relative size `perturb`.
+
+    Args:
+        vocab_states: [V, L, dim] encoder states of the vocabulary prompts.
+        target_states: [L, dim] the concept's states.
+        vocab_content / target_content: content-token masks (None = all tokens).
+    """
+
+    def __init__(self, vocab_states: Tensor, target_states: Tensor, vocab_content: Tensor | None = None,
+                 target_content: Tensor | None = None, power: float = 1.0, norm_range: tuple[float, float] = (0.8, 1.2),
+                 perturb: float = 0.0):
+        if vocab_states.dim() != 3 or vocab_states.shape[1:] != target_states.shape:
+            raise ValueError(f"vocab_states must be [V, {', '.join(map(str, target_states.shape))}], got {tuple(vocab_states.shape)}")
+        self.vocab = vocab_states.float()
+        self.target_norm = float(target_states.float().norm())
+        tgt = pooled(target_states[None], None if target_content is None else target_content[None])
+        cos = torch.nn.functional.cosine_similarity(pooled(vocab_states, vocab_content), tgt, dim=-1)
+        self.distance = (1 - cos).clamp_min(0)
+        self.accept = (self.distance / self.distance.max().clamp_min(1e-12)) ** power
+        self.norm_range, self.perturb = norm_range, perturb
+
+    def sample_indices(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n vocabulary indices drawn by rejection with the acceptance probabilities."""
+        if float(self.accept.max()) <= 0:
+            raise ValueError("no vocabulary entry differs from the target; add more anchor prompts")
+        picked: list[int] = []
+        while len(picked) < n:
+            idx = torch.randint(len(self.vocab), (4 * n,), generator=generator)
+            keep = torch.rand(4 * n, generator=generator) < self.accept[idx]
+            picked.extend(idx[keep].tolist())
+        return torch.tensor(picked[:n], dtype=torch.long)
+
+    def embed(self, indices: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """[n, L, dim] anchors for the given vocabulary indices (rescaled, perturbed)."""
+        a = self.vocab[indices]
+        if self.perturb:
+            a = a + self.perturb * a.std() * torch.randn(a.shape, generator=generator)
+        low, high = self.norm_range
+        scale = low + (high - low) * torch.rand(len(indices), generator=generator)
+        return a * (self.target_norm * scale / a.flatten(1).norm(dim=1).clamp_min(1e-12))[:, None, None]
+
+
+# ---- training -----------------------------------------------------------------------------
+@dataclass
+class TrainSettings:
+    concept: str
+    surrogate: str = ""
+    steps: int = 1000
+    lr: float = 1e-4
+    la_strength: float = 1000.0
+    anchors_per_step: int = 4
+    eta: float = 1.0
+    scale: float = 1.0
+    sampling_steps: int = 30
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def _encode(pipe, prompts: Sequence[str]) -> tuple[Tensor, dict]:
+    out = pipe.encode_prompt(list(prompts))
+    states, added = (out, {}) if isinstance(out, Tensor) else out
+    return states, dict(added or {})
+
+
+def _cat_added(layout: BatchLayout, parts: dict[str, dict]) -> dict:
+    keys = next(iter(parts.values())).keys()
+    return {k: layout.cat({name: parts[name][k] for name, _ in layout.blocks}) for k in keys}
+
+
+def _unet(pipe, latents: Tensor, t, states: Tensor, added: dict) -> Tensor:
+    kwargs = {"added_cond_kwargs": added} if added else {}
+    return pipe.unet(latents, t, encoder_hidden_states=states, **kwargs).sample
+
+
+def _save_checkpoint(path: Path, spm: SPM, opt: torch.optim.Optimizer, step: int, generator: torch.Generator) -> None:
+    tensors = {f"spm.{k}": v for k, v in spm.state_tensors().items()}
+    for i, p in enumerate(spm.parameters()):
+        for k, v in opt.state.get(p, {}).items():
+            tensors[f"opt.{i}.{k}"] = v.detach().cpu().reshape(-1) if v.dim() == 0 else v.detach().cpu()
+    tensors["rng"] = generator.get_state()
+    meta = {"step": str(step), "spm": json.dumps(spm.metadata())}
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def _load_checkpoint(path: Path, spm: SPM, opt: torch.optim.Optimizer, generator: torch.Generator) -> int:
+    from safetensors import safe_open
+
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    loaded = SPM.from_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("spm.")}, json.loads(meta["spm"]))
+    with torch.no_grad():
+        for p, q in zip(spm.parameters(), loaded.parameters()):
+            p.copy_(q)
+    for i, p in enumerate(spm.parameters()):
+        state = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"opt.{i}.")}
+        if state:
+            if "step" in state:
+                state["step"] = state["step"].reshape(())
+            opt.state[p] = {k: v.to(p.device) for k, v in state.items()}
+    generator.set_state(tensors["rng"])
+    return int(meta["step"])
+
+
+def train_spm(pipe, concept: str, surrogate: str = "", steps: int = 1000, lr: float = 1e-4, la_strength: float = 1000.0,
+              anchors: AnchorSampler | Sequence[str] | None = None, anchors_per_step: int = 4, eta: float = 1.0,
+              scale: float = 1.0, sampling_steps: int = 30, seed: int = 0, checkpoint: str | Path | None = None,
+              checkpoint_every: int = 100, progress: bool = True, callback=None) -> SPM:
+    """Train an SPM that erases `concept` (mapping it to `surrogate`) from pipe.unet.
+
+    Each step: draw noise, denoise it with the adapted UNet on the concept for a random number
+    n < sampling_steps of scheduler steps (no grad) to get x_t; predict with the frozen base on
+    [target | surrogate | anchors] and with the adapted UNet on [target | anchors]; minimise
+    erasure_loss + la_strength * anchoring_loss with Adam on the SPM only.
+
+    Args:
+        anchors: an AnchorSampler, a vocabulary of anchor prompts (encoded once, sampled by
+            distance), or None (no Latent Anchoring).
+        checkpoint: a file to resume from (if present) and to save to every checkpoint_every
+            steps and at the end (safetensors: SPM, optimizer state, RNG, step).
+        callback: called as callback(step, {"loss", "erasure", "anchoring"}) after each step.
+    Returns:
+        the trained SPM (on the UNet's device; call .save(path) to write it).
+    """
+    unet = pipe.unet
+    device = next(unet.parameters()).device
+    dtype = next(unet.parameters()).dtype
+    settings = TrainSettings(concept, surrogate, steps, lr, la_strength, anchors_per_step, eta, scale, sampling_steps, seed)
+    generator = torch.Generator().manual_seed(seed)
+    spm = SPM.for_unet(unet, concept, surrogate, scale, settings=settings.__dict__, generator=generator).to(device)
+    unet.requires_grad_(False)
+    opt = torch.optim.Adam(spm.parameters(), lr=lr)
+
+    tar_states, tar_added = _encode(pipe, [concept])
+    sur_states, sur_added = _encode(pipe, [surrogate])
+    vocab_added: dict = {}
+    if isinstance(anchors, (list, tuple)):
+        vocab_states, vocab_added = _encode(pipe, anchors)
+        anchors = AnchorSampler(vocab_states, tar_states[0])
+    n_anchor = anchors_per_step if anchors is not None and la_strength > 0 else 0
+
+    start = 0
+    checkpoint = Path(checkpoint) if checkpoint else None
+    if checkpoint is not None and checkpoint.exists():
+        start = _load_checkpoint(checkpoint, spm, opt, generator)
+
+    handle = apply_spm(unet, [spm])
+    try:
+        bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc=f"SPM {concept!r}")
+        for step in bar:
+            pipe.scheduler.set_timesteps(sampling_steps)
+            n = int(torch.randint(sampling_steps, (1,), generator=generator))
+            latents = torch.randn((1, *pipe.latent_shape), generator=generator).to(device, dtype)
+            latents = latents * pipe.scheduler.init_noise_sigma
+            with torch.no_grad():
+                for t in pipe.scheduler.timesteps[:n]:
+                    eps = _unet(pipe, pipe.scheduler.scale_model_input(latents, t), t, tar_states, tar_added)
+                    latents = pipe.scheduler.step(eps, t, latents).prev_sample
+            t = pipe.scheduler.timesteps[n]
+            x_t = pipe.scheduler.scale_model_input(latents, t)
+
+            states = {"target": tar_states, "surrogate": sur_states}
+            added = {"target": tar_added, "surrogate": sur_added}
+            if n_anchor:
+                idx = anchors.sample_indices(n_anchor, generator)
+                states["anchors"] = anchors.embed(idx, generator).to(device, dtype)
+                added["anchors"] = {k: v[idx] for k, v in vocab_added.items()} if vocab_added else \
+                    {k: v.expand(n_anchor, *v.shape[1:]) for k, v in tar_added.items()}
+            base_layout = BatchLayout([("target", 1), ("surrogate", 1), ("anchors", n_anchor)])
+            spm_layout = BatchLayout([("target", 1), ("anchors", n_anchor)])
+
+            with torch.no_grad(), handle.disabled():
+                base = base_layout.split(_unet(pipe, x_t.expand(base_layout.size, -1, -1, -1), t,
+                                               base_layout.cat(states), _cat_added(base_layout, added) if tar_added else {}))
+            adapted = spm_layout.split(_unet(pipe, x_t.expand(spm_layout.size, -1, -1, -1), t,
+                                             spm_layout.cat(states), _cat_added(spm_layout, added) if tar_added else {}))
+            loss_era = erasure_loss(adapted["target"], base["target"], base["surrogate"], eta)
+            loss_la = anchoring_loss(adapted["anchors"], base["anchors"]) if n_anchor else loss_era.new_zeros(())
+            loss = loss_era + la_strength * loss_la
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            values = {"loss": loss.item(), "erasure": loss_era.item(), "anchoring": loss_la.item()}
+            bar.set_postfix(values)
+            if callback is not None:
+                callback(step, values)
+            if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+                _save_checkpoint(checkpoint, spm, opt, step + 1, generator)
+    finally:
+        handle.remove()
+    return spm

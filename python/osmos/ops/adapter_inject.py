@@ -1,0 +1,167 @@
+"""Fused injection of C rank-1 (one-dimensional) adapters into a layer's output.
+
+    out = y + ((x @ D^T) * gamma[:, None, :]) @ U
+
+per sample b and token t: out[b, t] = y[b, t] + sum_k gamma[b, k] (D[k] . x[b, t]) U[k].
+This is what an SPM-adapted Linear adds to its base output (Lyu et al., CVPR 2024), for several
+adapters at once, each sample of the batch with its own strengths (compare Punica's BGMV).
+
+Layout: x [B, ..., in] and y [B, ..., out] are token-major (channels last), as a diffusers
+Linear sees them. A 1x1 Conv's NCHW tensors are turned token-major by the caller
+(osmos.erase.spm does this for SD 1.x's proj_in / proj_out); the op itself takes one layout.
+
+Numerics: x, y and the result share one dtype (float32 / float16 / bfloat16); D, U and gamma
+may be any float dtype and are used in float32; projections and sums accumulate in float32.
+
+`adapter_inject` is functional and differentiable (gradients for y, x, D, U and gamma), so
+SPM training runs through it. `adapter_inject_` writes into y (inference only).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+from osmos import _native
+from osmos.ops._common import FLOAT_DTYPES, check_tensor, dtype_code, num_threads, triton_interpreting
+
+
+def validate(y: Tensor, x: Tensor, down: Tensor, up: Tensor, gamma: Tensor) -> None:
+    check_tensor("x", x, dtypes=FLOAT_DTYPES)
+    if x.dim() < 2:
+        raise ValueError(f"x must be [batch, ..., in] (at least 2-D), got shape {tuple(x.shape)}")
+    check_tensor("y", y, dtypes=(x.dtype,))
+    check_tensor("down", down, dtypes=FLOAT_DTYPES + (torch.float64,), ndim=2, contiguous=False)
+    check_tensor("up", up, dtypes=FLOAT_DTYPES + (torch.float64,), ndim=2, contiguous=False)
+    check_tensor("gamma", gamma, dtypes=FLOAT_DTYPES + (torch.float64,), ndim=2, contiguous=False)
+    adapters, features_in = down.shape
+    if features_in != x.shape[-1]:
+        raise ValueError(f"down must be [C, in] with in = x.shape[-1] = {x.shape[-1]}, got {tuple(down.shape)}")
+    if y.dim() != x.dim() or y.shape[:-1] != x.shape[:-1]:
+        raise ValueError(f"y must be x's shape with the last dim replaced, x {tuple(x.shape)}, y {tuple(y.shape)}")
+    if up.shape != (adapters, y.shape[-1]):
+        raise ValueError(f"up must be [C, out] = [{adapters}, {y.shape[-1]}], got {tuple(up.shape)}")
+    if gamma.shape != (x.shape[0], adapters):
+        raise ValueError(f"gamma must be [batch, C] = [{x.shape[0]}, {adapters}], got {tuple(gamma.shape)}")
+    for name, t in (("y", y), ("down", down), ("up", up), ("gamma", gamma)):
+        if t.device != x.device:
+            raise ValueError(f"{name} must be on x's device {x.device}, got {t.device}")
+
+
+def reference_adapter_inject(y: Tensor, x: Tensor, down: Tensor, up: Tensor, gamma: Tensor) -> Tensor:
+    """Pure-torch definition of the op (float32 math, result in y's dtype)."""
+    batch = x.shape[0]
+    xf = x.float().reshape(batch, -1, x.shape[-1])
+    q = (xf @ down.float().T) * gamma.float()[:, None, :]
+    out = y.float().reshape(batch, -1, y.shape[-1]) + q @ up.float()
+    return out.reshape(y.shape).to(y.dtype)
+
+
+def _f32(t: Tensor) -> Tensor:
+    return t.to(torch.float32).contiguous()
+
+
+def _run_cpu(out: Tensor, y: Tensor, x: Tensor, down: Tensor, up: Tensor, gamma: Tensor) -> None:
+    if triton_interpreting() and os.environ.get("OSMOS_CPU_BACKEND") == "triton":
+        _run_triton(out, y, x, down, up, gamma)
+    elif _native.has_cpu_kernel("adapter_inject"):
+        d, u, g = _f32(down), _f32(up), _f32(gamma)
+        batch, features_in, features_out = x.shape[0], x.shape[-1], y.shape[-1]
+        tokens = (y.numel() // features_out if features_out else x.numel() // max(features_in, 1)) // max(batch, 1)
+        _native.C.adapter_inject(
+            x.data_ptr(), y.data_ptr(), out.data_ptr(), d.data_ptr(), u.data_ptr(), g.data_ptr(), dtype_code(x),
+            batch, tokens, features_in, features_out, d.shape[0], num_threads(),
+        )
+    else:
+        out.copy_(reference_adapter_inject(y, x, down, up, gamma))
+
+
+def _run_triton(out: Tensor, y: Tensor, x: Tensor, down: Tensor, up: Tensor, gamma: Tensor) -> None:
+    from osmos.triton_kernels.adapter_inject import adapter_inject as kernel
+
+    kernel(out, y, x, _f32(down), _f32(up), _f32(gamma))
+
+
+def _run_cuda(out: Tensor, y: Tensor, x: Tensor, down: Tensor, up: Tensor, gamma: Tensor) -> None:
+    """Triton when usable (OSMOS_GPU_BACKEND=torch forces the reference)."""
+    ok, _ = _native.triton_status()
+    if ok and os.environ.get("OSMOS_GPU_BACKEND", "triton") != "torch":
+        _run_triton(out, y, x, down, up, gamma)
+    else:
+        out.copy_(reference_adapter_inject(y, x, down, up, gamma))
+
+
+def _run(out: Tensor, y: Tensor, x: Tensor, down: Tensor, up: Tensor, gamma: Tensor) -> None:
+    (_run_cuda if x.device.type == "cuda" else _run_cpu)(out, y, x, down, up, gamma)
+
+
+@torch.library.custom_op("osmos::adapter_inject", mutates_args=())
+def _adapter_inject_op(y: Tensor, x: Tensor, down: Tensor, up: Tensor, gamma: Tensor) -> Tensor:
+    out = torch.empty_like(y)
+    _run(out, y, x, down, up, gamma)
+    return out
+
+
+@_adapter_inject_op.register_fake
+def _(y, x, down, up, gamma):
+    return torch.empty_like(y)
+
+
+@torch.library.custom_op("osmos::adapter_inject_", mutates_args=("y",))
+def _adapter_inject_inplace_op(y: Tensor, x: Tensor, down: Tensor, up: Tensor, gamma: Tensor) -> None:
+    _run(y, y, x, down, up, gamma)
+
+
+@_adapter_inject_inplace_op.register_fake
+def _(y, x, down, up, gamma):
+    return None
+
+
+def _setup_context(ctx, inputs, output):
+    _, x, down, up, gamma = inputs
+    ctx.save_for_backward(x, down, up, gamma)
+
+
+def _backward(ctx, grad_out):
+    x, down, up, gamma = ctx.saved_tensors
+    batch = x.shape[0]
+    g = grad_out.reshape(batch, -1, grad_out.shape[-1]).float()
+    xf = x.reshape(batch, -1, x.shape[-1]).float()
+    p = xf @ down.float().T                          # [B, T, C] projections
+    gq = g @ up.float().T                            # dL/dq, q = p * gamma
+    gamma_f = gamma.float()[:, None, :]
+    gp = gq * gamma_f
+    grad_x = (gp @ down.float()).reshape(x.shape).to(x.dtype) if ctx.needs_input_grad[1] else None
+    grad_down = torch.einsum("btc,bti->ci", gp, xf).to(down.dtype) if ctx.needs_input_grad[2] else None
+    grad_up = torch.einsum("btc,bto->co", p * gamma_f, g).to(up.dtype) if ctx.needs_input_grad[3] else None
+    grad_gamma = (gq * p).sum(1).to(gamma.dtype) if ctx.needs_input_grad[4] else None
+    return grad_out, grad_x, grad_down, grad_up, grad_gamma
+
+
+_adapter_inject_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def adapter_inject(y: Tensor, x: Tensor, down: Tensor, up: Tensor, gamma: Tensor) -> Tensor:
+    """y + ((x @ down^T) * gamma) @ up, fused (one pass over x and y per row of tokens).
+
+    Args:
+        y: the base layer's output [B, ..., out], contiguous, x's dtype.
+        x: the layer's input [B, ..., in], contiguous, float32 / float16 / bfloat16.
+        down: D [C, in] (rows d_k), any float dtype.
+        up: U [C, out] (rows u_k; fold a strength s_k in here or in gamma).
+        gamma: per-sample, per-adapter strengths [B, C].
+    Returns:
+        a new tensor shaped like y. Differentiable in every input.
+    """
+    validate(y, x, down, up, gamma)
+    return _adapter_inject_op(y, x, down, up, gamma)
+
+
+def adapter_inject_(y: Tensor, x: Tensor, down: Tensor, up: Tensor, gamma: Tensor) -> Tensor:
+    """In-place variant of `adapter_inject`: y += ((x @ down^T) * gamma) @ up; returns y.
+    Not differentiable (use it under torch.no_grad / inference_mode)."""
+    validate(y, x, down, up, gamma)
+    _adapter_inject_inplace_op(y, x, down, up, gamma)
+    return y

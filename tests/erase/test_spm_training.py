@@ -1,0 +1,102 @@
+"""SPM training pieces: batch layout (no interleaving mix-up), losses, anchor sampling, and a
+few train_spm steps on tiny UNets (finite loss, adapter moves, base frozen, resumable)."""
+
+import pytest
+import torch
+
+from osmos.erase.spm import AnchorSampler, BatchLayout, anchoring_loss, erasure_loss, erasure_target, train_spm
+from spm_tiny import TEXT_DIM, tiny_pipe, tiny_unet
+
+
+def test_layout_rows_belong_to_their_block():
+    """Anchor predictions taken from the batch equal each anchor's prediction alone (the reference
+    code laid anchors out interleaved and split in halves, mixing anchors with empty prompts)."""
+    unet = tiny_unet("sd15")
+    text = {"target": torch.randn(1, 5, 32), "surrogate": torch.randn(1, 5, 32), "anchors": torch.randn(4, 5, 32)}
+    layout = BatchLayout([("target", 1), ("surrogate", 1), ("anchors", 4)])
+    latents = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        out = layout.split(unet(latents.expand(6, -1, -1, -1), 10, encoder_hidden_states=layout.cat(text)).sample)
+        for name, states in text.items():
+            for i in range(states.shape[0]):
+                alone = unet(latents, 10, encoder_hidden_states=states[i : i + 1]).sample
+                torch.testing.assert_close(out[name][i : i + 1], alone, rtol=1e-4, atol=1e-5)
+    assert [n for n, _ in layout.blocks] == ["target", "surrogate", "anchors"]
+
+
+def test_layout_errors_and_empty_blocks():
+    layout = BatchLayout([("target", 1), ("anchors", 0)])
+    assert layout.size == 1 and list(layout.split(torch.zeros(1, 2))) == ["target"]
+    with pytest.raises(ValueError, match="needs 2 rows"):
+        BatchLayout([("a", 2)]).cat({"a": torch.zeros(1)})
+    with pytest.raises(ValueError, match="batch has"):
+        BatchLayout([("a", 2)]).split(torch.zeros(3))
+
+
+def test_losses():
+    tar, sur = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    torch.testing.assert_close(erasure_target(tar, sur, 1.0), 2 * sur - tar)
+    torch.testing.assert_close(erasure_target(tar, sur, 0.0), sur)
+    assert erasure_loss(2 * sur - tar, tar, sur).item() == pytest.approx(0.0, abs=1e-7)
+    assert erasure_loss(tar, tar, sur).item() == pytest.approx(((2 * (tar - sur)) ** 2).mean().item(), rel=1e-5)
+    a = torch.randn(3, 4, 8, 8)
+    assert anchoring_loss(a, a).item() == 0.0
+    assert anchoring_loss(a[:0], a[:0]).item() == 0.0
+
+
+def test_anchor_acceptance_prefers_far_concepts_and_rescales():
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(6, 16, generator=g)
+    near = target[None] + 0.3 * torch.randn(50, 6, 16, generator=g)
+    far = torch.randn(50, 6, 16, generator=g)
+    vocab = torch.cat([near, far])
+    sampler = AnchorSampler(vocab, target, power=2.0)
+    idx = sampler.sample_indices(400, g)
+    far_share = (idx >= 50).float().mean().item()
+    uniform = AnchorSampler(vocab, target, power=0.0).sample_indices(400, g)
+    assert far_share > 0.8  # distance weighting measurably shifts the anchors
+    assert 0.4 < (uniform >= 50).float().mean().item() < 0.6
+    assert sampler.distance[50:].mean() > 3 * sampler.distance[:50].mean()
+    anchors = sampler.embed(idx[:20], g)
+    ratio = anchors.flatten(1).norm(dim=1) / target.norm()
+    assert ((ratio > 0.8 - 1e-5) & (ratio < 1.2 + 1e-5)).all()
+    perturbed = AnchorSampler(vocab, target, perturb=0.5).embed(idx[:1], g)
+    assert not torch.allclose(perturbed / perturbed.norm(), anchors[:1] / anchors[:1].norm())
+    with pytest.raises(ValueError, match="vocab_states must be"):
+        AnchorSampler(vocab[:, :3], target)
+
+
+ANCHORS = ["a dog", "a red car", "a house", "a tree", "a boat", "the sea"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sd15", "sdxl"])
+def test_train_spm_few_steps(kind):
+    pipe = tiny_pipe(kind)
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    losses = []
+    spm = train_spm(pipe, "a cat", steps=3, lr=1e-2, la_strength=10.0, anchors=ANCHORS, anchors_per_step=2,
+                    sampling_steps=3, progress=False, callback=lambda s, l: losses.append(l))
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(l["loss"])) for l in losses)
+    assert all(l["anchoring"] >= 0 for l in losses) and losses[-1]["anchoring"] > 0
+    assert any(u.abs().sum() > 0 for u in spm.up)
+    assert spm.concept == "a cat" and spm.settings["la_strength"] == 10.0
+    for k, v in pipe.unet.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert not any(m._forward_hooks for m in pipe.unet.modules())
+    assert not any(p.requires_grad for p in pipe.unet.parameters())
+
+
+@pytest.mark.slow
+def test_train_spm_resumes_exactly(tmp_path):
+    """steps 0-1 straight == step 0, checkpoint, then step 1 resumed (params, Adam state, RNG)."""
+    pipe = tiny_pipe("sd21")
+    straight = []
+    kw = dict(steps=2, lr=1e-2, la_strength=0.0, sampling_steps=2, progress=False, seed=3)
+    full = train_spm(pipe, "a cat", callback=lambda s, l: straight.append(l["loss"]), **kw)
+    ckpt = tmp_path / "ckpt.safetensors"
+    train_spm(pipe, "a cat", checkpoint=ckpt, checkpoint_every=1, **{**kw, "steps": 1})
+    resumed = train_spm(pipe, "a cat", checkpoint=ckpt, **kw)
+    for p, q in zip(full.parameters(), resumed.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+    assert all(torch.isfinite(torch.tensor(straight)))
