@@ -25,6 +25,16 @@ _LEVELS = ((21, 0x7FF), (10, 0x7FF), (0, 0x3FF))  # (shift, digit mask) per radi
 
 
 @triton.jit
+def _widen(v):
+    """v as float32, exactly. bfloat16 is widened by hand: the interpreter's cast flushes
+    bfloat16 subnormals to zero."""
+    if v.dtype == tl.bfloat16:
+        return (v.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    else:
+        return v.to(tl.float32)
+
+
+@triton.jit
 def _round_to(v, dtype: tl.constexpr):
     """float32 v rounded to dtype, nearest-even. bfloat16 is rounded by hand: the interpreter's
     float32 -> bfloat16 cast truncates."""
@@ -40,10 +50,10 @@ def _round_to(v, dtype: tl.constexpr):
 @triton.jit
 def _diff_and_key(x_ptr, s_ptr, offs, valid):
     """d = x - state rounded to state's dtype, and its magnitude key (int32, NaNs canonical)."""
-    xv = tl.load(x_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+    xv = _widen(tl.load(x_ptr + offs, mask=valid, other=0.0))
     sv = tl.load(s_ptr + offs, mask=valid, other=0.0)
-    d = _round_to(xv - sv.to(tl.float32), sv.dtype)
-    bits = d.to(tl.float32).to(tl.int32, bitcast=True) & 0x7FFFFFFF
+    d = _round_to(xv - _widen(sv), sv.dtype)
+    bits = _widen(d).to(tl.int32, bitcast=True) & 0x7FFFFFFF
     key = tl.where(bits > 0x7F800000, 0x7F800001, bits)
     return d, key, sv
 
@@ -86,7 +96,7 @@ def _emit_kernel(x_ptr, s_ptr, n, quota_ptr, offset_ptr, values_ptr, indices_ptr
     position = tl.load(offset_ptr + pid) + (tl.cumsum(take_i, axis=0) - take_i).to(tl.int64)
     tl.store(values_ptr + position, d, mask=take)
     tl.store(indices_ptr + position, offs, mask=take)
-    tl.store(s_ptr + offs, _round_to(sv.to(tl.float32) + d.to(tl.float32), sv.dtype), mask=take)
+    tl.store(s_ptr + offs, _round_to(_widen(sv) + _widen(d), sv.dtype), mask=take)
 
 
 def _threshold(x: torch.Tensor, state: torch.Tensor, n: int, k: int, grid: tuple) -> tuple[int, int, int]:
