@@ -47,10 +47,11 @@ int64_t candidates_scalar(const void* xv, const void* sv, int64_t begin, int64_t
   return count;
 }
 
-// Runs fn(part) for parts 0..parts-1, one thread each.
+// Runs fn(part) for parts 0..parts-1: one thread each when `parallel`, else all on this thread
+// (small work: a thread start costs more than it saves, most of all on a busy machine).
 template <class F>
-void run_parts(int parts, F&& fn) {
-  parallel_chunks(parts, parts, [&](int, int64_t begin, int64_t end) {
+void run_parts(int parts, bool parallel, F&& fn) {
+  parallel_chunks(parts, parallel ? parts : 1, [&](int, int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) fn(int(p));
   });
 }
@@ -90,7 +91,7 @@ struct CandidateSource {
 // Exact top-k of src by key, ties to the lower index: calls emit(position, index, d) for each
 // winner, positions ascending with index. take_all (k == total) skips the select.
 template <class Src, class Emit>
-void select_and_emit(const Src& src, int parts, int64_t k, bool take_all, Emit&& emit) {
+void select_and_emit(const Src& src, int parts, bool parallel, int64_t k, bool take_all, Emit&& emit) {
   uint32_t prefix = 0, mask = 0;  // winners: (key & mask) > prefix, or == prefix up to the tie quota
   int64_t ties_needed = k;
   std::vector<int64_t> above(parts, 0), ties(parts, 0);
@@ -101,7 +102,7 @@ void select_and_emit(const Src& src, int parts, int64_t k, bool take_all, Emit&&
     for (int level = 0; level < topk::kLevels; ++level) {
       const int shift = topk::level_shift(level);
       const uint32_t digit = topk::level_digit_mask(level);
-      run_parts(parts, [&](int p) {
+      run_parts(parts, parallel, [&](int p) {
         auto& h = hist[p];
         h.fill(0);
         src.scan(p, [&](uint32_t key, int64_t, float) {
@@ -139,7 +140,7 @@ void select_and_emit(const Src& src, int parts, int64_t k, bool take_all, Emit&&
     offset[p] = position;
     position += above[p] + quota[p];
   }
-  run_parts(parts, [&](int p) {
+  run_parts(parts, parallel, [&](int p) {
     if (above[p] + quota[p] == 0) return;
     int64_t out = offset[p], taken = 0;
     const int64_t want = quota[p];
@@ -154,6 +155,7 @@ void select_and_emit(const Src& src, int parts, int64_t k, bool take_all, Emit&&
 }
 
 constexpr int64_t kSamples = 8192;
+constexpr int64_t kGrain = int64_t(1) << 18;  // elements worth a thread of their own
 
 // Low threshold from a strided sample: its rank sits ~4 sigma + 16 below the expected k-th.
 // Returns false when the candidate pass would not pay (small n, k near n, low == 0).
@@ -193,9 +195,9 @@ void run(const void* xv, void* sv, int64_t n, int64_t k, void* values, int64_t* 
     indices[position] = i;
     s[i] = S::from_float(S::to_float(s[i]) + d);
   };
-  const int parts = threads_for(n, max_threads, int64_t(1) << 16);
+  const int parts = threads_for(n, max_threads, kGrain);
   const DenseSource<X, S> dense{x, s, n, parts};
-  if (k == n) return select_and_emit(dense, parts, k, true, emit);
+  if (k == n) return select_and_emit(dense, parts, true, k, true, emit);
 
   uint32_t low = 0;
   int64_t expected = 0;
@@ -203,26 +205,27 @@ void run(const void* xv, void* sv, int64_t n, int64_t k, void* values, int64_t* 
     const CandidateFn fn = pick_candidate_fn(X::code, S::code);
     CandidateSource cands;
     cands.count.assign(parts, 0);
-    bool ok = true;
+    std::vector<int64_t> capacity(parts);
     for (int p = 0; p < parts; ++p) {
-      // Each part may hold every expected candidate (clustered inputs); pages are touched lazily.
-      const int64_t capacity = std::min(dense.size(p), 2 * expected + 4096) + 16;
-      cands.d.emplace_back(new float[capacity]);
-      cands.index.emplace_back(new uint32_t[capacity]);
+      // Each part may hold twice the expected total (inputs whose large entries cluster in one
+      // chunk); the buffers are uninitialised, so only pages written are touched.
+      capacity[p] = std::min(dense.size(p), 2 * expected + 4096) + 16;
+      cands.d.emplace_back(new float[capacity[p]]);
+      cands.index.emplace_back(new uint32_t[capacity[p]]);
     }
-    run_parts(parts, [&](int p) {
-      const int64_t capacity = std::min(dense.size(p), 2 * expected + 4096) + 16;
+    run_parts(parts, true, [&](int p) {
       cands.count[p] = fn(x, s, dense.begin(p), dense.begin(p + 1), low, cands.d[p].get(),
-                          cands.index[p].get(), capacity);
+                          cands.index[p].get(), capacity[p]);
     });
+    bool ok = true;
     int64_t total = 0;
     for (int p = 0; p < parts; ++p) {
       if (cands.count[p] < 0) ok = false;
       total += cands.count[p];
     }
-    if (ok && total >= k) return select_and_emit(cands, parts, k, false, emit);
+    if (ok && total >= k) return select_and_emit(cands, parts, total >= kGrain, k, false, emit);
   }
-  select_and_emit(dense, parts, k, false, emit);
+  select_and_emit(dense, parts, true, k, false, emit);
 }
 
 }  // namespace
