@@ -115,9 +115,9 @@ def gpu_methods() -> dict:
     return methods
 
 
-def run(device: str, sizes, ratios, repeats: int, baseline_repeats: int, dtype) -> list[str]:
+def run(device: str, sizes, ratios, repeats: int, baseline_repeats: int, dtype, copy_numel: int) -> list[str]:
     timer = cuda_timer if device == "cuda" else cpu_timer
-    bandwidth = copy_bandwidth(device, timer)
+    bandwidth = copy_bandwidth(device, timer, copy_numel)
     if device == "cuda":
         methods = gpu_methods()
     else:
@@ -168,11 +168,12 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     sizes = args.sizes or ([MIB] if args.quick else [MIB, 16 * MIB, 64 * MIB])
     if args.quick:
-        args.repeats, args.baseline_repeats = min(args.repeats, 5), min(args.baseline_repeats, 3)
+        args.repeats, args.baseline_repeats = min(args.repeats, 5), min(args.baseline_repeats, 2)
     machine = torch.cuda.get_device_name() if args.device == "cuda" else f"{cpu_model()}, {os.cpu_count()} cores"
     print(f"# TopK EF21 step, {args.dtype}, {args.device} ({machine}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    rows = run(args.device, sizes, args.ratios, args.repeats, args.baseline_repeats, getattr(torch, args.dtype))
+    rows = run(args.device, sizes, args.ratios, args.repeats, args.baseline_repeats, getattr(torch, args.dtype),
+               copy_numel=16 * MIB if args.quick else 64 * MIB)
     print("\n" + "\n".join(rows))
     if args.markdown:
         os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
