@@ -8,10 +8,12 @@ namespace osmos {
 enum class DType : int { f32 = 0, f16 = 1, bf16 = 2, f64 = 3, i64 = 4, i32 = 5, u8 = 6 };
 
 // IEEE half and bfloat16 conversions, round-to-nearest-even, identical on host and device.
+#ifndef OSMOS_HD
 #if defined(__CUDACC__)
 #define OSMOS_HD __host__ __device__ __forceinline__
 #else
 #define OSMOS_HD inline
+#endif
 #endif
 
 OSMOS_HD uint32_t f32_bits(float f) {
@@ -66,5 +68,28 @@ OSMOS_HD uint16_t f32_to_f16(float f) {
   return uint16_t(sign | uint16_t((mant_round - 0x38000000u) >> 13));
 }
 
-#undef OSMOS_HD
+// Storage-type tags for the float dtypes: how an element is stored, widened to float, and
+// rounded back (round-to-nearest-even). round(v) is v rounded to the dtype, as a float.
+struct F32 {
+  using storage = float;
+  static constexpr DType code = DType::f32;
+  OSMOS_HD static float to_float(float v) { return v; }
+  OSMOS_HD static float from_float(float v) { return v; }
+  OSMOS_HD static float round(float v) { return v; }
+};
+struct F16 {
+  using storage = uint16_t;
+  static constexpr DType code = DType::f16;
+  OSMOS_HD static float to_float(uint16_t v) { return f16_to_f32(v); }
+  OSMOS_HD static uint16_t from_float(float v) { return f32_to_f16(v); }
+  OSMOS_HD static float round(float v) { return f16_to_f32(f32_to_f16(v)); }
+};
+struct BF16 {
+  using storage = uint16_t;
+  static constexpr DType code = DType::bf16;
+  OSMOS_HD static float to_float(uint16_t v) { return bf16_to_f32(v); }
+  OSMOS_HD static uint16_t from_float(float v) { return f32_to_bf16(v); }
+  OSMOS_HD static float round(float v) { return bf16_to_f32(f32_to_bf16(v)); }
+};
+
 }  // namespace osmos

@@ -94,10 +94,11 @@ def topk_compress_cuda_native(x: Tensor, state: Tensor, k: int) -> tuple[Tensor,
     """The CUDA kernel (osmos._cuda), on the current stream."""
     values, indices = _alloc(x, state, k)
     workspace = torch.empty(_native.CUDA.topk_compress_workspace_bytes(x.numel(), k), dtype=torch.uint8, device=x.device)
-    _native.CUDA.topk_compress(
-        x.data_ptr(), dtype_code(x), state.data_ptr(), dtype_code(state), x.numel(), k,
-        values.data_ptr(), indices.data_ptr(), workspace.data_ptr(), workspace.numel(), cuda_stream(x),
-    )
+    with torch.cuda.device(x.device):  # the kernels launch on the current device
+        _native.CUDA.topk_compress(
+            x.data_ptr(), dtype_code(x), state.data_ptr(), dtype_code(state), x.numel(), k,
+            values.data_ptr(), indices.data_ptr(), workspace.data_ptr(), workspace.numel(), cuda_stream(x),
+        )
     return values, indices
 
 
