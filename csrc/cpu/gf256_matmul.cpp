@@ -15,6 +15,23 @@ constexpr int64_t kUnit = 64;                          // thread ranges are mult
 constexpr int64_t kMinSourceBytesPerThread = 1 << 20;  // below this a thread costs more than it saves
 constexpr int64_t kChunkSourceBytes = 512 << 10;       // a chunk of every source stays in L2
 
+// Per-coefficient kernel constants for all 256 coefficients, built once.
+struct CoefficientTables {
+  uint8_t nibbles[256][32];
+  uint64_t affine[256];
+  CoefficientTables() {
+    for (int c = 0; c < 256; ++c) {
+      gf256::nibble_tables(uint8_t(c), nibbles[c]);
+      affine[c] = gf256::affine_matrix(uint8_t(c));
+    }
+  }
+};
+
+const CoefficientTables& coefficient_tables() {
+  static const CoefficientTables tables;
+  return tables;
+}
+
 bool cpu_can_run(Gf256Kernel kernel) {
   const Isa best = detected_isa();
   switch (kernel) {
@@ -106,12 +123,13 @@ void gf256_matmul(const uint8_t* matrix, int rows, int k, const uint8_t* const* 
   void (*range)(const Gf256Job&, int64_t, int64_t) = gf256_range_scalar;
   if (kernel == Gf256Kernel::avx2 || kernel == Gf256Kernel::avx512) {
     nibbles.resize(coefficients * 32);
-    for (size_t c = 0; c < coefficients; ++c) gf256::nibble_tables(matrix[c], &nibbles[c * 32]);
+    for (size_t c = 0; c < coefficients; ++c)
+      std::memcpy(&nibbles[c * 32], coefficient_tables().nibbles[matrix[c]], 32);
     job.nibble_tables = nibbles.data();
     range = kernel == Gf256Kernel::avx2 ? gf256_range_avx2 : gf256_range_avx512;
   } else if (kernel == Gf256Kernel::gfni) {
     affine.resize(coefficients);
-    for (size_t c = 0; c < coefficients; ++c) affine[c] = gf256::affine_matrix(matrix[c]);
+    for (size_t c = 0; c < coefficients; ++c) affine[c] = coefficient_tables().affine[matrix[c]];
     job.affine = affine.data();
     range = gf256_range_gfni;
   }

@@ -1,0 +1,228 @@
+"""Systematic Reed-Solomon erasure coding over GF(2^8): `RSCodec(k, m)`.
+
+k data blocks of equal length are protected by m parity blocks; any k of the k + m blocks
+recover the data. Block i < k is data block i, block k + p is parity block p. The generator is
+the Cauchy matrix of csrc/include/osmos/gf256.h (identical to ISA-L's gf_gen_cauchy1_matrix, so
+parity matches ISA-L's byte for byte), valid for every k >= 1, m >= 0, k + m <= 256.
+
+Blocks may be bytes-like objects (bytes, bytearray, memoryview), numpy arrays or torch tensors
+(CPU or CUDA; any dtype, read as raw bytes), all of one kind of memory. Nothing is copied on
+the way in: the kernels read the caller's memory. Outputs are new objects of the inputs' kind
+(uint8 tensors on the inputs' device, uint8 numpy arrays, or bytearrays), or the caller's own
+writable buffers passed as `out`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from osmos import _native
+from osmos.ops._common import check_int
+from osmos.ops.gf256_matmul import matmul_addresses
+
+MAX_BLOCKS = 256
+_DECODE_CACHE_SIZE = 256  # erasure patterns whose decode matrices are kept per codec
+
+
+_CPU = torch.device("cpu")
+
+
+def _bytes_array(obj: Any) -> np.ndarray:
+    """uint8 numpy view of a contiguous bytes-like object (read-only when it is)."""
+    view = memoryview(obj)
+    return np.frombuffer(view if view.format == "B" and view.ndim == 1 else view.cast("B"), dtype=np.uint8)
+
+
+def _describe_one(name: str, obj: Any) -> tuple[int, int, torch.device, str, bool]:
+    """(address, nbytes, device, kind, writable) of one caller block; nothing is copied."""
+    if isinstance(obj, torch.Tensor):
+        if not obj.is_contiguous():
+            raise ValueError(f"{name} must be contiguous (call .contiguous() first)")
+        return obj.data_ptr(), obj.nbytes, obj.device, "torch", True
+    if isinstance(obj, np.ndarray):
+        if not obj.flags.c_contiguous:
+            raise ValueError(f"{name} must be a C-contiguous numpy array")
+        return obj.__array_interface__["data"][0], obj.nbytes, _CPU, "numpy", bool(obj.flags.writeable)
+    try:
+        view = memoryview(obj)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be a bytes-like object, numpy array or torch tensor, got {type(obj).__name__}"
+        ) from None
+    if not view.c_contiguous:
+        raise ValueError(f"{name} must be a contiguous buffer")
+    return _bytes_array(view).__array_interface__["data"][0], view.nbytes, _CPU, "bytes", not view.readonly
+
+
+class _Blocks:
+    """Addresses of caller blocks of one length on one device (`name` appears in errors)."""
+
+    __slots__ = ("objs", "addresses", "nbytes", "device", "kind")
+
+    def __init__(self, name: str, objs: Sequence[Any], *, writable: bool = False):
+        self.objs = list(objs)
+        if not self.objs:
+            raise ValueError(f"{name} must not be empty")
+        first = self.objs[0]
+        if type(first) is torch.Tensor:
+            # Fast path, one pass of attribute reads: plain contiguous tensors of one size and device.
+            nbytes, device_index, addresses = first.nbytes, first.get_device(), []
+            for o in self.objs:
+                if type(o) is not torch.Tensor or not o.is_contiguous() or o.nbytes != nbytes or o.get_device() != device_index:
+                    break
+                addresses.append(o.data_ptr())
+            else:
+                self.addresses, self.nbytes, self.device, self.kind = addresses, nbytes, first.device, "torch"
+                return
+        described = [_describe_one(f"{name}[{i}]", o) for i, o in enumerate(self.objs)]
+        self.addresses = [d[0] for d in described]
+        self.nbytes, self.device, self.kind = described[0][1], described[0][2], described[0][3]
+        for i, (_, nbytes, device, _, can_write) in enumerate(described):
+            if nbytes != self.nbytes:
+                raise ValueError(f"{name} must all have one length in bytes; got {self.nbytes} and {nbytes} ({name}[{i}])")
+            if device != self.device:
+                raise ValueError(f"{name} must all be on one device; got {self.device} and {device} ({name}[{i}])")
+            if writable and not can_write:
+                raise ValueError(f"{name}[{i}] is read-only")
+
+    @classmethod
+    def new(cls, count: int, like: _Blocks) -> list[Any]:
+        """count fresh blocks of like's kind, length and device."""
+        if like.kind == "torch":
+            return [torch.empty(like.nbytes, dtype=torch.uint8, device=like.device) for _ in range(count)]
+        if like.kind == "numpy":
+            return list(np.empty((count, like.nbytes), dtype=np.uint8))
+        return [bytearray(like.nbytes) for _ in range(count)]
+
+    @classmethod
+    def outputs(cls, out: Sequence[Any] | None, count: int, like: _Blocks) -> _Blocks | None:
+        """The caller's `out` checked against like, or count new blocks; None when count is 0."""
+        if out is not None and (isinstance(out, (str, bytes)) or len(out) != count):
+            raise ValueError(f"out must be a sequence of {count} buffers")
+        if count == 0:
+            return None
+        if out is None:
+            return cls("out", cls.new(count, like))
+        blocks = cls("out", out, writable=True)
+        if blocks.nbytes != like.nbytes or blocks.device != like.device:
+            raise ValueError(
+                f"out blocks must hold {like.nbytes} bytes on {like.device}, got {blocks.nbytes} bytes on {blocks.device}"
+            )
+        return blocks
+
+
+class RSCodec:
+    """Reed-Solomon code with k data blocks and m parity blocks (k >= 1, m >= 0, k + m <= 256).
+
+    `encode(data_blocks)` -> m parity blocks; `decode({index: block, ...})` -> the k data
+    blocks from any k of the k + m (indices 0..k-1 data, k..k+m-1 parity). Decode matrices
+    are computed once per erasure pattern and cached (also per device).
+    """
+
+    def __init__(self, k: int, m: int):
+        check_int("k", k, low=1, high=MAX_BLOCKS)
+        check_int("m", m, low=0, high=MAX_BLOCKS)
+        if k + m > MAX_BLOCKS:
+            raise ValueError(f"k + m must be at most {MAX_BLOCKS} for GF(2^8) Reed-Solomon, got {k} + {m} = {k + m}")
+        if not _native.has_cpu_kernel("gf256_matmul"):
+            raise RuntimeError(f"RSCodec needs osmos._C, which is not available: {_native.C_ERROR}")
+        self.k, self.m = k, m
+        generator = _native.C.gf256_cauchy_matrix(k, m)
+        self.generator = torch.frombuffer(bytearray(generator), dtype=torch.uint8).view(k + m, k)
+        self._parity_rows = self.generator[k:].contiguous()
+        self._decoders: OrderedDict[tuple[int, ...], tuple[list[int], torch.Tensor]] = OrderedDict()
+        self._on_device: dict[tuple[tuple[int, ...] | None, torch.device], torch.Tensor] = {}
+
+    def __repr__(self) -> str:
+        return f"RSCodec(k={self.k}, m={self.m})"
+
+    def encode(self, data_blocks: Sequence[Any], out: Sequence[Any] | None = None) -> list[Any]:
+        """m parity blocks of k equal-length data blocks (written into `out` when given)."""
+        if isinstance(data_blocks, (str, bytes)) or len(data_blocks) != self.k:
+            raise ValueError(f"data_blocks must be a sequence of k = {self.k} blocks")
+        data = _Blocks("data_blocks", data_blocks)
+        parity = _Blocks.outputs(out, self.m, data)
+        if parity is None:
+            return []
+        self._multiply(None, self._parity_rows, data.addresses, parity.addresses, data)
+        return parity.objs
+
+    def decode(self, available: Mapping[int, Any], out: Sequence[Any] | None = None) -> list[Any]:
+        """The k data blocks from any >= k of the k + m blocks, given as {index: block}.
+
+        Without `out`, surviving data blocks are returned as the caller's own objects and
+        lost ones as new blocks; with `out` (k writable buffers) every data block is written
+        there."""
+        k, n = self.k, self.k + self.m
+        if not isinstance(available, Mapping):
+            raise TypeError(f"available must be a mapping {{block index: block}}, got {type(available).__name__}")
+        for index in available:
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
+                raise ValueError(f"block indices must be ints in [0, {n}), got {index!r}")
+        if len(available) < k:
+            raise ValueError(f"decoding needs at least k = {k} of the {n} blocks, got {len(available)}")
+        used = tuple(sorted(available)[:k])  # surviving data blocks first, then parity
+        sources = _Blocks("available blocks", [available[i] for i in used])
+        lost, matrix = self._decoder(used)
+        if out is None:
+            result = {i: sources.objs[pos] for pos, i in enumerate(used) if i < k}
+            if lost:
+                rebuilt = _Blocks("out", _Blocks.new(len(lost), sources))
+                self._multiply(used, matrix, sources.addresses, rebuilt.addresses, sources)
+                result.update(zip(lost, rebuilt.objs))
+            return [result[i] for i in range(k)]
+        results = _Blocks.outputs(out, k, sources)
+        self._multiply(used, matrix, sources.addresses, [results.addresses[i] for i in lost], sources)
+        for pos, i in enumerate(used):
+            if i < k and sources.addresses[pos] != results.addresses[i]:
+                _as_tensor(results.objs[i]).copy_(_as_tensor(sources.objs[pos]))
+        return results.objs
+
+    def _decoder(self, used: tuple[int, ...]) -> tuple[list[int], torch.Tensor]:
+        """(lost data indices, matrix [len(lost), k] rebuilding them from the blocks `used`)."""
+        cached = self._decoders.get(used)
+        if cached is not None:
+            self._decoders.move_to_end(used)
+            return cached
+        k = self.k
+        lost = [i for i in range(k) if i not in used]
+        survivors = self.generator[list(used)].contiguous()
+        inverse = _native.C.gf256_invert(survivors.numpy().tobytes(), k)
+        if inverse is None:  # impossible for a Cauchy generator; kept as a guard on the math
+            raise RuntimeError(f"the survivor matrix of blocks {used} is singular")
+        full = torch.frombuffer(bytearray(inverse), dtype=torch.uint8).view(k, k)
+        entry = (lost, full[lost].contiguous())
+        self._decoders[used] = entry
+        if len(self._decoders) > _DECODE_CACHE_SIZE:
+            evicted, _ = self._decoders.popitem(last=False)
+            for key in [key for key in self._on_device if key[0] == evicted]:
+                del self._on_device[key]
+        return entry
+
+    def _multiply(self, pattern, matrix: torch.Tensor, src: list[int], dst: list[int], like: _Blocks) -> None:
+        if not dst or like.nbytes == 0:
+            return
+        device = like.device
+        if device != _CPU:
+            key = (pattern, device)
+            on_device = self._on_device.get(key)
+            if on_device is None:
+                on_device = self._on_device[key] = matrix.to(device)
+            matrix = on_device
+        matmul_addresses(matrix, src, dst, like.nbytes, device)
+
+
+def _as_tensor(obj: Any) -> torch.Tensor:
+    """Flat uint8 tensor sharing obj's memory."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().reshape(-1).view(torch.uint8)
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.reshape(-1).view(np.uint8))
+    array = _bytes_array(obj)
+    return torch.from_numpy(array) if array.flags.writeable else torch.from_numpy(array.copy())
+
