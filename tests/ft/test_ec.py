@@ -113,6 +113,13 @@ def test_caller_supplied_outputs():
     decoded = codec.decode(available, out=decode_out)
     assert all(d is o for d, o in zip(decoded, decode_out))
     _assert_blocks_equal(decoded, data)
+    lost_only = {0: torch.empty(length, dtype=torch.uint8), 2: torch.empty(length, dtype=torch.uint8),
+                 4: torch.empty(length, dtype=torch.uint8)}
+    decoded = codec.decode(available, out=lost_only)
+    assert decoded[0] is lost_only[0] and decoded[1] is data[1] and decoded[4] is lost_only[4]
+    _assert_blocks_equal(decoded, data)
+    with pytest.raises(ValueError, match="missing \\[4\\]"):
+        codec.decode(available, out={0: lost_only[0], 2: lost_only[2]})
     into_bytearrays = codec.encode([d.numpy().tobytes() for d in data], out=[bytearray(length) for _ in range(m)])
     _assert_blocks_equal(into_bytearrays, parity)
 

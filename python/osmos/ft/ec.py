@@ -152,12 +152,14 @@ class RSCodec:
         self._multiply(None, self._parity_rows, data.addresses, parity.addresses, data)
         return parity.objs
 
-    def decode(self, available: Mapping[int, Any], out: Sequence[Any] | None = None) -> list[Any]:
+    def decode(self, available: Mapping[int, Any], out: Sequence[Any] | Mapping[int, Any] | None = None) -> list[Any]:
         """The k data blocks from any >= k of the k + m blocks, given as {index: block}.
 
-        Without `out`, surviving data blocks are returned as the caller's own objects and
-        lost ones as new blocks; with `out` (k writable buffers) every data block is written
-        there."""
+        out=None: surviving data blocks are returned as the caller's own objects, lost ones
+        as new blocks. out=[k writable buffers]: every data block is written there (survivors
+        copied). out={data index: buffer} covering every lost data index: lost blocks are
+        rebuilt in place there (a replacement node rebuilding its shard), survivors with a
+        buffer in out are copied, the others returned as they are."""
         k, n = self.k, self.k + self.m
         if not isinstance(available, Mapping):
             raise TypeError(f"available must be a mapping {{block index: block}}, got {type(available).__name__}")
@@ -169,19 +171,37 @@ class RSCodec:
         used = tuple(sorted(available)[:k])  # surviving data blocks first, then parity
         sources = _Blocks("available blocks", [available[i] for i in used])
         lost, matrix = self._decoder(used)
+        result = {i: sources.objs[pos] for pos, i in enumerate(used) if i < k}
         if out is None:
-            result = {i: sources.objs[pos] for pos, i in enumerate(used) if i < k}
-            if lost:
+            targets = {}
+        elif isinstance(out, Mapping):
+            for index in out:
+                if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < k:
+                    raise ValueError(f"out keys must be data block indices in [0, {k}), got {index!r}")
+            missing = [i for i in lost if i not in out]
+            if missing:
+                raise ValueError(f"out must hold a buffer for every lost data block; missing {missing}")
+            targets = dict(out)
+        else:
+            if isinstance(out, (str, bytes)) or len(out) != k:
+                raise ValueError(f"out must be a sequence of k = {k} buffers or a mapping {{data index: buffer}}")
+            targets = dict(enumerate(out))
+        order = sorted(targets)
+        written = _Blocks.outputs([targets[i] for i in order], len(order), sources)
+        address = dict(zip(order, written.addresses)) if written is not None else {}
+        if lost:
+            if out is None:
                 rebuilt = _Blocks("out", _Blocks.new(len(lost), sources))
-                self._multiply(used, matrix, sources.addresses, rebuilt.addresses, sources)
                 result.update(zip(lost, rebuilt.objs))
-            return [result[i] for i in range(k)]
-        results = _Blocks.outputs(out, k, sources)
-        self._multiply(used, matrix, sources.addresses, [results.addresses[i] for i in lost], sources)
+                destinations = rebuilt.addresses
+            else:
+                destinations = [address[i] for i in lost]
+            self._multiply(used, matrix, sources.addresses, destinations, sources)
         for pos, i in enumerate(used):
-            if i < k and sources.addresses[pos] != results.addresses[i]:
-                _as_tensor(results.objs[i]).copy_(_as_tensor(sources.objs[pos]))
-        return results.objs
+            if i < k and i in targets and sources.addresses[pos] != address[i]:
+                _as_tensor(targets[i]).copy_(_as_tensor(sources.objs[pos]))
+        result.update(targets)
+        return [result[i] for i in range(k)]
 
     def _decoder(self, used: tuple[int, ...]) -> tuple[list[int], torch.Tensor]:
         """(lost data indices, matrix [len(lost), k] rebuilding them from the blocks `used`)."""
