@@ -14,6 +14,7 @@ namespace {
 constexpr int64_t kUnit = 64;                          // thread ranges are multiples of this
 constexpr int64_t kMinSourceBytesPerThread = 1 << 20;  // below this a thread costs more than it saves
 constexpr int64_t kChunkSourceBytes = 512 << 10;       // a chunk of every source stays in L2
+constexpr int64_t kStreamWorkingSet = 64 << 20;        // non-temporal stores beyond this many bytes
 
 // Per-coefficient kernel constants for all 256 coefficients, built once.
 struct CoefficientTables {
@@ -132,6 +133,10 @@ void gf256_matmul(const uint8_t* matrix, int rows, int k, const uint8_t* const* 
     for (size_t c = 0; c < coefficients; ++c) affine[c] = coefficient_tables().affine[matrix[c]];
     job.affine = affine.data();
     range = gf256_range_gfni;
+  }
+  if (kernel == Gf256Kernel::gfni || kernel == Gf256Kernel::avx512) {
+    job.stream = (int64_t(k) + rows) * len >= kStreamWorkingSet;
+    for (int r = 0; r < rows && job.stream; ++r) job.stream = reinterpret_cast<uintptr_t>(dst[r]) % 64 == 0;
   }
   const int64_t units = (len + kUnit - 1) / kUnit;
   const int64_t grain = std::max<int64_t>(1, kMinSourceBytesPerThread / (int64_t(k) * kUnit));

@@ -20,6 +20,10 @@ struct Gf256Job {
   uint8_t* const* dst = nullptr;          // rows output blocks (must not alias a source)
   const uint8_t* nibble_tables = nullptr; // [rows * k][32]: split tables (avx2, avx512)
   const uint64_t* affine = nullptr;       // [rows * k]: GF2P8AFFINEQB matrices (gfni)
+  // Non-temporal stores of whole 64-byte vectors (avx512, gfni): set when the working set is far
+  // larger than the caches and every dst is 64-byte aligned; outputs then skip the read-for-
+  // ownership and do not evict the sources.
+  bool stream = false;
 };
 
 // Output rows each kernel keeps in registers per pass over the sources.

@@ -27,10 +27,14 @@ void gf256_range_avx512(const Gf256Job& job, int64_t begin, int64_t end) {
           acc[r] = _mm512_ternarylogic_epi64(acc[r], _mm512_shuffle_epi8(tlo, lo), _mm512_shuffle_epi8(thi, hi), 0x96);
         }
       }
-      for (int r = 0; r < R; ++r) _mm512_storeu_si512(job.dst[row0 + r] + i, acc[r]);
+      for (int r = 0; r < R; ++r) {
+        if (job.stream) _mm512_stream_si512(reinterpret_cast<__m512i*>(job.dst[row0 + r] + i), acc[r]);
+        else _mm512_storeu_si512(job.dst[row0 + r] + i, acc[r]);
+      }
     }
     if (i < end) gf256_rows_scalar(job, row0, R, i, end);
   });
+  if (job.stream) _mm_sfence();
 }
 
 }  // namespace osmos::cpu

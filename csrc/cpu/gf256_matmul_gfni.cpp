@@ -9,7 +9,7 @@ namespace {
 
 // Rows [row0, row0 + R) over [i, i + 64 * U): U vectors per source load share each
 // coefficient's broadcast. `mask` limits the loads and stores of a final partial vector (U = 1).
-template <int R, int U>
+template <int R, int U, bool Stream>
 inline void gfni_step(const Gf256Job& job, const uint64_t* affine, int row0, int64_t i, __mmask64 mask) {
   const int k = job.k;
   __m512i acc[R * U];
@@ -29,7 +29,11 @@ inline void gfni_step(const Gf256Job& job, const uint64_t* affine, int row0, int
     }
   }
 #pragma GCC unroll 16
-  for (int a = 0; a < R * U; ++a) _mm512_mask_storeu_epi8(job.dst[row0 + a / U] + i + 64 * (a % U), mask, acc[a]);
+  for (int a = 0; a < R * U; ++a) {
+    uint8_t* d = job.dst[row0 + a / U] + i + 64 * (a % U);
+    if constexpr (Stream) _mm512_stream_si512(reinterpret_cast<__m512i*>(d), acc[a]);
+    else _mm512_mask_storeu_epi8(d, mask, acc[a]);
+  }
 }
 
 }  // namespace
@@ -41,10 +45,15 @@ void gf256_range_gfni(const Gf256Job& job, int64_t begin, int64_t end) {
     const uint64_t* affine = job.affine + size_t(row0) * job.k;
     const __mmask64 all = ~__mmask64(0);
     int64_t i = begin;
-    for (; i + 64 * U <= end; i += 64 * U) gfni_step<R, U>(job, affine, row0, i, all);
-    for (; i + 64 <= end; i += 64) gfni_step<R, 1>(job, affine, row0, i, all);
-    if (i < end) gfni_step<R, 1>(job, affine, row0, i, _bzhi_u64(~0ull, unsigned(end - i)));
+    if (job.stream) {
+      for (; i + 64 * U <= end; i += 64 * U) gfni_step<R, U, true>(job, affine, row0, i, all);
+      for (; i + 64 <= end; i += 64) gfni_step<R, 1, true>(job, affine, row0, i, all);
+    }
+    for (; i + 64 * U <= end; i += 64 * U) gfni_step<R, U, false>(job, affine, row0, i, all);
+    for (; i + 64 <= end; i += 64) gfni_step<R, 1, false>(job, affine, row0, i, all);
+    if (i < end) gfni_step<R, 1, false>(job, affine, row0, i, _bzhi_u64(~0ull, unsigned(end - i)));
   });
+  if (job.stream) _mm_sfence();
 }
 
 }  // namespace osmos::cpu

@@ -216,3 +216,20 @@ def test_cuda_matches_reference(rows, k, length):
     flat = torch.randint(0, 256, (k * length + 1,), dtype=torch.uint8, device="cuda")
     view = flat[1:].view(k, length)
     assert torch.equal(gf256_matmul(matrix.cuda(), view).cpu(), reference_gf256_matmul(matrix, view.cpu()))
+
+
+def test_streaming_stores_on_large_outputs():
+    """Beyond 64 MiB of working set the AVX-512 / GFNI kernels store with non-temporal
+    stores; the result must equal the AVX2 kernel's (no streaming), tail included."""
+    fast = [k for k in cpu_kernels() if k in ("gfni", "avx512")]
+    if not fast or "avx2" not in cpu_kernels():
+        pytest.skip("needs the AVX-512 and AVX2 kernels")
+    rows, k, length = 4, 4, (8 << 20) + 100
+    matrix = torch.randint(0, 256, (rows, k), dtype=torch.uint8)
+    blocks = torch.randint(0, 256, (k, length), dtype=torch.uint8)
+    expected = gf256_matmul_cpu(matrix, blocks, torch.empty(rows, length, dtype=torch.uint8), kernel="avx2")
+    head = reference_gf256_matmul(matrix, blocks[:, :4096])
+    assert torch.equal(expected[:, :4096], head)
+    for kernel in fast:
+        out = gf256_matmul_cpu(matrix, blocks, torch.empty(rows, length, dtype=torch.uint8), kernel=kernel)
+        assert torch.equal(out, expected), kernel

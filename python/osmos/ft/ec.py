@@ -32,22 +32,27 @@ _DECODE_CACHE_SIZE = 256  # erasure patterns whose decode matrices are kept per 
 _CPU = torch.device("cpu")
 
 
+def _device(index: int) -> torch.device:
+    return _CPU if index < 0 else torch.device("cuda", index)
+
+
 def _bytes_array(obj: Any) -> np.ndarray:
     """uint8 numpy view of a contiguous bytes-like object (read-only when it is)."""
     view = memoryview(obj)
     return np.frombuffer(view if view.format == "B" and view.ndim == 1 else view.cast("B"), dtype=np.uint8)
 
 
-def _describe_one(name: str, obj: Any) -> tuple[int, int, torch.device, str, bool]:
-    """(address, nbytes, device, kind, writable) of one caller block; nothing is copied."""
+def _describe_one(name: str, obj: Any) -> tuple[int, int, int, str, bool]:
+    """(address, nbytes, CUDA device index or -1 for CPU, kind, writable) of one caller block;
+    nothing is copied."""
     if isinstance(obj, torch.Tensor):
         if not obj.is_contiguous():
             raise ValueError(f"{name} must be contiguous (call .contiguous() first)")
-        return obj.data_ptr(), obj.nbytes, obj.device, "torch", True
+        return obj.data_ptr(), obj.nbytes, obj.get_device(), "torch", True
     if isinstance(obj, np.ndarray):
         if not obj.flags.c_contiguous:
             raise ValueError(f"{name} must be a C-contiguous numpy array")
-        return obj.__array_interface__["data"][0], obj.nbytes, _CPU, "numpy", bool(obj.flags.writeable)
+        return obj.__array_interface__["data"][0], obj.nbytes, -1, "numpy", bool(obj.flags.writeable)
     try:
         view = memoryview(obj)
     except TypeError:
@@ -56,13 +61,13 @@ def _describe_one(name: str, obj: Any) -> tuple[int, int, torch.device, str, boo
         ) from None
     if not view.c_contiguous:
         raise ValueError(f"{name} must be a contiguous buffer")
-    return _bytes_array(view).__array_interface__["data"][0], view.nbytes, _CPU, "bytes", not view.readonly
+    return _bytes_array(view).__array_interface__["data"][0], view.nbytes, -1, "bytes", not view.readonly
 
 
 class _Blocks:
     """Addresses of caller blocks of one length on one device (`name` appears in errors)."""
 
-    __slots__ = ("objs", "addresses", "nbytes", "device", "kind")
+    __slots__ = ("objs", "addresses", "nbytes", "device_index", "kind")
 
     def __init__(self, name: str, objs: Sequence[Any], *, writable: bool = False):
         self.objs = list(objs)
@@ -77,18 +82,22 @@ class _Blocks:
                     break
                 addresses.append(o.data_ptr())
             else:
-                self.addresses, self.nbytes, self.device, self.kind = addresses, nbytes, first.device, "torch"
+                self.addresses, self.nbytes, self.device_index, self.kind = addresses, nbytes, device_index, "torch"
                 return
         described = [_describe_one(f"{name}[{i}]", o) for i, o in enumerate(self.objs)]
         self.addresses = [d[0] for d in described]
-        self.nbytes, self.device, self.kind = described[0][1], described[0][2], described[0][3]
+        self.nbytes, self.device_index, self.kind = described[0][1], described[0][2], described[0][3]
         for i, (_, nbytes, device, _, can_write) in enumerate(described):
             if nbytes != self.nbytes:
                 raise ValueError(f"{name} must all have one length in bytes; got {self.nbytes} and {nbytes} ({name}[{i}])")
-            if device != self.device:
-                raise ValueError(f"{name} must all be on one device; got {self.device} and {device} ({name}[{i}])")
+            if device != self.device_index:
+                raise ValueError(f"{name} must all be on one device; got {self.device} and {_device(device)} ({name}[{i}])")
             if writable and not can_write:
                 raise ValueError(f"{name}[{i}] is read-only")
+
+    @property
+    def device(self) -> torch.device:
+        return _device(self.device_index)
 
     @classmethod
     def new(cls, count: int, like: _Blocks) -> list[Any]:
@@ -109,7 +118,7 @@ class _Blocks:
         if out is None:
             return cls("out", cls.new(count, like))
         blocks = cls("out", out, writable=True)
-        if blocks.nbytes != like.nbytes or blocks.device != like.device:
+        if blocks.nbytes != like.nbytes or blocks.device_index != like.device_index:
             raise ValueError(
                 f"out blocks must hold {like.nbytes} bytes on {like.device}, got {blocks.nbytes} bytes on {blocks.device}"
             )
@@ -136,7 +145,7 @@ class RSCodec:
         self.generator = torch.frombuffer(bytearray(generator), dtype=torch.uint8).view(k + m, k)
         self._parity_rows = self.generator[k:].contiguous()
         self._decoders: OrderedDict[tuple[int, ...], tuple[list[int], torch.Tensor]] = OrderedDict()
-        self._on_device: dict[tuple[tuple[int, ...] | None, torch.device], torch.Tensor] = {}
+        self._on_device: dict[tuple[tuple[int, ...] | None, int], torch.Tensor] = {}
 
     def __repr__(self) -> str:
         return f"RSCodec(k={self.k}, m={self.m})"
@@ -227,14 +236,13 @@ class RSCodec:
     def _multiply(self, pattern, matrix: torch.Tensor, src: list[int], dst: list[int], like: _Blocks) -> None:
         if not dst or like.nbytes == 0:
             return
-        device = like.device
-        if device != _CPU:
-            key = (pattern, device)
+        if like.device_index >= 0:
+            key = (pattern, like.device_index)
             on_device = self._on_device.get(key)
             if on_device is None:
-                on_device = self._on_device[key] = matrix.to(device)
+                on_device = self._on_device[key] = matrix.to(like.device)
             matrix = on_device
-        matmul_addresses(matrix, src, dst, like.nbytes, device)
+        matmul_addresses(matrix, src, dst, like.nbytes, like.device_index)
 
 
 def _as_tensor(obj: Any) -> torch.Tensor:

@@ -94,18 +94,20 @@ def _rows(t: Tensor) -> list[int]:
 
 
 def matmul_addresses(
-    matrix: Tensor, src: Sequence[int], dst: Sequence[int], length: int, device: torch.device, kernel: str = "auto"
+    matrix: Tensor, src: Sequence[int], dst: Sequence[int], length: int, device_index: int = -1, kernel: str = "auto"
 ) -> None:
     """Unchecked fast path for callers that hold separate buffers (osmos.ft.ec): dst[r] =
-    sum_j matrix[r, j] * src[j] over `length` bytes at the given addresses on `device`.
-    matrix [len(dst), len(src)] uint8, contiguous, on `device`; len(src) >= 1; outputs must
-    not overlap sources. `kernel` forces a CPU kernel (tests, benchmarks)."""
+    sum_j matrix[r, j] * src[j] over `length` bytes at the given addresses, in CPU memory
+    (device_index -1) or on CUDA device `device_index`. matrix [len(dst), len(src)] uint8,
+    contiguous, on that device; len(src) >= 1; outputs must not overlap sources. `kernel`
+    forces a CPU kernel (tests, benchmarks)."""
     rows, k = len(dst), len(src)
     if rows == 0 or length == 0:
         return
-    if device.type == "cpu":
+    if device_index < 0:
         _native.C.gf256_matmul(matrix.data_ptr(), rows, k, src, dst, length, num_threads(), kernel)
         return
+    device = torch.device("cuda", device_index)
     addresses = torch.tensor(list(src) + list(dst), dtype=torch.int64).to(device, non_blocking=True)
     aligned16 = all(a % 16 == 0 for a in src) and all(a % 16 == 0 for a in dst)
     with torch.cuda.device(device):
@@ -123,7 +125,7 @@ def gf256_matmul_cpu(matrix: Tensor, blocks: Tensor, out: Tensor, kernel: str = 
     elif matrix.shape[1] == 0:
         out.zero_()
     else:
-        matmul_addresses(matrix, _rows(blocks), _rows(out), blocks.shape[1], blocks.device, kernel)
+        matmul_addresses(matrix, _rows(blocks), _rows(out), blocks.shape[1], -1, kernel)
     return out
 
 
