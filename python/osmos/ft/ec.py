@@ -144,6 +144,7 @@ class RSCodec:
         generator = _native.C.gf256_cauchy_matrix(k, m)
         self.generator = torch.frombuffer(bytearray(generator), dtype=torch.uint8).view(k + m, k)
         self._parity_rows = self.generator[k:].contiguous()
+        self._plans: dict[tuple[int, ...], tuple[tuple[int, ...], list[int], torch.Tensor]] = {}
         self._decoders: OrderedDict[tuple[int, ...], tuple[list[int], torch.Tensor]] = OrderedDict()
         self._on_device: dict[tuple[tuple[int, ...] | None, int], torch.Tensor] = {}
 
@@ -169,48 +170,70 @@ class RSCodec:
         copied). out={data index: buffer} covering every lost data index: lost blocks are
         rebuilt in place there (a replacement node rebuilding its shard), survivors with a
         buffer in out are copied, the others returned as they are."""
-        k, n = self.k, self.k + self.m
-        if not isinstance(available, Mapping):
+        k = self.k
+        if type(available) is not dict and not isinstance(available, Mapping):
             raise TypeError(f"available must be a mapping {{block index: block}}, got {type(available).__name__}")
-        for index in available:
-            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
-                raise ValueError(f"block indices must be ints in [0, {n}), got {index!r}")
-        if len(available) < k:
-            raise ValueError(f"decoding needs at least k = {k} of the {n} blocks, got {len(available)}")
-        used = tuple(sorted(available)[:k])  # surviving data blocks first, then parity
+        used, lost, matrix = self._plan(available)
         sources = _Blocks("available blocks", [available[i] for i in used])
-        lost, matrix = self._decoder(used)
-        result = {i: sources.objs[pos] for pos, i in enumerate(used) if i < k}
         if out is None:
-            targets = {}
-        elif isinstance(out, Mapping):
-            for index in out:
-                if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < k:
-                    raise ValueError(f"out keys must be data block indices in [0, {k}), got {index!r}")
+            result = list(sources.objs[:k - len(lost)])  # the surviving data blocks, in order
+            if lost:
+                rebuilt = _Blocks("out", _Blocks.new(len(lost), sources))
+                self._multiply(used, matrix, sources.addresses, rebuilt.addresses, sources)
+                for i, block in zip(lost, rebuilt.objs):
+                    result.insert(i, block)
+            return result
+        if type(out) is dict or isinstance(out, Mapping):
+            bad = [i for i in out if type(i) is not int or not 0 <= i < k]
+            if bad:
+                raise ValueError(f"out keys must be data block indices in [0, {k}), got {bad[0]!r}")
             missing = [i for i in lost if i not in out]
             if missing:
                 raise ValueError(f"out must hold a buffer for every lost data block; missing {missing}")
-            targets = dict(out)
+            targets = out
         else:
             if isinstance(out, (str, bytes)) or len(out) != k:
                 raise ValueError(f"out must be a sequence of k = {k} buffers or a mapping {{data index: buffer}}")
             targets = dict(enumerate(out))
         order = sorted(targets)
         written = _Blocks.outputs([targets[i] for i in order], len(order), sources)
-        address = dict(zip(order, written.addresses)) if written is not None else {}
+        address = dict(zip(order, written.addresses))
         if lost:
-            if out is None:
-                rebuilt = _Blocks("out", _Blocks.new(len(lost), sources))
-                result.update(zip(lost, rebuilt.objs))
-                destinations = rebuilt.addresses
+            self._multiply(used, matrix, sources.addresses, [address[i] for i in lost], sources)
+        result = []
+        for i in range(k):
+            if i in targets:
+                if i not in lost:
+                    pos = used.index(i)
+                    if sources.addresses[pos] != address[i]:
+                        _as_tensor(targets[i]).copy_(_as_tensor(sources.objs[pos]))
+                result.append(targets[i])
             else:
-                destinations = [address[i] for i in lost]
-            self._multiply(used, matrix, sources.addresses, destinations, sources)
-        for pos, i in enumerate(used):
-            if i < k and i in targets and sources.addresses[pos] != address[i]:
-                _as_tensor(targets[i]).copy_(_as_tensor(sources.objs[pos]))
-        result.update(targets)
-        return [result[i] for i in range(k)]
+                result.append(available[i])
+        return result
+
+    def _plan(self, available: Mapping[int, Any]) -> tuple[tuple[int, ...], list[int], torch.Tensor]:
+        """(the k block indices decoding reads, the lost data indices, their decode matrix),
+        cached per set of available indices (validated on first sight)."""
+        try:
+            indices = tuple(sorted(available))
+        except TypeError:
+            indices = None
+        plan = self._plans.get(indices)
+        if plan is not None:
+            return plan
+        k, n = self.k, self.k + self.m
+        for index in available:
+            if type(index) is not int or not 0 <= index < n:
+                raise ValueError(f"block indices must be ints in [0, {n}), got {index!r}")
+        if len(indices) < k:
+            raise ValueError(f"decoding needs at least k = {k} of the {n} blocks, got {len(indices)}")
+        used = indices[:k]  # surviving data blocks first, then parity
+        lost, matrix = self._decoder(used)
+        plan = self._plans[indices] = (used, lost, matrix)
+        if len(self._plans) > _DECODE_CACHE_SIZE:
+            self._plans.pop(next(iter(self._plans)))
+        return plan
 
     def _decoder(self, used: tuple[int, ...]) -> tuple[list[int], torch.Tensor]:
         """(lost data indices, matrix [len(lost), k] rebuilding them from the blocks `used`)."""
