@@ -192,3 +192,24 @@ def test_cuda_round_trip_matches_cpu():
         _assert_blocks_equal(parity_gpu, parity_cpu)
         available = {i: data_gpu[i] for i in (0, 4)} | {6 + p: parity_gpu[p] for p in range(m)} | {2: data_gpu[2]}
         _assert_blocks_equal(codec.decode(available), data)
+
+
+def test_bound_calls_on_fixed_buffers():
+    k, m, length = 4, 2, 1000
+    codec = RSCodec(k, m)
+    data = [torch.from_numpy(d) for d in _data(k, length)]
+    parity = [torch.empty(length, dtype=torch.uint8) for _ in range(m)]
+    encode = codec.bind_encode(data, parity)
+    assert encode()[0] is parity[0]
+    _assert_blocks_equal(parity, codec.encode(data))
+    data[1].fill_(7)  # new contents, same memory: the bound call sees them
+    encode()
+    _assert_blocks_equal(parity, codec.encode(data))
+    available = {1: data[1], 3: data[3], 4: parity[0], 5: parity[1]}
+    rebuilt = {0: torch.empty(length, dtype=torch.uint8), 2: torch.empty(length, dtype=torch.uint8)}
+    outputs = codec.bind_decode(available, rebuilt)()
+    assert outputs[0] is rebuilt[0] and outputs[1] is rebuilt[2]
+    _assert_blocks_equal([rebuilt[0], rebuilt[2]], [data[0], data[2]])
+    assert codec.bind_decode({i: data[i] for i in range(k)}, {})() == []
+    with pytest.raises(ValueError, match="missing \\[2\\]"):
+        codec.bind_decode(available, {0: rebuilt[0]})

@@ -212,6 +212,27 @@ class RSCodec:
                 result.append(available[i])
         return result
 
+    def bind_encode(self, data_blocks: Sequence[Any], out: Sequence[Any]) -> _Bound:
+        """A call that re-encodes these data blocks into these parity buffers, for memory that
+        is reused (snapshot slots): checks, address lookups and matrix placement happen once,
+        each call only runs the kernel. The buffers must keep their memory (no resize)."""
+        if isinstance(data_blocks, (str, bytes)) or len(data_blocks) != self.k:
+            raise ValueError(f"data_blocks must be a sequence of k = {self.k} blocks")
+        data = _Blocks("data_blocks", data_blocks)
+        parity = _Blocks.outputs(out, self.m, data)
+        return _Bound(self._placed(None, self._parity_rows, data), data, parity)
+
+    def bind_decode(self, available: Mapping[int, Any], out: Mapping[int, Any]) -> _Bound:
+        """A call that rebuilds the lost data blocks of `available` into out[lost index], for
+        memory that is reused; see bind_encode."""
+        used, lost, matrix = self._plan(available)
+        sources = _Blocks("available blocks", [available[i] for i in used])
+        missing = [i for i in lost if i not in out]
+        if missing:
+            raise ValueError(f"out must hold a buffer for every lost data block; missing {missing}")
+        rebuilt = _Blocks.outputs([out[i] for i in lost], len(lost), sources)
+        return _Bound(self._placed(used, matrix, sources), sources, rebuilt)
+
     def _plan(self, available: Mapping[int, Any]) -> tuple[tuple[int, ...], list[int], torch.Tensor]:
         """(the k block indices decoding reads, the lost data indices, their decode matrix),
         cached per set of available indices (validated on first sight)."""
@@ -256,16 +277,37 @@ class RSCodec:
                 del self._on_device[key]
         return entry
 
+    def _placed(self, pattern, matrix: torch.Tensor, like: _Blocks) -> torch.Tensor:
+        """matrix on like's device (cached per erasure pattern and device)."""
+        if like.device_index < 0:
+            return matrix
+        key = (pattern, like.device_index)
+        on_device = self._on_device.get(key)
+        if on_device is None:
+            on_device = self._on_device[key] = matrix.to(like.device)
+        return on_device
+
     def _multiply(self, pattern, matrix: torch.Tensor, src: list[int], dst: list[int], like: _Blocks) -> None:
-        if not dst or like.nbytes == 0:
-            return
-        if like.device_index >= 0:
-            key = (pattern, like.device_index)
-            on_device = self._on_device.get(key)
-            if on_device is None:
-                on_device = self._on_device[key] = matrix.to(like.device)
-            matrix = on_device
-        matmul_addresses(matrix, src, dst, like.nbytes, like.device_index)
+        if dst and like.nbytes:
+            matmul_addresses(self._placed(pattern, matrix, like), src, dst, like.nbytes, like.device_index)
+
+
+class _Bound:
+    """dst = matrix x src on fixed buffers (from RSCodec.bind_encode / bind_decode); holds
+    references to the buffers so their memory stays valid. Calling returns the outputs."""
+
+    __slots__ = ("_matrix", "_sources", "_outputs")
+
+    def __init__(self, matrix: torch.Tensor, sources: _Blocks, outputs: _Blocks | None):
+        self._matrix, self._sources, self._outputs = matrix, sources, outputs
+
+    def __call__(self) -> list[Any]:
+        out = self._outputs
+        if out is None:
+            return []
+        if out.nbytes:
+            matmul_addresses(self._matrix, self._sources.addresses, out.addresses, out.nbytes, out.device_index)
+        return out.objs
 
 
 def _as_tensor(obj: Any) -> torch.Tensor:
