@@ -175,6 +175,13 @@ def test_errors():
         codec.encode(data, out=[b"\0" * 16, b"\0" * 16])
     with pytest.raises(ValueError, match="2 buffers"):
         codec.encode(data, out=[bytearray(16)])
+    with pytest.raises(ValueError, match="overlap"):
+        codec.encode(data, out=[data[0], bytearray(16)])
+    with pytest.raises(ValueError, match="overlap"):
+        codec.bind_encode(data, [data[2], bytearray(16)])
+    shared = np.zeros(40, dtype=np.uint8)
+    with pytest.raises(ValueError, match="overlap"):
+        codec.encode(data, out=[shared[:16], shared[8:24]])
     with pytest.raises(ValueError, match="16 bytes"):
         codec.encode(data, out=[bytearray(15), bytearray(15)])
 

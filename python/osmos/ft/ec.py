@@ -220,6 +220,8 @@ class RSCodec:
             raise ValueError(f"data_blocks must be a sequence of k = {self.k} blocks")
         data = _Blocks("data_blocks", data_blocks)
         parity = _Blocks.outputs(out, self.m, data)
+        if parity is not None:
+            _check_disjoint(data.addresses, parity.addresses, data.nbytes)
         return _Bound(self._placed(None, self._parity_rows, data), data, parity)
 
     def bind_decode(self, available: Mapping[int, Any], out: Mapping[int, Any]) -> _Bound:
@@ -231,6 +233,8 @@ class RSCodec:
         if missing:
             raise ValueError(f"out must hold a buffer for every lost data block; missing {missing}")
         rebuilt = _Blocks.outputs([out[i] for i in lost], len(lost), sources)
+        if rebuilt is not None:
+            _check_disjoint(sources.addresses, rebuilt.addresses, sources.nbytes)
         return _Bound(self._placed(used, matrix, sources), sources, rebuilt)
 
     def _plan(self, available: Mapping[int, Any]) -> tuple[tuple[int, ...], list[int], torch.Tensor]:
@@ -288,8 +292,19 @@ class RSCodec:
         return on_device
 
     def _multiply(self, pattern, matrix: torch.Tensor, src: list[int], dst: list[int], like: _Blocks) -> None:
+        _check_disjoint(src, dst, like.nbytes)
         if dst and like.nbytes:
             matmul_addresses(self._placed(pattern, matrix, like), src, dst, like.nbytes, like.device_index)
+
+
+def _check_disjoint(src: list[int], dst: list[int], nbytes: int) -> None:
+    """Outputs must not overlap inputs or each other (the kernels read while they write)."""
+    if nbytes == 0 or len(dst) == 0:
+        return
+    spans = sorted((a, i >= len(src)) for i, a in enumerate(src + dst))
+    for (a, a_out), (b, b_out) in zip(spans, spans[1:]):
+        if (a_out or b_out) and b < a + nbytes:
+            raise ValueError("output blocks must not overlap the input blocks or each other")
 
 
 class _Bound:
