@@ -26,8 +26,7 @@ def test_hand_computed_cases():
 @pytest.mark.parametrize("nodes,k,m,p", [(12, 4, 2, 0.08), (30, 8, 2, 0.05), (14, 10, 4, 0.2)])
 def test_closed_form_matches_monte_carlo(nodes, k, m, p):
     trials = 40_000
-    n = k + m
-    closed = loss_probability_ec(nodes - nodes % n, k, m, p)
+    closed = loss_probability_ec(nodes, k, m, p)
     simulated = monte_carlo_loss_ec(nodes, k, m, p, trials, seed=1)
     sigma = math.sqrt(max(closed * (1 - closed), 1e-12) / trials)
     assert abs(simulated - closed) < 5 * sigma + 1e-4
@@ -50,4 +49,4 @@ def test_certain_failure():
     assert loss_probability_ec(12, 4, 2, 1.0) == 1.0
     assert loss_probability_replication(12, 3, 1.0) == 1.0
     assert loss_probability_ec(12, 4, 2, 0.0) == 0.0
-    assert loss_probability_ec(3, 4, 2, 1.0) == 1.0  # a partial stripe only
+    assert loss_probability_ec(3, 4, 2, 1.0) == 0.0  # no whole stripe: nothing protected here

@@ -2,7 +2,7 @@
 
 Model: N nodes, each failing independently within one exposure window (the time until the lost
 pieces are rebuilt or the next snapshot is protected) with probability p = 1 - exp(-rate * window).
-Erasure coding groups the nodes into N / (k + m) stripes of k + m nodes; a stripe loses its
+Erasure coding groups the nodes into N // (k + m) stripes of k + m nodes; a stripe loses its
 snapshot when more than m of its nodes fail. Replication keeps r copies of each shard on r
 distinct nodes (disjoint groups of r); a group loses its shard when all r fail. The snapshot is
 lost when any stripe (group) loses. At equal memory cost, replication r matches RS(k, m) with
@@ -34,14 +34,10 @@ def _log_survival(q: float) -> float:
 
 
 def loss_probability_ec(nodes: int, k: int, m: int, p: float) -> float:
-    """P(snapshot lost) with RS(k, m) stripes over `nodes` nodes (whole stripes; a partial last
-    stripe of s nodes is counted as an RS(s - m, m) stripe when s > m, else left unprotected)."""
-    n = k + m
-    full, rest = divmod(nodes, n)
-    log_survive = full * _log_survival(_binomial_tail(n, m, p)) if full else 0.0
-    if rest:
-        log_survive += _log_survival(_binomial_tail(rest, m, p)) if rest > m else rest * _log_survival(p)
-    return -math.expm1(log_survive)
+    """P(snapshot lost) with RS(k, m) stripes over `nodes` nodes: nodes // (k + m) whole
+    stripes (the nodes % (k + m) left over hold no stripe)."""
+    stripes = nodes // (k + m)
+    return -math.expm1(stripes * _log_survival(_binomial_tail(k + m, m, p))) if stripes else 0.0
 
 
 def loss_probability_replication(nodes: int, copies: int, p: float) -> float:
