@@ -7,3 +7,6 @@ __all__ = ["topk_compress", "topk_decompress", "topk_accumulate_"]
 from osmos.ops.group_norm import group_norm_apply, group_norm_stats, sliced_group_norm  # noqa: E402
 
 __all__ += ["group_norm_stats", "group_norm_apply", "sliced_group_norm"]
+from osmos.ops.cache_select import cache_select  # noqa: E402
+
+__all__ += ["cache_select"]
