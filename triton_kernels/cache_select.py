@@ -9,7 +9,7 @@ import triton.language as tl
 
 @triton.jit
 def _cache_select_kernel(h_ptr, g_ptr, fresh_ptr, cache_ptr, use_ptr, out_ptr, T, D,
-                         HAS_GATE: tl.constexpr, BLOCK: tl.constexpr):
+                         HAS_H: tl.constexpr, HAS_GATE: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)  # one (b, t) row of D values
     pid_d = tl.program_id(1)
     b = row // T
@@ -22,24 +22,22 @@ def _cache_select_kernel(h_ptr, g_ptr, fresh_ptr, cache_ptr, use_ptr, out_ptr, T
     else:
         src = tl.load(fresh_ptr + base + offs, mask=mask, other=0.0)
         tl.store(cache_ptr + base + offs, src, mask=mask)
-    h = tl.load(h_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
-    s = src.to(tl.float32)
+    y = src.to(tl.float32)
     if HAS_GATE:
-        g = tl.load(g_ptr + b * D + offs, mask=mask, other=0.0).to(tl.float32)
-        y = h + g * s
-    else:
-        y = h + s
+        y = tl.load(g_ptr + b * D + offs, mask=mask, other=0.0).to(tl.float32) * y
+    if HAS_H:
+        y = tl.load(h_ptr + base + offs, mask=mask, other=0.0).to(tl.float32) + y
     tl.store(out_ptr + base + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def cache_select(h: torch.Tensor, gate: torch.Tensor | None, fresh: torch.Tensor, cache: torch.Tensor,
+def cache_select(h: torch.Tensor | None, gate: torch.Tensor | None, fresh: torch.Tensor, cache: torch.Tensor,
                  use_cache: torch.Tensor) -> torch.Tensor:
-    b, d = h.shape[0], h.shape[-1]
-    rows = h.numel() // max(d, 1)
-    out = torch.empty_like(h)
-    if h.numel():
+    b, d = fresh.shape[0], fresh.shape[-1]
+    rows = fresh.numel() // max(d, 1)
+    out = torch.empty_like(fresh)
+    if fresh.numel():
         block = min(1024, triton.next_power_of_2(d))
         grid = (rows, triton.cdiv(d, block))
-        _cache_select_kernel[grid](h, gate if gate is not None else h, fresh, cache, use_cache.view(torch.uint8), out,
-                                   rows // b, d, HAS_GATE=gate is not None, BLOCK=block)
+        _cache_select_kernel[grid](fresh if h is None else h, gate if gate is not None else fresh, fresh, cache, use_cache.view(torch.uint8), out,
+                                   rows // b, d, HAS_H=h is not None, HAS_GATE=gate is not None, BLOCK=block)
     return out

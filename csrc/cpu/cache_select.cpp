@@ -1,6 +1,6 @@
 // HarmoniCa's cache step for one cache unit, per sample of a batch:
 //   src     = use_cache[b] ? cache[b] : fresh[b]
-//   out[b]  = h[b] + gate[b] * src          (gate broadcast over tokens; absent = 1)
+//   out[b]  = h[b] + gate[b] * src          (gate broadcast over tokens; absent = 1; h absent = 0)
 //   cache[b] = src                           (refreshed where the unit was computed)
 // One pass over h, fresh / cache and out. Rows are [B, T, D]; gate is [B, D].
 #include <cstdint>
@@ -47,7 +47,7 @@ void run(const void* h_, const void* gate_, const void* fresh_, void* cache_, co
 #pragma omp simd
       for (int64_t j = 0; j < D; ++j) {
         const float s = E::ld(src, j);
-        E::st(out, off + j, E::ld(h, off + j) + (g ? E::ld(g, j) : 1.0f) * s);
+        E::st(out, off + j, (h ? E::ld(h, off + j) : 0.0f) + (g ? E::ld(g, j) : 1.0f) * s);
       }
       if (!reuse)
         for (int64_t j = 0; j < D; ++j) cache[off + j] = fresh[off + j];

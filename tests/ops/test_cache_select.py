@@ -40,6 +40,13 @@ def test_semantics_by_hand():
     assert cache[0].tolist() == [[100.0, 100.0]] and cache[1].tolist() == [[10.0, 10.0]]
 
 
+def test_without_h_returns_the_selected_branch():
+    _, _, fresh, cache, use = _inputs()
+    want = torch.where(use[:, None, None], cache, fresh)
+    assert torch.equal(cache_select(None, None, fresh, cache, use), want)
+    assert torch.equal(cache, want)
+
+
 def test_2d_rows_and_empty():
     h, fresh, cache = torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 8)
     use = torch.tensor([False, True, False, True])
@@ -51,8 +58,8 @@ def test_2d_rows_and_empty():
 
 def test_errors_name_the_argument():
     h, gate, fresh, cache, use = _inputs()
-    with pytest.raises(ValueError, match="fresh"):
-        cache_select(h, gate, fresh[:, :2], cache, use)
+    with pytest.raises(ValueError, match="h must match"):
+        cache_select(h, gate, fresh[:, :2].contiguous(), cache, use)
     with pytest.raises(TypeError, match="cache"):
         cache_select(h, gate, fresh, cache.double(), use)
     with pytest.raises(ValueError, match="gate"):

@@ -4,7 +4,7 @@ For one cache unit (an attention or MLP branch of a transformer block) and a bat
 each sample may reuse its cached branch output or not:
 
     src      = cache[b] if use_cache[b] else fresh[b]
-    out[b]   = h[b] + gate[b] * src        (gate broadcast over tokens; None means 1)
+    out[b]   = h[b] + gate[b] * src        (gate broadcast over tokens; None means 1; h None means 0)
     cache[b] = src                          (refreshed wherever the branch was computed)
 
 h, fresh, cache: [B, ..., D] of one shape and float dtype; gate: [B, D] or [B, 1, D] or None;
@@ -29,14 +29,17 @@ def _flat_gate(gate: Tensor | None, b: int, d: int) -> Tensor | None:
     return None if gate is None else gate.reshape(b, d)
 
 
-def validate(h: Tensor, gate: Tensor | None, fresh: Tensor, cache: Tensor, use_cache: Tensor) -> None:
-    check_tensor("h", h, dtypes=FLOAT_DTYPES)
-    if h.dim() < 2:
-        raise ValueError(f"h must be [B, ..., D], got shape {tuple(h.shape)}")
-    for name, t in (("fresh", fresh), ("cache", cache)):
-        check_tensor(name, t, dtypes=(h.dtype,))
-        if t.shape != h.shape or t.device != h.device:
-            raise ValueError(f"{name} must match h's shape {tuple(h.shape)} and device {h.device}, got {tuple(t.shape)} on {t.device}")
+def validate(h: Tensor | None, gate: Tensor | None, fresh: Tensor, cache: Tensor, use_cache: Tensor) -> None:
+    check_tensor("fresh", fresh, dtypes=FLOAT_DTYPES)
+    if fresh.dim() < 2:
+        raise ValueError(f"fresh must be [B, ..., D], got shape {tuple(fresh.shape)}")
+    for name, t in (("h", h), ("cache", cache)):
+        if t is None and name == "h":
+            continue
+        check_tensor(name, t, dtypes=(fresh.dtype,))
+        if t.shape != fresh.shape or t.device != fresh.device:
+            raise ValueError(f"{name} must match fresh's shape {tuple(fresh.shape)} and device {fresh.device}, got {tuple(t.shape)} on {t.device}")
+    h = fresh
     b, d = h.shape[0], h.shape[-1]
     if gate is not None:
         check_tensor("gate", gate, dtypes=(h.dtype,))
@@ -48,29 +51,30 @@ def validate(h: Tensor, gate: Tensor | None, fresh: Tensor, cache: Tensor, use_c
 
 
 def reference_cache_select(h, gate, fresh, cache, use_cache) -> Tensor:
-    b, d = h.shape[0], h.shape[-1]
-    mask = use_cache.view((b,) + (1,) * (h.dim() - 1))
+    b, d = fresh.shape[0], fresh.shape[-1]
+    mask = use_cache.view((b,) + (1,) * (fresh.dim() - 1))
     src = torch.where(mask, cache, fresh)
-    g = 1.0 if gate is None else _flat_gate(gate, b, d).float().view((b,) + (1,) * (h.dim() - 2) + (d,))
-    out = (h.float() + g * src.float()).to(h.dtype)
+    g = 1.0 if gate is None else _flat_gate(gate, b, d).float().view((b,) + (1,) * (fresh.dim() - 2) + (d,))
+    out = g * src.float() if h is None else h.float() + g * src.float()
+    out = out.to(fresh.dtype)
     cache.copy_(src)
     return out
 
 
 @torch.library.custom_op("osmos::cache_select", mutates_args=("cache",))
-def _op(h: Tensor, gate: Tensor | None, fresh: Tensor, cache: Tensor, use_cache: Tensor) -> Tensor:
+def _op(h: Tensor | None, gate: Tensor | None, fresh: Tensor, cache: Tensor, use_cache: Tensor) -> Tensor:
     raise NotImplementedError(f"osmos::cache_select has no kernel for {h.device.type}")
 
 
 @_op.register_fake
 def _(h, gate, fresh, cache, use_cache):
-    return torch.empty_like(h)
+    return torch.empty_like(fresh)
 
 
 def _triton(h, gate, fresh, cache, use_cache):
     from osmos.triton_kernels.cache_select import cache_select as kernel
 
-    b, d = h.shape[0], h.shape[-1]
+    b, d = fresh.shape[0], fresh.shape[-1]
     return kernel(h, _flat_gate(gate, b, d), fresh, cache, use_cache)
 
 
@@ -80,14 +84,14 @@ def _(h, gate, fresh, cache, use_cache):
         return _triton(h, gate, fresh, cache, use_cache)
     if not _native.has_cpu_kernel("cache_select"):
         return reference_cache_select(h, gate, fresh, cache, use_cache)
-    b, d = h.shape[0], h.shape[-1]
-    t = h.numel() // max(b * d, 1)
-    out = torch.empty_like(h)
+    b, d = fresh.shape[0], fresh.shape[-1]
+    t = fresh.numel() // max(b * d, 1)
+    out = torch.empty_like(fresh)
     g = _flat_gate(gate, b, d)
-    if h.numel():
+    if fresh.numel():
         _native.C.cache_select(
-            h.data_ptr(), 0 if g is None else g.data_ptr(), fresh.data_ptr(), cache.data_ptr(),
-            use_cache.data_ptr(), out.data_ptr(), dtype_code(h), b, t, d, num_threads(),
+            0 if h is None else h.data_ptr(), 0 if g is None else g.data_ptr(), fresh.data_ptr(), cache.data_ptr(),
+            use_cache.data_ptr(), out.data_ptr(), dtype_code(fresh), b, t, d, num_threads(),
         )
     return out
 
@@ -97,7 +101,7 @@ def _(h, gate, fresh, cache, use_cache):
     return _triton(h, gate, fresh, cache, use_cache)
 
 
-def cache_select(h: Tensor, gate: Tensor | None, fresh: Tensor, cache: Tensor, use_cache: Tensor) -> Tensor:
+def cache_select(h: Tensor | None, gate: Tensor | None, fresh: Tensor, cache: Tensor, use_cache: Tensor) -> Tensor:
     """h + gate * (use_cache ? cache : fresh) per sample; refreshes cache in place where the
     branch was computed. See the module docstring for shapes."""
     validate(h, gate, fresh, cache, use_cache)
