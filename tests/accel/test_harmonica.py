@@ -146,3 +146,37 @@ def test_compiles_fullgraph_with_a_fixed_router():
     h.remove()
     torch.testing.assert_close(got[0], base[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-4)
+
+
+def _train(beta, mode="leave_one_out", iterations=3):
+    from diffusers import DDIMScheduler
+
+    from osmos.accel.harmonica import train_router
+
+    model = tiny_dit()
+
+    def sample_batch(gen):
+        return torch.randn(2, 4, 8, 8, generator=gen), torch.zeros(2, dtype=torch.long)
+
+    def denoise(m, x, t, labels):
+        return m(x, timestep=t.expand(x.shape[0]), class_labels=labels).sample[:, :4]
+
+    before = [p.clone() for p in model.parameters()]
+    router, rec = train_router(
+        model, DDIMScheduler(), num_steps=T, sample_batch=sample_batch, denoise=denoise, beta=beta,
+        iterations=iterations, lr=0.5, lambda_mode=mode, refresh_every=2, progress=False,
+    )
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # model untouched
+    assert all(type(getattr(b, a)).__name__ != "_SoftBranch" for _, b, a in cache_units(model))
+    return router, rec
+
+
+@pytest.mark.parametrize("mode", ["leave_one_out", "sequential"])
+def test_train_router_beta_trades_compute_for_quality(mode):
+    lazy, rec = _train(beta=1.0, mode=mode)
+    eager, _ = _train(beta=0.0, mode=mode)
+    assert all(torch.isfinite(torch.tensor(rec.losses)))
+    assert len(rec.lambdas) == 2 and rec.lambdas[0][0] == 0.0
+    # a large compute penalty drives the probabilities of computing down, none drives them less
+    assert lazy.probabilities()[1:].mean() < eager.probabilities()[1:].mean()
+    assert lazy.logits.abs().max() <= 5.0

@@ -9,3 +9,7 @@ from osmos.accel.harmonica.hooks import HarmonicaConfig, HarmonicaHandle, apply_
 from osmos.accel.harmonica.router import Router
 
 __all__ = ["HarmonicaConfig", "HarmonicaHandle", "Router", "apply_harmonica", "cache_units"]
+
+from osmos.accel.harmonica.train import TrainRecord, train_router  # noqa: E402
+
+__all__ += ["TrainRecord", "train_router"]
