@@ -2,13 +2,19 @@
 reference, input validation, and a kernel per device."""
 
 from osmos.ops.adapter_inject import adapter_inject, adapter_inject_
+from osmos.ops.cache_select import cache_select
 from osmos.ops.gf256_matmul import gf256_matmul
+from osmos.ops.group_norm import group_norm_apply, group_norm_stats, sliced_group_norm
 from osmos.ops.topk_compress import topk_accumulate_, topk_compress, topk_decompress
 
 __all__ = [
     "adapter_inject",
     "adapter_inject_",
+    "cache_select",
     "gf256_matmul",
+    "group_norm_apply",
+    "group_norm_stats",
+    "sliced_group_norm",
     "topk_accumulate_",
     "topk_compress",
     "topk_decompress",

@@ -1,0 +1,197 @@
+"""Training a HarmoniCa router: Step-Wise Denoising Training (SDT) with the Image-Error-Proxy
+objective (IEPO). No training images are needed: trajectories start from noise.
+
+Per iteration, for a fresh batch of noise and conditions, every sampling step t runs
+ * the teacher: all units computed, no cache;
+ * the student: unit output = r * fresh + (1 - r) * cache, r = sigmoid(router logits[t]);
+and minimises lambda(t) * MSE(eps_teacher, eps_student) + beta * sum_k r[t, k]. The trajectory
+advances with the student's (detached) output, so training sees the cache errors inference
+will see. lambda(t) (IEPO) is refreshed every `refresh_every` iterations by gradient-free
+sampling:
+ * "leave_one_out" (the paper): lambda(t) = ||x0 - x0^(t)||^2, x0 sampled with the current hard
+   router, x0^(t) the same with step t fully computed;
+ * "sequential" (the reference code): enable the router's caching one step at a time from the
+   last step backwards; lambda(t) is the change of the final latent when step t is enabled.
+lambda is normalised to mean 1 so beta keeps its scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from osmos.accel.harmonica.hooks import cache_units
+from osmos.accel.harmonica.router import Router
+
+
+class _SoftBranch(nn.Module):
+    """Training-time unit: teacher mode passes through; student mode mixes with the cache."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.mode = "teacher"
+        self.r: Tensor | None = None  # scalar probability of computing, this step
+        self.hard: bool | None = None  # sampling mode: compute (True) or reuse (False)
+        self.cache: Tensor | None = None
+
+    def forward(self, *args, **kwargs):
+        if self.mode == "teacher":
+            return self.inner(*args, **kwargs)
+        if self.mode == "hard":
+            if self.hard or self.cache is None:
+                self.cache = self.inner(*args, **kwargs)
+            return self.cache
+        fresh = self.inner(*args, **kwargs)
+        out = fresh if self.cache is None else self.r * fresh + (1 - self.r) * self.cache
+        self.cache = out.detach()
+        return out
+
+
+@dataclass
+class TrainRecord:
+    losses: list[float] = field(default_factory=list)
+    cache_usage: list[float] = field(default_factory=list)
+    lambdas: list[list[float]] = field(default_factory=list)
+
+
+class _Attached:
+    def __init__(self, transformer: nn.Module):
+        self.units = cache_units(transformer)
+        self.branches = []
+        for _, block, attr in self.units:
+            b = _SoftBranch(getattr(block, attr))
+            setattr(block, attr, b)
+            self.branches.append(b)
+
+    def set(self, mode: str, r: Tensor | None = None, hard: list[bool] | None = None) -> None:
+        for k, b in enumerate(self.branches):
+            b.mode = mode
+            b.r = None if r is None else r[k]
+            b.hard = None if hard is None else hard[k]
+
+    def clear(self) -> None:
+        for b in self.branches:
+            b.cache = None
+
+    def detach(self) -> None:
+        for (_, block, attr), b in zip(self.units, self.branches):
+            setattr(block, attr, b.inner)
+
+
+@torch.no_grad()
+def _sample(att: _Attached, transformer, scheduler, x: Tensor, cond, denoise, mask: list[list[bool]] | None) -> Tensor:
+    """Gradient-free sampling; mask None = no cache (teacher), else hard router mask [T][2N]."""
+    att.clear()
+    for i, t in enumerate(scheduler.timesteps):
+        if mask is None:
+            att.set("teacher")
+        else:
+            att.set("hard", hard=mask[i])
+        eps = denoise(transformer, x, t, cond)
+        x = scheduler.step(eps, t, x).prev_sample
+    return x
+
+
+def _iepo_lambdas(att, transformer, scheduler, x, cond, denoise, mask: Tensor, mode: str) -> Tensor:
+    steps = mask.shape[0]
+    rows = mask.tolist()
+    lam = torch.zeros(steps)
+    if mode == "leave_one_out":
+        base = _sample(att, transformer, scheduler, x, cond, denoise, rows)
+        for t in range(1, steps):
+            alt = [r if i != t else [True] * len(r) for i, r in enumerate(rows)]
+            lam[t] = (base - _sample(att, transformer, scheduler, x, cond, denoise, alt)).pow(2).mean()
+    elif mode == "sequential":
+        current = [[True] * len(r) for r in rows]
+        prev = _sample(att, transformer, scheduler, x, cond, denoise, current)
+        for t in range(steps - 1, 0, -1):
+            current[t] = rows[t]
+            now = _sample(att, transformer, scheduler, x, cond, denoise, current)
+            lam[t] = (now - prev).pow(2).mean()
+            prev = now
+    else:
+        raise ValueError(f"lambda_mode must be 'leave_one_out' or 'sequential', got {mode!r}")
+    mean = lam[1:].mean()
+    # no step caches yet (or caching changes nothing): weigh the steps equally
+    lam = lam / mean if mean > 0 else torch.ones(steps)
+    lam[0] = 0.0  # the first step always computes: student and teacher agree there
+    return lam
+
+
+def train_router(
+    transformer: nn.Module,
+    scheduler,
+    *,
+    num_steps: int,
+    sample_batch: Callable[[torch.Generator], tuple[Tensor, object]],
+    denoise: Callable[[nn.Module, Tensor, Tensor, object], Tensor],
+    beta: float,
+    iterations: int = 200,
+    lr: float = 0.01,
+    lambda_mode: str = "leave_one_out",
+    refresh_every: int = 50,
+    threshold: float = 0.1,
+    init_logit: float = 3.0,
+    seed: int = 0,
+    router: Router | None = None,
+    progress: bool = True,
+) -> tuple[Router, TrainRecord]:
+    """Train a Router for `transformer` sampled by `scheduler` with `num_steps` steps.
+
+    sample_batch(generator) -> (noise x_T, conditioning) draws a batch of starting points;
+    denoise(transformer, x_t, t, conditioning) -> the model output scheduler.step consumes
+    (apply classifier-free guidance there if the pipeline uses it). Returns the router and a
+    record of losses, cache usage and lambda(t) per refresh.
+    """
+    if num_steps < 2:
+        raise ValueError(f"num_steps must be >= 2, got {num_steps}")
+    if beta < 0 or iterations < 1 or refresh_every < 1:
+        raise ValueError("beta must be >= 0, iterations and refresh_every >= 1")
+    from tqdm.auto import tqdm
+
+    scheduler.set_timesteps(num_steps)
+    units = cache_units(transformer)
+    router = router or Router(num_steps, len(units), type(scheduler).__name__, init=init_logit)
+    router.check_compatible(num_steps, type(scheduler).__name__)
+    opt = torch.optim.Adam(router.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    requires = [p.requires_grad for p in transformer.parameters()]
+    for p in transformer.parameters():
+        p.requires_grad_(False)
+    att = _Attached(transformer)
+    record = TrainRecord()
+    lam = torch.ones(num_steps)
+    try:
+        for it in tqdm(range(iterations), desc="HarmoniCa router", disable=not progress):
+            x, cond = sample_batch(gen)
+            if it % refresh_every == 0:
+                lam = _iepo_lambdas(att, transformer, scheduler, x, cond, denoise, router.compute_mask(threshold), lambda_mode)
+                record.lambdas.append(lam.tolist())
+            att.clear()
+            total = 0.0
+            for i, t in enumerate(scheduler.timesteps):
+                with torch.no_grad():
+                    att.set("teacher")
+                    eps_teacher = denoise(transformer, x, t, cond)
+                r = router.probabilities()[i]
+                att.set("student", r=torch.ones_like(r) if i == 0 else r)
+                eps_student = denoise(transformer, x, t, cond)
+                loss = lam[i] * torch.nn.functional.mse_loss(eps_student, eps_teacher) + beta * r.sum() * (i > 0)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                router.clamp_()
+                total += float(loss)
+                with torch.no_grad():
+                    x = scheduler.step(eps_student.detach(), t, x).prev_sample
+            record.losses.append(total / num_steps)
+            record.cache_usage.append(router.cache_usage(threshold))
+    finally:
+        att.detach()
+        for p, req in zip(transformer.parameters(), requires):
+            p.requires_grad_(req)
+    return router, record

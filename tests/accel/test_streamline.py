@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+from diffusers import UNetMotionModel  # noqa: E402
+
+from osmos.accel.streamline import streamline  # noqa: E402
+
+
+def tiny_motion_unet():
+    torch.manual_seed(0)
+    return UNetMotionModel(
+        block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
+        up_block_types=("UpBlockMotion", "CrossAttnUpBlockMotion"),
+        norm_num_groups=8, cross_attention_dim=16, num_attention_heads=2, motion_num_attention_heads=2,
+        motion_max_seq_length=8, use_motion_mid_block=True,
+    ).eval()
+
+
+def run(unet, frames=4, batch=2, size=12, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 4, frames, size, size, generator=g)
+    ctx = torch.randn(batch, 5, 16, generator=g).repeat_interleave(frames, dim=0)  # as AnimateDiffPipeline passes it
+    with torch.no_grad():
+        return unet(x, torch.tensor(500), encoder_hidden_states=ctx).sample
+
+
+@pytest.mark.parametrize("spatial,temporal", [(2, 1), (1, 5), (3, 7), (8, 144)])
+def test_sliced_unet_is_exact(spatial, temporal):
+    unet = tiny_motion_unet()
+    want = run(unet)
+    handle = streamline(unet, spatial_slices=spatial, temporal_slices=temporal)
+    assert handle.wrapped > 0
+    got = run(unet)
+    assert (got - want).abs().max().item() <= 1e-5
+    handle.remove()
+    assert torch.equal(run(unet), want)  # detached cleanly: bitwise identical again
+
+
+def test_naive_spatial_slicing_of_motion_norm_would_be_wrong():
+    # the defect the two-pass GroupNorm avoids: per-slice statistics change the result
+    unet = tiny_motion_unet()
+    mm = unet.down_blocks[0].motion_modules[0]
+    x = torch.randn(2 * 4, 32, 6, 6)
+    x[:, :, :3] += 3.0
+    with torch.no_grad():
+        want = mm(x, num_frames=4)
+        naive_norm = torch.cat([mm.norm(x.view(2, 4, 32, 6, 6).permute(0, 2, 1, 3, 4)[..., :3, :]),
+                                mm.norm(x.view(2, 4, 32, 6, 6).permute(0, 2, 1, 3, 4)[..., 3:, :])], dim=3)
+        full_norm = mm.norm(x.view(2, 4, 32, 6, 6).permute(0, 2, 1, 3, 4))
+        assert (naive_norm - full_norm).abs().max() > 0.1
+        h = streamline(unet, temporal_slices=2)
+        got = unet.down_blocks[0].motion_modules[0](x, num_frames=4)
+        h.remove()
+    assert (got - want).abs().max().item() <= 1e-5
+
+
+def test_errors():
+    unet = tiny_motion_unet()
+    with pytest.raises(ValueError, match="spatial_slices"):
+        streamline(unet, spatial_slices=0)
+    with pytest.raises(TypeError, match="UNetMotionModel"):
+        streamline(torch.nn.Linear(2, 2), spatial_slices=2)
+    h = streamline(unet, spatial_slices=2)
+    with pytest.raises(RuntimeError, match="already"):
+        streamline(unet, spatial_slices=2)
+    h.remove()
+    h = streamline(unet, spatial_slices=64)
+    with pytest.raises(ValueError, match="larger than batch x frames"):
+        run(unet)
+    h.remove()
+    h = streamline(unet, temporal_slices=1000)
+    with pytest.raises(ValueError, match="larger than the latent"):
+        run(unet)
+    h.remove()

@@ -1,0 +1,78 @@
+"""Triton kernels of the two-pass sliced GroupNorm (see osmos.ops.group_norm)."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from osmos.ops.group_norm import mean_rstd
+
+
+@triton.jit
+def _stats_kernel(x_ptr, out_ptr, C, L, sN, sC, G, CPG, BLOCK: tl.constexpr):
+    row = tl.program_id(0)  # one (n, g) per program
+    n = row // G
+    g = row % G
+    s = tl.zeros((BLOCK,), dtype=tl.float64)
+    ss = tl.zeros((BLOCK,), dtype=tl.float64)
+    for c in range(g * CPG, (g + 1) * CPG):
+        base = x_ptr + n * sN + c * sC
+        for start in range(0, L, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            v = tl.load(base + offs, mask=offs < L, other=0.0).to(tl.float64)
+            s += v
+            ss += v * v
+    tl.store(out_ptr + row * 2, tl.sum(s, 0))
+    tl.store(out_ptr + row * 2 + 1, tl.sum(ss, 0))
+
+
+@triton.jit
+def _apply_kernel(x_ptr, y_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, C, L, sN, sC, G, CPG,
+                  HAS_W: tl.constexpr, HAS_B: tl.constexpr, SILU: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)  # one (n, c) per program
+    pid_l = tl.program_id(1)
+    n = row // C
+    c = row % C
+    g = c // CPG
+    m = tl.load(mean_ptr + n * G + g)
+    r = tl.load(rstd_ptr + n * G + g)
+    offs = pid_l * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < L
+    v = tl.load(x_ptr + n * sN + c * sC + offs, mask=mask, other=0.0).to(tl.float32)
+    y = (v - m) * r
+    if HAS_W:
+        y = y * tl.load(w_ptr + c)
+    if HAS_B:
+        y = y + tl.load(b_ptr + c)
+    if SILU:
+        y = y / (1.0 + tl.exp(-y))
+    tl.store(y_ptr + row * L + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def group_norm_stats(x: torch.Tensor, num_groups: int) -> torch.Tensor:
+    n, c, l = x.shape
+    out = torch.zeros((n, num_groups, 3), dtype=torch.float64, device=x.device)
+    sums = torch.zeros((n, num_groups, 2), dtype=torch.float64, device=x.device)
+    if x.numel():
+        block = min(1024, triton.next_power_of_2(max(l, 16)))
+        _stats_kernel[(n * num_groups,)](x, sums, c, l, x.stride(0), x.stride(1), num_groups, c // num_groups, BLOCK=block)
+    out[..., 0] = float((c // num_groups) * l)
+    out[..., 1:] = sums
+    return out
+
+
+def group_norm_apply(x, stats, weight, bias, eps: float, silu: bool) -> torch.Tensor:
+    n, c, l = x.shape
+    g = stats.shape[1]
+    mean, rstd = mean_rstd(stats, eps)
+    y = torch.empty((n, c, l), dtype=x.dtype, device=x.device)
+    if x.numel():
+        block = min(1024, triton.next_power_of_2(max(l, 16)))
+        grid = (n * c, triton.cdiv(l, block))
+        _apply_kernel[grid](
+            x, y, mean, rstd, weight if weight is not None else mean, bias if bias is not None else mean,
+            c, l, x.stride(0), x.stride(1), g, c // g,
+            HAS_W=weight is not None, HAS_B=bias is not None, SILU=silu, BLOCK=block,
+        )
+    return y
