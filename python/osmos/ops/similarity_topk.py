@@ -53,6 +53,10 @@ def validate(queries: Tensor, database: Tensor, k: int, threshold: float | None)
             raise TypeError(f"threshold must be a float or None, got {type(threshold).__name__}")
         if math.isnan(threshold):
             raise ValueError("threshold must not be NaN")
+
+
+def check_queries_nan(queries: Tensor) -> None:
+    """Inside the kernels (a data-dependent check torch.compile must not trace)."""
     if queries.numel() and torch.isnan(queries).any():
         raise ValueError("queries contain NaN")
 
@@ -181,6 +185,7 @@ def _(queries, database, k, threshold):
 
 @_similarity_topk_op.register_kernel("cpu")
 def _(queries, database, k, threshold):
+    check_queries_nan(queries)
     if triton_interpreting() and os.environ.get("OSMOS_CPU_BACKEND") == "triton":
         return similarity_topk_triton(queries, database, k, threshold)
     return similarity_topk_cpu(queries, database, k, threshold)
@@ -188,6 +193,7 @@ def _(queries, database, k, threshold):
 
 @_similarity_topk_op.register_kernel("cuda")
 def _(queries, database, k, threshold):
+    check_queries_nan(queries)
     if _gpu_backend(k) == "triton":
         return similarity_topk_triton(queries, database, k, threshold)
     return similarity_topk_torch(queries, database, k, threshold)
