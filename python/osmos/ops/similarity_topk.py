@@ -33,8 +33,9 @@ from osmos.ops._common import FLOAT_DTYPES, check_int, check_tensor, dtype_code,
 # Query batches up to this size use the fused dot + selection kernel (one pass over the
 # database, memory bound); larger ones use BLAS on chunks + the fused selection kernel.
 FUSED_MAX_QUERIES = 32
-# Bytes of the float32 score block per chunk (sized to stay in cache next to the chunk).
-SCORE_BLOCK_BYTES = 4 << 20
+# Bytes of the float32 score block per chunk: large enough that BLAS runs at full speed
+# (measured: 16-64 MiB beat 2-4 MiB at 100-1000 queries), small next to the database.
+SCORE_BLOCK_BYTES = 64 << 20
 _NUMPY_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16}
 
 
