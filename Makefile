@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 # The CPU wheel; a bare `torch` could resolve to a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= test,triton,diffusion,bench
+EXTRAS ?= test,triton,diffusion,bench,replication,replication
 NATIVE_SOURCES := $(shell find csrc -type f) CMakeLists.txt pyproject.toml
 PY_SOURCES := $(shell find python triton_kernels -name '*.py')
 

@@ -5,6 +5,7 @@ from osmos.ops.adapter_inject import adapter_inject, adapter_inject_
 from osmos.ops.cache_select import cache_select
 from osmos.ops.gf256_matmul import gf256_matmul
 from osmos.ops.group_norm import group_norm_apply, group_norm_stats, sliced_group_norm
+from osmos.ops.similarity_topk import similarity_topk
 from osmos.ops.topk_compress import topk_accumulate_, topk_compress, topk_decompress
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "gf256_matmul",
     "group_norm_apply",
     "group_norm_stats",
+    "similarity_topk",
     "sliced_group_norm",
     "topk_accumulate_",
     "topk_compress",

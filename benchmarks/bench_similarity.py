@@ -1,0 +1,151 @@
+"""Exact top-k inner-product search: osmos.ops.similarity_topk vs faiss.IndexFlatIP vs
+torch mm + topk, in one process on the same data.
+
+Database: L2-normalised Gaussian rows (1M x 512 and 100k x 1024 float32 by default); queries:
+batches of 1, 16, 100, 1000; k = 1 and 10. Reports queries/s (median of repeats after a
+warm-up), the ratio to faiss, the peak extra resident memory of each call (VmHWM after
+resetting it through /proc/self/clear_refs, so allocations by torch and faiss both count),
+and agreement with the other methods: identical indices, or a different index whose score is
+within float32 rounding (a near tie, which no float32 method can order reliably).
+
+    python benchmarks/bench_similarity.py            # full table (several minutes on 2 cores)
+    python benchmarks/bench_similarity.py --quick    # small, under 30 s
+    python benchmarks/bench_similarity.py --database 100000x1024 --batches 1000 --k 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from osmos.ops import similarity_topk
+
+TORCH_SCORE_BYTES = 1 << 30  # torch mm + topk runs query blocks whose score matrix fits 1 GiB
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def peak_extra_mib(fn) -> tuple[object, float, float]:
+    """Run fn once: (its result, MiB of resident memory at its peak above the resident size
+    before it, seconds it took)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current VmRSS
+    before = _status_kib("VmRSS")
+    t = time.perf_counter()
+    out = fn()
+    seconds = time.perf_counter() - t
+    return out, max(0, _status_kib("VmHWM") - before) / 1024, seconds
+
+
+def median_seconds(fn, max_repeats: int, budget_s: float, first_s: float) -> float:
+    """Median of up to max_repeats timed calls (at least one; no new call after budget_s).
+    A call that already took first_s > budget_s (the warm-up) is the single sample."""
+    if first_s > budget_s:
+        return first_s
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_repeats and (not times or time.perf_counter() - start < budget_s):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def torch_mm_topk(q: torch.Tensor, db: torch.Tensor, k: int):
+    block = max(1, TORCH_SCORE_BYTES // (4 * db.shape[0]))
+    parts = [torch.topk(q[b : b + block] @ db.T, k, dim=1) for b in range(0, q.shape[0], block)]
+    return torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts])
+
+
+def agreement(a, b, tol: float = 1e-5) -> tuple[float, float]:
+    """(fraction of identical indices, fraction identical or near-tie) between two results."""
+    same = a[1] == b[1]
+    near = same | ((a[0] - b[0]).abs() <= tol)
+    return same.float().mean().item(), near.float().mean().item()
+
+
+def run(n: int, d: int, batches, ks, max_repeats: int, budget_s: float, rows: list) -> None:
+    import faiss
+
+    g = torch.Generator().manual_seed(0)
+    db = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+    index = faiss.IndexFlatIP(d)
+    index.add(db.numpy())
+    q = torch.nn.functional.normalize(torch.randn(2, d, generator=g), dim=1)
+    for warm in (lambda: similarity_topk(q, db[:1000], 1), lambda: index.search(q.numpy(), 1),
+                 lambda: torch_mm_topk(q, db[:1000], 1)):
+        warm()  # one-time initialisation (thread pools, lazy loading) outside the measurements
+    for nq in batches:
+        q = torch.nn.functional.normalize(torch.randn(nq, d, generator=g), dim=1)
+        qn = q.numpy()
+        for k in ks:
+            methods = {
+                "osmos": lambda: similarity_topk(q, db, k),
+                "faiss": lambda: tuple(torch.from_numpy(x) for x in index.search(qn, k)),
+                "torch": lambda: torch_mm_topk(q, db, k),
+            }
+            results, qps, mem = {}, {}, {}
+            for name, fn in methods.items():
+                results[name], mem[name], first = peak_extra_mib(fn)  # doubles as the warm-up
+                qps[name] = nq / median_seconds(fn, max_repeats, budget_s, first)
+            same_f, near_f = agreement(results["osmos"], results["faiss"])
+            same_t, near_t = agreement(results["osmos"], results["torch"])
+            rows.append(dict(
+                db=f"{n // 1000}k x {d}", q=nq, k=k, **{f"{m}_qps": qps[m] for m in methods},
+                ratio=qps["osmos"] / qps["faiss"], **{f"{m}_mib": mem[m] for m in methods},
+                same=min(same_f, same_t), near=min(near_f, near_t),
+            ))
+            print(format_row(rows[-1]), flush=True)
+
+
+HEADER = (
+    "| database | queries | k | osmos q/s | faiss q/s | torch q/s | osmos / faiss | "
+    "peak MiB osmos / faiss / torch | same indices | same or near-tie |\n"
+    "|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def format_row(r: dict) -> str:
+    return (
+        f"| {r['db']} | {r['q']} | {r['k']} | {r['osmos_qps']:.1f} | {r['faiss_qps']:.1f} | {r['torch_qps']:.1f} "
+        f"| {r['ratio']:.2f}x | {r['osmos_mib']:.0f} / {r['faiss_mib']:.0f} / {r['torch_mib']:.0f} "
+        f"| {100 * r['same']:.2f}% | {100 * r['near']:.2f}% |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="50k x 512 only, batches 1/16/100, k=10")
+    parser.add_argument("--database", action="append", metavar="NxD",
+                        help="database size(s), e.g. 1000000x512 (default: 1000000x512 and 100000x1024)")
+    parser.add_argument("--batches", default="1,16,100,1000", help="query batch sizes")
+    parser.add_argument("--k", default="1,10", help="k values")
+    args = parser.parse_args()
+    import faiss
+
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    print(f"threads: {torch.get_num_threads()}, faiss {faiss.__version__}, torch {torch.__version__}")
+    print(HEADER)
+    rows: list = []
+    if args.quick:
+        run(50_000, 512, [1, 16, 100], [10], max_repeats=3, budget_s=0.5, rows=rows)
+    else:
+        batches = [int(b) for b in args.batches.split(",")]
+        ks = [int(k) for k in args.k.split(",")]
+        for spec in args.database or ["1000000x512", "100000x1024"]:
+            n, d = (int(x) for x in spec.lower().split("x"))
+            run(n, d, batches, ks, max_repeats=3, budget_s=5.0, rows=rows)
+
+
+if __name__ == "__main__":
+    main()
