@@ -122,6 +122,9 @@ def sc_resume(rank, world):
     return full, torch.cat([first, second])
 
 
+CONVEX = {"d": 20, "k": 4, "steps": 250, "seed": 7}
+
+
 class _QuadraticModel(nn.Module):
     def __init__(self, d):
         super().__init__()
@@ -132,10 +135,10 @@ class _QuadraticModel(nn.Module):
 
 
 def sc_convex(rank, world):
-    """EF21 TopK (k=2 of d=20) through DDP on f_i = quadratics with the theory stepsize:
-    returns ||grad f(x^t)||^2 at t = 0 and at the end."""
-    d, k, steps = 20, 2, 600
-    q = Quadratic.random(world, d, seed=7, spread=4.0)
+    """EF21 TopK (k=4 of d=20) through DDP on f_i = quadratics with the theory stepsize:
+    returns ||grad f(x^t)||^2 at t = 0 and at the end, and the last iterate."""
+    d, k, steps = CONVEX["d"], CONVEX["k"], CONVEX["steps"]
+    q = Quadratic.random(world, d, seed=CONVEX["seed"], spread=4.0)
     H, c = q.H[rank].float(), q.c[rank].float()
     gamma = ef21_stepsize(q.L, q.L_i, k, d, weighted=False)
     ddp = DDP(_QuadraticModel(d))
@@ -151,7 +154,7 @@ def sc_convex(rank, world):
         opt.zero_grad()
         ddp(H, c).backward()
         opt.step()
-    return start, full_grad_sq()
+    return start, full_grad_sq(), ddp.module.x.detach().clone()
 
 
 def _error(fn):
