@@ -104,13 +104,16 @@ class TopK(_SelectK):
         return topk_compress(x, g, self.num_selected(x.numel()))
 
     def step_batch_(self, x, g, seed):
-        """Vectorised over workers for the simulator; selects the same entries as the op
-        (magnitude order of `magnitude_keys`, ties to the lower index)."""
+        """Vectorised over workers for the simulator. Same magnitude order as the op
+        (`magnitude_keys`; float64 compares |d| directly); ties go to the lower index for k = 1,
+        and are unspecified for k > 1 (torch.topk)."""
         k = self.num_selected(x.shape[1])
         d = x.to(g.dtype) - g
         keys = magnitude_keys(d) if d.dtype != torch.float64 else d.abs()
-        order = torch.sort(keys, dim=1, descending=True, stable=True).indices[:, :k]
-        indices = torch.sort(order, dim=1).values
+        if k == 1:
+            indices = torch.argmax(keys, dim=1, keepdim=True)  # first maximum: the lower index
+        else:
+            indices = torch.sort(torch.topk(keys, k, dim=1, sorted=False).indices, dim=1).values
         values = torch.gather(d, 1, indices)
         g.scatter_add_(1, indices, values)
         return values, indices
