@@ -1,7 +1,7 @@
 """EF21 DDP hook vs plain allreduce and PyTorch's PowerSGD hook, real DDP over gloo on 127.0.0.1.
 
 Part 1 (speed/traffic): world = 2 and 4 processes, an MLP of ~25M parameters
-(1024 -> 4096 -> 4096 -> 1024), batch 4 per rank, SGD. Hooks: allreduce (torch's
+(1024 -> 4096 -> 4096 -> 1024), batch 4 per rank, SGD, one DDP bucket (see BUCKET_CAP_MB). Hooks: allreduce (torch's
 default_hooks.allreduce_hook), PowerSGD rank 1 and 4 (error feedback, warm start), EF21 TopK at
 k/d = 1% and 0.1%. Per-step wall time (median over the measured steps, after warm-up steps that
 include EF21's one dense first round and PowerSGD's start iteration), and bytes per rank per step
@@ -37,6 +37,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from osmos.compress.ef21 import EF21State, ef21_hook
 
+# One bucket for every hook: PowerSGD issues its second all_reduce from a future callback, and with
+# several buckets over gloo those collectives raced with the next bucket's and deadlocked here.
+BUCKET_CAP_MB = 200
 HOOKS = ["allreduce", "powersgd_r1", "powersgd_r4", "ef21_1%", "ef21_0.1%"]
 
 
@@ -84,13 +87,13 @@ def big_model():
 
 def speed_worker(rank, world, port, steps, warmup, out):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=600))
+                            timeout=timedelta(seconds=300))
     torch.set_num_threads(1)
     counter = ByteCounter(world)
     results = {}
     for name in HOOKS:
         model = big_model()
-        ddp = DDP(model)
+        ddp = DDP(model, bucket_cap_mb=BUCKET_CAP_MB)
         attach(ddp, name)
         opt = torch.optim.SGD(ddp.parameters(), lr=1e-3)
         gen = torch.Generator().manual_seed(rank)
@@ -128,14 +131,14 @@ def digits_shard(rank, world):
 
 def loss_worker(rank, world, port, steps_by_hook, every, out):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=600))
+                            timeout=timedelta(seconds=300))
     torch.set_num_threads(1)
     X, y, Xs, ys = digits_shard(rank, world)
     curves = {}
     for name, steps in steps_by_hook.items():
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10))
-        ddp = DDP(model)
+        ddp = DDP(model, bucket_cap_mb=BUCKET_CAP_MB)
         attach(ddp, name)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
         gen = torch.Generator().manual_seed(100 + rank)

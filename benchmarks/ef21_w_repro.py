@@ -126,8 +126,8 @@ def main():
         return "not reached" if v is None else f.format(v)
 
     print(f"# EF21 / EF21-W reproduction: {args.steps} rounds ({time.perf_counter() - t0:.0f} s)\n")
-    print("| setting | compressor | L_QM/L_AM | predicted gamma_new/gamma_old | target ||grad f||^2 / start "
-          "| bits/worker to target, EF21 old | speed-up EF21 new | speed-up EF21-W | final ||grad f||^2 / start, old / EF21-W |")
+    print("| setting | compressor | L_QM/L_AM | predicted gamma_new/gamma_old | target ‖∇f‖² / start "
+          "| bits/worker to target, EF21 old | speed-up EF21 new | speed-up EF21-W | final ‖∇f‖² / start, old / EF21-W |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['setting']} | {r['compressor']} | {r['L_QM/L_AM']:.2f} | {r['predicted']:.2f} | {r['target']:.1e} | "
