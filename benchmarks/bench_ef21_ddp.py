@@ -175,8 +175,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--worlds", default="2,4")
-    ap.add_argument("--loss-steps", type=int, default=300)
+    ap.add_argument("--worlds", default="2,4", help="comma-separated world sizes for part 1 ('' skips it)")
+    ap.add_argument("--loss-steps", type=int, default=300, help="allreduce steps of part 2 (EF21 runs 3x; 0 skips it)")
     ap.add_argument("--loss-every", type=int, default=10)
     ap.add_argument("--plot", default="benchmarks/figures/ef21_ddp_loss.png")
     args = ap.parse_args()
@@ -185,7 +185,7 @@ def main():
     print(f"# EF21 DDP hook: gloo on 127.0.0.1, {os.cpu_count()} CPU cores, torch {torch.__version__}\n")
     print("| ranks | hook | params | step time (median, s) | vs allreduce | payload bytes/rank/step | wire bytes/rank/step (ring) | bytes vs allreduce |")
     print("|---|---|---|---|---|---|---|---|")
-    for world in [int(w) for w in args.worlds.split(",")]:
+    for world in [int(w) for w in args.worlds.split(",") if w]:
         res = spawn(speed_worker, world, args.steps, args.warmup)
         base = res["allreduce"]
         for name in HOOKS:
@@ -194,6 +194,8 @@ def main():
                   f"{r['payload_bytes'] / 1e6:.3f} MB | {r['wire_bytes'] / 1e6:.3f} MB | {base['wire_bytes'] / max(r['wire_bytes'], 1):.1f}x fewer |",
                   flush=True)
 
+    if args.loss_steps <= 0:
+        return
     steps = {name: args.loss_steps * (1 if name == "allreduce" or name.startswith("powersgd") else 3) for name in HOOKS}
     curves = spawn(loss_worker, 2, steps, args.loss_every)
     target = curves["allreduce"][-1][1]

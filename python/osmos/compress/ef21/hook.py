@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from osmos.compress.ef21.slots import BucketLayout
-from osmos.compress.ef21.state import EF21State
+from osmos.compress.ef21.state import SUPPORTED_DTYPES, EF21State
 from osmos.ops import topk_accumulate_
 
 
@@ -130,6 +130,6 @@ def register_ef21_hook(model, state: EF21State) -> None:
     if group is not state.group and not (group == dist.group.WORLD and state.group == dist.group.WORLD):
         raise ValueError("process group mismatch: the EF21State was built for another process group than the DDP model's")
     for name, p in model.named_parameters():
-        if p.requires_grad and p.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        if p.requires_grad and p.dtype not in SUPPORTED_DTYPES:
             raise TypeError(f"ef21_hook supports float32, float16 and bfloat16 gradients; parameter {name!r} is {p.dtype}")
     model.register_comm_hook(state, ef21_hook)
