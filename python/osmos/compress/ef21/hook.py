@@ -67,7 +67,7 @@ def _compressed_round(state: EF21State, buffer: Tensor, layout: BucketLayout):
         prev = layout.flats["prev_grad"]
         if not layout.fresh:
             for j, (off, n) in enumerate(zip(layout.offsets, layout.numels)):
-                movement[j] = torch.sum((x[off:off + n] - prev[off:off + n]).double() ** 2)
+                movement[j] = float(torch.sum((x[off:off + n] - prev[off:off + n]).double() ** 2))
         prev.copy_(x)
     if state.scale() != 1.0:
         x = x * state.scale()
