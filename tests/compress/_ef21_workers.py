@@ -101,9 +101,9 @@ def sc_ratio_one(rank, world):
 
 def sc_resume(rank, world):
     """Uninterrupted 6 steps vs 3 steps + save + fresh DDP/EF21State/optimizer + load + 3 steps."""
-    full = _train(_ddp(_model(), EF21State(None, ratio=0.1, weights=RESUME_WEIGHTS)), rank, 6)
+    full = _train(_ddp(_model(), EF21State(None, ratio=0.1, weights="online")), rank, 6)
     model = _model()
-    state = EF21State(None, ratio=0.1, weights=RESUME_WEIGHTS)
+    state = EF21State(None, ratio=0.1, weights="online")
     ddp = _ddp(model, state)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
     first = _train(ddp, rank, 3, opt=opt)
@@ -113,7 +113,7 @@ def sc_resume(rank, world):
     ckpt = torch.load(blob, weights_only=True)
     model2 = _model(seed=123)
     model2.load_state_dict(ckpt["model"])
-    state2 = EF21State(None, ratio=0.1, weights=RESUME_WEIGHTS)
+    state2 = EF21State(None, ratio=0.1, weights="online")
     state2.load_state_dict(ckpt["ef21"])
     ddp2 = _ddp(model2, state2)
     opt2 = torch.optim.SGD(ddp2.parameters(), lr=0.05)
@@ -191,8 +191,6 @@ def sc_errors(rank, world):
     dist.barrier()
     return errors
 
-
-RESUME_WEIGHTS = os.environ.get("EF21_RESUME_WEIGHTS", "online") or None
 
 SCENARIOS = {"identical": sc_identical, "ratio_one": sc_ratio_one, "resume": sc_resume,
              "convex": sc_convex, "errors": sc_errors}

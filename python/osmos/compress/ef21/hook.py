@@ -73,8 +73,7 @@ def _compressed_round(state: EF21State, buffer: Tensor, layout: BucketLayout):
         x = x * state.scale()
     g_local = layout.flats["g_local"]
     seeds = [state.param_seed(k) for k in layout.keys]
-    k_per = [comp.num_selected(n) for n in layout.numels]
-    kmax = sum(k_per)
+    kmax = sum(comp.num_selected(n) for n in layout.numels)
     with_indices = not comp.shares_indices
     message = torch.zeros(header + (2 if with_indices else 1) * kmax, dtype=torch.int32, device=buffer.device)
     message[1:header] = movement.view(torch.int32).to(buffer.device)
