@@ -1,0 +1,120 @@
+// Randomized parameter sharing on the CPU: hashed gather (W = scale * sign * M[h]), its adjoint
+// scatter-add into M, and the index / sign tables. The mapping is csrc/include/osmos/rps_hash.h.
+//
+// Rows are walked run by run (a run: consecutive elements whose M indices are consecutive), so
+// STABLE-RPS and ROAST pay one index computation per run, not per element.
+// The scatter is race-free and bitwise reproducible for any thread count: thread t owns a slice
+// of M and adds, in increasing element order, every contribution that lands in its slice.
+#include "cpu/rps.h"
+
+#include <algorithm>
+
+#include "cpu/parallel.h"
+#include "osmos/dtype.h"
+#include "osmos/rps_hash.h"
+
+namespace osmos::cpu {
+namespace {
+
+using rps::Map;
+
+// Element access in the compute type: float for float32 / float16 / bfloat16, double for float64.
+struct F16 { uint16_t v; };
+struct BF16 { uint16_t v; };
+template <class T> struct Compute { using type = float; };
+template <> struct Compute<double> { using type = double; };
+
+inline float load(const float* p, int64_t i) { return p[i]; }
+inline double load(const double* p, int64_t i) { return p[i]; }
+inline float load(const F16* p, int64_t i) { return f16_to_f32(p[i].v); }
+inline float load(const BF16* p, int64_t i) { return bf16_to_f32(p[i].v); }
+inline void store(float* p, int64_t i, float v) { p[i] = v; }
+inline void store(double* p, int64_t i, double v) { p[i] = v; }
+inline void store(F16* p, int64_t i, float v) { p[i].v = f32_to_f16(v); }
+inline void store(BF16* p, int64_t i, float v) { p[i].v = f32_to_bf16(v); }
+
+// Calls fn(e, r, c, j, len) for each run of elements [e, e + len) (e = r * cols + c) of the flat range
+// [begin, end) of [rows, cols] whose M indices are j, j + 1, ..., j + len - 1 (runs stay in one row).
+template <class F>
+void for_each_run(const Map& p, int64_t cols, int64_t begin, int64_t end, F&& fn) {
+  int64_t e = begin;
+  while (e < end) {
+    int64_t r = e / cols, c = e % cols;
+    int64_t j = rps::index(p, r, c);
+    int64_t len = rps::run_length(p, r, c, j, std::min(cols - c, end - e));
+    fn(e, r, c, j, len);
+    e += len;
+  }
+}
+
+template <class T, class C = typename Compute<T>::type>
+void gather_impl(const T* M, T* W, const Map& p, int64_t rows, int64_t cols, C scale, int threads) {
+  int64_t n = rows * cols;
+  parallel_chunks(n, threads_for(n, threads, 1 << 14), [&](int, int64_t b, int64_t e) {
+    for_each_run(p, cols, b, e, [&](int64_t at, int64_t r, int64_t c, int64_t j, int64_t len) {
+      if (!p.use_sign) {
+        for (int64_t k = 0; k < len; ++k) store(W, at + k, scale * load(M, j + k));
+      } else {
+        for (int64_t k = 0; k < len; ++k)
+          store(W, at + k, C(rps::sign(p, r, c + k)) * scale * load(M, j + k));
+      }
+    });
+  });
+}
+
+// acc[h(e)] += scale * sign(e) * G[e]; thread t only touches acc[lo, hi).
+template <class T, class Acc = typename Compute<T>::type>
+void scatter_impl(const T* G, Acc* acc, const Map& p, int64_t rows, int64_t cols, Acc scale, int threads) {
+  int64_t n = rows * cols;
+  int nt = threads_for(p.m, threads_for(n, threads, 1 << 14), 1 << 10);
+  parallel_chunks(p.m, nt, [&](int, int64_t lo, int64_t hi) {
+    for_each_run(p, cols, 0, n, [&](int64_t at, int64_t r, int64_t c, int64_t j, int64_t len) {
+      int64_t k0 = std::max<int64_t>(0, lo - j), k1 = std::min<int64_t>(len, hi - j);
+      for (int64_t k = k0; k < k1; ++k) {
+        Acc v = scale * Acc(load(G, at + k));
+        acc[j + k] += p.use_sign ? Acc(rps::sign(p, r, c + k)) * v : v;
+      }
+    });
+  });
+}
+
+}  // namespace
+
+void rps_gather(const void* M, void* W, DType dtype, const int64_t* config, int64_t rows, int64_t cols,
+                double scale, int threads) {
+  Map p = rps::map_from_config(config);
+  switch (dtype) {
+    case DType::f32: gather_impl(static_cast<const float*>(M), static_cast<float*>(W), p, rows, cols, float(scale), threads); break;
+    case DType::f16: gather_impl(static_cast<const F16*>(M), static_cast<F16*>(W), p, rows, cols, float(scale), threads); break;
+    case DType::bf16: gather_impl(static_cast<const BF16*>(M), static_cast<BF16*>(W), p, rows, cols, float(scale), threads); break;
+    case DType::f64: gather_impl(static_cast<const double*>(M), static_cast<double*>(W), p, rows, cols, scale, threads); break;
+    default: throw std::invalid_argument("rps_gather: unsupported dtype");
+  }
+}
+
+void rps_scatter(const void* G, DType dtype, void* acc, const int64_t* config, int64_t rows, int64_t cols,
+                 double scale, int threads) {
+  Map p = rps::map_from_config(config);
+  float* a32 = static_cast<float*>(acc);
+  switch (dtype) {
+    case DType::f32: scatter_impl(static_cast<const float*>(G), a32, p, rows, cols, float(scale), threads); break;
+    case DType::f16: scatter_impl(static_cast<const F16*>(G), a32, p, rows, cols, float(scale), threads); break;
+    case DType::bf16: scatter_impl(static_cast<const BF16*>(G), a32, p, rows, cols, float(scale), threads); break;
+    case DType::f64: scatter_impl(static_cast<const double*>(G), static_cast<double*>(acc), p, rows, cols, scale, threads); break;
+    default: throw std::invalid_argument("rps_scatter: unsupported dtype");
+  }
+}
+
+void rps_indices(int64_t* index, int8_t* sign, const int64_t* config, int64_t rows, int64_t cols, int threads) {
+  Map p = rps::map_from_config(config);
+  int64_t n = rows * cols;
+  parallel_chunks(n, threads_for(n, threads, 1 << 14), [&](int, int64_t b, int64_t e) {
+    for (int64_t at = b; at < e; ++at) {
+      int64_t r = at / cols, c = at % cols;
+      index[at] = rps::index(p, r, c);
+      sign[at] = int8_t(rps::sign(p, r, c));
+    }
+  });
+}
+
+}  // namespace osmos::cpu
