@@ -51,7 +51,7 @@ def rps_sign(r, c, cfg_ptr, USE_SIGN: tl.constexpr):
     """+1 / -1 (int64) of elements (r, c)."""
     i = tl.load(cfg_ptr + 2) + r * tl.load(cfg_ptr + 3) + c
     if USE_SIGN:
-        sign = 1 - 2 * (poly_hash(i % PRIME, cfg_ptr, 10) & 1)
+        sign = 1 - 2 * ((poly_hash((i // 16) % PRIME, cfg_ptr, 10) >> (i % 16)) & 1)
     else:
         sign = i * 0 + 1
     return sign

@@ -37,13 +37,28 @@ inline void store(BF16* p, int64_t i, float v) { p[i].v = f32_to_bf16(v); }
 // [begin, end) of [rows, cols] whose M indices are j, j + 1, ..., j + len - 1 (runs stay in one row).
 template <class F>
 void for_each_run(const Map& p, int64_t cols, int64_t begin, int64_t end, F&& fn) {
-  int64_t e = begin;
-  while (e < end) {
-    int64_t r = e / cols, c = e % cols;
+  if (begin >= end) return;
+  int64_t r = begin / cols, c = begin % cols;
+  for (int64_t e = begin; e < end;) {
     int64_t j = rps::index(p, r, c);
     int64_t len = rps::run_length(p, r, c, j, std::min(cols - c, end - e));
     fn(e, r, c, j, len);
     e += len;
+    c += len;
+    if (c == cols) { c = 0; ++r; }
+  }
+}
+
+// Splits the elements with global indices [i, i + len) into pieces within one group of 16 and
+// calls fn(k, count, bits): elements i + k .. i + k + count - 1, bit q of `bits` set when element
+// i + k + q has sign -1. One sign hash per group.
+template <class F>
+inline void for_each_sign_group(const Map& p, int64_t i, int64_t len, F&& fn) {
+  for (int64_t k = 0; k < len;) {
+    int64_t shift = (i + k) & 15;
+    int64_t count = std::min<int64_t>(16 - shift, len - k);
+    fn(k, count, uint32_t(rps::sign_bits(p, (i + k) >> 4) >> shift));
+    k += count;
   }
 }
 
@@ -51,13 +66,17 @@ template <class T, class C = typename Compute<T>::type>
 void gather_impl(const T* M, T* W, const Map& p, int64_t rows, int64_t cols, C scale, int threads) {
   int64_t n = rows * cols;
   parallel_chunks(n, threads_for(n, threads, 1 << 14), [&](int, int64_t b, int64_t e) {
-    for_each_run(p, cols, b, e, [&](int64_t at, int64_t r, int64_t c, int64_t j, int64_t len) {
+    for_each_run(p, cols, b, e, [&](int64_t at, int64_t, int64_t, int64_t j, int64_t len) {
       if (!p.use_sign) {
         for (int64_t k = 0; k < len; ++k) store(W, at + k, scale * load(M, j + k));
-      } else {
-        for (int64_t k = 0; k < len; ++k)
-          store(W, at + k, C(rps::sign(p, r, c + k)) * scale * load(M, j + k));
+        return;
       }
+      for_each_sign_group(p, p.offset + at, len, [&](int64_t k, int64_t count, uint32_t bits) {
+        for (int64_t q = 0; q < count; ++q) {
+          C v = scale * load(M, j + k + q);
+          store(W, at + k + q, (bits >> q) & 1u ? -v : v);
+        }
+      });
     });
   });
 }
@@ -68,12 +87,20 @@ void scatter_impl(const T* G, Acc* acc, const Map& p, int64_t rows, int64_t cols
   int64_t n = rows * cols;
   int nt = threads_for(p.m, threads_for(n, threads, 1 << 14), 1 << 10);
   parallel_chunks(p.m, nt, [&](int, int64_t lo, int64_t hi) {
-    for_each_run(p, cols, 0, n, [&](int64_t at, int64_t r, int64_t c, int64_t j, int64_t len) {
+    for_each_run(p, cols, 0, n, [&](int64_t at, int64_t, int64_t, int64_t j, int64_t len) {
       int64_t k0 = std::max<int64_t>(0, lo - j), k1 = std::min<int64_t>(len, hi - j);
-      for (int64_t k = k0; k < k1; ++k) {
-        Acc v = scale * Acc(load(G, at + k));
-        acc[j + k] += p.use_sign ? Acc(rps::sign(p, r, c + k)) * v : v;
+      if (k0 >= k1) return;
+      if (!p.use_sign) {
+        for (int64_t k = k0; k < k1; ++k) acc[j + k] += scale * Acc(load(G, at + k));
+        return;
       }
+      int64_t base = at + k0, jb = j + k0;
+      for_each_sign_group(p, p.offset + base, k1 - k0, [&](int64_t k, int64_t count, uint32_t bits) {
+        for (int64_t q = 0; q < count; ++q) {
+          Acc v = scale * Acc(load(G, base + k + q));
+          acc[jb + k + q] += (bits >> q) & 1u ? -v : v;
+        }
+      });
     });
   });
 }
@@ -110,9 +137,8 @@ void rps_indices(int64_t* index, int8_t* sign, const int64_t* config, int64_t ro
   int64_t n = rows * cols;
   parallel_chunks(n, threads_for(n, threads, 1 << 14), [&](int, int64_t b, int64_t e) {
     for (int64_t at = b; at < e; ++at) {
-      int64_t r = at / cols, c = at % cols;
-      index[at] = rps::index(p, r, c);
-      sign[at] = int8_t(rps::sign(p, r, c));
+      index[at] = rps::index(p, at / cols, at % cols);
+      sign[at] = int8_t(rps::sign_of(p, p.offset + at));
     }
   });
 }

@@ -4,7 +4,8 @@
 // operation by operation, so every backend yields the same indices.
 //
 // Integer math only, in int64 with every intermediate below 2^63: values are reduced modulo the
-// Mersenne prime P = 2^31 - 1 before they are multiplied, so a product is below 2^62.
+// Mersenne prime P = 2^31 - 1 before they are multiplied, so a product is below 2^62. (The kernels
+// reduce with shifts, `mod_prime`; the mirrors may use %: the results are equal.)
 //
 // A layer's weight is viewed as a 2-D array [rows, cols] (Linear: [out, in]; Conv2d:
 // [out, in/groups * kh * kw]; Embedding: [num, dim]); its element (r, c) has the global index
@@ -15,7 +16,9 @@
 //              start = ((rb*a2 mod P + cb*a1 mod P + a0) mod P) mod max(m - Z, 1)
 //              h = (start + (r mod tile_r) * tile_c + (c mod tile_c)) mod m   (a0 is per layer)
 //   STABLE-RPS: h = (poly(i div m mod P; a) mod m + i mod m) mod m          (cyclic partitions)
-//   sign(i) = 1 - 2 * (poly(i mod P; s) & 1) when signs are on, else 1.
+//   sign(i) = 1 - 2 * ((poly(i div 16 mod P; s) >> (i mod 16)) & 1) when signs are on, else 1:
+//              one hash gives the signs of 16 consecutive elements (bits 0..15 of a value that is
+//              uniform on [0, P), so each bit is within 2^-15 of fair).
 // poly(x; a) = ((a3 x + a2) x + a1) x + a0 mod P, Horner's rule, reducing after every step.
 #pragma once
 #include <cstdint>
@@ -48,12 +51,20 @@ inline Map map_from_config(const int64_t* c) {
   return p;
 }
 
+// x mod P for 0 <= x < 2^63, without a division: 2^31 = 1 (mod P), so fold the high bits onto the
+// low ones twice (y < 2^31 + 3 after the second fold) and subtract P once. Equal to x % kPrime.
+OSMOS_RPS_HD int64_t mod_prime(int64_t x) {
+  int64_t y = (x & kPrime) + (x >> 31);
+  y = (y & kPrime) + (y >> 31);
+  return y >= kPrime ? y - kPrime : y;
+}
+
 // poly(x) for x in [0, P): every intermediate below 2^62 + 2^31.
 OSMOS_RPS_HD int64_t poly_hash(int64_t x, const int64_t* a) {
   int64_t acc = a[3];
-  acc = (acc * x + a[2]) % kPrime;
-  acc = (acc * x + a[1]) % kPrime;
-  acc = (acc * x + a[0]) % kPrime;
+  acc = mod_prime(acc * x + a[2]);
+  acc = mod_prime(acc * x + a[1]);
+  acc = mod_prime(acc * x + a[0]);
   return acc;
 }
 
@@ -63,25 +74,33 @@ OSMOS_RPS_HD int64_t global_index(const Map& p, int64_t r, int64_t c) { return p
 OSMOS_RPS_HD int64_t index(const Map& p, int64_t r, int64_t c) {
   if (p.kind == kStable) {
     int64_t i = global_index(p, r, c);
-    int64_t shift = poly_hash((i / p.m) % kPrime, p.a) % p.m;
-    int64_t h = shift + i % p.m;
+    int64_t q = i / p.m;
+    int64_t shift = poly_hash(mod_prime(q), p.a) % p.m;
+    int64_t h = shift + (i - q * p.m);
     return h >= p.m ? h - p.m : h;
   }
   if (p.kind == kRoast) {
     int64_t z = p.tile_r * p.tile_c;
     int64_t span = p.m > z ? p.m - z : 1;
-    int64_t rb = (r / p.tile_r) % kPrime, cb = (c / p.tile_c) % kPrime;
-    int64_t start = ((rb * p.a[2]) % kPrime + (cb * p.a[1]) % kPrime + p.a[0]) % kPrime % span;
-    return (start + (r % p.tile_r) * p.tile_c + c % p.tile_c) % p.m;
+    int64_t rb = r / p.tile_r, cb = c / p.tile_c;
+    int64_t start = mod_prime(mod_prime(mod_prime(rb) * p.a[2]) + mod_prime(mod_prime(cb) * p.a[1]) + p.a[0]) % span;
+    int64_t h = start + (r - rb * p.tile_r) * p.tile_c + (c - cb * p.tile_c);
+    return h < p.m ? h : h % p.m;
   }
-  return poly_hash(global_index(p, r, c) % kPrime, p.a) % p.m;
+  return poly_hash(mod_prime(global_index(p, r, c)), p.a) % p.m;
+}
+
+// The sign bits of the 16 elements with global indices 16 g .. 16 g + 15 (bit k: element 16 g + k).
+OSMOS_RPS_HD int64_t sign_bits(const Map& p, int64_t g) { return poly_hash(mod_prime(g), p.s); }
+
+// +1 or -1 for the element with global index i.
+OSMOS_RPS_HD int sign_of(const Map& p, int64_t i) {
+  if (!p.use_sign) return 1;
+  return 1 - 2 * int((sign_bits(p, i >> 4) >> (i & 15)) & 1);
 }
 
 // +1 or -1 for element (r, c).
-OSMOS_RPS_HD int sign(const Map& p, int64_t r, int64_t c) {
-  if (!p.use_sign) return 1;
-  return 1 - 2 * int(poly_hash(global_index(p, r, c) % kPrime, p.s) & 1);
-}
+OSMOS_RPS_HD int sign(const Map& p, int64_t r, int64_t c) { return sign_of(p, global_index(p, r, c)); }
 
 // Length of the run of elements (r, c), (r, c+1), ... (within row r, at most `limit`) whose indices
 // are consecutive (index(r, c + k) = index(r, c) + k). CPU kernels walk rows run by run.

@@ -99,7 +99,7 @@ def reference_indices(config: list[int], rows: int, cols: int, device="cpu") -> 
     else:
         index = _poly(i % PRIME, a) % m
     if use_sign:
-        sign = (1 - 2 * (_poly(i % PRIME, s) & 1)).to(torch.int8)
+        sign = (1 - 2 * ((_poly((i // 16) % PRIME, s) >> (i % 16)) & 1)).to(torch.int8)
     else:
         sign = torch.ones_like(i, dtype=torch.int8)
     return index.expand(rows, cols).contiguous(), sign.expand(rows, cols).contiguous()
