@@ -29,7 +29,7 @@ def rps_index(r, c, cfg_ptr, KIND: tl.constexpr):
     m = tl.load(cfg_ptr + 1)
     if KIND == STABLE:
         i = tl.load(cfg_ptr + 2) + r * tl.load(cfg_ptr + 3) + c
-        h = poly_hash((i // m) % PRIME, cfg_ptr, 6) % m + i % m
+        h = ((poly_hash((i // m) % PRIME, cfg_ptr, 6) * m) >> 31) + i % m
         index = tl.where(h >= m, h - m, h)
     elif KIND == ROAST:
         tile_r = tl.load(cfg_ptr + 4)
@@ -38,11 +38,11 @@ def rps_index(r, c, cfg_ptr, KIND: tl.constexpr):
         span = tl.where(m > z, m - z, 1)
         rb = (r // tile_r) % PRIME
         cb = (c // tile_c) % PRIME
-        start = ((rb * tl.load(cfg_ptr + 8)) % PRIME + (cb * tl.load(cfg_ptr + 7)) % PRIME + tl.load(cfg_ptr + 6)) % PRIME % span
+        start = ((((rb * tl.load(cfg_ptr + 8)) % PRIME + (cb * tl.load(cfg_ptr + 7)) % PRIME + tl.load(cfg_ptr + 6)) % PRIME) * span) >> 31
         index = (start + (r % tile_r) * tile_c + c % tile_c) % m
     else:
         i = tl.load(cfg_ptr + 2) + r * tl.load(cfg_ptr + 3) + c
-        index = poly_hash(i % PRIME, cfg_ptr, 6) % m
+        index = (poly_hash(i % PRIME, cfg_ptr, 6) * m) >> 31
     return index
 
 

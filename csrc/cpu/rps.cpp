@@ -49,33 +49,63 @@ void for_each_run(const Map& p, int64_t cols, int64_t begin, int64_t end, F&& fn
   }
 }
 
+// kSigns[b][q] = -1 when bit q of the byte b is set, else +1: expands 8 sign bits into factors.
+struct SignTable {
+  float f[256][8];
+  SignTable() {
+    for (int b = 0; b < 256; ++b)
+      for (int q = 0; q < 8; ++q) f[b][q] = (b >> q) & 1 ? -1.0f : 1.0f;
+  }
+};
+const SignTable kSigns;
+
 // Splits the elements with global indices [i, i + len) into pieces within one group of 16 and
-// calls fn(k, count, bits): elements i + k .. i + k + count - 1, bit q of `bits` set when element
-// i + k + q has sign -1. One sign hash per group.
-template <class F>
+// calls fn(k, count, sign): elements i + k .. i + k + count - 1 have the signs sign[0 .. count)
+// (one sign hash per group; sign is a contiguous array, so the loops over it vectorise).
+template <class C, class F>
 inline void for_each_sign_group(const Map& p, int64_t i, int64_t len, F&& fn) {
+  C sign[16];
   for (int64_t k = 0; k < len;) {
     int64_t shift = (i + k) & 15;
     int64_t count = std::min<int64_t>(16 - shift, len - k);
-    fn(k, count, uint32_t(rps::sign_bits(p, (i + k) >> 4) >> shift));
+    uint32_t bits = uint32_t(rps::sign_bits(p, (i + k) >> 4));
+    for (int q = 0; q < 8; ++q) sign[q] = C(kSigns.f[bits & 0xff][q]);
+    for (int q = 0; q < 8; ++q) sign[8 + q] = C(kSigns.f[(bits >> 8) & 0xff][q]);
+    fn(k, count, sign + shift);
     k += count;
   }
 }
 
 template <class T, class C = typename Compute<T>::type>
-void gather_impl(const T* M, T* W, const Map& p, int64_t rows, int64_t cols, C scale, int threads) {
+void gather_impl(const T* __restrict M, T* __restrict W, const Map& p, int64_t rows, int64_t cols, C scale,
+                 int threads) {
   int64_t n = rows * cols;
   parallel_chunks(n, threads_for(n, threads, 1 << 14), [&](int, int64_t b, int64_t e) {
+    if (p.kind == rps::kHashedNet) {  // no runs: one index hash per element
+      C ones[16];
+      for (C& one : ones) one = C(1);
+      auto piece = [&](int64_t k, int64_t count, const C* sign) {
+        for (int64_t q = 0; q < count; ++q) {
+          int64_t at = b + k + q;
+          store(W, at, sign[q] * scale * load(M, rps::hashednet_index(p, p.offset + at)));
+        }
+      };
+      if (!p.use_sign) {
+        for (int64_t k = 0; k < e - b; k += 16) piece(k, std::min<int64_t>(16, e - b - k), ones);
+      } else {
+        for_each_sign_group<C>(p, p.offset + b, e - b, piece);
+      }
+      return;
+    }
     for_each_run(p, cols, b, e, [&](int64_t at, int64_t, int64_t, int64_t j, int64_t len) {
       if (!p.use_sign) {
         for (int64_t k = 0; k < len; ++k) store(W, at + k, scale * load(M, j + k));
         return;
       }
-      for_each_sign_group(p, p.offset + at, len, [&](int64_t k, int64_t count, uint32_t bits) {
-        for (int64_t q = 0; q < count; ++q) {
-          C v = scale * load(M, j + k + q);
-          store(W, at + k + q, (bits >> q) & 1u ? -v : v);
-        }
+      for_each_sign_group<C>(p, p.offset + at, len, [&](int64_t k, int64_t count, const C* sign) {
+        T* __restrict w = W + at + k;
+        const T* __restrict src = M + j + k;
+        for (int64_t q = 0; q < count; ++q) store(w, q, sign[q] * scale * load(src, q));
       });
     });
   });
@@ -83,7 +113,8 @@ void gather_impl(const T* M, T* W, const Map& p, int64_t rows, int64_t cols, C s
 
 // acc[h(e)] += scale * sign(e) * G[e]; thread t only touches acc[lo, hi).
 template <class T, class Acc = typename Compute<T>::type>
-void scatter_impl(const T* G, Acc* acc, const Map& p, int64_t rows, int64_t cols, Acc scale, int threads) {
+void scatter_impl(const T* __restrict G, Acc* __restrict acc, const Map& p, int64_t rows, int64_t cols, Acc scale,
+                  int threads) {
   int64_t n = rows * cols;
   int nt = threads_for(p.m, threads_for(n, threads, 1 << 14), 1 << 10);
   parallel_chunks(p.m, nt, [&](int, int64_t lo, int64_t hi) {
@@ -95,11 +126,10 @@ void scatter_impl(const T* G, Acc* acc, const Map& p, int64_t rows, int64_t cols
         return;
       }
       int64_t base = at + k0, jb = j + k0;
-      for_each_sign_group(p, p.offset + base, k1 - k0, [&](int64_t k, int64_t count, uint32_t bits) {
-        for (int64_t q = 0; q < count; ++q) {
-          Acc v = scale * Acc(load(G, base + k + q));
-          acc[jb + k + q] += (bits >> q) & 1u ? -v : v;
-        }
+      for_each_sign_group<Acc>(p, p.offset + base, k1 - k0, [&](int64_t k, int64_t count, const Acc* sign) {
+        Acc* __restrict out = acc + jb + k;
+        const T* __restrict g = G + base + k;
+        for (int64_t q = 0; q < count; ++q) out[q] += sign[q] * (scale * Acc(load(g, q)));
       });
     });
   });

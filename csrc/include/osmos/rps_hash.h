@@ -11,11 +11,13 @@
 // [out, in/groups * kh * kw]; Embedding: [num, dim]); its element (r, c) has the global index
 // i = offset + r * cols + c over all compressed weights of the model, and W[r, c] = scale *
 // sign(i) * M[h(r, c)] with M of size m.
-//   HashedNet: h = poly(i mod P; a) mod m                                  (elementwise)
+//   HashedNet: h = reduce(poly(i mod P; a), m)                              (elementwise)
 //   ROAST:     tile (rb, cb) = (r div tile_r, c div tile_c), Z = tile_r * tile_c,
-//              start = ((rb*a2 mod P + cb*a1 mod P + a0) mod P) mod max(m - Z, 1)
+//              start = reduce((rb*a2 mod P + cb*a1 mod P + a0) mod P, max(m - Z, 1))
 //              h = (start + (r mod tile_r) * tile_c + (c mod tile_c)) mod m   (a0 is per layer)
-//   STABLE-RPS: h = (poly(i div m mod P; a) mod m + i mod m) mod m          (cyclic partitions)
+//   STABLE-RPS: h = (reduce(poly(i div m mod P; a), m) + i mod m) mod m     (cyclic partitions)
+// reduce(x, k) = (x * k) >> 31 maps x in [0, P) to [0, k) almost uniformly with no division
+// (k <= 2^32, so the product stays below 2^63).
 //   sign(i) = 1 - 2 * ((poly(i div 16 mod P; s) >> (i mod 16)) & 1) when signs are on, else 1:
 //              one hash gives the signs of 16 consecutive elements (bits 0..15 of a value that is
 //              uniform on [0, P), so each bit is within 2^-15 of fair).
@@ -59,6 +61,9 @@ OSMOS_RPS_HD int64_t mod_prime(int64_t x) {
   return y >= kPrime ? y - kPrime : y;
 }
 
+// (x * k) >> 31 for x in [0, P), k in [1, 2^32]: a value in [0, k).
+OSMOS_RPS_HD int64_t reduce(int64_t x, int64_t k) { return (x * k) >> 31; }
+
 // poly(x) for x in [0, P): every intermediate below 2^62 + 2^31.
 OSMOS_RPS_HD int64_t poly_hash(int64_t x, const int64_t* a) {
   int64_t acc = a[3];
@@ -70,12 +75,15 @@ OSMOS_RPS_HD int64_t poly_hash(int64_t x, const int64_t* a) {
 
 OSMOS_RPS_HD int64_t global_index(const Map& p, int64_t r, int64_t c) { return p.offset + r * p.cols + c; }
 
+// HashedNet's index of the element with global index i.
+OSMOS_RPS_HD int64_t hashednet_index(const Map& p, int64_t i) { return reduce(poly_hash(mod_prime(i), p.a), p.m); }
+
 // Index into M of element (r, c).
 OSMOS_RPS_HD int64_t index(const Map& p, int64_t r, int64_t c) {
   if (p.kind == kStable) {
     int64_t i = global_index(p, r, c);
     int64_t q = i / p.m;
-    int64_t shift = poly_hash(mod_prime(q), p.a) % p.m;
+    int64_t shift = reduce(poly_hash(mod_prime(q), p.a), p.m);
     int64_t h = shift + (i - q * p.m);
     return h >= p.m ? h - p.m : h;
   }
@@ -83,11 +91,11 @@ OSMOS_RPS_HD int64_t index(const Map& p, int64_t r, int64_t c) {
     int64_t z = p.tile_r * p.tile_c;
     int64_t span = p.m > z ? p.m - z : 1;
     int64_t rb = r / p.tile_r, cb = c / p.tile_c;
-    int64_t start = mod_prime(mod_prime(mod_prime(rb) * p.a[2]) + mod_prime(mod_prime(cb) * p.a[1]) + p.a[0]) % span;
+    int64_t start = reduce(mod_prime(mod_prime(mod_prime(rb) * p.a[2]) + mod_prime(mod_prime(cb) * p.a[1]) + p.a[0]), span);
     int64_t h = start + (r - rb * p.tile_r) * p.tile_c + (c - cb * p.tile_c);
     return h < p.m ? h : h % p.m;
   }
-  return poly_hash(mod_prime(global_index(p, r, c)), p.a) % p.m;
+  return hashednet_index(p, global_index(p, r, c));
 }
 
 // The sign bits of the 16 elements with global indices 16 g .. 16 g + 15 (bit k: element 16 g + k).

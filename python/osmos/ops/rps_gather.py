@@ -30,7 +30,7 @@ def validate_config(config: list[int], rows: int, cols: int) -> None:
     check_int("cols", cols, low=1)
     if config[0] not in MAPPERS.values():
         raise ValueError(f"config[0] (mapper kind) must be one of {sorted(MAPPERS.values())}, got {config[0]}")
-    check_int("config[1] (m)", config[1], low=1)
+    check_int("config[1] (m)", config[1], low=1, high=2**32)
     check_int("config[2] (offset)", config[2], low=0, high=2**62)
     if config[3] != cols:
         raise ValueError(f"config[3] (cols) must equal cols={cols}, got {config[3]}")

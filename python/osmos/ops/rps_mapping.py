@@ -88,16 +88,16 @@ def reference_indices(config: list[int], rows: int, cols: int, device="cpu") -> 
     c = torch.arange(cols, dtype=torch.int64, device=device)[None, :]
     i = offset + r * cols + c
     if kind == MAPPERS["stable"]:
-        h = _poly((i // m) % PRIME, a) % m + i % m
+        h = (_poly((i // m) % PRIME, a) * m >> 31) + i % m
         index = torch.where(h >= m, h - m, h)
     elif kind == MAPPERS["roast"]:
         z = tile_r * tile_c
         span = m - z if m > z else 1
         rb, cb = (r // tile_r) % PRIME, (c // tile_c) % PRIME
-        start = ((rb * a[2]) % PRIME + (cb * a[1]) % PRIME + a[0]) % PRIME % span
+        start = ((rb * a[2]) % PRIME + (cb * a[1]) % PRIME + a[0]) % PRIME * span >> 31
         index = (start + (r % tile_r) * tile_c + c % tile_c) % m
     else:
-        index = _poly(i % PRIME, a) % m
+        index = _poly(i % PRIME, a) * m >> 31
     if use_sign:
         sign = (1 - 2 * ((_poly((i // 16) % PRIME, s) >> (i % 16)) & 1)).to(torch.int8)
     else:
