@@ -148,8 +148,12 @@ def _sorted_segments(config, rows, cols, device):
 
 
 def _scatter_cuda(grad, config, rows, cols, scale, deterministic):
+    """Atomics on the chosen backend; deterministic=True always takes the CUDA sort-and-reduce
+    kernel (the reference's index_add_ when osmos._cuda is not built)."""
     backend = _gpu_backend()
-    if backend == "triton" and not deterministic:
+    if deterministic:
+        backend = "cuda" if _native.has_cuda_kernel("rps_scatter_sorted") else "torch"
+    if backend == "triton":
         from osmos.triton_kernels.rps_gather import rps_scatter as kernel
 
         return kernel(grad, config, rows, cols, scale)
