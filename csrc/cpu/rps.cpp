@@ -118,6 +118,22 @@ void scatter_impl(const T* __restrict G, Acc* __restrict acc, const Map& p, int6
   int64_t n = rows * cols;
   int nt = threads_for(p.m, threads_for(n, threads, 1 << 14), 1 << 10);
   parallel_chunks(p.m, nt, [&](int, int64_t lo, int64_t hi) {
+    if (p.kind == rps::kHashedNet) {  // no runs: one index hash per element
+      Acc ones[16];
+      for (Acc& one : ones) one = Acc(1);
+      auto piece = [&](int64_t k, int64_t count, const Acc* sign) {
+        for (int64_t q = 0; q < count; ++q) {
+          int64_t j = rps::hashednet_index(p, p.offset + k + q);
+          if (j >= lo && j < hi) acc[j] += sign[q] * (scale * Acc(load(G, k + q)));
+        }
+      };
+      if (!p.use_sign) {
+        for (int64_t k = 0; k < n; k += 16) piece(k, std::min<int64_t>(16, n - k), ones);
+      } else {
+        for_each_sign_group<Acc>(p, p.offset, n, piece);
+      }
+      return;
+    }
     for_each_run(p, cols, 0, n, [&](int64_t at, int64_t, int64_t, int64_t j, int64_t len) {
       int64_t k0 = std::max<int64_t>(0, lo - j), k1 = std::min<int64_t>(len, hi - j);
       if (k0 >= k1) return;
