@@ -38,6 +38,7 @@ def validate_config(config: list[int], rows: int, cols: int) -> None:
     check_int("config[5] (tile_c)", config[5], low=1, high=2**20)
     for k in range(6, 14):
         check_int(f"config[{k}] (hash coefficient)", config[k], low=0, high=2**31 - 2)
+    check_int("config[14] (use_sign)", config[14], low=0, high=1)
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
