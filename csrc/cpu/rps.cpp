@@ -1,0 +1,192 @@
+// Randomized parameter sharing on the CPU: hashed gather (W = scale * sign * M[h]), its adjoint
+// scatter-add into M, and the index / sign tables. The mapping is csrc/include/osmos/rps_hash.h.
+//
+// Rows are walked run by run (a run: consecutive elements whose M indices are consecutive), so
+// STABLE-RPS and ROAST pay one index computation per run, not per element.
+// The scatter is race-free and bitwise reproducible for any thread count: thread t owns a slice
+// of M and adds, in increasing element order, every contribution that lands in its slice.
+#include "cpu/rps.h"
+
+#include <algorithm>
+
+#include "cpu/parallel.h"
+#include "osmos/dtype.h"
+#include "osmos/rps_hash.h"
+
+namespace osmos::cpu {
+namespace {
+
+using rps::Map;
+
+// Element access in the compute type: float for float32 / float16 / bfloat16, double for float64.
+struct F16 { uint16_t v; };
+struct BF16 { uint16_t v; };
+template <class T> struct Compute { using type = float; };
+template <> struct Compute<double> { using type = double; };
+
+inline float load(const float* p, int64_t i) { return p[i]; }
+inline double load(const double* p, int64_t i) { return p[i]; }
+inline float load(const F16* p, int64_t i) { return f16_to_f32(p[i].v); }
+inline float load(const BF16* p, int64_t i) { return bf16_to_f32(p[i].v); }
+inline void store(float* p, int64_t i, float v) { p[i] = v; }
+inline void store(double* p, int64_t i, double v) { p[i] = v; }
+inline void store(F16* p, int64_t i, float v) { p[i].v = f32_to_f16(v); }
+inline void store(BF16* p, int64_t i, float v) { p[i].v = f32_to_bf16(v); }
+
+// Calls fn(e, r, c, j, len) for each run of elements [e, e + len) (e = r * cols + c) of the flat range
+// [begin, end) of [rows, cols] whose M indices are j, j + 1, ..., j + len - 1 (runs stay in one row).
+template <class F>
+void for_each_run(const Map& p, int64_t cols, int64_t begin, int64_t end, F&& fn) {
+  if (begin >= end) return;
+  int64_t r = begin / cols, c = begin % cols;
+  for (int64_t e = begin; e < end;) {
+    int64_t j = rps::index(p, r, c);
+    int64_t len = rps::run_length(p, r, c, j, std::min(cols - c, end - e));
+    fn(e, r, c, j, len);
+    e += len;
+    c += len;
+    if (c == cols) { c = 0; ++r; }
+  }
+}
+
+// kSigns[b][q] = -1 when bit q of the byte b is set, else +1: expands 8 sign bits into factors.
+struct SignTable {
+  float f[256][8];
+  SignTable() {
+    for (int b = 0; b < 256; ++b)
+      for (int q = 0; q < 8; ++q) f[b][q] = (b >> q) & 1 ? -1.0f : 1.0f;
+  }
+};
+const SignTable kSigns;
+
+// Splits the elements with global indices [i, i + len) into pieces within one group of 16 and
+// calls fn(k, count, sign): elements i + k .. i + k + count - 1 have the signs sign[0 .. count)
+// (one sign hash per group; sign is a contiguous array, so the loops over it vectorise).
+template <class C, class F>
+inline void for_each_sign_group(const Map& p, int64_t i, int64_t len, F&& fn) {
+  C sign[16];
+  for (int64_t k = 0; k < len;) {
+    int64_t shift = (i + k) & 15;
+    int64_t count = std::min<int64_t>(16 - shift, len - k);
+    uint32_t bits = uint32_t(rps::sign_bits(p, (i + k) >> 4));
+    for (int q = 0; q < 8; ++q) sign[q] = C(kSigns.f[bits & 0xff][q]);
+    for (int q = 0; q < 8; ++q) sign[8 + q] = C(kSigns.f[(bits >> 8) & 0xff][q]);
+    fn(k, count, sign + shift);
+    k += count;
+  }
+}
+
+template <class T, class C = typename Compute<T>::type>
+void gather_impl(const T* __restrict M, T* __restrict W, const Map& p, int64_t rows, int64_t cols, C scale,
+                 int threads) {
+  int64_t n = rows * cols;
+  parallel_chunks(n, threads_for(n, threads, 1 << 14), [&](int, int64_t b, int64_t e) {
+    if (p.kind == rps::kHashedNet) {  // no runs: one index hash per element
+      C ones[16];
+      for (C& one : ones) one = C(1);
+      auto piece = [&](int64_t k, int64_t count, const C* sign) {
+        for (int64_t q = 0; q < count; ++q) {
+          int64_t at = b + k + q;
+          store(W, at, sign[q] * scale * load(M, rps::hashednet_index(p, p.offset + at)));
+        }
+      };
+      if (!p.use_sign) {
+        for (int64_t k = 0; k < e - b; k += 16) piece(k, std::min<int64_t>(16, e - b - k), ones);
+      } else {
+        for_each_sign_group<C>(p, p.offset + b, e - b, piece);
+      }
+      return;
+    }
+    for_each_run(p, cols, b, e, [&](int64_t at, int64_t, int64_t, int64_t j, int64_t len) {
+      if (!p.use_sign) {
+        for (int64_t k = 0; k < len; ++k) store(W, at + k, scale * load(M, j + k));
+        return;
+      }
+      for_each_sign_group<C>(p, p.offset + at, len, [&](int64_t k, int64_t count, const C* sign) {
+        T* __restrict w = W + at + k;
+        const T* __restrict src = M + j + k;
+        for (int64_t q = 0; q < count; ++q) store(w, q, sign[q] * scale * load(src, q));
+      });
+    });
+  });
+}
+
+// acc[h(e)] += scale * sign(e) * G[e]; thread t only touches acc[lo, hi).
+template <class T, class Acc = typename Compute<T>::type>
+void scatter_impl(const T* __restrict G, Acc* __restrict acc, const Map& p, int64_t rows, int64_t cols, Acc scale,
+                  int threads) {
+  int64_t n = rows * cols;
+  int nt = threads_for(p.m, threads_for(n, threads, 1 << 14), 1 << 10);
+  parallel_chunks(p.m, nt, [&](int, int64_t lo, int64_t hi) {
+    if (p.kind == rps::kHashedNet) {  // no runs: one index hash per element
+      Acc ones[16];
+      for (Acc& one : ones) one = Acc(1);
+      auto piece = [&](int64_t k, int64_t count, const Acc* sign) {
+        for (int64_t q = 0; q < count; ++q) {
+          int64_t j = rps::hashednet_index(p, p.offset + k + q);
+          if (j >= lo && j < hi) acc[j] += sign[q] * (scale * Acc(load(G, k + q)));
+        }
+      };
+      if (!p.use_sign) {
+        for (int64_t k = 0; k < n; k += 16) piece(k, std::min<int64_t>(16, n - k), ones);
+      } else {
+        for_each_sign_group<Acc>(p, p.offset, n, piece);
+      }
+      return;
+    }
+    for_each_run(p, cols, 0, n, [&](int64_t at, int64_t, int64_t, int64_t j, int64_t len) {
+      int64_t k0 = std::max<int64_t>(0, lo - j), k1 = std::min<int64_t>(len, hi - j);
+      if (k0 >= k1) return;
+      if (!p.use_sign) {
+        for (int64_t k = k0; k < k1; ++k) acc[j + k] += scale * Acc(load(G, at + k));
+        return;
+      }
+      int64_t base = at + k0, jb = j + k0;
+      for_each_sign_group<Acc>(p, p.offset + base, k1 - k0, [&](int64_t k, int64_t count, const Acc* sign) {
+        Acc* __restrict out = acc + jb + k;
+        const T* __restrict g = G + base + k;
+        for (int64_t q = 0; q < count; ++q) out[q] += sign[q] * (scale * Acc(load(g, q)));
+      });
+    });
+  });
+}
+
+}  // namespace
+
+void rps_gather(const void* M, void* W, DType dtype, const int64_t* config, int64_t rows, int64_t cols,
+                double scale, int threads) {
+  Map p = rps::map_from_config(config);
+  switch (dtype) {
+    case DType::f32: gather_impl(static_cast<const float*>(M), static_cast<float*>(W), p, rows, cols, float(scale), threads); break;
+    case DType::f16: gather_impl(static_cast<const F16*>(M), static_cast<F16*>(W), p, rows, cols, float(scale), threads); break;
+    case DType::bf16: gather_impl(static_cast<const BF16*>(M), static_cast<BF16*>(W), p, rows, cols, float(scale), threads); break;
+    case DType::f64: gather_impl(static_cast<const double*>(M), static_cast<double*>(W), p, rows, cols, scale, threads); break;
+    default: throw std::invalid_argument("rps_gather: unsupported dtype");
+  }
+}
+
+void rps_scatter(const void* G, DType dtype, void* acc, const int64_t* config, int64_t rows, int64_t cols,
+                 double scale, int threads) {
+  Map p = rps::map_from_config(config);
+  float* a32 = static_cast<float*>(acc);
+  switch (dtype) {
+    case DType::f32: scatter_impl(static_cast<const float*>(G), a32, p, rows, cols, float(scale), threads); break;
+    case DType::f16: scatter_impl(static_cast<const F16*>(G), a32, p, rows, cols, float(scale), threads); break;
+    case DType::bf16: scatter_impl(static_cast<const BF16*>(G), a32, p, rows, cols, float(scale), threads); break;
+    case DType::f64: scatter_impl(static_cast<const double*>(G), static_cast<double*>(acc), p, rows, cols, scale, threads); break;
+    default: throw std::invalid_argument("rps_scatter: unsupported dtype");
+  }
+}
+
+void rps_indices(int64_t* index, int8_t* sign, const int64_t* config, int64_t rows, int64_t cols, int threads) {
+  Map p = rps::map_from_config(config);
+  int64_t n = rows * cols;
+  parallel_chunks(n, threads_for(n, threads, 1 << 14), [&](int, int64_t b, int64_t e) {
+    for (int64_t at = b; at < e; ++at) {
+      index[at] = rps::index(p, at / cols, at % cols);
+      sign[at] = int8_t(rps::sign_of(p, p.offset + at));
+    }
+  });
+}
+
+}  // namespace osmos::cpu

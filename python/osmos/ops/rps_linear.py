@@ -1,0 +1,95 @@
+"""Hashed linear for randomized parameter sharing: y = x @ W^T (+ bias) with
+W[n, k] = scale * sign * M[h(n, k)] (osmos.ops.rps_mapping), differentiable in x and M.
+
+On CUDA (and on the CPU under TRITON_INTERPRET=1 with OSMOS_CPU_BACKEND=triton) the Triton kernels
+of triton_kernels/rps_linear.py read W's tiles straight from M and never materialise W, forward
+and backward. Elsewhere W is gathered (osmos.ops.rps_gather) and torch's matmul runs.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from osmos import _native
+from osmos.ops._common import check_tensor, triton_interpreting
+from osmos.ops.rps_gather import DTYPES, _gather_op, _scatter_op, validate_config
+
+
+def _fused() -> bool:
+    if triton_interpreting():
+        return os.environ.get("OSMOS_CPU_BACKEND") == "triton"
+    return os.environ.get("OSMOS_GPU_BACKEND", "triton") == "triton" and _native.triton_status()[0]
+
+
+def _use_fused(device: torch.device) -> bool:
+    return _fused() and (device.type == "cuda" or triton_interpreting())
+
+
+def reference_rps_linear(x: Tensor, M: Tensor, config: list[int], rows: int, cols: int, scale: float) -> Tensor:
+    from osmos.ops.rps_gather import reference_rps_gather
+
+    return F.linear(x, reference_rps_gather(M, config, rows, cols, scale))
+
+
+@torch.library.custom_op("osmos::rps_linear", mutates_args=())
+def _linear_op(x: Tensor, M: Tensor, config: list[int], rows: int, cols: int, scale: float) -> Tensor:
+    if _use_fused(x.device):
+        from osmos.triton_kernels.rps_linear import rps_linear_forward
+
+        return rps_linear_forward(x, M, config, rows, cols, scale)
+    return F.linear(x, _gather_op(M, config, rows, cols, scale, False))
+
+
+@_linear_op.register_fake
+def _(x, M, config, rows, cols, scale):
+    return x.new_empty(x.shape[0], rows)
+
+
+@torch.library.custom_op("osmos::rps_linear_backward", mutates_args=())
+def _linear_backward_op(grad_y: Tensor, x: Tensor, M: Tensor, config: list[int], rows: int, cols: int,
+                        scale: float) -> tuple[Tensor, Tensor]:
+    if _use_fused(x.device):
+        from osmos.triton_kernels.rps_linear import rps_linear_grad_M, rps_linear_grad_x
+
+        return (rps_linear_grad_x(grad_y, M, config, rows, cols, scale),
+                rps_linear_grad_M(grad_y, x, config, rows, cols, scale).to(M.dtype))
+    W = _gather_op(M, config, rows, cols, scale, False)
+    return grad_y @ W, _scatter_op((grad_y.t() @ x).contiguous(), config, rows, cols, scale, False)
+
+
+@_linear_backward_op.register_fake
+def _(grad_y, x, M, config, rows, cols, scale):
+    return x.new_empty(x.shape), M.new_empty(M.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    x, M, ctx.config, ctx.rows, ctx.cols, ctx.scale = inputs
+    ctx.save_for_backward(x, M)
+
+
+def _backward(ctx, grad_y):
+    x, M = ctx.saved_tensors
+    gx, gM = _linear_backward_op(grad_y.contiguous(), x, M, ctx.config, ctx.rows, ctx.cols, ctx.scale)
+    return gx, gM, None, None, None, None
+
+
+_linear_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def rps_linear(x: Tensor, M: Tensor, config: list[int], rows: int, cols: int, scale: float = 1.0,
+               bias: Tensor | None = None) -> Tensor:
+    """y [..., rows] = x [..., cols] @ W^T + bias, W [rows, cols] read from M [m] (x's dtype)."""
+    check_tensor("x", x, dtypes=DTYPES, contiguous=False)
+    check_tensor("M", M, dtypes=(x.dtype,), ndim=1)
+    validate_config(config, rows, cols)
+    if M.numel() != config[1]:
+        raise ValueError(f"M must have config[1]={config[1]} elements, got {M.numel()}")
+    if x.shape[-1] != cols:
+        raise ValueError(f"x must have {cols} features in its last dim, got shape {tuple(x.shape)}")
+    y = _linear_op(x.reshape(-1, cols).contiguous(), M, list(config), rows, cols, float(scale))
+    y = y.reshape(*x.shape[:-1], rows)
+    return y if bias is None else y + bias

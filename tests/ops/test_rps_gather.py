@@ -1,0 +1,206 @@
+"""osmos::rps_gather / rps_scatter and the RPS mappings: every backend against the torch reference."""
+
+import os
+
+import pytest
+import torch
+
+from osmos import _native
+from osmos.ops import rps_gather, rps_indices, rps_scatter
+from osmos.ops.rps_gather import reference_rps_gather, reference_rps_scatter
+from osmos.ops.rps_mapping import LayerMap
+
+KINDS = ["stable", "roast", "hashednet"]
+# (rows, cols, m, offset): odd sizes, m smaller than a ROAST tile, offsets past 2^31.
+SHAPES = [(7, 13, 50, 3), (33, 17, 1000, 0), (5, 300, 64, 12345678901), (16, 16, 3, 0), (1, 1, 1, 0), (9, 40, 360, 7)]
+TRITON = os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
+needs_native = pytest.mark.skipif(not _native.has_cpu_kernel("rps_gather"), reason="osmos._C not built")
+
+
+def _map(kind, rows, cols, m, offset, **kw):
+    return LayerMap(kind, m, offset, rows, cols, seed=kw.pop("seed", 3), layer=2, tile=(4, 8), **kw).config()
+
+
+def _backends():
+    out = ["torch"]
+    if _native.has_cpu_kernel("rps_indices"):
+        out.append("native")
+    if TRITON:
+        out.append("triton")
+    return out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("use_sign", [True, False])
+def test_indices_identical_across_backends(kind, shape, use_sign):
+    rows, cols, m, offset = shape
+    config = _map(kind, rows, cols, m, offset, use_sign=use_sign)
+    ref_index, ref_sign = rps_indices(config, rows, cols, backend="torch")
+    assert int(ref_index.min()) >= 0 and int(ref_index.max()) < m
+    assert set(ref_sign.unique().tolist()) <= {-1, 1}
+    for backend in _backends()[1:]:
+        index, sign = rps_indices(config, rows, cols, backend=backend)
+        assert torch.equal(index, ref_index), backend
+        assert torch.equal(sign, ref_sign), backend
+
+
+def test_stable_is_bijection_at_1x_and_balanced_otherwise():
+    layers = [(30, 7), (11, 13), (64, 5)]  # a model of three layers: 210 + 143 + 320 = 673 weights
+    n = sum(r * c for r, c in layers)
+    for m in [n, n - 1, n // 2, 97, 64, 10, 1]:
+        counts = torch.zeros(m, dtype=torch.int64)
+        offset = 0
+        for layer, (r, c) in enumerate(layers):
+            index, _ = rps_indices(LayerMap("stable", m, offset, r, c, seed=11, layer=layer).config(), r, c)
+            counts += torch.bincount(index.reshape(-1), minlength=m)
+            offset += r * c
+        assert int(counts.min()) == n // m and int(counts.max()) == -(-n // m), m
+        if m == n:
+            assert torch.equal(counts, torch.ones(n, dtype=torch.int64))
+
+
+def test_roast_tiles_are_contiguous_runs():
+    rows, cols, m = 12, 24, 500
+    index, _ = rps_indices(LayerMap("roast", m, 0, rows, cols, tile=(4, 8)).config(), rows, cols, backend="torch")
+    tile = index[4:8, 8:16].reshape(-1)
+    assert torch.equal(tile - tile[0], torch.arange(32))
+
+
+def test_seed_changes_mapping():
+    a, _ = rps_indices(_map("hashednet", 8, 8, 1000, 0, seed=1), 8, 8)
+    b, _ = rps_indices(_map("hashednet", 8, 8, 1000, 0, seed=2), 8, 8)
+    assert not torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_gather_and_scatter_match_reference(kind, shape, dtype):
+    rows, cols, m, offset = shape
+    config = _map(kind, rows, cols, m, offset)
+    M = torch.randn(m, dtype=dtype)
+    assert torch.equal(rps_gather(M, config, rows, cols, 0.37), reference_rps_gather(M, config, rows, cols, 0.37))
+    g = torch.randn(rows, cols, dtype=dtype)
+    tol = {torch.float16: 1e-2, torch.bfloat16: 5e-2}.get(dtype, 1e-5)
+    torch.testing.assert_close(rps_scatter(g, config, 0.37), reference_rps_scatter(g, config, rows, cols, 0.37),
+                               atol=tol, rtol=tol)
+
+
+@pytest.mark.skipif(not TRITON, reason="needs TRITON_INTERPRET=1 or a GPU")
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_triton_gather_scatter_match_reference(kind, dtype):
+    from osmos.triton_kernels import rps_gather as tk
+
+    rows, cols, m = 9, 40, 123
+    config = _map(kind, rows, cols, m, 5)
+    M = torch.randn(m, dtype=dtype)
+    W, ref = tk.rps_gather(M, config, rows, cols, 0.37), reference_rps_gather(M, config, rows, cols, 0.37)
+    if dtype == torch.bfloat16:  # the interpreter rounds float32 -> bfloat16 by truncation
+        torch.testing.assert_close(W, ref, atol=0, rtol=2**-7)
+    else:
+        assert torch.equal(W, ref)
+    g = torch.randn(rows, cols, dtype=dtype)
+    torch.testing.assert_close(tk.rps_scatter(g, config, rows, cols, 0.37).float(),
+                               reference_rps_scatter(g, config, rows, cols, 0.37).float(), atol=5e-2, rtol=5e-2)
+
+
+@needs_native
+@pytest.mark.parametrize("kind", KINDS)
+def test_cpu_scatter_bitwise_reproducible_across_thread_counts(kind):
+    rows, cols, m = 64, 257, 3001
+    config = _map(kind, rows, cols, m, 0)
+    g = torch.randn(rows, cols)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = rps_scatter(g, config, 0.1)
+        torch.set_num_threads(2)
+        two = rps_scatter(g, config, 0.1)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    # Sequential element order: equal to the reference's in-order index_add_ on one thread.
+    assert torch.equal(one, reference_rps_scatter(g, config, rows, cols, 0.1))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradcheck_float64(kind):
+    rows, cols, m = 5, 7, 13
+    config = _map(kind, rows, cols, m, 2)
+    M = torch.randn(m, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda M: rps_gather(M, config, rows, cols, 0.7), (M,))
+    assert torch.autograd.gradgradcheck(lambda M: rps_gather(M, config, rows, cols, 0.7), (M,))
+
+
+def test_gradient_matches_autograd_through_reference():
+    rows, cols, m = 6, 11, 20
+    config = _map("roast", rows, cols, m, 0)
+    M = torch.randn(m, requires_grad=True)
+    M_ref = M.detach().clone().requires_grad_(True)
+    g = torch.randn(rows, cols)
+    (rps_gather(M, config, rows, cols, 0.5) * g).sum().backward()
+    (reference_rps_gather(M_ref, config, rows, cols, 0.5) * g).sum().backward()
+    torch.testing.assert_close(M.grad, M_ref.grad)
+
+
+def test_opcheck():
+    rows, cols, m = 5, 9, 17
+    config = _map("stable", rows, cols, m, 1)
+    M = torch.randn(m, requires_grad=True)
+    torch.library.opcheck(torch.ops.osmos.rps_gather.default, (M, config, rows, cols, 0.5, False))
+    torch.library.opcheck(torch.ops.osmos.rps_scatter.default, (torch.randn(rows, cols), config, rows, cols, 0.5, False))
+
+
+def test_torch_compile_fullgraph():
+    rows, cols, m = 8, 12, 30
+    config = _map("stable", rows, cols, m, 0)
+    M = torch.randn(m, requires_grad=True)
+    x = torch.randn(3, cols)
+
+    def f(M, x):
+        return (x @ rps_gather(M, config, rows, cols, 0.5).t()).square().sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    loss = compiled(M, x)
+    (grad,) = torch.autograd.grad(loss, M)
+    ref_loss = f(M, x)
+    (ref_grad,) = torch.autograd.grad(ref_loss, M)
+    torch.testing.assert_close(loss, ref_loss)
+    torch.testing.assert_close(grad, ref_grad)
+
+
+def test_bad_input():
+    config = _map("stable", 4, 4, 10, 0)
+    with pytest.raises(TypeError, match="M"):
+        rps_gather(torch.zeros(10, dtype=torch.int32), config, 4, 4)
+    with pytest.raises(ValueError, match="M must have"):
+        rps_gather(torch.zeros(11), config, 4, 4)
+    with pytest.raises(ValueError, match="cols"):
+        rps_gather(torch.zeros(10), config, 4, 5)
+    with pytest.raises(ValueError, match="config"):
+        rps_gather(torch.zeros(10), config[:5], 4, 4)
+    with pytest.raises(ValueError, match="mapper"):
+        LayerMap("bogus", 10, 0, 4, 4).config()
+    with pytest.raises(ValueError, match="M must be 1-D"):
+        rps_gather(torch.zeros(2, 5), config, 4, 4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_gpu_matches_cpu(backend, kind, monkeypatch):
+    monkeypatch.setenv("OSMOS_GPU_BACKEND", backend)
+    rows, cols, m, offset = 129, 300, 5001, 2**33 + 5
+    config = _map(kind, rows, cols, m, offset)
+    index, sign = rps_indices(config, rows, cols, device="cuda")
+    ref_index, ref_sign = rps_indices(config, rows, cols)
+    assert torch.equal(index.cpu(), ref_index) and torch.equal(sign.cpu(), ref_sign)
+    M = torch.randn(m)
+    assert torch.equal(rps_gather(M.cuda(), config, rows, cols, 0.37).cpu(), rps_gather(M, config, rows, cols, 0.37))
+    g = torch.randn(rows, cols)
+    cpu = rps_scatter(g, config, 0.37)
+    torch.testing.assert_close(rps_scatter(g.cuda(), config, 0.37).cpu(), cpu, atol=1e-5, rtol=1e-5)
+    if backend == "cuda":  # sort-and-reduce sums in element order, like the CPU kernel: bitwise equal
+        assert torch.equal(rps_scatter(g.cuda(), config, 0.37, deterministic=True).cpu(), cpu)

@@ -1,0 +1,87 @@
+"""osmos::rps_linear: the fused hashed linear (Triton, W never materialised) and the
+gather + matmul path, against F.linear with the reference-gathered weight."""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from osmos.ops import rps_linear
+from osmos.ops.rps_gather import reference_rps_gather
+from osmos.ops.rps_mapping import LayerMap
+
+TRITON = os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
+
+
+def _case(kind, B, rows, cols, m, dtype=torch.float32):
+    config = LayerMap(kind, m, 17, rows, cols, seed=5, layer=1, tile=(8, 16)).config()
+    x = torch.randn(B, cols, dtype=dtype, requires_grad=True)
+    M = torch.randn(m, dtype=dtype, requires_grad=True)
+    return config, x, M
+
+
+def _check_against_reference(kind, B, rows, cols, m, dtype, tol):
+    config, x, M = _case(kind, B, rows, cols, m, dtype)
+    y = rps_linear(x, M, config, rows, cols, 0.3)
+    gy = torch.randn_like(y)
+    gx, gM = torch.autograd.grad(y, (x, M), gy)
+    x2, M2 = x.detach().clone().requires_grad_(True), M.detach().clone().requires_grad_(True)
+    y2 = F.linear(x2, reference_rps_gather(M2, config, rows, cols, 0.3))
+    gx2, gM2 = torch.autograd.grad(y2, (x2, M2), gy)
+    torch.testing.assert_close(y, y2, atol=tol, rtol=tol)
+    torch.testing.assert_close(gx, gx2, atol=tol, rtol=tol)
+    torch.testing.assert_close(gM, gM2, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("kind", ["stable", "roast", "hashednet"])
+def test_gather_path_matches_reference(kind):
+    _check_against_reference(kind, 5, 19, 37, 101, torch.float32, 1e-5)
+
+
+@pytest.mark.skipif(not TRITON, reason="needs TRITON_INTERPRET=1 or a GPU")
+@pytest.mark.parametrize("kind", ["stable", "roast", "hashednet"])
+@pytest.mark.parametrize("shape", [(5, 19, 37, 101), (33, 40, 70, 7), (1, 1, 1, 1)])
+def test_fused_triton_matches_reference(kind, shape, monkeypatch):
+    monkeypatch.setenv("OSMOS_CPU_BACKEND", "triton")
+    _check_against_reference(kind, *shape, torch.float32, 1e-4)
+
+
+@pytest.mark.skipif(not TRITON, reason="needs TRITON_INTERPRET=1 or a GPU")
+def test_fused_triton_float64_gradcheck(monkeypatch):
+    monkeypatch.setenv("OSMOS_CPU_BACKEND", "triton")
+    config, x, M = _case("roast", 3, 5, 6, 11, torch.float64)
+    assert torch.autograd.gradcheck(lambda x, M: rps_linear(x, M, config, 5, 6, 0.5), (x, M))
+
+
+def test_bias_and_leading_dims():
+    config, _, M = _case("stable", 1, 6, 4, 9)
+    x = torch.randn(2, 3, 4)
+    b = torch.randn(6)
+    y = rps_linear(x, M, config, 6, 4, 0.5, bias=b)
+    torch.testing.assert_close(y, F.linear(x, reference_rps_gather(M, config, 6, 4, 0.5), b))
+
+
+def test_opcheck_and_compile():
+    config, x, M = _case("stable", 4, 6, 8, 20)
+    torch.library.opcheck(torch.ops.osmos.rps_linear.default, (x, M, config, 6, 8, 0.5))
+    f = torch.compile(lambda x, M: rps_linear(x, M, config, 6, 8, 0.5).sum(), fullgraph=True, backend="aot_eager")
+    loss = f(x, M)
+    torch.testing.assert_close(loss, rps_linear(x, M, config, 6, 8, 0.5).sum())
+    assert torch.autograd.grad(loss, M)[0].shape == M.shape
+
+
+def test_bad_input():
+    config, x, M = _case("stable", 4, 6, 8, 20)
+    with pytest.raises(ValueError, match="features"):
+        rps_linear(torch.randn(4, 7), M, config, 6, 8)
+    with pytest.raises(TypeError, match="M"):
+        rps_linear(x, M.double(), config, 6, 8)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["stable", "roast", "hashednet"])
+def test_fused_on_gpu(kind):
+    config, x, M = _case(kind, 64, 300, 200, 5000)
+    y = rps_linear(x.cuda(), M.cuda(), config, 300, 200, 0.3)
+    torch.testing.assert_close(y.cpu(), F.linear(x, reference_rps_gather(M, config, 300, 200, 0.3)), atol=1e-4, rtol=1e-4)
