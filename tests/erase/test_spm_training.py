@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from osmos.erase.spm import AnchorSampler, BatchLayout, anchoring_loss, erasure_loss, erasure_target, train_spm
-from spm_tiny import TEXT_DIM, tiny_pipe, tiny_unet
+from spm_tiny import tiny_pipe, tiny_unet
 
 
 def test_layout_rows_belong_to_their_block():

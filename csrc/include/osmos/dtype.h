@@ -8,13 +8,7 @@ namespace osmos {
 enum class DType : int { f32 = 0, f16 = 1, bf16 = 2, f64 = 3, i64 = 4, i32 = 5, u8 = 6 };
 
 // IEEE half and bfloat16 conversions, round-to-nearest-even, identical on host and device.
-#ifndef OSMOS_HD
-#if defined(__CUDACC__)
-#define OSMOS_HD __host__ __device__ __forceinline__
-#else
-#define OSMOS_HD inline
-#endif
-#endif
+#include "osmos/hd.h"
 
 OSMOS_HD uint32_t f32_bits(float f) {
 #if defined(__CUDA_ARCH__)

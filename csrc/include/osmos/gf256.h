@@ -17,13 +17,7 @@
 #include <cstring>
 #include <vector>
 
-#ifndef OSMOS_HD
-#if defined(__CUDACC__)
-#define OSMOS_HD __host__ __device__ __forceinline__
-#else
-#define OSMOS_HD inline
-#endif
-#endif
+#include "osmos/hd.h"
 
 namespace osmos::gf256 {
 

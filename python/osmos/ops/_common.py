@@ -79,3 +79,18 @@ def triton_interpreting() -> bool:
     import os
 
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def gpu_backend(native_kernel: str) -> str:
+    """Backend for an op on a CUDA tensor: OSMOS_GPU_BACKEND=cuda|triton|torch when set, else the
+    osmos._cuda kernel `native_kernel` when built, else Triton when usable, else torch."""
+    import os
+
+    from osmos import _native
+
+    choice = os.environ.get("OSMOS_GPU_BACKEND", "")
+    if choice:
+        return choice
+    if _native.has_cuda_kernel(native_kernel):
+        return "cuda"
+    return "triton" if _native.triton_status()[0] else "torch"

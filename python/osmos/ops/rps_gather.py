@@ -17,7 +17,15 @@ import torch
 from torch import Tensor
 
 from osmos import _native
-from osmos.ops._common import check_int, check_tensor, cuda_stream, dtype_code, num_threads, triton_interpreting
+from osmos.ops._common import (
+    check_int,
+    check_tensor,
+    cuda_stream,
+    dtype_code,
+    gpu_backend,
+    num_threads,
+    triton_interpreting,
+)
 from osmos.ops.rps_mapping import CONFIG_LEN, MAPPERS, reference_indices
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -69,23 +77,13 @@ def _cpu_backend() -> str:
     return "native" if _native.has_cpu_kernel("rps_gather") else "torch"
 
 
-def _gpu_backend() -> str:
-    """OSMOS_GPU_BACKEND=cuda|triton|torch overrides; otherwise the native kernel when built."""
-    choice = os.environ.get("OSMOS_GPU_BACKEND", "")
-    if choice:
-        return choice
-    if _native.has_cuda_kernel("rps_gather"):
-        return "cuda"
-    return "triton" if _native.triton_status()[0] else "torch"
-
-
 def rps_indices(config: list[int], rows: int, cols: int, device="cpu", backend: str | None = None) -> tuple[Tensor, Tensor]:
     """(index int64 [rows, cols], sign int8 [rows, cols]) of a layer's mapping, computed by
     `backend` ("native", "triton" or "torch"; default: what the device's ops use)."""
     validate_config(config, rows, cols)
     device = torch.device(device)
     if backend is None:
-        backend = _cpu_backend() if device.type == "cpu" else _gpu_backend()
+        backend = _cpu_backend() if device.type == "cpu" else gpu_backend("rps_gather")
     if backend == "torch":
         return reference_indices(config, rows, cols, device)
     if backend == "triton":
@@ -126,7 +124,7 @@ def _scatter_cpu(grad, config, rows, cols, scale):
 
 
 def _gather_cuda(M, config, rows, cols, scale):
-    backend = _gpu_backend()
+    backend = gpu_backend("rps_gather")
     if backend == "triton":
         from osmos.triton_kernels.rps_gather import rps_gather as kernel
 
@@ -151,7 +149,7 @@ def _sorted_segments(config, rows, cols, device):
 def _scatter_cuda(grad, config, rows, cols, scale, deterministic):
     """Atomics on the chosen backend; deterministic=True always takes the CUDA sort-and-reduce
     kernel (the reference's index_add_ when osmos._cuda is not built)."""
-    backend = _gpu_backend()
+    backend = gpu_backend("rps_gather")
     if deterministic:
         backend = "cuda" if _native.has_cuda_kernel("rps_scatter_sorted") else "torch"
     if backend == "triton":

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from osmos import _native
 from osmos.ops._common import (
+    gpu_backend,
     FLOAT_DTYPES,
     check_int,
     check_tensor,
@@ -108,17 +109,6 @@ def topk_compress_triton(x: Tensor, state: Tensor, k: int) -> tuple[Tensor, Tens
     return kernel(x, state, k)
 
 
-def _gpu_backend() -> str:
-    """OSMOS_GPU_BACKEND=cuda|triton|torch overrides; otherwise the native kernel when built."""
-    choice = os.environ.get("OSMOS_GPU_BACKEND", "")
-    if choice:
-        return choice
-    if _native.has_cuda_kernel("topk_compress"):
-        return "cuda"
-    ok, _ = _native.triton_status()
-    return "triton" if ok else "torch"
-
-
 @_topk_compress_op.register_kernel("cpu")
 def _(x, state, k):
     if triton_interpreting() and os.environ.get("OSMOS_CPU_BACKEND") == "triton":
@@ -128,7 +118,7 @@ def _(x, state, k):
 
 @_topk_compress_op.register_kernel("cuda")
 def _(x, state, k):
-    backend = _gpu_backend()
+    backend = gpu_backend("topk_compress")
     if backend == "cuda":
         return topk_compress_cuda_native(x, state, k)
     if backend == "triton":
