@@ -18,7 +18,7 @@ def tiny_motion_unet():
     ).eval()
 
 
-def run(unet, frames=4, batch=2, size=12, seed=1):
+def run(unet, frames=4, batch=1, size=8, seed=1):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 4, frames, size, size, generator=g)
     ctx = torch.randn(batch, 5, 16, generator=g).repeat_interleave(frames, dim=0)  # as AnimateDiffPipeline passes it
@@ -26,7 +26,7 @@ def run(unet, frames=4, batch=2, size=12, seed=1):
         return unet(x, torch.tensor(500), encoder_hidden_states=ctx).sample
 
 
-@pytest.mark.parametrize("spatial,temporal", [(2, 1), (1, 5), (3, 7), (8, 144)])
+@pytest.mark.parametrize("spatial,temporal", [(2, 1), (1, 5), (3, 7), (4, 64)])
 def test_sliced_unet_is_exact(spatial, temporal):
     unet = tiny_motion_unet()
     want = run(unet)
@@ -66,11 +66,11 @@ def test_errors():
     with pytest.raises(RuntimeError, match="already"):
         streamline(unet, spatial_slices=2)
     h.remove()
-    h = streamline(unet, spatial_slices=64)
+    h = streamline(unet, spatial_slices=5)
     with pytest.raises(ValueError, match="larger than batch x frames"):
         run(unet)
     h.remove()
-    h = streamline(unet, temporal_slices=1000)
+    h = streamline(unet, temporal_slices=65)
     with pytest.raises(ValueError, match="larger than the latent"):
         run(unet)
     h.remove()
