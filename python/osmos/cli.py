@@ -18,12 +18,22 @@ def _info(args) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    from osmos.tour import run
+
+    run(args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="osmos", description="osmos command line")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="versions and which backends are built and usable")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_info)
+    p = sub.add_parser("demo", help="the tour: every tool on the embedded default, with a summary table")
+    p.add_argument("--out", default="out/demo", help="folder for the summary and PNGs")
+    p.set_defaults(func=_demo)
     return parser
 
 
