@@ -70,6 +70,16 @@ def test_uce_matches_reference_formula():
         torch.testing.assert_close(w + (w @ u) @ v.T, e, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("rank", [4, 20])  # low-rank product (4 <= D/2) and dense map (20 > D/2)
+def test_apply_update_matches_reference(rank):
+    layers = random_layers()
+    w0 = weights(layers)
+    c_e, c_g, c_p = concepts(rank), concepts(rank), concepts(3)
+    apply_update(layers, *uce_update(c_e, c_g, c_p, 0.5))
+    for w, e in zip(weights(layers), reference_uce(w0, c_e, c_g, c_p, 0.5, dtype=torch.float64)):
+        torch.testing.assert_close(w, e, rtol=0, atol=1e-6 * e.abs().max().item())  # one float32 rounding
+
+
 def test_zero_erase_weight_leaves_weights_bitwise():
     layers = random_layers()
     before = [l.weight.detach().clone() for l in layers.values()]

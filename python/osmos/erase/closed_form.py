@@ -104,12 +104,19 @@ def uce_update(
 
 
 def apply_update(layers: dict[str, nn.Linear], u: Tensor, v: Tensor) -> None:
-    """W <- W + (W U) V^T in float64 for every layer, rounded once to the weight's dtype."""
+    """W <- W + (W U) V^T in float64 for every layer, rounded once to the weight's dtype.
+
+    With rank n above D / 2 the dense W (I + U V^T) is the cheaper product and is used instead.
+    """
+    dense = torch.eye(u.shape[0], dtype=torch.float64, device=u.device).addmm_(u, v.T) if 2 * u.shape[1] > u.shape[0] else None
     with torch.no_grad():
         for layer in layers.values():
             w = layer.weight
             w64 = w.to(torch.float64)
-            w64.addmm_(w64 @ u.to(w.device), v.T.to(w.device))
+            if dense is None:
+                w64 = w64.addmm(w64 @ u.to(w.device), v.T.to(w.device))
+            else:
+                w64 = w64 @ dense.to(w.device)
             w.copy_(w64)
 
 
