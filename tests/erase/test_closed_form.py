@@ -263,3 +263,33 @@ def test_errors(encoders):
         uce_edit(model, lambda p: enc(p), erase="cat")
     with pytest.raises(ValueError, match="epochs"):
         rece_edit(model, enc, erase="cat", epochs=-1)
+
+
+def test_half_precision_weights_edit_and_undo():
+    layers = {n: l.to(torch.float16) for n, l in random_layers().items()}
+    w0 = [l.weight.detach().clone() for l in layers.values()]
+    c_e, c_g = concepts(3), concepts(3)
+    apply_update(layers, *uce_update(c_e, c_g, None, 0.5))
+    expected = reference_uce([w.double() for w in w0], c_e, c_g, None, 0.5, dtype=torch.float64)
+    for l, e in zip(layers.values(), expected):
+        assert l.weight.dtype == torch.float16
+        torch.testing.assert_close(l.weight.double(), e, rtol=0, atol=2e-3 * e.abs().max().item())
+
+
+def test_bert_like_encoder_masks_padding(tmp_path):
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "red", "cat", "dog", "##s"]
+    (tmp_path / "vocab.txt").write_text("\n".join(words))
+    tok = BertTokenizer(str(tmp_path / "vocab.txt"), model_max_length=10)
+    bert = BertModel(BertConfig(vocab_size=len(words), hidden_size=D, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=16, max_position_embeddings=10)).eval()
+    enc = hf_text_encoding(tok, bert, attend_padding=False)
+    states, mask = enc(["a red cat", "dogs"])
+    assert mask.sum(dim=1).tolist() == [5, 4]  # [CLS] a red cat [SEP]; [CLS] dog ##s [SEP]
+    assert enc.subject_index(["a red cat", "dogs"]).tolist() == [3, 2]
+    rows = token_rows(enc, ["a red cat", "dogs"], "all")
+    assert [r.shape[0] for r in rows] == [2, 2]  # subject word piece and [SEP]; padding excluded
+    torch.testing.assert_close(rows[0], states[0, 3:5].double())
+    last = token_rows(enc, ["dogs"], "last_subject")[0]
+    torch.testing.assert_close(last, states[1, 2:3].double())
