@@ -89,5 +89,8 @@ def test_pipeline_text_encoding_picks_dual_encoders(tmp_path):
     states, mask = sdxl(["cat", " "])
     assert states.shape == (2, tiny.MAX_LENGTH, 2 * tiny.TEXT_DIM) and mask.all()
     assert sdxl.subject_index(["cat", " ", "red dog"]).tolist() == [3, 0, 6]  # c a t</w>; the start token; r e d</w> d o g</w>
+    refiner = pipeline_text_encoding(types.SimpleNamespace(tokenizer=None, tokenizer_2=tok, text_encoder=None,
+                                                           text_encoder_2=te2))
+    torch.testing.assert_close(refiner(["cat"])[0], states[:1, :, tiny.TEXT_DIM:])
     single = pipeline_text_encoding(types.SimpleNamespace(tokenizer=tok, text_encoder=te1))
     torch.testing.assert_close(single(["cat"])[0], hf_text_encoding(tok, te1)(["cat"])[0])

@@ -100,10 +100,16 @@ def sdxl_text_encoding(tokenizer, tokenizer_2, text_encoder, text_encoder_2) -> 
 
 
 def pipeline_text_encoding(pipe) -> TextEncoding:
-    """The `TextEncoding` of a diffusers Stable Diffusion (1.x / 2.x) or SDXL pipeline."""
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        return sdxl_text_encoding(pipe.tokenizer, pipe.tokenizer_2, pipe.text_encoder, pipe.text_encoder_2)
-    return hf_text_encoding(pipe.tokenizer, pipe.text_encoder)
+    """The `TextEncoding` of a diffusers Stable Diffusion (1.x / 2.x) or SDXL pipeline
+    (base: both encoders; refiner: its second encoder alone)."""
+    first, second = getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)
+    if second is not None and first is not None:
+        return sdxl_text_encoding(pipe.tokenizer, pipe.tokenizer_2, first, second)
+    if second is not None:
+        return hf_text_encoding(pipe.tokenizer_2, second, hidden_layer=-2)
+    if first is None:
+        raise ValueError(f"{type(pipe).__name__} has no text_encoder / text_encoder_2")
+    return hf_text_encoding(pipe.tokenizer, first)
 
 
 def check_token_mode(tokens: str) -> None:
