@@ -293,3 +293,22 @@ def test_bert_like_encoder_masks_padding(tmp_path):
     torch.testing.assert_close(rows[0], states[0, 3:5].double())
     last = token_rows(enc, ["dogs"], "last_subject")[0]
     torch.testing.assert_close(last, states[1, 2:3].double())
+
+
+def test_stacking_in_several_blocks_gives_the_same_result(monkeypatch):
+    from osmos.erase import closed_form
+
+    c_e, c_g = concepts(3), concepts(3)
+    u, v = uce_update(c_e, c_g, None, 0.5)
+    one, many = random_layers(), random_layers()
+    for a, b in zip(one.values(), many.values()):
+        b.weight.data.copy_(a.weight.data)
+    gram_one = original_gram(one)
+    apply_update(one, u, v)
+    monkeypatch.setattr(closed_form, "_STACK_ELEMENTS", 40 * D)  # each layer alone (outs 16, 40, 24)
+    assert [len(b) for b in closed_form._stacked_blocks(many)] == [1, 1, 1]
+    torch.testing.assert_close(original_gram(many), gram_one, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gram_one, sum(w.T @ w for w in weights(many)), rtol=1e-12, atol=1e-12)
+    apply_update(many, u, v)
+    for a, b in zip(one.values(), many.values()):
+        torch.testing.assert_close(a.weight, b.weight, rtol=2e-7, atol=0)  # one float32 rounding at most

@@ -103,29 +103,61 @@ def uce_update(
     return u, v
 
 
+_STACK_ELEMENTS = 1 << 25  # float64 elements per stacked block of weights (256 MB)
+
+
+def _stacked_blocks(layers: dict[str, nn.Linear]) -> list[list[nn.Linear]]:
+    """Consecutive layers of one device, grouped so that each group's weights fit one block."""
+    blocks: list[list[nn.Linear]] = []
+    size = 0
+    for layer in layers.values():
+        w = layer.weight
+        if blocks and size + w.numel() <= _STACK_ELEMENTS and blocks[-1][0].weight.device == w.device:
+            blocks[-1].append(layer)
+            size += w.numel()
+        else:
+            blocks.append([layer])
+            size = w.numel()
+    return blocks
+
+
+def _stack(block: list[nn.Linear]) -> tuple[Tensor, list[int]]:
+    """The block's weights stacked into one float64 [sum of rows, D] tensor, and the row counts."""
+    rows = [layer.weight.shape[0] for layer in block]
+    stacked = torch.empty(sum(rows), block[0].weight.shape[1], dtype=torch.float64, device=block[0].weight.device)
+    for part, layer in zip(stacked.split(rows), block):
+        part.copy_(layer.weight.detach())
+    return stacked, rows
+
+
 def apply_update(layers: dict[str, nn.Linear], u: Tensor, v: Tensor) -> None:
     """W <- W + (W U) V^T in float64 for every layer, rounded once to the weight's dtype.
 
-    With rank n above D / 2 the dense W (I + U V^T) is the cheaper product and is used instead.
+    The weights are stacked into float64 blocks [sum of rows, D] so that each product is one
+    large matmul. With rank n above D / 2 the dense W (I + U V^T) is the cheaper product.
     """
-    dense = torch.eye(u.shape[0], dtype=torch.float64, device=u.device).addmm_(u, v.T) if 2 * u.shape[1] > u.shape[0] else None
+    dense = 2 * u.shape[1] > u.shape[0]
+    if dense:
+        x = torch.eye(u.shape[0], dtype=torch.float64, device=u.device).addmm_(u, v.T)
     with torch.no_grad():
-        for layer in layers.values():
-            w = layer.weight
-            w64 = w.to(torch.float64)
-            if dense is None:
-                w64 = w64.addmm(w64 @ u.to(w.device), v.T.to(w.device))
+        for block in _stacked_blocks(layers):
+            device = block[0].weight.device
+            stacked, rows = _stack(block)
+            if dense:
+                stacked = stacked @ x.to(device)
             else:
-                w64 = w64 @ dense.to(w.device)
-            w.copy_(w64)
+                stacked.addmm_(stacked @ u.to(device), v.T.to(device))
+            for part, layer in zip(stacked.split(rows), block):
+                layer.weight.copy_(part)
 
 
 def original_gram(layers: dict[str, nn.Linear]) -> Tensor:
-    """G = sum_l W_l^T W_l over the layers, float64 [D, D]."""
+    """G = sum_l W_l^T W_l over the layers, float64 [D, D] (on the first layer's device)."""
     gram = None
-    for layer in layers.values():
-        w64 = layer.weight.detach().to(torch.float64)
-        gram = w64.T @ w64 if gram is None else gram.addmm_(w64.T, w64)
+    for block in _stacked_blocks(layers):
+        stacked, _ = _stack(block)
+        part = stacked.T @ stacked
+        gram = part if gram is None else gram.add_(part.to(gram.device))
     return gram
 
 
