@@ -36,7 +36,7 @@ def read_snapshot(record: dict) -> dict:
         t = view_in(buf, entry)
         if zlib.crc32(memoryview(t.view(-1).view(torch.uint8).numpy())) != crc:
             raise SnapshotCorrupted(f"shard {i} ({entry}) of the step-{record['step']} snapshot fails its checksum")
-        tensors.append(t)
+        tensors.append(t.clone())  # own storage: optimizer.load_state_dict may keep these tensors
     off, n, crc = record["skeleton"]
     skeleton = bytes(buf[off: off + n].numpy())
     if zlib.crc32(skeleton) != crc:
