@@ -1,0 +1,226 @@
+"""The trainer side: copy model, optimizer, RNG and user state into the manager's slot.
+
+Call ``snap.step(step)`` right after ``optimizer.step()`` of training step ``step``. Every
+``every`` steps it:
+1. synchronously captures the small things: the state-dict structure, RNG states (python,
+   numpy, torch CPU and CUDA), ``extra_state()`` and clones of the model buffers (a forward pass
+   may update buffers such as BatchNorm statistics, so they cannot be read later);
+2. in a background thread, copies parameters and optimizer-state tensors into the shared-memory
+   slot the manager handed out, computes one CRC-32 (``zlib.crc32``) per shard (one shard = one
+   tensor, plus one for the pickled structure), and publishes the snapshot with one message.
+
+Consistency: the copy overlaps the next forward/backward, which only read the parameters.
+An optimizer step pre-hook waits for the copy to finish before the optimizer writes the
+parameters and its state again, so a snapshot always holds the values of a single step.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import random
+import threading
+import zlib
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from osmos.ft.manager import ManagerClient
+
+_ALIGN = 64
+
+
+class _TensorRef:
+    """Placeholder for tensor ``index`` inside the pickled state structure."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def __reduce__(self):
+        return (_TensorRef, (self.index,))
+
+
+def _flatten(obj: Any, out: list[torch.Tensor]) -> Any:
+    """Replace every tensor in a nest of dicts/lists/tuples by a _TensorRef; tensors go to ``out``."""
+    if isinstance(obj, torch.Tensor):
+        out.append(obj)
+        return _TensorRef(len(out) - 1)
+    if isinstance(obj, dict):
+        return {k: _flatten(v, out) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        items = [_flatten(v, out) for v in obj]
+        return items if isinstance(obj, list) else tuple(items)
+    return obj
+
+
+def unflatten(obj: Any, tensors: list[torch.Tensor]) -> Any:
+    """Inverse of ``_flatten``."""
+    if isinstance(obj, _TensorRef):
+        return tensors[obj.index]
+    if isinstance(obj, dict):
+        return {k: unflatten(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [unflatten(v, tensors) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(unflatten(v, tensors) for v in obj)
+    return obj
+
+
+def rng_state() -> dict:
+    """RNG states of python, numpy, torch CPU and (when present) every CUDA device."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].clone())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.clone() for s in state["cuda"]])
+
+
+def _align(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def layout_of(tensors: list[torch.Tensor]) -> tuple[list[dict], int]:
+    """Byte layout of the tensors in a slot: [{offset, nbytes, dtype, shape}], total bytes."""
+    entries, off = [], 0
+    for t in tensors:
+        nb = t.numel() * t.element_size()
+        entries.append({"offset": off, "nbytes": nb, "dtype": str(t.dtype).removeprefix("torch."),
+                        "shape": list(t.shape)})
+        off = _align(off + nb)
+    return entries, off
+
+
+def view_in(buf: torch.Tensor, entry: dict) -> torch.Tensor:
+    """The tensor described by a layout ``entry`` as a view of the uint8 slot buffer ``buf``."""
+    raw = buf[entry["offset"]: entry["offset"] + entry["nbytes"]]
+    return raw.view(getattr(torch, entry["dtype"])).view(entry["shape"])
+
+
+class _Mapping:
+    """An mmap of a slot file, kept open while its size is unchanged."""
+
+    def __init__(self, path: str, size: int, writable: bool):
+        fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        try:
+            prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+            self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
+        finally:
+            os.close(fd)
+        self.path, self.size = path, size
+        self.buf = torch.frombuffer(self.mm, dtype=torch.uint8) if writable else None
+
+    def close(self) -> None:
+        self.buf = None
+        self.mm.close()
+
+
+class Snapshotter:
+    """Asynchronous in-memory snapshots of ``model`` + ``optimizer`` into the node's manager.
+
+    Args:
+        model, optimizer: what to snapshot (parameters and buffers; optimizer state).
+        extra_state: a callable returning picklable user state (data-loader position, hook
+            state, ...) or a constant; restored by ``restore_or_init`` and returned to the caller.
+        every: take a snapshot when ``step % every == 0``.
+        client: a ManagerClient; default: from the environment (OSMOS_FT_*).
+        rank: this trainer's slot pair; default ``$RANK`` (0).
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 extra_state: Callable[[], Any] | Any = None, every: int = 1,
+                 client: ManagerClient | None = None, rank: int | None = None):
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive int, got {every!r}")
+        self.model, self.optimizer, self.extra_state, self.every = model, optimizer, extra_state, every
+        self.client = client or ManagerClient.from_env()
+        if self.client is None:
+            raise RuntimeError("no snapshot manager: set OSMOS_FT_JOB_ID/OSMOS_FT_SOCKET/OSMOS_FT_TOKEN "
+                               "(osmos.ft.manager.start_manager(...).env) or pass client=")
+        self.rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+        self._maps: dict[str, _Mapping] = {}
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.published_step: int | None = None
+        self._hook = optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.wait())
+        # Test hook: called with the slot buffer after tensors are copied, before publishing.
+        self._before_publish: Callable[[torch.Tensor], None] | None = None
+
+    def _capture(self, step: int) -> tuple[list[torch.Tensor], bytes]:
+        tensors: list[torch.Tensor] = []
+        # buffers may change during the next forward: clone them now; parameters are read later
+        model_sd = {k: (v.detach() if isinstance(v, torch.nn.Parameter) else v.detach().clone())
+                    for k, v in self.model.state_dict(keep_vars=True).items()}
+        extra = self.extra_state() if callable(self.extra_state) else self.extra_state
+        state = {"step": step, "model": model_sd, "optimizer": self.optimizer.state_dict(),
+                 "rng": rng_state(), "extra": extra}
+        skeleton = pickle.dumps(_flatten(state, tensors), protocol=pickle.HIGHEST_PROTOCOL)
+        return tensors, skeleton
+
+    def _mapping(self, path: str, size: int) -> _Mapping:
+        m = self._maps.get(path)
+        if m is None or m.size != size:
+            if m is not None:
+                m.close()
+            m = self._maps[path] = _Mapping(path, size, writable=True)
+        return m
+
+    def _write(self, step: int, tensors: list[torch.Tensor], skeleton: bytes) -> None:
+        try:
+            layout, data_bytes = layout_of(tensors)
+            total = data_bytes + len(skeleton)
+            slot = self.client.request("begin", rank=self.rank, nbytes=total)
+            buf = self._mapping(slot["path"], slot["size"]).buf
+            crcs = []
+            for t, e in zip(tensors, layout):
+                dst = view_in(buf, e)
+                dst.copy_(t.detach())
+                crcs.append(zlib.crc32(memoryview(dst.view(-1).view(torch.uint8).numpy())))
+            buf[data_bytes: total].copy_(torch.frombuffer(bytearray(skeleton), dtype=torch.uint8))
+            if self._before_publish is not None:
+                self._before_publish(buf)
+            record = {"slot": slot["slot"], "step": step, "layout": layout, "crc32": crcs,
+                      "skeleton": [data_bytes, len(skeleton), zlib.crc32(skeleton)], "size": slot["size"]}
+            self.client.request("publish", rank=self.rank, record=record)
+            self.published_step = step
+        except BaseException as exc:  # surfaced by wait()
+            self._error = exc
+
+    def step(self, step: int, block: bool = False) -> bool:
+        """Snapshot the state after training step ``step`` if ``step % every == 0``; True if started."""
+        if step % self.every:
+            return False
+        self.wait()
+        tensors, skeleton = self._capture(step)
+        self._thread = threading.Thread(target=self._write, args=(step, tensors, skeleton),
+                                        name="osmos-snapshot", daemon=True)
+        self._thread.start()
+        if block:
+            self.wait()
+        return True
+
+    def wait(self) -> None:
+        """Block until the snapshot in flight (if any) is published; re-raise its error."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise RuntimeError("snapshot failed") from err
+
+    def close(self) -> None:
+        self.wait()
+        self._hook.remove()
+        for m in self._maps.values():
+            m.close()
+        self._maps.clear()
