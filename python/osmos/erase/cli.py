@@ -20,7 +20,7 @@ def _erase_methods(subparsers) -> argparse._SubParsersAction:
     for action in erase._actions:
         if isinstance(action, argparse._SubParsersAction):
             return action
-    return erase.add_subparsers(dest="erase_method", required=True, metavar="{spm,uce,rece}")
+    return erase.add_subparsers(dest="erase_method", required=True)
 
 
 def add_parser(subparsers) -> None:
