@@ -16,9 +16,9 @@ class Recipe:
     size: int  # image side in pixels
     config: dict
     batch_size: int = 32
-    lr: float = 1e-3
-    warmup_steps: int = 100
-    ema_decay: float = 0.995
+    lr: float = 1.5e-3
+    warmup_steps: int = 25
+    ema_decay: float = 0.99
     cfg_dropout: float = 0.1  # probability of training on the empty prompt (classifier-free guidance)
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"

@@ -141,7 +141,7 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
         opt.step()
         step += 1
         _ema_update(ema, model, min(r.ema_decay, (1 + step) / (10 + step)))
-        losses.append(float(loss))
+        losses.append(loss.item())
         seconds += time.time() - t0
         bar.update(1)
         bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", refresh=False)
