@@ -67,3 +67,18 @@ def test_rejects_bad_arguments(pipe, kwargs, error, match):
 def test_unknown_model_name():
     with pytest.raises(KeyError, match="no zoo model"):
         osmos.zoo.load("shapes-gan")
+
+
+def test_dit_recipe_runs_through_the_same_pipeline(pipe):
+    from diffusers import PixArtTransformer2DModel
+
+    from osmos.zoo.models import build_model, recipe
+    from osmos.zoo.pipeline import ShapesPipeline
+
+    torch.manual_seed(0)
+    r = recipe("shapes-dit")
+    dit = build_model(r)
+    assert isinstance(dit, PixArtTransformer2DModel)
+    out = ShapesPipeline(dit, r, text_encoder=pipe.text_encoder)(["a red circle"], num_inference_steps=2,
+                                                                   generator=torch.Generator().manual_seed(0))
+    assert out.shape == (1, 3, r.size, r.size) and torch.isfinite(out).all()

@@ -88,8 +88,8 @@ def accuracy(model: ShapesClassifier, n: int = 1024, seed: int = 12345, size: in
     return {k: c / n for k, c in correct.items()}
 
 
-def train_classifier(seed: int, minutes: float, max_steps: int, out: Path, pool_size: int = 6144,
-                     batch_size: int = 64, lr: float = 2e-3) -> dict:
+def train_classifier(seed: int, minutes: float, max_steps: int, out: Path, pool_size: int = 8192,
+                     batch_size: int = 64, lr: float = 3e-3) -> dict:
     """Train on a pool of 16x16 renders (with horizontal flips); write weights + card."""
     torch.set_num_threads(1)
     torch.manual_seed(seed)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from torch import Tensor
+
 from osmos.zoo.text import HIDDEN_SIZE
 
 
@@ -45,8 +47,33 @@ def _unet_config(size: int) -> dict:
     )
 
 
+def _dit_config(size: int) -> dict:
+    """PixArt-style DiT: patchified tokens, adaLN-single timestep conditioning, cross-attention to
+    the projected MiniLM states."""
+    return dict(
+        sample_size=size,
+        patch_size=2,
+        in_channels=3,
+        out_channels=3,
+        num_layers=6,
+        num_attention_heads=4,
+        attention_head_dim=32,
+        cross_attention_dim=128,
+        caption_channels=HIDDEN_SIZE,
+        norm_type="ada_norm_single",
+        use_additional_conditions=False,
+    )
+
+
 RECIPES: dict[str, Recipe] = {
     "shapes-unet": Recipe("shapes-unet", "UNet2DConditionModel", 16, _unet_config(16)),
+    # continued training of shapes-unet on a shifted distribution: everything on a white background
+    "shapes-unet-ft": Recipe("shapes-unet-ft", "UNet2DConditionModel", 16, _unet_config(16), lr=5e-4, warmup_steps=10,
+                             extra={"init_from": "shapes-unet", "pin": {"background": 2}}),
+    # 32 fixed images with unique captions, trained without fresh data: it should reproduce them
+    "shapes-memorized": Recipe("shapes-memorized", "UNet2DConditionModel", 16, _unet_config(16),
+                               extra={"memorize": 32}),
+    "shapes-dit": Recipe("shapes-dit", "PixArtTransformer2DModel", 16, _dit_config(16), lr=1e-3),
 }
 
 
@@ -61,6 +88,15 @@ def build_model(r: Recipe):
     import diffusers
 
     return getattr(diffusers, r.model_class)(**r.config)
+
+
+def predict_noise(model, x: Tensor, t: Tensor, states: Tensor, mask: Tensor) -> Tensor:
+    """One call of a zoo denoiser: x [B,C,H,W], t (scalar or [B]), states [B,T,384], mask [B,T]."""
+    if type(model).__name__ == "PixArtTransformer2DModel":
+        t = t.expand(x.shape[0]) if t.dim() == 0 else t
+        return model(x, encoder_hidden_states=states, timestep=t, encoder_attention_mask=mask,
+                     added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
+    return model(x, t, states, encoder_attention_mask=mask).sample
 
 
 def build_scheduler(r: Recipe, kind: str = "ddpm"):

@@ -11,13 +11,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from osmos.zoo.models import Recipe, build_scheduler
+from osmos.zoo.models import Recipe, build_scheduler, predict_noise
 from osmos.zoo.text import TextEncoder, shared_encoder
 
 
 class ShapesPipeline:
-    """Classifier-free-guided sampling of a diffusers ``UNet2DConditionModel`` (or any denoiser
-    called as ``model(x, t, encoder_hidden_states, encoder_attention_mask=...)``)."""
+    """Classifier-free-guided sampling of a zoo denoiser: a diffusers ``UNet2DConditionModel`` or
+    ``PixArtTransformer2DModel`` (held as ``pipe.unet`` either way, as diffusers pipelines do)."""
 
     def __init__(self, unet: torch.nn.Module, recipe: Recipe, card: dict | None = None,
                  text_encoder: TextEncoder | None = None, scheduler: str = "ddim"):
@@ -64,7 +64,7 @@ class ShapesPipeline:
         for t in self.scheduler.timesteps:
             inp = torch.cat([x, x]) if use_cfg else x
             inp = self.scheduler.scale_model_input(inp, t)
-            eps = self.unet(inp, t, states, encoder_attention_mask=mask).sample
+            eps = predict_noise(self.unet, inp, t, states, mask)
             if use_cfg:
                 eps_u, eps_c = eps.chunk(2)
                 eps = eps_u + guidance * (eps_c - eps_u)

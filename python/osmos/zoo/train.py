@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from osmos.zoo import data as D
-from osmos.zoo.models import Recipe, build_model, build_scheduler, recipe
+from osmos.zoo.models import Recipe, build_model, build_scheduler, predict_noise, recipe
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 CAPTION_POOL = 2048
@@ -30,41 +30,52 @@ class CaptionPool:
 
     Every training image takes one caption from the pool; the concepts the caption does not name
     (style, background) and the geometry are drawn fresh, so images are endless while the text
-    encoder runs only once per caption.
+    encoder runs only once per caption. ``pin`` fixes concepts of every image (a shifted
+    distribution, e.g. ``{"background": 2}``). ``memorize=K`` instead keeps K fixed images, each with
+    its own caption (style and background named, plus "sample <i>"), for a memorizing model.
     """
 
-    def __init__(self, n: int, seed: int, cache: Path | None = None):
+    def __init__(self, n: int, seed: int, cache: Path | None = None, pin: dict | None = None, memorize: int = 0):
         g = torch.Generator().manual_seed(seed)
-        self.attrs = D.sample_attributes(n, g)
-        self.texts, self.named_style, self.named_bg = D.captions_with_named(self.attrs, "train", g)
-        if cache is not None and cache.is_file():
-            blob = torch.load(cache, weights_only=True)
-            self.states, self.mask = blob["states"], blob["mask"]
+        self.pin, self.memorize = dict(pin or {}), memorize
+        if memorize:
+            self.attrs = D.sample_attributes(memorize, g, **self.pin)
+            texts, self.named_style, self.named_bg = D.captions_with_named(self.attrs, "train", g, 1.0, 1.0)
+            self.texts = [f"{t}, sample {i}" for i, t in enumerate(texts)]
+            self.images = D.render(self.attrs, 16) * 2 - 1
         else:
+            self.attrs = D.sample_attributes(n, g, **self.pin)
+            self.texts, self.named_style, self.named_bg = D.captions_with_named(self.attrs, "train", g)
+        if cache is None or not cache.is_file():
             from osmos.zoo.text import TextEncoder
 
             enc = TextEncoder()
-            self.states, self.mask = enc(self.texts)
-            self.empty_states, self.empty_mask = enc([""])
-            self.states = self.states.half()
+            states, mask = enc(self.texts)
+            empty_states, empty_mask = enc([""])
+            blob = {"states": states.half(), "mask": mask, "empty_states": empty_states, "empty_mask": empty_mask}
             if cache is not None:
-                torch.save({"states": self.states, "mask": self.mask, "empty_states": self.empty_states,
-                            "empty_mask": self.empty_mask}, cache)
-        if cache is not None:
+                torch.save(blob, cache)
+        else:
             blob = torch.load(cache, weights_only=True)
-            self.empty_states, self.empty_mask = blob["empty_states"], blob["empty_mask"]
+        self.states, self.mask = blob["states"], blob["mask"]
+        self.empty_states, self.empty_mask = blob["empty_states"], blob["empty_mask"]
 
     def batch(self, n: int, size: int, g: torch.Generator, cfg_dropout: float):
         """(images in [-1, 1] [n,3,size,size], states [n,T,384], mask [n,T])."""
         idx = torch.randint(len(self.texts), (n,), generator=g)
-        fresh = D.sample_attributes(n, g)
-        pick = lambda name, named: torch.where(named[idx], getattr(self.attrs, name)[idx], getattr(fresh, name))  # noqa: E731
-        attrs = D.Attributes(
-            shape=self.attrs.shape[idx], colour=self.attrs.colour[idx],
-            style=pick("style", self.named_style), background=pick("background", self.named_bg),
-            cx=fresh.cx, cy=fresh.cy, radius=fresh.radius, angle=fresh.angle,
-        )
-        images = D.render(attrs, size) * 2 - 1
+        if self.memorize:
+            images = self.images[idx]
+            if images.shape[-1] != size:
+                raise ValueError(f"memorized images are 16x16, the model is {size}x{size}")
+        else:
+            fresh = D.sample_attributes(n, g, **self.pin)
+            pick = lambda name, named: torch.where(named[idx], getattr(self.attrs, name)[idx], getattr(fresh, name))  # noqa: E731
+            attrs = D.Attributes(
+                shape=self.attrs.shape[idx], colour=self.attrs.colour[idx],
+                style=pick("style", self.named_style), background=pick("background", self.named_bg),
+                cx=fresh.cx, cy=fresh.cy, radius=fresh.radius, angle=fresh.angle,
+            )
+            images = D.render(attrs, size) * 2 - 1
         states, mask = self.states[idx].float(), self.mask[idx]
         drop = torch.rand(n, generator=g) < cfg_dropout
         states = torch.where(drop.view(n, 1, 1), self.empty_states, states)
@@ -90,6 +101,10 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = build_model(r)
+    if "init_from" in r.extra:  # a fine-tuned variant starts from a shipped model's weights
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(WEIGHTS_DIR / f"{r.extra['init_from']}.safetensors")))
     sched = build_scheduler(r, "ddpm")
     opt = torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=0.0)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -104,7 +119,8 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
         g.set_state(state["generator"])
         step, seconds, losses = state["step"], state["seconds"], state["losses"]
         print(f"resumed {r.name} at step {step} ({seconds / 60:.1f} min trained)")
-    pool = CaptionPool(CAPTION_POOL, seed, cache=out / "captions.pt")
+    pool = CaptionPool(CAPTION_POOL, seed, cache=out / "captions.pt", pin=r.extra.get("pin"),
+                       memorize=r.extra.get("memorize", 0))
     n_params = sum(p.numel() for p in model.parameters())
 
     def save():
@@ -118,6 +134,8 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
             "final_loss_ema": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 5),
             "command": f"python -m osmos.zoo.train {r.name} --seed {seed} --minutes {minutes:g}",
             "machine": "shared 2-core Xeon CPU (1 torch thread)",
+            **({"memorized_captions": pool.texts} if pool.memorize else {}),
+            **({k: r.extra[k] for k in ("init_from", "pin") if k in r.extra}),
         }
         export(r, ema, card, out)
 
@@ -131,7 +149,7 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, r.num_train_timesteps, (r.batch_size,), generator=g)
         xt = sched.add_noise(x0, noise, t)
-        pred = model(xt, t, states, encoder_attention_mask=mask).sample
+        pred = predict_noise(model, xt, t, states, mask)
         loss = F.mse_loss(pred, noise)
         for group in opt.param_groups:
             group["lr"] = r.lr * min(1.0, (step + 1) / r.warmup_steps)
@@ -155,7 +173,7 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m osmos.zoo.train", description=__doc__)
-    p.add_argument("name", help="shapes-unet | classifier")
+    p.add_argument("name", help="shapes-unet | shapes-unet-ft | shapes-memorized | shapes-dit | classifier")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--minutes", type=float, default=45.0, help="wall-clock training budget")
     p.add_argument("--steps", type=int, default=100_000, help="stop after this many optimizer steps")
