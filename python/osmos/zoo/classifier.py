@@ -89,8 +89,9 @@ def accuracy(model: ShapesClassifier, n: int = 1024, seed: int = 12345, size: in
 
 
 def train_classifier(seed: int, minutes: float, max_steps: int, out: Path, pool_size: int = 8192,
-                     batch_size: int = 64, lr: float = 3e-3) -> dict:
-    """Train on a pool of 16x16 renders (with horizontal flips); write weights + card."""
+                     batch_size: int = 64, lr: float = 3e-3, resume: bool = False) -> dict:
+    """Train on a pool of 16x16 renders (with horizontal flips); write weights + card.
+    ``resume`` continues from the weights in ``out`` (a new cosine cycle, lr/3)."""
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -105,6 +106,12 @@ def train_classifier(seed: int, minutes: float, max_steps: int, out: Path, pool_
     images = torch.cat(pool)
     targets = {k: torch.cat(v) for k, v in labels.items()}
     model = ShapesClassifier()
+    history = []
+    if resume and (out / "classifier.safetensors").is_file():
+        model.load_state_dict(load_file(str(out / "classifier.safetensors")))
+        prior = json.loads((out / "classifier.json").read_text())["card"]
+        history = prior.get("history", []) + [{k: prior[k] for k in ("steps", "train_minutes", "metrics")}]
+        lr = lr / 3
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     deadline = time.time() + minutes * 60
     step, steps_total = 0, max_steps
@@ -131,7 +138,9 @@ def train_classifier(seed: int, minutes: float, max_steps: int, out: Path, pool_
         "shape/colour/style/background)", "parameters": sum(p.numel() for p in model.parameters()),
         "train_images": pool_size, "steps": step, "batch_size": batch_size, "seed": seed,
         "train_minutes": round((time.time() - t_start) / 60, 2), "metrics": metrics,
-        "command": f"python -m osmos.zoo.train classifier --seed {seed} --steps {max_steps}",
+        "history": history,
+        "command": f"python -m osmos.zoo.train classifier --seed {seed} --steps {max_steps}"
+        + (" --resume" if history else ""),
     }
     save_file(model.state_dict(), str(out / "classifier.safetensors"))
     (out / "classifier.json").write_text(json.dumps({"card": card}, indent=2))

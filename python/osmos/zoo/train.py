@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.name == "classifier":
         from osmos.zoo.classifier import train_classifier
 
-        card = train_classifier(seed=args.seed, minutes=args.minutes, max_steps=args.steps, out=out)
+        card = train_classifier(seed=args.seed, minutes=args.minutes, max_steps=args.steps, out=out,
+                                resume=args.resume)
     else:
         card = train_denoiser(recipe(args.name), args.seed, args.minutes, args.steps, out, args.resume)
     print(json.dumps(card, indent=2))
