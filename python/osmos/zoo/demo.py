@@ -12,7 +12,7 @@ from osmos.zoo import data as D
 from osmos.zoo.pipeline import save_grid
 
 
-def run_demo(out_dir: str | Path, num_inference_steps: int = 25, seed: int = 0, scheduler: str = "dpm") -> dict:
+def run_demo(out_dir: str | Path, num_inference_steps: int = 25, seed: int = 0, scheduler: str = "ddim") -> dict:
     """Generate one image per (shape, colour) pair (rows: shapes, columns: colours), write
     ``<out_dir>/zoo_grid.png``, and return a summary (time, classifier accuracy, the PNG's path)."""
     out = Path(out_dir)
