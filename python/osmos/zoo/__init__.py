@@ -1,0 +1,58 @@
+"""osmos.zoo: the embedded default, a tiny text-to-image world that ships in the package.
+
+* :mod:`osmos.zoo.data`        procedural, seeded "shapes" images, captions, moving-shape clips
+* :mod:`osmos.zoo.text`        all-MiniLM-L6-v2 token states (offline) as cross-attention context
+* :mod:`osmos.zoo.pipeline`    ``ShapesPipeline``: CFG sampling with DDIM / DPM-Solver (diffusers)
+* :mod:`osmos.zoo.classifier`  the evaluator (shape/colour/style/background CNN, Frechet distance)
+* :mod:`osmos.zoo.evaluate`    generation accuracy per (shape, colour), paraphrases, Frechet score
+* :mod:`osmos.zoo.train`       ``python -m osmos.zoo.train <name> --seed 0`` regenerates the weights
+
+``pipe = osmos.zoo.load("shapes-unet"); images = pipe(["a red circle"])``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def available() -> list[str]:
+    """Names of the models whose weights ship in this install."""
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+
+
+def model_card(name: str) -> dict:
+    """The model card (architecture, parameters, steps, time, seed, metrics) of a shipped model."""
+    path = WEIGHTS_DIR / f"{name}.json"
+    if not path.is_file():
+        raise KeyError(f"no zoo model {name!r}; available: {available()}")
+    return json.loads(path.read_text())["card"]
+
+
+def load(name: str, device: str = "cpu", scheduler: str = "ddim"):
+    """Load a shipped model, offline. Denoisers come back as a ready :class:`ShapesPipeline`;
+    ``"classifier"`` gives the evaluator (:class:`ShapesClassifier`)."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a string, got {type(name).__name__}")
+    if name == "classifier":
+        from osmos.zoo.classifier import load_classifier
+
+        return load_classifier().to(device)
+    weights, meta_path = WEIGHTS_DIR / f"{name}.safetensors", WEIGHTS_DIR / f"{name}.json"
+    if not weights.is_file() or not meta_path.is_file():
+        raise KeyError(f"no zoo model {name!r}; available: {available()}")
+    from safetensors.torch import load_file
+
+    from osmos.zoo.models import Recipe, build_model
+    from osmos.zoo.pipeline import ShapesPipeline
+
+    meta = json.loads(meta_path.read_text())
+    recipe = Recipe(**meta["recipe"])
+    model = build_model(recipe)
+    model.load_state_dict(load_file(str(weights)))
+    return ShapesPipeline(model.to(device), recipe, card=meta["card"], scheduler=scheduler)
+
+
+__all__ = ["load", "available", "model_card", "WEIGHTS_DIR"]

