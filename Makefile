@@ -10,16 +10,16 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 # The CPU wheel; a bare `torch` could resolve to a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= test,triton,diffusion,bench,replication,replication
+EXTRAS ?= test,triton,diffusion,bench,replication
 NATIVE_SOURCES := $(shell find csrc -type f) CMakeLists.txt pyproject.toml
 PY_SOURCES := $(shell find python triton_kernels -name '*.py')
 
 .PHONY: setup install test demo bench inplace clean
 
-$(VENV)/.deps-stamp: pyproject.toml
+$(VENV)/.deps-stamp: pyproject.toml scripts/test-constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install "$(TORCH_SPEC)"
-	$(PIP) install "$(TORCH_SPEC)" $$($(PYTHON) scripts/extras.py $(EXTRAS))
+	$(PIP) install -c scripts/test-constraints.txt "$(TORCH_SPEC)" $$($(PYTHON) scripts/extras.py $(EXTRAS))
 	touch $@
 
 setup: $(VENV)/.deps-stamp
