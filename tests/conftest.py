@@ -1,5 +1,3 @@
-import os
-
 import pytest
 import torch
 
@@ -19,9 +17,7 @@ def _seed():
 
 
 def triton_available() -> bool:
-    """Triton kernels can run: a GPU, or the interpreter on the CPU."""
-    try:
-        import triton  # noqa: F401
-    except Exception:
-        return False
-    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+    """Triton kernels can run: a recent enough triton, and a GPU or the interpreter on the CPU."""
+    from osmos import _native
+
+    return _native.triton_status()[0]

@@ -34,12 +34,20 @@ def has_cuda_kernel(name: str) -> bool:
     return CUDA is not None and hasattr(CUDA, name)
 
 
+# Oldest Triton the kernels are tested with (older interpreters lack e.g. tl.histogram's mask).
+MIN_TRITON = (3, 7)
+
+
 def triton_status() -> tuple[bool, str]:
     """(Triton importable with a usable backend, reason when not)."""
     try:
         import triton  # noqa: F401
     except Exception as exc:
         return False, f"triton is not installed ({type(exc).__name__}); pip install osmos[triton]"
+    version = tuple(int(p) for p in triton.__version__.split(".")[:2] if p.isdigit())
+    if version < MIN_TRITON:
+        return False, (f"triton {triton.__version__} is older than {'.'.join(map(str, MIN_TRITON))}, "
+                       "which osmos's Triton kernels need; ops use their CUDA or torch paths")
     import os
 
     import torch

@@ -1,6 +1,5 @@
 """osmos::rps_gather / rps_scatter and the RPS mappings: every backend against the torch reference."""
 
-import os
 
 import pytest
 import torch
@@ -10,10 +9,12 @@ from osmos.ops import rps_gather, rps_indices, rps_scatter
 from osmos.ops.rps_gather import reference_rps_gather, reference_rps_scatter
 from osmos.ops.rps_mapping import LayerMap
 
+from conftest import triton_available
+
 KINDS = ["stable", "roast", "hashednet"]
 # (rows, cols, m, offset): odd sizes, m smaller than a ROAST tile, offsets past 2^31.
 SHAPES = [(7, 13, 50, 3), (33, 17, 1000, 0), (5, 300, 64, 12345678901), (16, 16, 3, 0), (1, 1, 1, 0), (9, 40, 360, 7)]
-TRITON = os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
+TRITON = triton_available()
 needs_native = pytest.mark.skipif(not _native.has_cpu_kernel("rps_gather"), reason="osmos._C not built")
 
 
@@ -87,7 +88,7 @@ def test_gather_and_scatter_match_reference(kind, shape, dtype):
                                atol=tol, rtol=tol)
 
 
-@pytest.mark.skipif(not TRITON, reason="needs TRITON_INTERPRET=1 or a GPU")
+@pytest.mark.skipif(not TRITON, reason="needs triton >= 3.7 and TRITON_INTERPRET=1 or a GPU")
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_triton_gather_scatter_match_reference(kind, dtype):

@@ -1,7 +1,6 @@
 """osmos::rps_linear: the fused hashed linear (Triton, W never materialised) and the
 gather + matmul path, against F.linear with the reference-gathered weight."""
 
-import os
 
 import pytest
 import torch
@@ -11,7 +10,9 @@ from osmos.ops import rps_linear
 from osmos.ops.rps_gather import reference_rps_gather
 from osmos.ops.rps_mapping import LayerMap
 
-TRITON = os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
+from conftest import triton_available
+
+TRITON = triton_available()
 
 
 def _case(kind, B, rows, cols, m, dtype=torch.float32):
@@ -39,7 +40,7 @@ def test_gather_path_matches_reference(kind):
     _check_against_reference(kind, 5, 19, 37, 101, torch.float32, 1e-5)
 
 
-@pytest.mark.skipif(not TRITON, reason="needs TRITON_INTERPRET=1 or a GPU")
+@pytest.mark.skipif(not TRITON, reason="needs triton >= 3.7 and TRITON_INTERPRET=1 or a GPU")
 @pytest.mark.parametrize("kind", ["stable", "roast", "hashednet"])
 @pytest.mark.parametrize("shape", [(5, 19, 37, 101), (33, 40, 70, 7), (1, 1, 1, 1)])
 def test_fused_triton_matches_reference(kind, shape, monkeypatch):
@@ -47,7 +48,7 @@ def test_fused_triton_matches_reference(kind, shape, monkeypatch):
     _check_against_reference(kind, *shape, torch.float32, 1e-4)
 
 
-@pytest.mark.skipif(not TRITON, reason="needs TRITON_INTERPRET=1 or a GPU")
+@pytest.mark.skipif(not TRITON, reason="needs triton >= 3.7 and TRITON_INTERPRET=1 or a GPU")
 def test_fused_triton_float64_gradcheck(monkeypatch):
     monkeypatch.setenv("OSMOS_CPU_BACKEND", "triton")
     config, x, M = _case("roast", 3, 5, 6, 11, torch.float64)

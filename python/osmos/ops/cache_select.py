@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 
+from typing import Optional  # torch < 2.7 infers op schemas from typing generics only
 import torch
 from torch import Tensor
 
@@ -62,7 +63,7 @@ def reference_cache_select(h, gate, fresh, cache, use_cache) -> Tensor:
 
 
 @torch.library.custom_op("osmos::cache_select", mutates_args=("cache",))
-def _op(h: Tensor | None, gate: Tensor | None, fresh: Tensor, cache: Tensor, use_cache: Tensor) -> Tensor:
+def _op(h: Optional[Tensor], gate: Optional[Tensor], fresh: Tensor, cache: Tensor, use_cache: Tensor) -> Tensor:
     raise NotImplementedError(f"osmos::cache_select has no kernel for {h.device.type}")
 
 

@@ -14,6 +14,7 @@ slice `x[..., a:b]` of a larger tensor is read in place.
 
 from __future__ import annotations
 
+from typing import Optional  # torch < 2.7 infers op schemas from typing generics only
 import torch
 from torch import Tensor
 
@@ -89,7 +90,7 @@ def _(x, num_groups):
 
 
 @torch.library.custom_op("osmos::group_norm_apply", mutates_args=())
-def _apply_op(x: Tensor, stats: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, silu: bool) -> Tensor:
+def _apply_op(x: Tensor, stats: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, silu: bool) -> Tensor:
     raise NotImplementedError(f"osmos::group_norm_apply has no kernel for {x.device.type}")
 
 

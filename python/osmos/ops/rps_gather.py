@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+from typing import List  # torch < 2.7 infers op schemas from typing generics only
 import torch
 from torch import Tensor
 
@@ -29,6 +30,7 @@ from osmos.ops._common import (
 from osmos.ops.rps_mapping import CONFIG_LEN, MAPPERS, reference_indices
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+MAPPER_KINDS = tuple(sorted(MAPPERS.values()))  # a tuple: torch.compile traces `in` on it (not on dict views)
 
 
 def validate_config(config: list[int], rows: int, cols: int) -> None:
@@ -36,8 +38,8 @@ def validate_config(config: list[int], rows: int, cols: int) -> None:
         raise ValueError(f"config must be a list of {CONFIG_LEN} ints (LayerMap.config()), got {config!r}")
     check_int("rows", rows, low=0)
     check_int("cols", cols, low=1)
-    if config[0] not in MAPPERS.values():
-        raise ValueError(f"config[0] (mapper kind) must be one of {sorted(MAPPERS.values())}, got {config[0]}")
+    if config[0] not in MAPPER_KINDS:
+        raise ValueError(f"config[0] (mapper kind) must be one of {list(MAPPER_KINDS)}, got {config[0]}")
     check_int("config[1] (m)", config[1], low=1, high=2**32)
     check_int("config[2] (offset)", config[2], low=0, high=2**62)
     if config[3] != cols:
@@ -173,7 +175,7 @@ def _scatter_cuda(grad, config, rows, cols, scale, deterministic):
 # ---- the ops ----------------------------------------------------------------------------------
 
 @torch.library.custom_op("osmos::rps_gather", mutates_args=())
-def _gather_op(M: Tensor, config: list[int], rows: int, cols: int, scale: float, deterministic: bool) -> Tensor:
+def _gather_op(M: Tensor, config: List[int], rows: int, cols: int, scale: float, deterministic: bool) -> Tensor:
     raise NotImplementedError(f"osmos::rps_gather has no kernel for device {M.device.type}")
 
 
@@ -193,7 +195,7 @@ def _(M, config, rows, cols, scale, deterministic):
 
 
 @torch.library.custom_op("osmos::rps_scatter", mutates_args=())
-def _scatter_op(grad: Tensor, config: list[int], rows: int, cols: int, scale: float, deterministic: bool) -> Tensor:
+def _scatter_op(grad: Tensor, config: List[int], rows: int, cols: int, scale: float, deterministic: bool) -> Tensor:
     raise NotImplementedError(f"osmos::rps_scatter has no kernel for device {grad.device.type}")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from typing import List  # torch < 2.7 infers op schemas from typing generics only
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -36,7 +37,7 @@ def reference_rps_linear(x: Tensor, M: Tensor, config: list[int], rows: int, col
 
 
 @torch.library.custom_op("osmos::rps_linear", mutates_args=())
-def _linear_op(x: Tensor, M: Tensor, config: list[int], rows: int, cols: int, scale: float) -> Tensor:
+def _linear_op(x: Tensor, M: Tensor, config: List[int], rows: int, cols: int, scale: float) -> Tensor:
     if _use_fused(x.device):
         from osmos.triton_kernels.rps_linear import rps_linear_forward
 
@@ -50,7 +51,7 @@ def _(x, M, config, rows, cols, scale):
 
 
 @torch.library.custom_op("osmos::rps_linear_backward", mutates_args=())
-def _linear_backward_op(grad_y: Tensor, x: Tensor, M: Tensor, config: list[int], rows: int, cols: int,
+def _linear_backward_op(grad_y: Tensor, x: Tensor, M: Tensor, config: List[int], rows: int, cols: int,
                         scale: float) -> tuple[Tensor, Tensor]:
     if _use_fused(x.device):
         from osmos.triton_kernels.rps_linear import rps_linear_grad_M, rps_linear_grad_x

@@ -24,6 +24,7 @@ import os
 import warnings
 
 import numpy as np
+from typing import Optional  # torch < 2.7 infers op schemas from typing generics only
 import torch
 from torch import Tensor
 
@@ -71,7 +72,7 @@ def _empty_result(q: int, width: int, device) -> tuple[Tensor, Tensor]:
     return scores, torch.full((q, width), -1, dtype=torch.int64, device=device)
 
 
-def sort_candidates(scores: Tensor, indices: Tensor, width: int, threshold: float | None) -> tuple[Tensor, Tensor]:
+def sort_candidates(scores: Tensor, indices: Tensor, width: int, threshold: Optional[float]) -> tuple[Tensor, Tensor]:
     """Best `width` of candidate (scores, indices) [Q, M] per row under the contract's order
     (score descending, lower index first); index -1 marks an empty candidate."""
     big = torch.iinfo(torch.int64).max
@@ -173,7 +174,7 @@ def _gpu_backend(k: int) -> str:
 
 
 @torch.library.custom_op("osmos::similarity_topk", mutates_args=())
-def _similarity_topk_op(queries: Tensor, database: Tensor, k: int, threshold: float | None) -> tuple[Tensor, Tensor]:
+def _similarity_topk_op(queries: Tensor, database: Tensor, k: int, threshold: Optional[float]) -> tuple[Tensor, Tensor]:
     raise NotImplementedError(f"osmos::similarity_topk has no kernel for device {queries.device.type}")
 
 
