@@ -21,3 +21,17 @@ def triton_available() -> bool:
     from osmos import _native
 
     return _native.triton_status()[0]
+
+
+def load_isal():
+    """benchmarks/isal_ctypes.py (ISA-L through ctypes), or skip when libisal is not installed."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "isal_ctypes.py"
+    spec = importlib.util.spec_from_file_location("isal_ctypes", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if module.find_libisal() is None:
+        pytest.skip("libisal (pyeclib wheel) not installed")
+    return module

@@ -1,14 +1,14 @@
 """osmos.ft.RSCodec: any k of k + m blocks recover the data, for every erasure pattern of
 small codes; parity equals ISA-L's; every input kind round-trips; errors name the problem."""
 
-import importlib.util
 import itertools
-import pathlib
 import random
 
 import numpy as np
 import pytest
 import torch
+
+from conftest import load_isal
 
 from osmos import _native
 from osmos.ft import RSCodec
@@ -51,12 +51,7 @@ def test_large_code_random_patterns():
 
 
 def test_parity_matches_isal():
-    path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "isal_ctypes.py"
-    spec = importlib.util.spec_from_file_location("isal_ctypes", path)
-    isal = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(isal)
-    if isal.find_libisal() is None:
-        pytest.skip("libisal (pyeclib wheel) not installed")
+    isal = load_isal()
     for k, m, length in [(4, 2, 1000), (8, 2, 4096), (10, 4, 777)]:
         data = _data(k, length, seed=k)
         ref = isal.IsalCodec(k, m)

@@ -2,12 +2,12 @@
 bitwise against the pure-torch reference; the field tables, GFNI matrices and Cauchy
 generator against independent definitions and ISA-L."""
 
-import importlib.util
-import pathlib
 
 import numpy as np
 import pytest
 import torch
+
+from conftest import load_isal
 
 from osmos import _native
 from osmos.ops import gf256_matmul
@@ -45,16 +45,6 @@ def _slow_mul(a: int, b: int) -> int:
     return p
 
 
-def _load_isal():
-    path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "isal_ctypes.py"
-    spec = importlib.util.spec_from_file_location("isal_ctypes", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if module.find_libisal() is None:
-        pytest.skip("libisal (pyeclib wheel) not installed")
-    return module
-
-
 def test_tables_match_shift_and_add():
     exp, log = C.gf256_tables()
     ref_exp, ref_log = _log_exp_tables()
@@ -81,7 +71,7 @@ def test_affine_matrix_bit_layout():
 
 @pytest.mark.parametrize("k,m", [(4, 2), (10, 4), (1, 1), (200, 56)])
 def test_cauchy_matrix_matches_isal(k, m):
-    isal = _load_isal()
+    isal = load_isal()
     assert C.gf256_cauchy_matrix(k, m) == isal.IsalCodec(k, m).matrix
 
 
@@ -149,7 +139,7 @@ def test_out_argument_and_identity():
 
 
 def test_matches_isal_parity():
-    isal = _load_isal()
+    isal = load_isal()
     k, m, length = 10, 4, 5000
     codec = isal.IsalCodec(k, m)
     data = torch.randint(0, 256, (k, length), dtype=torch.uint8)
