@@ -11,6 +11,7 @@ within float32 rounding (a near tie, which no float32 method can order reliably)
     python benchmarks/bench_similarity.py            # full table (several minutes on 2 cores)
     python benchmarks/bench_similarity.py --quick    # small, under 30 s
     python benchmarks/bench_similarity.py --database 100000x1024 --batches 1000 --k 10
+    python benchmarks/bench_similarity.py --device cuda   # GPU: osmos vs torch mm + topk (no faiss-gpu)
 """
 
 from __future__ import annotations
@@ -46,6 +47,19 @@ def peak_extra_mib(fn) -> tuple[object, float, float]:
     return out, max(0, _status_kib("VmHWM") - before) / 1024, seconds
 
 
+def synced(fn, device: torch.device):
+    """fn, followed by a CUDA synchronise when the data is on a GPU (so timers see the work)."""
+    if device.type != "cuda":
+        return fn
+
+    def call():
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+
+    return call
+
+
 def median_seconds(fn, max_repeats: int, budget_s: float, first_s: float) -> float:
     """Median of up to max_repeats timed calls (at least one; no new call after budget_s).
     A call that already took first_s > budget_s (the warm-up) is the single sample."""
@@ -73,35 +87,45 @@ def agreement(a, b, tol: float = 1e-5) -> tuple[float, float]:
     return same.float().mean().item(), near.float().mean().item()
 
 
-def run(n: int, d: int, batches, ks, max_repeats: int, budget_s: float, rows: list) -> None:
-    import faiss
-
+def run(n: int, d: int, batches, ks, max_repeats: int, budget_s: float, rows: list,
+        device: torch.device = torch.device("cpu")) -> None:
     g = torch.Generator().manual_seed(0)
     db = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
-    index = faiss.IndexFlatIP(d)
-    index.add(db.numpy())
-    q = torch.nn.functional.normalize(torch.randn(2, d, generator=g), dim=1)
-    for warm in (lambda: similarity_topk(q, db[:1000], 1), lambda: index.search(q.numpy(), 1),
-                 lambda: torch_mm_topk(q, db[:1000], 1)):
-        warm()  # one-time initialisation (thread pools, lazy loading) outside the measurements
+    index = None
+    if device.type == "cpu":  # faiss-cpu is the CPU peer; on a GPU the peer is torch mm + topk
+        import faiss
+
+        index = faiss.IndexFlatIP(d)
+        index.add(db.numpy())
+    db = db.to(device)
+    q = torch.nn.functional.normalize(torch.randn(2, d, generator=g), dim=1).to(device)
+    warmups = [lambda: similarity_topk(q, db[:1000], 1), lambda: torch_mm_topk(q, db[:1000], 1)]
+    if index is not None:
+        warmups.append(lambda: index.search(q.numpy(), 1))
+    for warm in warmups:
+        synced(warm, device)()  # one-time initialisation (thread pools, JIT) outside the measurements
+    nan = float("nan")
     for nq in batches:
         q = torch.nn.functional.normalize(torch.randn(nq, d, generator=g), dim=1)
         qn = q.numpy()
+        q = q.to(device)
         for k in ks:
-            methods = {
-                "osmos": lambda: similarity_topk(q, db, k),
-                "faiss": lambda: tuple(torch.from_numpy(x) for x in index.search(qn, k)),
-                "torch": lambda: torch_mm_topk(q, db, k),
-            }
+            methods = {"osmos": lambda: similarity_topk(q, db, k), "torch": lambda: torch_mm_topk(q, db, k)}
+            if index is not None:
+                methods["faiss"] = lambda: tuple(torch.from_numpy(x) for x in index.search(qn, k))
             results, qps, mem = {}, {}, {}
             for name, fn in methods.items():
+                fn = synced(fn, device)
                 results[name], mem[name], first = peak_extra_mib(fn)  # doubles as the warm-up
+                results[name] = tuple(t.cpu() for t in results[name])
                 qps[name] = nq / median_seconds(fn, max_repeats, budget_s, first)
-            same_f, near_f = agreement(results["osmos"], results["faiss"])
             same_t, near_t = agreement(results["osmos"], results["torch"])
+            same_f, near_f = agreement(results["osmos"], results["faiss"]) if index is not None else (1.0, 1.0)
+            peer = "faiss" if index is not None else "torch"
             rows.append(dict(
-                db=f"{n // 1000}k x {d}", q=nq, k=k, **{f"{m}_qps": qps[m] for m in methods},
-                ratio=qps["osmos"] / qps["faiss"], **{f"{m}_mib": mem[m] for m in methods},
+                db=f"{n // 1000}k x {d}", q=nq, k=k, osmos_qps=qps["osmos"], faiss_qps=qps.get("faiss", nan),
+                torch_qps=qps["torch"], ratio=qps["osmos"] / qps[peer], osmos_mib=mem["osmos"],
+                faiss_mib=mem.get("faiss", nan), torch_mib=mem["torch"],
                 same=min(same_f, same_t), near=min(near_f, near_t),
             ))
             print(format_row(rows[-1]), flush=True)
@@ -129,21 +153,27 @@ def main() -> None:
                         help="database size(s), e.g. 1000000x512 (default: 1000000x512 and 100000x1024)")
     parser.add_argument("--batches", default="1,16,100,1000", help="query batch sizes")
     parser.add_argument("--k", default="1,10", help="k values")
+    parser.add_argument("--device", default="cpu", help="cpu (peer: faiss IndexFlatIP) or cuda (peer: torch mm + topk)")
     args = parser.parse_args()
-    import faiss
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        import faiss
 
-    faiss.omp_set_num_threads(torch.get_num_threads())
-    print(f"threads: {torch.get_num_threads()}, faiss {faiss.__version__}, torch {torch.__version__}")
+        faiss.omp_set_num_threads(torch.get_num_threads())
+        print(f"threads: {torch.get_num_threads()}, faiss {faiss.__version__}, torch {torch.__version__}")
+    else:
+        print(f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}; "
+              "'osmos / faiss' is osmos / torch here (the faiss columns are empty)")
     print(HEADER)
     rows: list = []
     if args.quick:
-        run(50_000, 512, [1, 16, 100], [10], max_repeats=3, budget_s=0.5, rows=rows)
+        run(50_000, 512, [1, 16, 100], [10], max_repeats=3, budget_s=0.5, rows=rows, device=device)
     else:
         batches = [int(b) for b in args.batches.split(",")]
         ks = [int(k) for k in args.k.split(",")]
         for spec in args.database or ["1000000x512", "100000x1024"]:
             n, d = (int(x) for x in spec.lower().split("x"))
-            run(n, d, batches, ks, max_repeats=3, budget_s=5.0, rows=rows)
+            run(n, d, batches, ks, max_repeats=3, budget_s=5.0 if device.type == "cpu" else 1.0, rows=rows, device=device)
 
 
 if __name__ == "__main__":

@@ -44,12 +44,13 @@ def triton_status() -> tuple[bool, str]:
         import triton  # noqa: F401
     except Exception as exc:
         return False, f"triton is not installed ({type(exc).__name__}); pip install osmos[triton]"
-    version = tuple(int(p) for p in triton.__version__.split(".")[:2] if p.isdigit())
-    if version < MIN_TRITON:
-        return False, (f"triton {triton.__version__} is older than {'.'.join(map(str, MIN_TRITON))}, "
-                       "which osmos's Triton kernels need; ops use their CUDA or torch paths")
     import os
 
+    version = tuple(int(p) for p in triton.__version__.split(".")[:2] if p.isdigit())
+    if version < MIN_TRITON and os.environ.get("OSMOS_ALLOW_OLD_TRITON") != "1":
+        return False, (f"triton {triton.__version__} is older than {'.'.join(map(str, MIN_TRITON))}, "
+                       "which osmos's Triton kernels are tested with; ops use their CUDA or torch paths "
+                       "(OSMOS_ALLOW_OLD_TRITON=1 tries them anyway)")
     import torch
 
     if os.environ.get("TRITON_INTERPRET") == "1":
