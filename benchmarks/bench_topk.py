@@ -104,7 +104,8 @@ def gpu_methods() -> dict:
 
     methods = {}
     if _native.has_cuda_kernel("topk_compress"):
-        methods["osmos cuda"] = topk_compress_cuda_native
+        methods["osmos cuda"] = topk_compress_cuda_native  # auto: sampled threshold for large n
+        methods["osmos cuda radix"] = lambda x, s, k: topk_compress_cuda_native(x, s, k, algo="radix")
     try:
         from osmos.triton_kernels.topk_compress import topk_compress as triton_kernel
 

@@ -8,6 +8,7 @@ import ctypes
 import glob
 import os
 import site
+import sys
 import sysconfig
 
 _BYTES_P = ctypes.POINTER(ctypes.c_ubyte)
@@ -15,7 +16,8 @@ _BYTES_P = ctypes.POINTER(ctypes.c_ubyte)
 
 def find_libisal() -> str | None:
     roots = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()}
-    for root in sorted(roots):
+    # then sys.path (a --target install on PYTHONPATH, say)
+    for root in [*sorted(roots), *(p for p in sys.path if p and p not in roots)]:
         for pattern in ("pyeclib.libs/libisal*.so*", "pyeclib*.libs/libisal*.so*", ".libs/libisal*.so*"):
             hits = sorted(glob.glob(os.path.join(root, pattern)))
             if hits:

@@ -7,10 +7,10 @@ intermediate is int64; the mapper kind and the sign switch are constexpr.
 import triton
 import triton.language as tl
 
-PRIME: tl.constexpr = 2147483647
-HASHEDNET: tl.constexpr = 0
-ROAST: tl.constexpr = 1
-STABLE: tl.constexpr = 2
+PRIME = tl.constexpr(2147483647)
+HASHEDNET = tl.constexpr(0)
+ROAST = tl.constexpr(1)
+STABLE = tl.constexpr(2)
 
 
 @triton.jit

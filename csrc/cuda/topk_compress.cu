@@ -1,5 +1,18 @@
 // CUDA TopK EF21 compression: exact radix select, then an order-preserving compaction.
 //
+// Two ways, chosen on the host from (n, k) and run without any host synchronisation:
+//
+// Sampled (large n, k/n up to about 20%): one full pass over the data instead of five.
+//   sample  one block ranks 8192 keys at jittered strided positions and takes a threshold t
+//           below the k-th largest key with high probability (the sample's r-th largest key,
+//           r = k/n * 8192 plus 4 standard deviations plus 8)
+//   mark    the one full pass: a bitmap of the keys >= t and a count per 4096-element tile
+//   cscan   tile offsets; if fewer than k or more than the buffer's capacity were marked, the
+//           control block's `fallback` flag hands the work to the exact path below
+//   gather  per tile, the marked keys and their indices, in index order, into a candidate buffer
+//   then the exact path below over the candidates (so ties still keep the lowest indices).
+//
+// Exact (every n; the fallback), over all n keys or over the candidates:
 //   init    control block {prefix, mask, ties_needed, done} and a zeroed 2048-bin histogram
 //   per level (11/11/10-bit digits of the magnitude key, most significant first):
 //     hist    grid-stride pass: shared-memory histogram of the digit among keys matching the
@@ -14,6 +27,8 @@
 // Every decision is made on the device: no host synchronisation.
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cmath>
 #include <stdexcept>
 #include <string>
 
@@ -29,24 +44,51 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int64_t kTile = int64_t(kThreads) * 16;
 constexpr int kScanThreads = 1024;
+constexpr int kPerThread = int(kTile / kThreads);
 constexpr unsigned kFull = 0xffffffffu;
+constexpr int kSample = 8192;               // keys ranked by the sample kernel
+constexpr int kSampleThreads = 1024;
+constexpr int64_t kSampledAutoMinN = int64_t(1) << 22;  // below this the exact path is as fast
 
 struct Control {
   uint32_t prefix;           // winners have (key & mask) > prefix, or == prefix within the quota
   uint32_t mask;
   long long ties_needed;     // how many keys equal to the prefix are kept
   int done;                  // no further radix level needed
+  int fallback;              // 1: the exact path runs over all n keys
+  uint32_t threshold;        // sampled path: the candidates are the keys >= threshold
+  long long candidates;      // sampled path: how many there are
 };
 
+// How a call runs: the sampled path (with its sample rank and candidate capacity) or not.
+struct Plan {
+  bool sampled = false;
+  int rank = 0;
+  int64_t capacity = 0;
+};
+
+Plan plan_for(int64_t n, int64_t k, int algo) {
+  Plan p;
+  if (algo == 1 || k <= 0 || k >= n || n < 4 * int64_t(kSample)) return p;
+  if (algo == 0 && n < kSampledAutoMinN) return p;
+  const double expected = double(k) * kSample / double(n);
+  const double rank = std::ceil(expected + 4.0 * std::sqrt(expected) + 8.0);
+  if (rank > kSample / 4) return p;  // k/n above about 20%: most keys would be candidates
+  p.sampled = true;
+  p.rank = int(rank);
+  p.capacity = std::min<int64_t>(n, int64_t(2.0 * double(n) * rank / kSample) + 4096);
+  return p;
+}
+
 struct Layout {
-  size_t control, hist, above, ties, quota, offset, total;
+  size_t control, hist, above, ties, quota, offset, bitmap, cand_key, cand_idx, total;
 };
 
 size_t align_up(size_t v) { return (v + 255) & ~size_t(255); }
 
 int64_t tiles_for(int64_t n) { return (n + kTile - 1) / kTile; }
 
-Layout layout(int64_t n) {
+Layout layout(int64_t n, const Plan& plan) {
   const size_t tiles = size_t(tiles_for(n));
   Layout l;
   l.control = 0;
@@ -55,8 +97,25 @@ Layout layout(int64_t n) {
   l.ties = align_up(l.above + sizeof(uint32_t) * tiles);
   l.quota = align_up(l.ties + sizeof(uint32_t) * tiles);
   l.offset = align_up(l.quota + sizeof(uint32_t) * tiles);
-  l.total = align_up(l.offset + sizeof(long long) * tiles);
+  l.bitmap = align_up(l.offset + sizeof(long long) * tiles);
+  const size_t words = plan.sampled ? size_t((n + 31) / 32) : 0;
+  const size_t cap = plan.sampled ? size_t(plan.capacity) : 0;
+  l.cand_key = align_up(l.bitmap + sizeof(uint32_t) * words);
+  l.cand_idx = align_up(l.cand_key + sizeof(uint32_t) * cap);
+  l.total = align_up(l.cand_idx + sizeof(int32_t) * cap);
   return l;
+}
+
+// Where the exact path reads its keys: all n elements (kCand false; active when the control
+// block's fallback flag is set) or the sampled path's candidates (kCand true; active when not).
+template <bool kCand>
+__device__ __forceinline__ bool inactive(const Control* ctl) {
+  return kCand ? ctl->fallback != 0 : ctl->fallback == 0;
+}
+
+template <bool kCand>
+__device__ __forceinline__ int64_t key_count(const Control* ctl, int64_t n) {
+  return kCand ? int64_t(ctl->candidates) : n;
 }
 
 template <class X, class S>
@@ -64,29 +123,42 @@ __device__ __forceinline__ float diff_at(const typename X::storage* x, const typ
   return topk::diff<X, S>(x[i], s[i]);
 }
 
-__global__ void init_kernel(Control* ctl, uint32_t* hist, long long k, int take_all) {
+__global__ void init_kernel(Control* ctl, uint32_t* hist, long long k, int take_all, int fallback) {
   for (int b = threadIdx.x; b < topk::kRadixBins; b += blockDim.x) hist[b] = 0;
   if (threadIdx.x == 0) {
     ctl->prefix = 0;
     ctl->mask = 0;
     ctl->ties_needed = k;
     ctl->done = take_all;
+    ctl->fallback = fallback;
+    ctl->threshold = 0;
+    ctl->candidates = 0;
   }
 }
 
-template <class X, class S>
+// The magnitude key of element j of the exact path's input.
+template <class X, class S, bool kCand>
+__device__ __forceinline__ uint32_t key_at(const typename X::storage* x, const typename S::storage* s,
+                                           const uint32_t* cand_key, int64_t j) {
+  if constexpr (kCand) return cand_key[j];
+  else return magnitude_key(diff_at<X, S>(x, s, j));
+}
+
+template <class X, class S, bool kCand>
 __global__ void __launch_bounds__(kThreads) hist_kernel(const typename X::storage* x, const typename S::storage* s,
-                                                        int64_t n, const Control* ctl, uint32_t* hist, int level) {
-  if (ctl->done) return;
+                                                        int64_t n, const Control* ctl, uint32_t* hist, int level,
+                                                        const uint32_t* cand_key) {
+  if (ctl->done || inactive<kCand>(ctl)) return;
   __shared__ uint32_t h[topk::kRadixBins];
   for (int b = threadIdx.x; b < topk::kRadixBins; b += blockDim.x) h[b] = 0;
   __syncthreads();
   const uint32_t prefix = ctl->prefix, mask = ctl->mask;
   const int shift = topk::level_shift(level);
   const uint32_t digit = topk::level_digit_mask(level);
+  const int64_t count = key_count<kCand>(ctl, n);
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const uint32_t key = magnitude_key(diff_at<X, S>(x, s, i));
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += stride) {
+    const uint32_t key = key_at<X, S, kCand>(x, s, cand_key, i);
     if ((key & mask) == prefix) atomicAdd(&h[(key >> shift) & digit], 1u);
   }
   __syncthreads();
@@ -94,11 +166,12 @@ __global__ void __launch_bounds__(kThreads) hist_kernel(const typename X::storag
     if (h[b]) atomicAdd(&hist[b], h[b]);
 }
 
-// One warp. Lane 0 owns the highest bins; a warp scan finds the lane whose bins hold the
-// ties_needed-th key from the top, and that lane walks its bins.
-__global__ void choose_kernel(Control* ctl, uint32_t* hist, int level) {
-  if (ctl->done) return;
-  const int lane = threadIdx.x;
+// Called by all 32 lanes of one warp: the bin of `hist` (the digits of `level`) that holds the
+// need-th largest key. Lane 0 owns the highest bins; a warp scan finds the lane whose bins hold
+// it, and that lane walks its bins. Returns true on that one lane, with the bin and the number
+// of keys in higher bins.
+__device__ bool warp_select_bin(const uint32_t* hist, int level, long long need, int* bin_out, long long* higher_out) {
+  const int lane = threadIdx.x & 31;
   const uint32_t digit = topk::level_digit_mask(level);
   const int per_lane = (int(digit) + 1) / 32;
   const int hi = int(digit) + 1 - per_lane * lane;  // this lane's bins: [hi - per_lane, hi)
@@ -110,37 +183,139 @@ __global__ void choose_kernel(Control* ctl, uint32_t* hist, int level) {
     if (lane >= off) incl += o;
   }
   const long long excl = incl - sum;
-  const long long need = ctl->ties_needed;
   const unsigned owner = __ballot_sync(kFull, excl < need && need <= incl);
-  if (owner != 0 && lane == __ffs(owner) - 1) {
-    long long higher = excl, in_bin = 0;
-    int bin = hi - 1;
-    for (; bin > hi - per_lane; --bin) {
-      in_bin = hist[bin];
-      if (higher + in_bin >= need) break;
-      higher += in_bin;
-    }
-    in_bin = hist[bin];
+  if (owner == 0 || lane != __ffs(owner) - 1) return false;
+  long long higher = excl;
+  int bin = hi - 1;
+  for (; bin > hi - per_lane; --bin) {
+    if (higher + hist[bin] >= need) break;
+    higher += hist[bin];
+  }
+  *bin_out = bin;
+  *higher_out = higher;
+  return true;
+}
+
+// One warp: fixes this level's digit of the threshold in the control block.
+template <bool kCand>
+__global__ void choose_kernel(Control* ctl, uint32_t* hist, int level) {
+  if (ctl->done || inactive<kCand>(ctl)) return;
+  const long long need = ctl->ties_needed;
+  int bin;
+  long long higher;
+  if (warp_select_bin(hist, level, need, &bin, &higher)) {
     const int shift = topk::level_shift(level);
     ctl->ties_needed = need - higher;
     ctl->prefix |= uint32_t(bin) << shift;
-    ctl->mask |= digit << shift;
-    if (in_bin == need - higher || level == topk::kLevels - 1) ctl->done = 1;
+    ctl->mask |= topk::level_digit_mask(level) << shift;
+    if (hist[bin] == need - higher || level == topk::kLevels - 1) ctl->done = 1;
   }
   __syncwarp();
-  for (int b = lane; b < topk::kRadixBins; b += 32) hist[b] = 0;  // ready for the next level
+  for (int b = threadIdx.x; b < topk::kRadixBins; b += 32) hist[b] = 0;  // ready for the next level
 }
 
+// Sampled path, one block of kSampleThreads: the rank-th largest of kSample keys taken at
+// jittered strided positions becomes the candidate threshold.
 template <class X, class S>
-__global__ void __launch_bounds__(kThreads) count_kernel(const typename X::storage* x, const typename S::storage* s,
-                                                         int64_t n, const Control* ctl, uint32_t* above, uint32_t* ties) {
-  __shared__ uint32_t warp_above[kWarps], warp_ties[kWarps];
+__global__ void __launch_bounds__(kSampleThreads) sample_kernel(const typename X::storage* x,
+                                                                const typename S::storage* s, int64_t n, int rank,
+                                                                Control* ctl) {
+  __shared__ uint32_t keys[kSample];
+  __shared__ uint32_t h[topk::kRadixBins];
+  __shared__ uint32_t prefix, mask;
+  __shared__ long long need;
+  const uint64_t step = uint64_t(n) / kSample;
+  for (int j = threadIdx.x; j < kSample; j += blockDim.x) {
+    uint32_t z = uint32_t(j) * 0x9e3779b1u;
+    z ^= z >> 15;
+    z *= 0x85ebca77u;
+    z ^= z >> 13;
+    keys[j] = magnitude_key(diff_at<X, S>(x, s, int64_t(uint64_t(j) * step + z % step)));
+  }
+  if (threadIdx.x == 0) {
+    prefix = 0;
+    mask = 0;
+    need = rank;
+  }
+  for (int level = 0; level < topk::kLevels; ++level) {
+    for (int b = threadIdx.x; b < topk::kRadixBins; b += blockDim.x) h[b] = 0;
+    __syncthreads();
+    const int shift = topk::level_shift(level);
+    const uint32_t digit = topk::level_digit_mask(level);
+    const uint32_t p = prefix, m = mask;
+    for (int j = threadIdx.x; j < kSample; j += blockDim.x)
+      if ((keys[j] & m) == p) atomicAdd(&h[(keys[j] >> shift) & digit], 1u);
+    __syncthreads();
+    if (threadIdx.x < 32) {
+      int bin;
+      long long higher;
+      if (warp_select_bin(h, level, need, &bin, &higher)) {
+        need -= higher;
+        prefix |= uint32_t(bin) << shift;
+        mask |= digit << shift;
+      }
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) ctl->threshold = prefix;  // all 32 bits fixed: the rank-th largest key
+}
+
+// Block-wide sum of v (every thread of the block must call it); the result on thread 0.
+__device__ uint32_t block_sum(uint32_t v) {
+  __shared__ uint32_t warp_sums[32];
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(kFull, v, off);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  uint32_t total = 0;
+  if (threadIdx.x == 0)
+    for (int w = 0; w < int(blockDim.x >> 5); ++w) total += warp_sums[w];
+  return total;
+}
+
+// Sampled path, the one full pass: bit i of the bitmap is set when key i >= threshold, and
+// count[tile] is how many bits the tile set. Loads are issued before the ballots so that each
+// thread has kPerThread elements of x and of state in flight.
+template <class X, class S>
+__global__ void __launch_bounds__(kThreads) mark_kernel(const typename X::storage* x, const typename S::storage* s,
+                                                        int64_t n, const Control* ctl, uint32_t* bitmap,
+                                                        uint32_t* count) {
   const int64_t begin = int64_t(blockIdx.x) * kTile;
   const int64_t end = begin + kTile < n ? begin + kTile : n;
+  const uint32_t threshold = ctl->threshold;
+  bool hit[kPerThread];
+#pragma unroll
+  for (int r = 0; r < kPerThread; ++r) {
+    const int64_t i = begin + int64_t(r) * kThreads + threadIdx.x;
+    hit[r] = i < end && magnitude_key(diff_at<X, S>(x, s, i)) >= threshold;
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  uint32_t c = 0;
+#pragma unroll
+  for (int r = 0; r < kPerThread; ++r) {
+    const unsigned bits = __ballot_sync(kFull, hit[r]);
+    const int64_t first = begin + int64_t(r) * kThreads + warp * 32;  // a multiple of 32
+    if (lane == 0 && first < end) bitmap[first >> 5] = bits;
+    c += hit[r];
+  }
+  const uint32_t total = block_sum(c);
+  if (threadIdx.x == 0) count[blockIdx.x] = total;
+}
+
+// Per tile of the exact path's input: how many keys are above the threshold / tie with it.
+template <class X, class S, bool kCand>
+__global__ void __launch_bounds__(kThreads) count_kernel(const typename X::storage* x, const typename S::storage* s,
+                                                         int64_t n, const Control* ctl, uint32_t* above, uint32_t* ties,
+                                                         const uint32_t* cand_key) {
+  if (inactive<kCand>(ctl)) return;
+  __shared__ uint32_t warp_above[kWarps], warp_ties[kWarps];
+  const int64_t count = key_count<kCand>(ctl, n);
+  const int64_t begin = int64_t(blockIdx.x) * kTile;
+  const int64_t end = begin + kTile < count ? begin + kTile : count;
   const uint32_t prefix = ctl->prefix, mask = ctl->mask;
   uint32_t a = 0, t = 0;
   for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-    const uint32_t m = magnitude_key(diff_at<X, S>(x, s, i)) & mask;
+    const uint32_t m = key_at<X, S, kCand>(x, s, cand_key, i) & mask;
     a += m > prefix;
     t += m == prefix;
   }
@@ -181,9 +356,11 @@ __device__ long long block_exclusive_scan(long long v, long long* total) {
   return before + incl - v;
 }
 
+template <bool kCand>
 __global__ void __launch_bounds__(kScanThreads) scan_kernel(const Control* ctl, const uint32_t* above,
                                                             const uint32_t* ties, uint32_t* quota,
                                                             long long* offset, int64_t tiles) {
+  if (inactive<kCand>(ctl)) return;
   const long long need = ctl->ties_needed;
   long long ties_before = 0, out_before = 0;
   for (int64_t base = 0; base < tiles; base += blockDim.x) {
@@ -205,14 +382,63 @@ __global__ void __launch_bounds__(kScanThreads) scan_kernel(const Control* ctl, 
   }
 }
 
+// Sampled path: where each tile's candidates start; the candidate count; and the fallback flag
+// when the threshold let through fewer than k keys (it was above the k-th largest) or more than
+// the buffer holds.
+__global__ void __launch_bounds__(kScanThreads) candidate_scan_kernel(Control* ctl, const uint32_t* count,
+                                                                      long long* offset, int64_t tiles,
+                                                                      long long k, long long capacity) {
+  long long before = 0;
+  for (int64_t base = 0; base < tiles; base += blockDim.x) {
+    const int64_t b = base + threadIdx.x;
+    long long total;
+    const long long excl = before + block_exclusive_scan(b < tiles ? count[b] : 0, &total);
+    if (b < tiles) offset[b] = excl;
+    before += total;
+  }
+  if (threadIdx.x == 0) {
+    ctl->candidates = before;
+    ctl->fallback = before < k || before > capacity;
+  }
+}
+
+// Sampled path: per tile, the marked elements' keys and indices, in index order. One thread per
+// bitmap word (kTile / 32 of the block's threads); positions from a block scan of the words'
+// popcounts.
 template <class X, class S>
+__global__ void __launch_bounds__(kThreads) gather_kernel(const typename X::storage* x, const typename S::storage* s,
+                                                          int64_t n, const Control* ctl, const uint32_t* bitmap,
+                                                          const long long* offset, uint32_t* cand_key,
+                                                          int32_t* cand_idx) {
+  if (ctl->fallback) return;
+  static_assert(kTile / 32 <= kThreads, "one thread per bitmap word of a tile");
+  const int64_t word = int64_t(blockIdx.x) * (kTile / 32) + threadIdx.x;
+  const bool valid = threadIdx.x < kTile / 32 && word * 32 < n;
+  uint32_t bits = valid ? bitmap[word] : 0u;
+  long long total;
+  long long position = offset[blockIdx.x] + block_exclusive_scan(__popc(bits), &total);
+  while (bits) {
+    const int64_t i = word * 32 + (__ffs(bits) - 1);
+    bits &= bits - 1;
+    cand_key[position] = magnitude_key(diff_at<X, S>(x, s, i));
+    cand_idx[position] = int32_t(i);
+    ++position;
+  }
+}
+
+// Per tile of the exact path's input, in rounds of kThreads: ballot ranks give each winner its
+// slot, so indices ascend; writes values / indices and adds values into state.
+template <class X, class S, bool kCand>
 __global__ void __launch_bounds__(kThreads) emit_kernel(const typename X::storage* x, typename S::storage* s,
                                                         int64_t n, const Control* ctl, const uint32_t* quota,
                                                         const long long* offset, typename S::storage* values,
-                                                        int64_t* indices) {
+                                                        int64_t* indices, const uint32_t* cand_key,
+                                                        const int32_t* cand_idx) {
+  if (inactive<kCand>(ctl)) return;
   __shared__ uint32_t warp_ties[kWarps], warp_taken[kWarps];
+  const int64_t count = key_count<kCand>(ctl, n);
   const int64_t begin = int64_t(blockIdx.x) * kTile;
-  const int64_t end = begin + kTile < n ? begin + kTile : n;
+  const int64_t end = begin + kTile < count ? begin + kTile : count;
   const uint32_t prefix = ctl->prefix, mask = ctl->mask;
   const uint32_t tie_quota = quota[blockIdx.x];
   long long out = offset[blockIdx.x];
@@ -220,12 +446,10 @@ __global__ void __launch_bounds__(kThreads) emit_kernel(const typename X::storag
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const unsigned lanes_below = (1u << lane) - 1u;
   for (int64_t base = begin; base < end; base += kThreads) {  // uniform across the block
-    const int64_t i = base + threadIdx.x;
-    float d = 0.0f;
+    const int64_t j = base + threadIdx.x;
     bool is_above = false, is_tie = false;
-    if (i < end) {
-      d = diff_at<X, S>(x, s, i);
-      const uint32_t m = magnitude_key(d) & mask;
+    if (j < end) {
+      const uint32_t m = key_at<X, S, kCand>(x, s, cand_key, j) & mask;
       is_above = m > prefix;
       is_tie = m == prefix;
     }
@@ -249,6 +473,8 @@ __global__ void __launch_bounds__(kThreads) emit_kernel(const typename X::storag
       taken_total += c;
     }
     if (take) {
+      const int64_t i = kCand ? int64_t(cand_idx[j]) : j;
+      const float d = diff_at<X, S>(x, s, i);
       const long long position = out + rank;
       values[position] = S::from_float(d);
       indices[position] = i;
@@ -266,51 +492,80 @@ void check_launch(const char* what) {
     throw std::runtime_error(std::string("osmos topk_compress: ") + what + ": " + cudaGetErrorString(err));
 }
 
-template <class X, class S>
-void run(const void* xv, void* sv, int64_t n, int64_t k, void* values, int64_t* indices, char* ws,
-         cudaStream_t stream) {
-  using XS = typename X::storage;
-  using SS = typename S::storage;
-  const XS* x = static_cast<const XS*>(xv);
-  SS* s = static_cast<SS*>(sv);
-  const Layout l = layout(n);
-  auto* ctl = reinterpret_cast<Control*>(ws + l.control);
+// The exact path's kernels over all n keys (kCand false) or the candidates (kCand true); each
+// returns at once when its path is not the active one.
+template <class X, class S, bool kCand>
+void exact_select(const typename X::storage* x, typename S::storage* s, int64_t n, int64_t slots, Control* ctl,
+                  const Layout& l, char* ws, const uint32_t* cand_key, const int32_t* cand_idx,
+                  typename S::storage* values, int64_t* indices, bool select, cudaStream_t stream) {
   auto* hist = reinterpret_cast<uint32_t*>(ws + l.hist);
   auto* above = reinterpret_cast<uint32_t*>(ws + l.above);
   auto* ties = reinterpret_cast<uint32_t*>(ws + l.ties);
   auto* quota = reinterpret_cast<uint32_t*>(ws + l.quota);
   auto* offset = reinterpret_cast<long long*>(ws + l.offset);
-  const int64_t tiles = tiles_for(n);
-
-  init_kernel<<<1, 1024, 0, stream>>>(ctl, hist, k, k == n);
-  if (k < n) {
-    const int64_t wanted = (n + kThreads * 8 - 1) / (kThreads * 8);
+  const int64_t tiles = tiles_for(slots);  // slots: n, or the candidate capacity
+  if (select) {
+    const int64_t wanted = (slots + kThreads * 8 - 1) / (kThreads * 8);
     const int grid = int(wanted < 1024 ? wanted : 1024);
     for (int level = 0; level < topk::kLevels; ++level) {
-      hist_kernel<X, S><<<grid, kThreads, 0, stream>>>(x, s, n, ctl, hist, level);
-      choose_kernel<<<1, 32, 0, stream>>>(ctl, hist, level);
+      hist_kernel<X, S, kCand><<<grid, kThreads, 0, stream>>>(x, s, n, ctl, hist, level, cand_key);
+      choose_kernel<kCand><<<1, 32, 0, stream>>>(ctl, hist, level);
     }
   }
-  count_kernel<X, S><<<unsigned(tiles), kThreads, 0, stream>>>(x, s, n, ctl, above, ties);
-  scan_kernel<<<1, kScanThreads, 0, stream>>>(ctl, above, ties, quota, offset, tiles);
-  emit_kernel<X, S><<<unsigned(tiles), kThreads, 0, stream>>>(x, s, n, ctl, quota, offset,
-                                                               static_cast<SS*>(values), indices);
+  count_kernel<X, S, kCand><<<unsigned(tiles), kThreads, 0, stream>>>(x, s, n, ctl, above, ties, cand_key);
+  scan_kernel<kCand><<<1, kScanThreads, 0, stream>>>(ctl, above, ties, quota, offset, tiles);
+  emit_kernel<X, S, kCand><<<unsigned(tiles), kThreads, 0, stream>>>(x, s, n, ctl, quota, offset, values, indices,
+                                                                      cand_key, cand_idx);
+}
+
+template <class X, class S>
+void run(const void* xv, void* sv, int64_t n, int64_t k, int algo, void* values, int64_t* indices, char* ws,
+         cudaStream_t stream) {
+  using XS = typename X::storage;
+  using SS = typename S::storage;
+  const XS* x = static_cast<const XS*>(xv);
+  SS* s = static_cast<SS*>(sv);
+  auto* out_values = static_cast<SS*>(values);
+  const Plan plan = plan_for(n, k, algo);
+  const Layout l = layout(n, plan);
+  auto* ctl = reinterpret_cast<Control*>(ws + l.control);
+  auto* hist = reinterpret_cast<uint32_t*>(ws + l.hist);
+  const int64_t tiles = tiles_for(n);
+
+  init_kernel<<<1, 1024, 0, stream>>>(ctl, hist, k, k == n, plan.sampled ? 0 : 1);
+  if (plan.sampled) {
+    auto* count = reinterpret_cast<uint32_t*>(ws + l.above);
+    auto* offset = reinterpret_cast<long long*>(ws + l.offset);
+    auto* bitmap = reinterpret_cast<uint32_t*>(ws + l.bitmap);
+    auto* cand_key = reinterpret_cast<uint32_t*>(ws + l.cand_key);
+    auto* cand_idx = reinterpret_cast<int32_t*>(ws + l.cand_idx);
+    sample_kernel<X, S><<<1, kSampleThreads, 0, stream>>>(x, s, n, plan.rank, ctl);
+    mark_kernel<X, S><<<unsigned(tiles), kThreads, 0, stream>>>(x, s, n, ctl, bitmap, count);
+    candidate_scan_kernel<<<1, kScanThreads, 0, stream>>>(ctl, count, offset, tiles, k, plan.capacity);
+    gather_kernel<X, S><<<unsigned(tiles), kThreads, 0, stream>>>(x, s, n, ctl, bitmap, offset, cand_key, cand_idx);
+    exact_select<X, S, true>(x, s, n, plan.capacity, ctl, l, ws, cand_key, cand_idx, out_values, indices, true,
+                             stream);
+  }
+  exact_select<X, S, false>(x, s, n, n, ctl, l, ws, nullptr, nullptr, out_values, indices, k < n, stream);
   check_launch("kernel launch");
 }
 
 }  // namespace
 
-size_t topk_compress_workspace_bytes(int64_t n, int64_t) { return n > 0 ? layout(n).total : 0; }
+size_t topk_compress_workspace_bytes(int64_t n, int64_t k, int algo) {
+  return n > 0 ? layout(n, plan_for(n, k, algo)).total : 0;
+}
 
-void topk_compress(const void* x, DType x_dtype, void* state, DType state_dtype, int64_t n, int64_t k,
+void topk_compress(const void* x, DType x_dtype, void* state, DType state_dtype, int64_t n, int64_t k, int algo,
                    void* values, int64_t* indices, void* workspace, size_t workspace_bytes, void* stream) {
   if (n < 0 || n > INT32_MAX) throw std::invalid_argument("topk_compress: n must be in [0, 2**31 - 1]");
   if (k < 0 || k > n) throw std::invalid_argument("topk_compress: k must be in [0, n]");
-  if (k > 0 && workspace_bytes < topk_compress_workspace_bytes(n, k))
+  if (algo < 0 || algo > 2) throw std::invalid_argument("topk_compress: algo must be 0 (auto), 1 (radix) or 2 (sampled)");
+  if (k > 0 && workspace_bytes < topk_compress_workspace_bytes(n, k, algo))
     throw std::invalid_argument("topk_compress: workspace too small (use topk_compress_workspace_bytes)");
   bool supported = topk::dispatch_pair(x_dtype, state_dtype, [&](auto xtag, auto stag) {
     if (k > 0)
-      run<decltype(xtag), decltype(stag)>(x, state, n, k, values, indices, static_cast<char*>(workspace),
+      run<decltype(xtag), decltype(stag)>(x, state, n, k, algo, values, indices, static_cast<char*>(workspace),
                                           static_cast<cudaStream_t>(stream));
   });
   if (!supported)

@@ -202,6 +202,32 @@ def test_cuda_large_and_op_dispatch(monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not _native.has_cuda_kernel("topk_compress"), reason="osmos._cuda not built")
+@pytest.mark.parametrize("algo", ["radix", "sampled"])
+@pytest.mark.parametrize("x_dtype,state_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32)])
+def test_cuda_algorithms_match_reference(algo, x_dtype, state_dtype):
+    """Both CUDA paths, forced, bit for bit; the sampled one also where its threshold fails
+    (all_equal, many_ties: too many candidates; sample_adversarial, clustered: skewed samples)."""
+    from osmos.ops.topk_compress import topk_compress_cuda_native
+
+    for kind in CPU_KINDS:
+        for n in (40_000, 1_000_003, 5_000_011):
+            x, s = make_inputs(kind, n, x_dtype, state_dtype, "cuda")
+            for k in (1, 7, n // 1000, n // 100, n // 20, n // 10, n // 4):
+                run_and_compare(lambda x, s, k: topk_compress_cuda_native(x, s, k, algo=algo), x, s, k)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _native.has_cuda_kernel("topk_compress"), reason="osmos._cuda not built")
+def test_cuda_algo_is_validated():
+    from osmos.ops.topk_compress import topk_compress_cuda_native
+
+    x = torch.randn(10, device="cuda")
+    with pytest.raises(ValueError, match="algo"):
+        topk_compress_cuda_native(x, torch.zeros_like(x), 3, algo="fast")
+
+
+@pytest.mark.gpu
 @needs_triton
 @pytest.mark.parametrize("x_dtype,state_dtype", DTYPE_PAIRS)
 def test_triton_gpu_large(x_dtype, state_dtype):

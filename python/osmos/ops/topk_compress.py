@@ -91,14 +91,24 @@ def topk_compress_cpu(x: Tensor, state: Tensor, k: int) -> tuple[Tensor, Tensor]
     return values, indices
 
 
-def topk_compress_cuda_native(x: Tensor, state: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The CUDA kernel (osmos._cuda), on the current stream."""
+CUDA_ALGOS = {"auto": 0, "radix": 1, "sampled": 2}
+
+
+def topk_compress_cuda_native(x: Tensor, state: Tensor, k: int, algo: str | None = None) -> tuple[Tensor, Tensor]:
+    """The CUDA kernel (osmos._cuda), on the current stream. algo: "auto" (default, or the
+    OSMOS_TOPK_CUDA_ALGO environment variable), "radix" (exact radix select over all keys) or
+    "sampled" (a sampled threshold, one pass, exact select over the candidates); same bits."""
+    algo = algo or os.environ.get("OSMOS_TOPK_CUDA_ALGO", "auto")
+    if algo not in CUDA_ALGOS:
+        raise ValueError(f"algo must be one of {sorted(CUDA_ALGOS)}, got {algo!r}")
+    code = CUDA_ALGOS[algo]
     values, indices = _alloc(x, state, k)
-    workspace = torch.empty(_native.CUDA.topk_compress_workspace_bytes(x.numel(), k), dtype=torch.uint8, device=x.device)
+    workspace = torch.empty(_native.CUDA.topk_compress_workspace_bytes(x.numel(), k, code), dtype=torch.uint8,
+                            device=x.device)
     with torch.cuda.device(x.device):  # the kernels launch on the current device
         _native.CUDA.topk_compress(
             x.data_ptr(), dtype_code(x), state.data_ptr(), dtype_code(state), x.numel(), k,
-            values.data_ptr(), indices.data_ptr(), workspace.data_ptr(), workspace.numel(), cuda_stream(x),
+            values.data_ptr(), indices.data_ptr(), workspace.data_ptr(), workspace.numel(), cuda_stream(x), code,
         )
     return values, indices
 
