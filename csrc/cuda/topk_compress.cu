@@ -12,17 +12,19 @@
 //   gather  per tile, the marked keys and their indices, in index order, into a candidate buffer
 //   then the exact path below over the candidates (so ties still keep the lowest indices).
 //
-// Exact (every n; the fallback), over all n keys or over the candidates:
+// Exact (every n; the fallback), over the candidates or all n keys: one launch sequence serves
+// both, its kernels read from the control block which input is live:
 //   init    control block {prefix, mask, ties_needed, done} and a zeroed 2048-bin histogram
 //   per level (11/11/10-bit digits of the magnitude key, most significant first):
 //     hist    grid-stride pass: shared-memory histogram of the digit among keys matching the
 //             prefix so far, flushed into the global histogram
 //     choose  one warp: the bin holding the k-th largest key; updates the control block and
 //             stops the remaining levels when the whole bin is kept
-//   count   per 4096-element tile: how many keys are above the threshold / tie with it
+//   count   per 4096-element tile (grid-stride, at most 1024 blocks): how many keys are above
+//           the threshold / tie with it
 //   scan    one block: per tile, how many ties it keeps (lowest indices first) and where its
 //           output starts (exclusive prefix sums)
-//   emit    per tile, in rounds of 256: ballot ranks give each winner its slot, so indices
+//   emit    per tile (grid-stride), in rounds of 256: ballot ranks give each winner its slot, so indices
 //           ascend; writes values / indices and adds values into state
 // Every decision is made on the device: no host synchronisation.
 #include <cuda_runtime.h>
@@ -49,6 +51,7 @@ constexpr unsigned kFull = 0xffffffffu;
 constexpr int kSample = 8192;               // keys ranked by the sample kernel
 constexpr int kSampleThreads = 1024;
 constexpr int64_t kSampledAutoMinN = int64_t(1) << 22;  // below this the exact path is as fast
+constexpr int64_t kTileBlocks = 1024;       // blocks of the exact path's per-tile kernels (grid-stride)
 
 struct Control {
   uint32_t prefix;           // winners have (key & mask) > prefix, or == prefix within the quota
@@ -86,7 +89,7 @@ struct Layout {
 
 size_t align_up(size_t v) { return (v + 255) & ~size_t(255); }
 
-int64_t tiles_for(int64_t n) { return (n + kTile - 1) / kTile; }
+__host__ __device__ inline int64_t tiles_for(int64_t n) { return (n + kTile - 1) / kTile; }
 
 Layout layout(int64_t n, const Plan& plan) {
   const size_t tiles = size_t(tiles_for(n));
@@ -106,16 +109,12 @@ Layout layout(int64_t n, const Plan& plan) {
   return l;
 }
 
-// Where the exact path reads its keys: all n elements (kCand false; active when the control
-// block's fallback flag is set) or the sampled path's candidates (kCand true; active when not).
-template <bool kCand>
-__device__ __forceinline__ bool inactive(const Control* ctl) {
-  return kCand ? ctl->fallback != 0 : ctl->fallback == 0;
-}
+// Where the exact path reads its keys: the sampled path's candidates, or all n elements when
+// the control block's fallback flag is set (no sampling, or its threshold failed).
+__device__ __forceinline__ bool from_candidates(const Control* ctl) { return ctl->fallback == 0; }
 
-template <bool kCand>
 __device__ __forceinline__ int64_t key_count(const Control* ctl, int64_t n) {
-  return kCand ? int64_t(ctl->candidates) : n;
+  return from_candidates(ctl) ? int64_t(ctl->candidates) : n;
 }
 
 template <class X, class S>
@@ -137,28 +136,28 @@ __global__ void init_kernel(Control* ctl, uint32_t* hist, long long k, int take_
 }
 
 // The magnitude key of element j of the exact path's input.
-template <class X, class S, bool kCand>
+template <class X, class S>
 __device__ __forceinline__ uint32_t key_at(const typename X::storage* x, const typename S::storage* s,
-                                           const uint32_t* cand_key, int64_t j) {
-  if constexpr (kCand) return cand_key[j];
-  else return magnitude_key(diff_at<X, S>(x, s, j));
+                                           const uint32_t* cand_key, bool cand, int64_t j) {
+  return cand ? cand_key[j] : magnitude_key(diff_at<X, S>(x, s, j));
 }
 
-template <class X, class S, bool kCand>
+template <class X, class S>
 __global__ void __launch_bounds__(kThreads) hist_kernel(const typename X::storage* x, const typename S::storage* s,
                                                         int64_t n, const Control* ctl, uint32_t* hist, int level,
                                                         const uint32_t* cand_key) {
-  if (ctl->done || inactive<kCand>(ctl)) return;
+  if (ctl->done) return;
+  const bool cand = from_candidates(ctl);
   __shared__ uint32_t h[topk::kRadixBins];
   for (int b = threadIdx.x; b < topk::kRadixBins; b += blockDim.x) h[b] = 0;
   __syncthreads();
   const uint32_t prefix = ctl->prefix, mask = ctl->mask;
   const int shift = topk::level_shift(level);
   const uint32_t digit = topk::level_digit_mask(level);
-  const int64_t count = key_count<kCand>(ctl, n);
+  const int64_t count = key_count(ctl, n);
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += stride) {
-    const uint32_t key = key_at<X, S, kCand>(x, s, cand_key, i);
+    const uint32_t key = key_at<X, S>(x, s, cand_key, cand, i);
     if ((key & mask) == prefix) atomicAdd(&h[(key >> shift) & digit], 1u);
   }
   __syncthreads();
@@ -197,9 +196,8 @@ __device__ bool warp_select_bin(const uint32_t* hist, int level, long long need,
 }
 
 // One warp: fixes this level's digit of the threshold in the control block.
-template <bool kCand>
 __global__ void choose_kernel(Control* ctl, uint32_t* hist, int level) {
-  if (ctl->done || inactive<kCand>(ctl)) return;
+  if (ctl->done) return;
   const long long need = ctl->ties_needed;
   int bin;
   long long higher;
@@ -302,35 +300,40 @@ __global__ void __launch_bounds__(kThreads) mark_kernel(const typename X::storag
   if (threadIdx.x == 0) count[blockIdx.x] = total;
 }
 
-// Per tile of the exact path's input: how many keys are above the threshold / tie with it.
-template <class X, class S, bool kCand>
+// Per tile of the exact path's input (grid-stride over the tiles): how many keys are above the
+// threshold / tie with it.
+template <class X, class S>
 __global__ void __launch_bounds__(kThreads) count_kernel(const typename X::storage* x, const typename S::storage* s,
                                                          int64_t n, const Control* ctl, uint32_t* above, uint32_t* ties,
                                                          const uint32_t* cand_key) {
-  if (inactive<kCand>(ctl)) return;
   __shared__ uint32_t warp_above[kWarps], warp_ties[kWarps];
-  const int64_t count = key_count<kCand>(ctl, n);
-  const int64_t begin = int64_t(blockIdx.x) * kTile;
-  const int64_t end = begin + kTile < count ? begin + kTile : count;
+  const bool cand = from_candidates(ctl);
+  const int64_t count = key_count(ctl, n);
+  const int64_t tiles = tiles_for(count);
   const uint32_t prefix = ctl->prefix, mask = ctl->mask;
-  uint32_t a = 0, t = 0;
-  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-    const uint32_t m = key_at<X, S, kCand>(x, s, cand_key, i) & mask;
-    a += m > prefix;
-    t += m == prefix;
-  }
-  for (int off = 16; off > 0; off >>= 1) {
-    a += __shfl_down_sync(kFull, a, off);
-    t += __shfl_down_sync(kFull, t, off);
-  }
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) { warp_above[warp] = a; warp_ties[warp] = t; }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    uint32_t sa = 0, st = 0;
-    for (int w = 0; w < kWarps; ++w) { sa += warp_above[w]; st += warp_ties[w]; }
-    above[blockIdx.x] = sa;
-    ties[blockIdx.x] = st;
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const int64_t begin = tile * kTile;
+    const int64_t end = begin + kTile < count ? begin + kTile : count;
+    uint32_t a = 0, t = 0;
+    for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
+      const uint32_t m = key_at<X, S>(x, s, cand_key, cand, i) & mask;
+      a += m > prefix;
+      t += m == prefix;
+    }
+    for (int off = 16; off > 0; off >>= 1) {
+      a += __shfl_down_sync(kFull, a, off);
+      t += __shfl_down_sync(kFull, t, off);
+    }
+    if (lane == 0) { warp_above[warp] = a; warp_ties[warp] = t; }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      uint32_t sa = 0, st = 0;
+      for (int w = 0; w < kWarps; ++w) { sa += warp_above[w]; st += warp_ties[w]; }
+      above[tile] = sa;
+      ties[tile] = st;
+    }
+    __syncthreads();  // warp_above / warp_ties are rewritten for the next tile
   }
 }
 
@@ -356,11 +359,10 @@ __device__ long long block_exclusive_scan(long long v, long long* total) {
   return before + incl - v;
 }
 
-template <bool kCand>
 __global__ void __launch_bounds__(kScanThreads) scan_kernel(const Control* ctl, const uint32_t* above,
                                                             const uint32_t* ties, uint32_t* quota,
-                                                            long long* offset, int64_t tiles) {
-  if (inactive<kCand>(ctl)) return;
+                                                            long long* offset, int64_t n) {
+  const int64_t tiles = tiles_for(key_count(ctl, n));
   const long long need = ctl->ties_needed;
   long long ties_before = 0, out_before = 0;
   for (int64_t base = 0; base < tiles; base += blockDim.x) {
@@ -426,63 +428,67 @@ __global__ void __launch_bounds__(kThreads) gather_kernel(const typename X::stor
   }
 }
 
-// Per tile of the exact path's input, in rounds of kThreads: ballot ranks give each winner its
-// slot, so indices ascend; writes values / indices and adds values into state.
-template <class X, class S, bool kCand>
+// Per tile of the exact path's input (grid-stride over the tiles), in rounds of kThreads: ballot
+// ranks give each winner its slot, so indices ascend; writes values / indices and adds values
+// into state.
+template <class X, class S>
 __global__ void __launch_bounds__(kThreads) emit_kernel(const typename X::storage* x, typename S::storage* s,
                                                         int64_t n, const Control* ctl, const uint32_t* quota,
                                                         const long long* offset, typename S::storage* values,
                                                         int64_t* indices, const uint32_t* cand_key,
                                                         const int32_t* cand_idx) {
-  if (inactive<kCand>(ctl)) return;
   __shared__ uint32_t warp_ties[kWarps], warp_taken[kWarps];
-  const int64_t count = key_count<kCand>(ctl, n);
-  const int64_t begin = int64_t(blockIdx.x) * kTile;
-  const int64_t end = begin + kTile < count ? begin + kTile : count;
+  const bool cand = from_candidates(ctl);
+  const int64_t count = key_count(ctl, n);
+  const int64_t tiles = tiles_for(count);
   const uint32_t prefix = ctl->prefix, mask = ctl->mask;
-  const uint32_t tie_quota = quota[blockIdx.x];
-  long long out = offset[blockIdx.x];
-  uint32_t ties_seen = 0;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const unsigned lanes_below = (1u << lane) - 1u;
-  for (int64_t base = begin; base < end; base += kThreads) {  // uniform across the block
-    const int64_t j = base + threadIdx.x;
-    bool is_above = false, is_tie = false;
-    if (j < end) {
-      const uint32_t m = key_at<X, S, kCand>(x, s, cand_key, j) & mask;
-      is_above = m > prefix;
-      is_tie = m == prefix;
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const int64_t begin = tile * kTile;
+    const int64_t end = begin + kTile < count ? begin + kTile : count;
+    const uint32_t tie_quota = quota[tile];
+    long long out = offset[tile];
+    uint32_t ties_seen = 0;
+    for (int64_t base = begin; base < end; base += kThreads) {  // uniform across the block
+      const int64_t j = base + threadIdx.x;
+      bool is_above = false, is_tie = false;
+      if (j < end) {
+        const uint32_t m = key_at<X, S>(x, s, cand_key, cand, j) & mask;
+        is_above = m > prefix;
+        is_tie = m == prefix;
+      }
+      const unsigned tie_bits = __ballot_sync(kFull, is_tie);
+      if (lane == 0) warp_ties[warp] = __popc(tie_bits);
+      __syncthreads();
+      uint32_t tie_rank = __popc(tie_bits & lanes_below), tie_total = 0;
+      for (int w = 0; w < kWarps; ++w) {
+        const uint32_t c = warp_ties[w];
+        if (w < warp) tie_rank += c;
+        tie_total += c;
+      }
+      const bool take = is_above || (is_tie && ties_seen + tie_rank < tie_quota);
+      const unsigned take_bits = __ballot_sync(kFull, take);
+      if (lane == 0) warp_taken[warp] = __popc(take_bits);
+      __syncthreads();
+      uint32_t rank = __popc(take_bits & lanes_below), taken_total = 0;
+      for (int w = 0; w < kWarps; ++w) {
+        const uint32_t c = warp_taken[w];
+        if (w < warp) rank += c;
+        taken_total += c;
+      }
+      if (take) {
+        const int64_t i = cand ? int64_t(cand_idx[j]) : j;
+        const float d = diff_at<X, S>(x, s, i);
+        const long long position = out + rank;
+        values[position] = S::from_float(d);
+        indices[position] = i;
+        s[i] = S::from_float(S::to_float(s[i]) + d);
+      }
+      out += taken_total;
+      ties_seen += tie_total;
+      __syncthreads();  // warp_ties / warp_taken are rewritten next round
     }
-    const unsigned tie_bits = __ballot_sync(kFull, is_tie);
-    if (lane == 0) warp_ties[warp] = __popc(tie_bits);
-    __syncthreads();
-    uint32_t tie_rank = __popc(tie_bits & lanes_below), tie_total = 0;
-    for (int w = 0; w < kWarps; ++w) {
-      const uint32_t c = warp_ties[w];
-      if (w < warp) tie_rank += c;
-      tie_total += c;
-    }
-    const bool take = is_above || (is_tie && ties_seen + tie_rank < tie_quota);
-    const unsigned take_bits = __ballot_sync(kFull, take);
-    if (lane == 0) warp_taken[warp] = __popc(take_bits);
-    __syncthreads();
-    uint32_t rank = __popc(take_bits & lanes_below), taken_total = 0;
-    for (int w = 0; w < kWarps; ++w) {
-      const uint32_t c = warp_taken[w];
-      if (w < warp) rank += c;
-      taken_total += c;
-    }
-    if (take) {
-      const int64_t i = kCand ? int64_t(cand_idx[j]) : j;
-      const float d = diff_at<X, S>(x, s, i);
-      const long long position = out + rank;
-      values[position] = S::from_float(d);
-      indices[position] = i;
-      s[i] = S::from_float(S::to_float(s[i]) + d);
-    }
-    out += taken_total;
-    ties_seen += tie_total;
-    __syncthreads();  // warp_taken is rewritten next round
   }
 }
 
@@ -492,30 +498,30 @@ void check_launch(const char* what) {
     throw std::runtime_error(std::string("osmos topk_compress: ") + what + ": " + cudaGetErrorString(err));
 }
 
-// The exact path's kernels over all n keys (kCand false) or the candidates (kCand true); each
-// returns at once when its path is not the active one.
-template <class X, class S, bool kCand>
-void exact_select(const typename X::storage* x, typename S::storage* s, int64_t n, int64_t slots, Control* ctl,
-                  const Layout& l, char* ws, const uint32_t* cand_key, const int32_t* cand_idx,
-                  typename S::storage* values, int64_t* indices, bool select, cudaStream_t stream) {
+// The exact path: radix select, count, scan, emit over the candidates or (fallback) all n keys.
+// Grid sizes cover n; the kernels read which input is active from the control block.
+template <class X, class S>
+void exact_select(const typename X::storage* x, typename S::storage* s, int64_t n, Control* ctl, const Layout& l,
+                  char* ws, const uint32_t* cand_key, const int32_t* cand_idx, typename S::storage* values,
+                  int64_t* indices, bool select, cudaStream_t stream) {
   auto* hist = reinterpret_cast<uint32_t*>(ws + l.hist);
   auto* above = reinterpret_cast<uint32_t*>(ws + l.above);
   auto* ties = reinterpret_cast<uint32_t*>(ws + l.ties);
   auto* quota = reinterpret_cast<uint32_t*>(ws + l.quota);
   auto* offset = reinterpret_cast<long long*>(ws + l.offset);
-  const int64_t tiles = tiles_for(slots);  // slots: n, or the candidate capacity
   if (select) {
-    const int64_t wanted = (slots + kThreads * 8 - 1) / (kThreads * 8);
+    const int64_t wanted = (n + kThreads * 8 - 1) / (kThreads * 8);
     const int grid = int(wanted < 1024 ? wanted : 1024);
     for (int level = 0; level < topk::kLevels; ++level) {
-      hist_kernel<X, S, kCand><<<grid, kThreads, 0, stream>>>(x, s, n, ctl, hist, level, cand_key);
-      choose_kernel<kCand><<<1, 32, 0, stream>>>(ctl, hist, level);
+      hist_kernel<X, S><<<grid, kThreads, 0, stream>>>(x, s, n, ctl, hist, level, cand_key);
+      choose_kernel<<<1, 32, 0, stream>>>(ctl, hist, level);
     }
   }
-  count_kernel<X, S, kCand><<<unsigned(tiles), kThreads, 0, stream>>>(x, s, n, ctl, above, ties, cand_key);
-  scan_kernel<kCand><<<1, kScanThreads, 0, stream>>>(ctl, above, ties, quota, offset, tiles);
-  emit_kernel<X, S, kCand><<<unsigned(tiles), kThreads, 0, stream>>>(x, s, n, ctl, quota, offset, values, indices,
-                                                                      cand_key, cand_idx);
+  const int64_t tiles = tiles_for(n);
+  const unsigned grid = unsigned(tiles < kTileBlocks ? tiles : kTileBlocks);
+  count_kernel<X, S><<<grid, kThreads, 0, stream>>>(x, s, n, ctl, above, ties, cand_key);
+  scan_kernel<<<1, kScanThreads, 0, stream>>>(ctl, above, ties, quota, offset, n);
+  emit_kernel<X, S><<<grid, kThreads, 0, stream>>>(x, s, n, ctl, quota, offset, values, indices, cand_key, cand_idx);
 }
 
 template <class X, class S>
@@ -526,6 +532,8 @@ void run(const void* xv, void* sv, int64_t n, int64_t k, int algo, void* values,
   const XS* x = static_cast<const XS*>(xv);
   SS* s = static_cast<SS*>(sv);
   auto* out_values = static_cast<SS*>(values);
+  const uint32_t* cand_key = nullptr;
+  const int32_t* cand_idx = nullptr;
   const Plan plan = plan_for(n, k, algo);
   const Layout l = layout(n, plan);
   auto* ctl = reinterpret_cast<Control*>(ws + l.control);
@@ -537,16 +545,16 @@ void run(const void* xv, void* sv, int64_t n, int64_t k, int algo, void* values,
     auto* count = reinterpret_cast<uint32_t*>(ws + l.above);
     auto* offset = reinterpret_cast<long long*>(ws + l.offset);
     auto* bitmap = reinterpret_cast<uint32_t*>(ws + l.bitmap);
-    auto* cand_key = reinterpret_cast<uint32_t*>(ws + l.cand_key);
-    auto* cand_idx = reinterpret_cast<int32_t*>(ws + l.cand_idx);
+    auto* keys = reinterpret_cast<uint32_t*>(ws + l.cand_key);
+    auto* idx = reinterpret_cast<int32_t*>(ws + l.cand_idx);
     sample_kernel<X, S><<<1, kSampleThreads, 0, stream>>>(x, s, n, plan.rank, ctl);
     mark_kernel<X, S><<<unsigned(tiles), kThreads, 0, stream>>>(x, s, n, ctl, bitmap, count);
     candidate_scan_kernel<<<1, kScanThreads, 0, stream>>>(ctl, count, offset, tiles, k, plan.capacity);
-    gather_kernel<X, S><<<unsigned(tiles), kThreads, 0, stream>>>(x, s, n, ctl, bitmap, offset, cand_key, cand_idx);
-    exact_select<X, S, true>(x, s, n, plan.capacity, ctl, l, ws, cand_key, cand_idx, out_values, indices, true,
-                             stream);
+    gather_kernel<X, S><<<unsigned(tiles), kThreads, 0, stream>>>(x, s, n, ctl, bitmap, offset, keys, idx);
+    cand_key = keys;
+    cand_idx = idx;
   }
-  exact_select<X, S, false>(x, s, n, n, ctl, l, ws, nullptr, nullptr, out_values, indices, k < n, stream);
+  exact_select<X, S>(x, s, n, ctl, l, ws, cand_key, cand_idx, out_values, indices, k < n, stream);
   check_launch("kernel launch");
 }
 
