@@ -82,7 +82,12 @@ def test_bad_input():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind", ["stable", "roast", "hashednet"])
-def test_fused_on_gpu(kind):
+@pytest.mark.parametrize("backend", ["triton", None])  # the fused kernels (opt-in), the default gather path
+def test_on_gpu(kind, backend, monkeypatch):
+    if backend:
+        monkeypatch.setenv("OSMOS_GPU_BACKEND", backend)
+    else:
+        monkeypatch.delenv("OSMOS_GPU_BACKEND", raising=False)
     config, x, M = _case(kind, 64, 300, 200, 5000)
     y = rps_linear(x.cuda(), M.cuda(), config, 300, 200, 0.3)
     torch.testing.assert_close(y.cpu(), F.linear(x, reference_rps_gather(M, config, 300, 200, 0.3)), atol=1e-4, rtol=1e-4)

@@ -91,6 +91,14 @@ def test_torch_streaming(chunk):
     assert_same(similarity_topk_torch(q, db, 60, 1.0, chunk=chunk), reference_similarity_topk(q, db, 60, 1.0))
 
 
+@pytest.mark.parametrize("chunk", [16, 1000])
+def test_torch_streaming_without_ties_takes_topk_candidates(chunk):
+    g = torch.Generator().manual_seed(3)
+    q, db = torch.randn(5, 24, generator=g), torch.randn(300, 24, generator=g)
+    for k in (1, 3, 40):
+        assert_same(similarity_topk_torch(q, db, k, None, chunk=chunk), reference_similarity_topk(q, db, k))
+
+
 @pytest.mark.skipif(not triton_available(), reason="needs triton on a GPU or TRITON_INTERPRET=1")
 @pytest.mark.parametrize("nq,n,k", [(1, 1, 1), (3, 130, 4), (17, 300, 10), (20, 40, 32)])
 def test_triton_exact_with_ties(nq, n, k):

@@ -1,9 +1,11 @@
 """Hashed linear for randomized parameter sharing: y = x @ W^T (+ bias) with
 W[n, k] = scale * sign * M[h(n, k)] (osmos.ops.rps_mapping), differentiable in x and M.
 
-On CUDA (and on the CPU under TRITON_INTERPRET=1 with OSMOS_CPU_BACKEND=triton) the Triton kernels
-of triton_kernels/rps_linear.py read W's tiles straight from M and never materialise W, forward
-and backward. Elsewhere W is gathered (osmos.ops.rps_gather) and torch's matmul runs.
+By default W is gathered (osmos.ops.rps_gather) and torch's matmul runs, on every device. The
+Triton kernels of triton_kernels/rps_linear.py read W's tiles straight from M and never
+materialise W, forward and backward; they are opt-in (OSMOS_GPU_BACKEND=triton on a GPU, or
+OSMOS_CPU_BACKEND=triton under TRITON_INTERPRET=1) because on an H100 they ran 40-140x slower
+than gather + cuBLAS (benchmarks/RESULTS.md): they save W's memory, not time.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from osmos.ops.rps_gather import DTYPES, _gather_op, _scatter_op, validate_confi
 def _fused() -> bool:
     if triton_interpreting():
         return os.environ.get("OSMOS_CPU_BACKEND") == "triton"
-    return os.environ.get("OSMOS_GPU_BACKEND", "triton") == "triton" and _native.triton_status()[0]
+    return os.environ.get("OSMOS_GPU_BACKEND") == "triton" and _native.triton_status()[0]
 
 
 def _use_fused(device: torch.device) -> bool:

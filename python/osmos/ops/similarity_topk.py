@@ -96,8 +96,22 @@ def reference_similarity_topk(queries: Tensor, database: Tensor, k: int, thresho
     return sort_candidates(scores, indices, min(k, database.shape[0]), threshold)
 
 
+def _block_candidates(scores: Tensor, begin: int, width: int) -> tuple[Tensor, Tensor]:
+    """Candidates [Q, <= C] of one score block [Q, C] (database rows begin...) that hold the
+    contract's best `width`: torch.topk's, unless some row's width-th score ties with entries
+    topk left out (topk picks among ties arbitrarily), then the whole block."""
+    every = torch.arange(begin, begin + scores.shape[1], device=scores.device).expand_as(scores)
+    if width >= scores.shape[1]:
+        return scores, every
+    values, positions = torch.topk(scores, width, dim=1)
+    last = values[:, -1:]
+    if not torch.equal((scores == last).sum(1), (values == last).sum(1)):
+        return scores, every
+    return values, positions + begin
+
+
 def similarity_topk_torch(queries: Tensor, database: Tensor, k: int, threshold: float | None = None, chunk: int = 65536):
-    """Streaming in plain torch (any device): per chunk, mm + merge with the running top-k."""
+    """Streaming in plain torch (any device): per chunk, mm + topk + merge with the running top-k."""
     n = database.shape[0]
     width = min(k, n)
     top_s, top_i = _empty_result(queries.shape[0], width, queries.device)
@@ -109,7 +123,7 @@ def similarity_topk_torch(queries: Tensor, database: Tensor, k: int, threshold: 
         scores = q @ block.T
         if torch.isnan(scores).any():
             raise _nan_error(begin, begin + block.shape[0])
-        idx = torch.arange(begin, begin + block.shape[0], device=q.device).expand_as(scores)
+        scores, idx = _block_candidates(scores, begin, width)
         top_s, top_i = sort_candidates(torch.cat([top_s, scores], 1), torch.cat([top_i, idx], 1), width, threshold)
     return top_s, top_i
 
@@ -161,16 +175,16 @@ def similarity_topk_triton(queries: Tensor, database: Tensor, k: int, threshold:
 
 
 def _gpu_backend(k: int) -> str:
-    """OSMOS_GPU_BACKEND=triton|torch overrides; Triton for small k when usable, else torch."""
-    choice = os.environ.get("OSMOS_GPU_BACKEND", "")
-    if choice in ("triton", "torch"):
-        return choice
-    ok, _ = _native.triton_status()
-    if not ok:
+    """OSMOS_GPU_BACKEND=triton overrides (k <= MAX_K); by default torch: matmul + topk per chunk
+    (on an H100 the Triton kernel ran at 0.19-0.35x plain mm + topk; benchmarks/RESULTS.md)."""
+    if os.environ.get("OSMOS_GPU_BACKEND", "") != "triton" or not _native.triton_status()[0]:
         return "torch"
     from osmos.triton_kernels.similarity_topk import MAX_K
 
     return "triton" if k <= MAX_K else "torch"
+
+
+GPU_SCORE_ELEMENTS = 1 << 26  # score block of the GPU torch path: at most 256 MiB of float32
 
 
 @torch.library.custom_op("osmos::similarity_topk", mutates_args=())
@@ -198,7 +212,8 @@ def _(queries, database, k, threshold):
     check_queries_nan(queries)
     if _gpu_backend(k) == "triton":
         return similarity_topk_triton(queries, database, k, threshold)
-    return similarity_topk_torch(queries, database, k, threshold)
+    chunk = max(65536, GPU_SCORE_ELEMENTS // max(1, queries.shape[0]))
+    return similarity_topk_torch(queries, database, k, threshold, chunk=chunk)
 
 
 def as_database(database) -> Tensor:
