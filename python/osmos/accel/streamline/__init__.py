@@ -1,4 +1,5 @@
-"""Streamlined Inference for video diffusion: exact Feature Slicer + Operator Grouping.
+"""Streamlined Inference for video diffusion: exact Feature Slicer + Operator Grouping, and
+Step Rehash (reuse of the deep blocks' output at non-key steps, key steps from a calibration run).
 
 `streamline(unet, spatial_slices=S, temporal_slices=T)` makes every spatial operator of a
 diffusers UNetMotionModel (AnimateDiff) run slice by slice along batch x frames, and every
@@ -6,6 +7,7 @@ motion module slice by slice along space with an exact two-pass GroupNorm, so on
 intermediates are alive at a time. Results equal the unsliced model's to float rounding.
 """
 
+from osmos.accel.streamline.rehash import RehashConfig, RehashHandle, calibrate_rehash, choose_key_steps
 from osmos.accel.streamline.slicer import StreamlineHandle, streamline
 
-__all__ = ["StreamlineHandle", "streamline"]
+__all__ = ["RehashConfig", "RehashHandle", "StreamlineHandle", "calibrate_rehash", "choose_key_steps", "streamline"]

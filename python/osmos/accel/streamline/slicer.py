@@ -17,6 +17,7 @@ from dataclasses import fields, is_dataclass
 import torch
 from torch import Tensor, nn
 
+from osmos.accel.streamline.rehash import RehashConfig, RehashHandle
 from osmos.ops.group_norm import group_norm_apply, group_norm_stats
 
 
@@ -115,6 +116,7 @@ class StreamlineHandle:
     def __init__(self):
         self._swaps: list[tuple[nn.Module, str, nn.Module]] = []
         self._hooks = []
+        self.rehash: RehashHandle | None = None  # Step Rehash, when streamline(rehash=...) installed it
 
     def _wrap(self, parent: nn.Module, name: str, wrapper: nn.Module) -> None:
         self._swaps.append((parent, name, getattr(parent, name) if not name.isdigit() else parent[int(name)]))
@@ -124,6 +126,9 @@ class StreamlineHandle:
             setattr(parent, name, wrapper)
 
     def remove(self) -> None:
+        if self.rehash is not None:
+            self.rehash.remove()
+            self.rehash = None
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
@@ -146,19 +151,23 @@ def _blocks(unet: nn.Module):
     yield from unet.up_blocks
 
 
-def streamline(unet: nn.Module, spatial_slices: int = 1, temporal_slices: int = 1, rehash=None) -> StreamlineHandle:
+def streamline(unet: nn.Module, spatial_slices: int = 1, temporal_slices: int = 1,
+               rehash: RehashConfig | None = None) -> StreamlineHandle:
     """Slice a diffusers UNetMotionModel's operators (see the module docstring). Exact: outputs
-    equal the unsliced model's to float rounding. Returns a handle whose remove() undoes it."""
+    equal the unsliced model's to float rounding. `rehash` adds Step Rehash (not exact: the deep
+    blocks' output is reused at non-key steps; see osmos.accel.streamline.rehash). Returns a
+    handle whose remove() undoes everything."""
     for name, v in (("spatial_slices", spatial_slices), ("temporal_slices", temporal_slices)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-    if rehash is not None:
-        raise NotImplementedError("Step Rehash is not implemented yet")
+    if rehash is not None and not isinstance(rehash, RehashConfig):
+        raise TypeError(f"rehash must be a RehashConfig or None, got {type(rehash).__name__}")
     if type(unet).__name__ != "UNetMotionModel":
         raise TypeError(
             f"streamline supports diffusers UNetMotionModel (AnimateDiff); got {type(unet).__name__}"
         )
-    if any(isinstance(m, (BatchSliced, SpatiallySlicedMotion)) for m in unet.modules()):
+    if (any(isinstance(m, (BatchSliced, SpatiallySlicedMotion)) for m in unet.modules())
+            or any("forward" in block.__dict__ for block in _blocks(unet))):
         raise RuntimeError("this UNet is already streamlined; remove() the previous handle first")
     handle = StreamlineHandle()
 
@@ -184,4 +193,6 @@ def streamline(unet: nn.Module, spatial_slices: int = 1, temporal_slices: int = 
             for i in range(len(mods)):
                 if temporal_slices > 1:
                     handle._wrap(mods, str(i), SpatiallySlicedMotion(mods[i], temporal_slices))
+    if rehash is not None:
+        handle.rehash = RehashHandle(unet, rehash)
     return handle
