@@ -6,10 +6,15 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from osmos.accel.streamline import RehashConfig, calibrate_rehash, choose_key_steps, streamline  # noqa: E402
-from osmos.accel.streamline.rehash import deep_blocks  # noqa: E402
+from osmos.accel.streamline import (
+    RehashConfig,
+    calibrate_rehash,
+    choose_key_steps,
+    streamline,
+)
+from osmos.accel.streamline.rehash import deep_blocks
 
-from tests.accel.test_streamline import tiny_motion_unet  # noqa: E402
+from tests.accel.test_streamline import tiny_motion_unet
 
 TIMESTEPS = [900, 700, 500, 300, 100]
 
@@ -136,3 +141,28 @@ def test_rehash_composes_with_slicing_and_rejects_bad_configs():
         deep_blocks(unet, 2)
     with pytest.raises(TypeError, match="RehashConfig"):
         streamline(unet, rehash={"interval": 2})
+
+
+def test_rehash_on_the_zoo_image_unet():
+    import osmos.zoo
+    from osmos.accel.streamline import rehash
+
+    pipe = osmos.zoo.load("shapes-unet", scheduler="ddim")
+
+    def generate():
+        return pipe(["a red circle", "a blue square"], num_inference_steps=4, generator=torch.Generator().manual_seed(0))
+
+    want = generate()
+    h = rehash(pipe.unet, RehashConfig(interval=1))
+    assert torch.equal(generate(), want)
+    h.remove()
+    calls, hook = count_calls(pipe.unet.mid_block.resnets[0])
+    h = rehash(pipe.unet, RehashConfig(interval=2))
+    with pytest.raises(RuntimeError, match="already"):
+        rehash(pipe.unet, RehashConfig(interval=2))
+    got = generate()
+    hook.remove()
+    h.remove()
+    assert len(calls) == 2  # steps 0 and 2 of 4
+    assert ((got - want).norm() / want.norm()).item() < 0.2
+    assert torch.equal(generate(), want)

@@ -7,7 +7,14 @@ motion module slice by slice along space with an exact two-pass GroupNorm, so on
 intermediates are alive at a time. Results equal the unsliced model's to float rounding.
 """
 
-from osmos.accel.streamline.rehash import RehashConfig, RehashHandle, calibrate_rehash, choose_key_steps
+from osmos.accel.streamline.rehash import (
+           RehashConfig,
+           RehashHandle,
+           calibrate_rehash,
+           choose_key_steps,
+           rehash,
+)
 from osmos.accel.streamline.slicer import StreamlineHandle, streamline
 
-__all__ = ["RehashConfig", "RehashHandle", "StreamlineHandle", "calibrate_rehash", "choose_key_steps", "streamline"]
+__all__ = ["RehashConfig", "RehashHandle", "StreamlineHandle", "calibrate_rehash", "choose_key_steps", "rehash",
+           "streamline"]

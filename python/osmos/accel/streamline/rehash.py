@@ -1,4 +1,8 @@
-"""Step Rehash for diffusers UNetMotionModel: reuse the deep blocks' output at non-key steps.
+"""Step Rehash for diffusers UNets: reuse the deep blocks' output at non-key steps.
+
+Works on any UNet with `down_blocks`, `up_blocks` (and optionally `mid_block`): diffusers'
+UNetMotionModel (AnimateDiff; also through `streamline(unet, rehash=...)`),
+UNet2DConditionModel and UNetSpatioTemporalConditionModel. `rehash(unet, config)` installs it.
 
 Features after the temporal layers of the deep up-blocks change little between adjacent
 denoising steps. At a key step the whole UNet runs and the outputs of its deep part (the down
@@ -18,8 +22,8 @@ call's starts a new run (samplers walk timesteps downwards), as does `handle.res
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -137,6 +141,18 @@ class RehashHandle:
             block.__dict__.pop("forward", None)
         self._blocks = []
         self.state.reset()
+
+
+def rehash(unet: nn.Module, config: RehashConfig) -> RehashHandle:
+    """Install Step Rehash on a diffusers UNet; `handle.remove()` undoes it."""
+    if not isinstance(config, RehashConfig):
+        raise TypeError(f"config must be a RehashConfig, got {type(config).__name__}")
+    if not (hasattr(unet, "down_blocks") and hasattr(unet, "up_blocks")):
+        raise TypeError(f"Step Rehash needs a UNet with down_blocks and up_blocks; got {type(unet).__name__}")
+    skipped, _ = deep_blocks(unet, config.depth)
+    if any("forward" in block.__dict__ for block in skipped):
+        raise RuntimeError("Step Rehash is already installed on this UNet; remove() the previous handle first")
+    return RehashHandle(unet, config)
 
 
 def choose_key_steps(features: Sequence[Tensor], budget: int) -> list[int]:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from osmos.accel.streamline.rehash import RehashConfig, RehashHandle
+from osmos.accel.streamline.rehash import rehash as install_rehash
 from osmos.ops.group_norm import group_norm_apply, group_norm_stats
 
 
@@ -194,5 +195,5 @@ def streamline(unet: nn.Module, spatial_slices: int = 1, temporal_slices: int = 
                 if temporal_slices > 1:
                     handle._wrap(mods, str(i), SpatiallySlicedMotion(mods[i], temporal_slices))
     if rehash is not None:
-        handle.rehash = RehashHandle(unet, rehash)
+        handle.rehash = install_rehash(unet, rehash)
     return handle
