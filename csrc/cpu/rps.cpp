@@ -8,8 +8,11 @@
 #include "cpu/rps.h"
 
 #include <algorithm>
+#include <type_traits>
 
+#include "cpu/cpu_features.h"
 #include "cpu/parallel.h"
+#include "cpu/rps_avx512.h"
 #include "osmos/dtype.h"
 #include "osmos/rps_hash.h"
 
@@ -76,25 +79,48 @@ inline void for_each_sign_group(const Map& p, int64_t i, int64_t len, F&& fn) {
   }
 }
 
+// The AVX-512 HashedNet kernels apply (float32 data, an AVX-512 DQ CPU at the avx512 level).
+template <class T>
+bool use_avx512_hashednet(const Map& p) {
+  return std::is_same_v<T, float> && p.kind == rps::kHashedNet && isa() == Isa::avx512 && features().avx512dq;
+}
+
+// First element at or after `at` (and at most `end`) whose global index starts a group of 16.
+inline int64_t group_start(const Map& p, int64_t at, int64_t end) {
+  return std::min(end, at + ((16 - ((p.offset + at) & 15)) & 15));
+}
+
 template <class T, class C = typename Compute<T>::type>
 void gather_impl(const T* __restrict M, T* __restrict W, const Map& p, int64_t rows, int64_t cols, C scale,
                  int threads) {
   int64_t n = rows * cols;
   parallel_chunks(n, threads_for(n, threads, 1 << 14), [&](int, int64_t b, int64_t e) {
     if (p.kind == rps::kHashedNet) {  // no runs: one index hash per element
-      C ones[16];
-      for (C& one : ones) one = C(1);
-      auto piece = [&](int64_t k, int64_t count, const C* sign) {
-        for (int64_t q = 0; q < count; ++q) {
-          int64_t at = b + k + q;
-          store(W, at, sign[q] * scale * load(M, rps::hashednet_index(p, p.offset + at)));
+      auto scalar = [&](int64_t from, int64_t to) {
+        C ones[16];
+        for (C& one : ones) one = C(1);
+        auto piece = [&](int64_t k, int64_t count, const C* sign) {
+          for (int64_t q = 0; q < count; ++q) {
+            int64_t at = from + k + q;
+            store(W, at, sign[q] * scale * load(M, rps::hashednet_index(p, p.offset + at)));
+          }
+        };
+        if (!p.use_sign) {
+          for (int64_t k = 0; k < to - from; k += 16) piece(k, std::min<int64_t>(16, to - from - k), ones);
+        } else {
+          for_each_sign_group<C>(p, p.offset + from, to - from, piece);
         }
       };
-      if (!p.use_sign) {
-        for (int64_t k = 0; k < e - b; k += 16) piece(k, std::min<int64_t>(16, e - b - k), ones);
-      } else {
-        for_each_sign_group<C>(p, p.offset + b, e - b, piece);
+      if constexpr (std::is_same_v<T, float>) {
+        if (use_avx512_hashednet<T>(p)) {
+          const int64_t aligned = group_start(p, b, e);
+          scalar(b, aligned);
+          const int64_t done = avx512::hashednet_gather_f32(M, W, p, aligned, e, scale);
+          scalar(done, e);
+          return;
+        }
       }
+      scalar(b, e);
       return;
     }
     for_each_run(p, cols, b, e, [&](int64_t at, int64_t, int64_t, int64_t j, int64_t len) {
@@ -119,19 +145,31 @@ void scatter_impl(const T* __restrict G, Acc* __restrict acc, const Map& p, int6
   int nt = threads_for(p.m, threads_for(n, threads, 1 << 14), 1 << 10);
   parallel_chunks(p.m, nt, [&](int, int64_t lo, int64_t hi) {
     if (p.kind == rps::kHashedNet) {  // no runs: one index hash per element
-      Acc ones[16];
-      for (Acc& one : ones) one = Acc(1);
-      auto piece = [&](int64_t k, int64_t count, const Acc* sign) {
-        for (int64_t q = 0; q < count; ++q) {
-          int64_t j = rps::hashednet_index(p, p.offset + k + q);
-          if (j >= lo && j < hi) acc[j] += sign[q] * (scale * Acc(load(G, k + q)));
+      auto scalar = [&](int64_t from, int64_t to) {
+        Acc ones[16];
+        for (Acc& one : ones) one = Acc(1);
+        auto piece = [&](int64_t k, int64_t count, const Acc* sign) {
+          for (int64_t q = 0; q < count; ++q) {
+            int64_t j = rps::hashednet_index(p, p.offset + from + k + q);
+            if (j >= lo && j < hi) acc[j] += sign[q] * (scale * Acc(load(G, from + k + q)));
+          }
+        };
+        if (!p.use_sign) {
+          for (int64_t k = 0; k < to - from; k += 16) piece(k, std::min<int64_t>(16, to - from - k), ones);
+        } else {
+          for_each_sign_group<Acc>(p, p.offset + from, to - from, piece);
         }
       };
-      if (!p.use_sign) {
-        for (int64_t k = 0; k < n; k += 16) piece(k, std::min<int64_t>(16, n - k), ones);
-      } else {
-        for_each_sign_group<Acc>(p, p.offset, n, piece);
+      if constexpr (std::is_same_v<T, float>) {
+        if (use_avx512_hashednet<T>(p)) {
+          const int64_t aligned = group_start(p, 0, n);
+          scalar(0, aligned);
+          const int64_t done = avx512::hashednet_scatter_f32(G, acc, p, aligned, n, scale, lo, hi);
+          scalar(done, n);
+          return;
+        }
       }
+      scalar(0, n);
       return;
     }
     for_each_run(p, cols, 0, n, [&](int64_t at, int64_t, int64_t, int64_t j, int64_t len) {

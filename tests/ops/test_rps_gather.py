@@ -88,6 +88,34 @@ def test_gather_and_scatter_match_reference(kind, shape, dtype):
                                atol=tol, rtol=tol)
 
 
+@needs_native
+@pytest.mark.skipif(_native.C is None or _native.C.detected_isa() != "avx512", reason="needs an AVX-512 CPU")
+@pytest.mark.parametrize("use_sign", [True, False])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_hashednet_avx512_is_bitwise_the_scalar_path(use_sign, threads, monkeypatch):
+    """The AVX-512 HashedNet gather / scatter (float32) against the scalar kernels and the reference,
+    with offsets that start mid-group of 16, sizes with tails, and M smaller and larger than W."""
+    import importlib
+    import os
+
+    monkeypatch.setattr(importlib.import_module("osmos.ops.rps_gather"), "num_threads", lambda: threads)
+    for rows, cols, m, offset in [(37, 29, 101, 5), (64, 64, 5000, 16), (3, 7, 2, 12345678901), (128, 40, 640, 9)]:
+        config = _map("hashednet", rows, cols, m, offset, use_sign=use_sign)
+        M, g = torch.randn(m), torch.randn(rows, cols)
+        results = {}
+        for isa in ("scalar", "avx512"):
+            _native.C.set_cpu_isa(isa)
+            try:
+                results[isa] = (rps_gather(M, config, rows, cols, 0.37), rps_scatter(g, config, 0.37))
+            finally:
+                _native.C.set_cpu_isa(os.environ.get("OSMOS_CPU_ISA") or "avx512")
+        assert torch.equal(results["avx512"][0], results["scalar"][0])
+        assert torch.equal(results["avx512"][1], results["scalar"][1])
+        assert torch.equal(results["avx512"][0], reference_rps_gather(M, config, rows, cols, 0.37))
+        torch.testing.assert_close(results["avx512"][1], reference_rps_scatter(g, config, rows, cols, 0.37),
+                                   atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.skipif(not TRITON, reason="needs triton >= 3.7 and TRITON_INTERPRET=1 or a GPU")
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
