@@ -109,6 +109,7 @@ class RehashHandle:
         self.state = _RehashState(config)
         skipped, _ = deep_blocks(unet, config.depth)
         self._blocks = skipped
+        self._previous = [block.__dict__.get("forward") for block in skipped]  # e.g. a sliced forward
         self._hook = unet.register_forward_pre_hook(
             lambda module, args, kwargs: self.state.begin_call(_timestep(args, kwargs)), with_kwargs=True)
         for block in skipped:
@@ -124,6 +125,7 @@ class RehashHandle:
             state.cache[key] = out
             return out
 
+        run.osmos_rehash = True
         return run
 
     def reset(self) -> None:
@@ -137,9 +139,12 @@ class RehashHandle:
 
     def remove(self) -> None:
         self._hook.remove()
-        for block in self._blocks:
-            block.__dict__.pop("forward", None)
-        self._blocks = []
+        for block, previous in zip(self._blocks, self._previous):
+            if previous is None:
+                block.__dict__.pop("forward", None)
+            else:
+                block.forward = previous
+        self._blocks, self._previous = [], []
         self.state.reset()
 
 
@@ -150,7 +155,7 @@ def rehash(unet: nn.Module, config: RehashConfig) -> RehashHandle:
     if not (hasattr(unet, "down_blocks") and hasattr(unet, "up_blocks")):
         raise TypeError(f"Step Rehash needs a UNet with down_blocks and up_blocks; got {type(unet).__name__}")
     skipped, _ = deep_blocks(unet, config.depth)
-    if any("forward" in block.__dict__ for block in skipped):
+    if any(getattr(block.__dict__.get("forward"), "osmos_rehash", False) for block in skipped):
         raise RuntimeError("Step Rehash is already installed on this UNet; remove() the previous handle first")
     return RehashHandle(unet, config)
 

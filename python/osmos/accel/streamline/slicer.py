@@ -3,6 +3,9 @@
 * Spatial operators (ResnetBlock2D, the per-frame Transformer2DModel, down/up samplers) see
   (B*F, C, H, W) and are exact when run on slices of the B*F axis: `BatchSliced` runs the
   wrapped operator group on each slice and writes the results into one output.
+* Up blocks concatenate their input with a skip connection before the first resnet; the
+  concatenation (the largest tensor of the pass) is built one slice at a time, inside the
+  resnet's slice loop (`sliced_up_block_forward`).
 * Motion modules (AnimateDiffTransformer3D) attend over frames at each spatial position, so they
   are exact when sliced over space, EXCEPT for their GroupNorm, whose statistics span every
   frame and position. `SpatiallySlicedMotion` computes those statistics over all slices first
@@ -12,6 +15,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import fields, is_dataclass
 
 import torch
@@ -75,6 +79,49 @@ def _write(out, piece, n: int, a: int, b: int):
     return piece if out is None else out
 
 
+def _sliced_cat_resnet(resnet: nn.Module, hidden: Tensor, skip: Tensor, temb, slices: int) -> Tensor:
+    """resnet(cat([hidden, skip], 1), temb) slice by slice along batch x frames."""
+    inner = resnet.inner if isinstance(resnet, BatchSliced) else resnet
+    n = hidden.shape[0]
+    out = None
+    for a, b in _bounds(n, slices):
+        piece = inner(input_tensor=torch.cat([hidden[a:b], skip[a:b]], dim=1), temb=_take(temb, n, a, b))
+        out = _write(out, piece, n, a, b)
+    return out
+
+
+def sliced_up_block_forward(block: nn.Module, slices: int):
+    """A forward for a diffusers UpBlockMotion / CrossAttnUpBlockMotion that builds each
+    skip concatenation slice by slice (same operations in the same order as the block's own
+    forward otherwise). FreeU and training with gradient checkpointing use the original."""
+    original = type(block).forward
+    signature = inspect.signature(original)
+
+    def forward(*args, **kwargs):
+        if any(getattr(block, k, None) for k in ("s1", "s2", "b1", "b2")) or (
+                torch.is_grad_enabled() and getattr(block, "gradient_checkpointing", False)):
+            return original(block, *args, **kwargs)
+        bound = signature.bind(block, *args, **kwargs)
+        bound.apply_defaults()
+        a = bound.arguments
+        hidden, skips, temb = a["hidden_states"], a["res_hidden_states_tuple"], a.get("temb")
+        attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
+        for resnet, attn, motion in zip(block.resnets, attentions, block.motion_modules):
+            skip, skips = skips[-1], skips[:-1]
+            hidden = _sliced_cat_resnet(resnet, hidden, skip, temb, slices)
+            if attn is not None:
+                hidden = attn(hidden_states=hidden, encoder_hidden_states=a.get("encoder_hidden_states"),
+                              cross_attention_kwargs=a.get("cross_attention_kwargs"),
+                              attention_mask=a.get("attention_mask"),
+                              encoder_attention_mask=a.get("encoder_attention_mask"), return_dict=False)[0]
+            hidden = motion(hidden, num_frames=a["num_frames"])
+        for upsampler in block.upsamplers or []:
+            hidden = upsampler(hidden_states=hidden, output_size=a.get("upsample_size"))
+        return hidden
+
+    return forward
+
+
 class SpatiallySlicedMotion(nn.Module):
     """An AnimateDiffTransformer3D run over spatial slices with an exact two-pass GroupNorm."""
 
@@ -116,6 +163,7 @@ class StreamlineHandle:
 
     def __init__(self):
         self._swaps: list[tuple[nn.Module, str, nn.Module]] = []
+        self._forwards: list[nn.Module] = []  # blocks given an instance forward (sliced up blocks)
         self._hooks = []
         self.rehash: RehashHandle | None = None  # Step Rehash, when streamline(rehash=...) installed it
 
@@ -133,6 +181,9 @@ class StreamlineHandle:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
+        for block in self._forwards:
+            block.__dict__.pop("forward", None)
+        self._forwards.clear()
         for parent, name, original in reversed(self._swaps):
             if name.isdigit():
                 parent[int(name)] = original
@@ -194,6 +245,9 @@ def streamline(unet: nn.Module, spatial_slices: int = 1, temporal_slices: int = 
             for i in range(len(mods)):
                 if temporal_slices > 1:
                     handle._wrap(mods, str(i), SpatiallySlicedMotion(mods[i], temporal_slices))
+        if spatial_slices > 1 and type(block).__name__ in ("UpBlockMotion", "CrossAttnUpBlockMotion"):
+            block.forward = sliced_up_block_forward(block, spatial_slices)
+            handle._forwards.append(block)
     if rehash is not None:
         handle.rehash = install_rehash(unet, rehash)
     return handle
