@@ -19,21 +19,10 @@ import argparse
 import statistics
 import time
 
-import torch
-
 import osmos.zoo
+import torch
 from osmos.accel.streamline import RehashConfig, calibrate_rehash, rehash
-from osmos.zoo import data as D
-
-
-def prompts_for(split: str, per_pair: int) -> tuple[list[str], torch.Tensor]:
-    prompts, labels = [], []
-    for si, shape in enumerate(D.SHAPES):
-        for ci, colour in enumerate(D.COLOURS):
-            for k in range(per_pair):
-                prompts.append(D.prompt_for(shape, colour, split, variant=k))
-                labels.append((si, ci))
-    return prompts, torch.tensor(labels)
+from osmos.zoo.evaluate import pair_prompts
 
 
 def main() -> None:
@@ -48,8 +37,8 @@ def main() -> None:
         args.steps, args.per_pair, args.repeats = 10, 1, 1
     pipe = osmos.zoo.load("shapes-unet", scheduler="ddim")
     clf = osmos.zoo.load("classifier")
-    prompts, labels = prompts_for("train", args.per_pair)
-    calib_prompts, _ = prompts_for("heldout", 1)
+    prompts, labels = pair_prompts("train", args.per_pair)
+    calib_prompts, _ = pair_prompts("heldout", 1)
 
     def generate(batch: list[str], seed: int) -> torch.Tensor:
         return pipe(batch, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(seed))

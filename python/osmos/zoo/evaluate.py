@@ -22,6 +22,18 @@ def real_renders(n: int, size: int, seed: int = 777) -> torch.Tensor:
     return D.render(D.sample_attributes(n, g), size)
 
 
+def pair_prompts(split: str, per_pair: int) -> tuple[list[str], torch.Tensor]:
+    """per_pair prompts for every (shape, colour) pair, pair by pair, in the split's wordings,
+    and their labels [n, 2] (shape index, colour index)."""
+    prompts, labels = [], []
+    for si, s in enumerate(D.SHAPES):
+        for ci, c in enumerate(D.COLOURS):
+            for k in range(per_pair):
+                prompts.append(D.prompt_for(s, c, split, variant=k))
+                labels.append((si, ci))
+    return prompts, torch.tensor(labels)
+
+
 @torch.no_grad()
 def evaluate(pipe, per_pair: int = 8, splits: tuple[str, ...] = ("train", "heldout"), num_inference_steps: int = 25,
              guidance_scale: float | None = None, seed: int = 0, classifier: ShapesClassifier | None = None,
@@ -34,19 +46,13 @@ def evaluate(pipe, per_pair: int = 8, splits: tuple[str, ...] = ("train", "heldo
     feats, t0 = [], time.time()
     grids = {}
     for split in splits:
-        prompts, labels = [], []
-        for si, s in enumerate(D.SHAPES):
-            for ci, c in enumerate(D.COLOURS):
-                for k in range(per_pair):
-                    prompts.append(D.prompt_for(s, c, split, variant=k))
-                    labels.append((si, ci))
+        prompts, y = pair_prompts(split, per_pair)
         g = torch.Generator().manual_seed(seed)
         images = torch.cat([pipe(prompts[i : i + batch_size], num_inference_steps=num_inference_steps,
                                  guidance_scale=guidance_scale, generator=g)
                             for i in range(0, len(prompts), batch_size)])
         pred = clf.predict(images)
         feats.append(clf.features(images))
-        y = torch.tensor(labels)
         shape_ok, colour_ok = pred["shape"] == y[:, 0], pred["colour"] == y[:, 1]
         both = (shape_ok & colour_ok).float().view(len(pairs), per_pair).mean(1)
         result[split] = {
