@@ -199,7 +199,9 @@ def test_bad_inputs(change, error, match):
 
 
 @pytest.mark.gpu
-def test_cuda_matches_reference():
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_cuda_matches_reference(backend, monkeypatch):
+    monkeypatch.setenv("OSMOS_GPU_BACKEND", backend)
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         y, x, down, up, gamma = (t.cuda() for t in make(2, 300, 320, 640, 4, dtype=dtype))
         torch.testing.assert_close(adapter_inject(y, x, down, up, gamma), reference_adapter_inject(y, x, down, up, gamma),

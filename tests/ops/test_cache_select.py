@@ -104,7 +104,9 @@ def test_triton_matches_reference(dtype):
 
 
 @pytest.mark.gpu
-def test_cuda_op_matches_reference():
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_cuda_op_matches_reference(backend, monkeypatch):
+    monkeypatch.setenv("OSMOS_GPU_BACKEND", backend)
     h, gate, fresh, cache, use = (t.cuda() for t in _inputs())
     cache_ref = cache.clone()
     torch.testing.assert_close(cache_select(h, gate, fresh, cache, use), reference_cache_select(h, gate, fresh, cache_ref, use))

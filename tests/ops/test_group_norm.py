@@ -119,7 +119,9 @@ def test_triton_kernels_match_reference():
 
 
 @pytest.mark.gpu
-def test_cuda_sliced_matches_torch():
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_cuda_sliced_matches_torch(backend, monkeypatch):
+    monkeypatch.setenv("OSMOS_GPU_BACKEND", backend)
     x = torch.randn(2, 32, 4096, device="cuda")
     w, b = torch.randn(32, device="cuda"), torch.randn(32, device="cuda")
     want = F.silu(F.group_norm(x, 8, w, b, 1e-6))

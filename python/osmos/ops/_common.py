@@ -81,6 +81,19 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def gpu_uses_triton(default: bool) -> bool:
+    """Whether an op with a Triton kernel and a torch path runs Triton on a CUDA tensor:
+    OSMOS_GPU_BACKEND=triton or torch decides, else `default` (set per op from GPU measurements,
+    benchmarks/RESULTS.md); never when Triton is unusable (osmos._native.triton_status)."""
+    import os
+
+    from osmos import _native
+
+    choice = os.environ.get("OSMOS_GPU_BACKEND", "")
+    wanted = choice == "triton" if choice in ("triton", "torch") else default
+    return wanted and _native.triton_status()[0]
+
+
 def gpu_backend(native_kernel: str) -> str:
     """Backend for an op on a CUDA tensor: OSMOS_GPU_BACKEND=cuda|triton|torch when set, else the
     osmos._cuda kernel `native_kernel` when built, else Triton when usable, else torch."""

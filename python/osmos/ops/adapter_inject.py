@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from osmos import _native
-from osmos.ops._common import FLOAT_DTYPES, check_tensor, dtype_code, num_threads, triton_interpreting
+from osmos.ops._common import FLOAT_DTYPES, check_tensor, dtype_code, gpu_uses_triton, num_threads, triton_interpreting
 
 
 def validate(y: Tensor, x: Tensor, down: Tensor, up: Tensor, gamma: Tensor) -> None:
@@ -85,9 +85,9 @@ def _run_triton(out: Tensor, y: Tensor, x: Tensor, down: Tensor, up: Tensor, gam
 
 
 def _run_cuda(out: Tensor, y: Tensor, x: Tensor, down: Tensor, up: Tensor, gamma: Tensor) -> None:
-    """Triton when usable (OSMOS_GPU_BACKEND=torch forces the reference)."""
-    ok, _ = _native.triton_status()
-    if ok and os.environ.get("OSMOS_GPU_BACKEND", "triton") != "torch":
+    """torch (two matmuls) by default: on an H100 the Triton kernel took 0.05-0.13 ms where torch
+    took 0.02-0.03 ms at Stable Diffusion shapes; OSMOS_GPU_BACKEND=triton opts in."""
+    if gpu_uses_triton(default=False):
         _run_triton(out, y, x, down, up, gamma)
     else:
         out.copy_(reference_adapter_inject(y, x, down, up, gamma))

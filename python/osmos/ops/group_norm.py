@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 from osmos import _native
-from osmos.ops._common import FLOAT_DTYPES, check_int, check_tensor, dtype_code, num_threads, triton_interpreting
+from osmos.ops._common import (FLOAT_DTYPES, check_int, check_tensor, dtype_code, gpu_uses_triton, num_threads,
+                               triton_interpreting)
 
 
 def _check_x(x: Tensor, num_groups: int) -> None:
@@ -146,6 +147,8 @@ def _(x, stats, weight, bias, eps, silu):
 
 @_stats_op.register_kernel("cuda")
 def _(x, num_groups):
+    if not gpu_uses_triton(default=True):
+        return reference_group_norm_stats(x, num_groups)
     from osmos.triton_kernels.group_norm import group_norm_stats as kernel
 
     return kernel(x, num_groups)
@@ -153,6 +156,8 @@ def _(x, num_groups):
 
 @_apply_op.register_kernel("cuda")
 def _(x, stats, weight, bias, eps, silu):
+    if not gpu_uses_triton(default=True):
+        return reference_group_norm_apply(x, stats, weight, bias, eps, silu)
     from osmos.triton_kernels.group_norm import group_norm_apply as kernel
 
     return kernel(x, stats, weight, bias, eps, silu)

@@ -17,15 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from osmos import _native
-from osmos.ops._common import check_tensor, triton_interpreting
+from osmos.ops._common import check_tensor, gpu_uses_triton, triton_interpreting
 from osmos.ops.rps_gather import DTYPES, _gather_op, _scatter_op, validate_config
 
 
 def _fused() -> bool:
     if triton_interpreting():
         return os.environ.get("OSMOS_CPU_BACKEND") == "triton"
-    return os.environ.get("OSMOS_GPU_BACKEND") == "triton" and _native.triton_status()[0]
+    return gpu_uses_triton(default=False)
 
 
 def _use_fused(device: torch.device) -> bool:

@@ -29,7 +29,8 @@ import torch
 from torch import Tensor
 
 from osmos import _native
-from osmos.ops._common import FLOAT_DTYPES, check_int, check_tensor, dtype_code, num_threads, triton_interpreting
+from osmos.ops._common import (FLOAT_DTYPES, check_int, check_tensor, dtype_code, gpu_uses_triton, num_threads,
+                               triton_interpreting)
 
 # Query batches up to this size use the fused dot + selection kernel (one pass over the
 # database, memory bound); larger ones use BLAS on chunks + the fused selection kernel.
@@ -177,7 +178,7 @@ def similarity_topk_triton(queries: Tensor, database: Tensor, k: int, threshold:
 def _gpu_backend(k: int) -> str:
     """OSMOS_GPU_BACKEND=triton overrides (k <= MAX_K); by default torch: matmul + topk per chunk
     (on an H100 the Triton kernel ran at 0.19-0.35x plain mm + topk; benchmarks/RESULTS.md)."""
-    if os.environ.get("OSMOS_GPU_BACKEND", "") != "triton" or not _native.triton_status()[0]:
+    if not gpu_uses_triton(default=False):
         return "torch"
     from osmos.triton_kernels.similarity_topk import MAX_K
 
