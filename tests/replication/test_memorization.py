@@ -1,0 +1,104 @@
+from types import SimpleNamespace
+
+import pytest
+import torch
+from worlds import GaussianWorld, memorized_and_normal
+
+from osmos.replication.denoisers import DiffusersDenoiser, ZooDenoiser, as_denoiser
+from osmos.replication.memorization import conditional_noise_norms, memorization_score
+from osmos.replication.metrics import roc_auc
+
+
+@pytest.mark.parametrize("steps", [1, 5])
+def test_memorized_prompts_score_higher_on_a_world_built_to_memorize(steps):
+    world = GaussianWorld()
+    memorized, normal = memorized_and_normal()
+    g = torch.Generator().manual_seed(0)
+    pos = memorization_score(world, [], steps=steps, generator=g, embeddings=(memorized, None))
+    neg = memorization_score(world, [], steps=steps, generator=g, embeddings=(normal, None))
+    assert pos.shape == neg.shape == (6,)
+    assert roc_auc(pos, neg) == 1.0
+    assert float(pos.min()) > 2 * float(neg.max())
+
+
+def test_first_step_norm_matches_hand_computation():
+    world = GaussianWorld()
+    memorized, _ = memorized_and_normal(2)
+    norms = conditional_noise_norms(world, memorized, None, steps=1, num_samples=3,
+                                    generator=torch.Generator().manual_seed(5))
+    assert norms.shape == (2, 3, 1)
+    x = torch.randn((6, 1, 4, 4), generator=torch.Generator().manual_seed(5))
+    t = world.scheduler.timesteps[0]
+    cond = memorized.repeat_interleave(3, 0)
+    diff = world.eps(x, t, cond, None) - world.eps(x, t, world.empty(6)[0], None)
+    assert torch.allclose(norms.flatten(), diff.flatten(1).norm(dim=1), rtol=1e-5)
+
+
+def test_the_empty_prompt_scores_zero_and_scores_average_samples():
+    world = GaussianWorld()
+    empty = world.empty(2)[0].clone()
+    assert memorization_score(world, [], steps=3, embeddings=(empty, None)).tolist() == [0.0, 0.0]
+    memorized, _ = memorized_and_normal(1)
+    norms = conditional_noise_norms(world, memorized, None, steps=2, num_samples=4,
+                                    generator=torch.Generator().manual_seed(1))
+    score = memorization_score(world, [], steps=2, num_samples=4, generator=torch.Generator().manual_seed(1),
+                               embeddings=(memorized, None))
+    assert score.item() == pytest.approx(norms.mean().item(), rel=1e-6)
+
+
+def test_bad_arguments():
+    world = GaussianWorld()
+    memorized, _ = memorized_and_normal(1)
+    with pytest.raises(ValueError, match="steps must be <="):
+        memorization_score(world, [], steps=30, num_inference_steps=25, embeddings=(memorized, None))
+    with pytest.raises(ValueError, match="num_samples"):
+        memorization_score(world, [], num_samples=0, embeddings=(memorized, None))
+    with pytest.raises(TypeError, match="steps"):
+        memorization_score(world, [], steps=1.5, embeddings=(memorized, None))
+    with pytest.raises(ValueError, match="prompts"):
+        memorization_score(world, [])
+    with pytest.raises(TypeError, match="ShapesPipeline"):
+        as_denoiser(object())
+
+
+@pytest.fixture(scope="module")
+def zoo_pipe():
+    import osmos.zoo
+
+    return osmos.zoo.load("shapes-unet")
+
+
+def test_zoo_pipeline_scores(zoo_pipe):
+    assert isinstance(as_denoiser(zoo_pipe), ZooDenoiser)
+    score = memorization_score(zoo_pipe, ["", "a red circle", "a blue star on a white background"], steps=2,
+                               num_inference_steps=10, generator=torch.Generator().manual_seed(0))
+    assert score.shape == (3,)
+    assert score[0].item() == 0.0  # the empty prompt's states are the unconditional ones
+    assert (score[1:] > 0).all() and torch.isfinite(score).all()
+
+
+def _tiny_sd_pipe():
+    """A Stable-Diffusion-shaped stand-in: a tiny random UNet2DConditionModel on 4 x 8 x 8 latents,
+    a DDIM scheduler and an encode_prompt with SD's signature over a fixed table of states."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+                                norm_num_groups=8, attention_head_dim=4).eval()
+    table = {"": torch.zeros(1, 5, 16), "a cat": torch.randn(1, 5, 16), "a dog": torch.randn(1, 5, 16)}
+
+    def encode_prompt(prompt, device, num_images_per_prompt, do_classifier_free_guidance):
+        return torch.cat([table[p] for p in prompt]).to(device), None
+
+    return SimpleNamespace(unet=unet, scheduler=DDIMScheduler(), encode_prompt=encode_prompt)
+
+
+def test_diffusers_pipeline_scores():
+    pipe = _tiny_sd_pipe()
+    denoiser = as_denoiser(pipe)
+    assert isinstance(denoiser, DiffusersDenoiser) and denoiser.latent_shape == (4, 8, 8)
+    score = memorization_score(pipe, ["", "a cat", "a dog"], steps=2, num_inference_steps=5)
+    assert score.shape == (3,) and score[0].item() == 0.0
+    assert (score[1:] > 0).all() and torch.isfinite(score).all()
