@@ -1,8 +1,6 @@
-from types import SimpleNamespace
-
 import pytest
 import torch
-from worlds import GaussianWorld, memorized_and_normal
+from worlds import GaussianWorld, memorized_and_normal, tiny_stable_diffusion
 
 from osmos.replication.denoisers import DiffusersDenoiser, ZooDenoiser, as_denoiser
 from osmos.replication.memorization import conditional_noise_norms, memorization_score
@@ -77,28 +75,10 @@ def test_zoo_pipeline_scores(zoo_pipe):
     assert (score[1:] > 0).all() and torch.isfinite(score).all()
 
 
-def _tiny_sd_pipe():
-    """A Stable-Diffusion-shaped stand-in: a tiny random UNet2DConditionModel on 4 x 8 x 8 latents,
-    a DDIM scheduler and an encode_prompt with SD's signature over a fixed table of states."""
-    from diffusers import DDIMScheduler, UNet2DConditionModel
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
-                                norm_num_groups=8, attention_head_dim=4).eval()
-    table = {"": torch.zeros(1, 5, 16), "a cat": torch.randn(1, 5, 16), "a dog": torch.randn(1, 5, 16)}
-
-    def encode_prompt(prompt, device, num_images_per_prompt, do_classifier_free_guidance):
-        return torch.cat([table[p] for p in prompt]).to(device), None
-
-    return SimpleNamespace(unet=unet, scheduler=DDIMScheduler(), encode_prompt=encode_prompt)
-
-
-def test_diffusers_pipeline_scores():
-    pipe = _tiny_sd_pipe()
+def test_stable_diffusion_pipeline_scores(tmp_path):
+    pipe = tiny_stable_diffusion(tmp_path)
     denoiser = as_denoiser(pipe)
     assert isinstance(denoiser, DiffusersDenoiser) and denoiser.latent_shape == (4, 8, 8)
-    score = memorization_score(pipe, ["", "a cat", "a dog"], steps=2, num_inference_steps=5)
+    score = memorization_score(pipe, ["", "a cat", "a red dog"], steps=2, num_inference_steps=5)
     assert score.shape == (3,) and score[0].item() == 0.0
     assert (score[1:] > 0).all() and torch.isfinite(score).all()

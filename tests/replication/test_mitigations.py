@@ -2,7 +2,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from worlds import GaussianWorld, memorized_and_normal
+from worlds import GaussianWorld, memorized_and_normal, tiny_stable_diffusion
 
 from osmos.replication.denoisers import as_denoiser
 from osmos.replication.memorization import memorization_score
@@ -100,3 +100,18 @@ def test_mitigated_generation_on_the_zoo_pipeline():
                               generator=torch.Generator().manual_seed(0))
     assert zero.shape == (2, 3, 16, 16) and torch.allclose(zero, plain, atol=1e-6)
     assert 0 <= noisy.min() and noisy.max() <= 1 and not torch.allclose(noisy, plain, atol=1e-3)
+
+
+def test_mitigated_generation_on_a_stable_diffusion_pipeline(tmp_path):
+    pipe = tiny_stable_diffusion(tmp_path)
+    denoiser = as_denoiser(pipe)
+    prompts = ["a cat", "a red dog"]
+    states, mask = denoiser.encode(insert_random_tokens(prompts, ["mat"], 0))
+    plain = pipe(prompts, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    zero = denoiser.generate(noise_text_embedding(states, 0.0), mask, 3, generator=torch.Generator().manual_seed(0))
+    noisy = denoiser.generate(noise_text_embedding(states, 1.0, torch.Generator().manual_seed(1)), mask, 3,
+                              generator=torch.Generator().manual_seed(0))
+    assert zero.shape == (2, 3, 8, 8) and torch.allclose(zero, plain, atol=1e-5)
+    assert not torch.allclose(noisy, plain, atol=1e-4)
+    opt, losses = optimize_prompt_embedding(pipe, states, mask, steps=3, num_inference_steps=5)
+    assert opt.shape == states.shape and len(losses) == 3 and losses[-1] < losses[0]
