@@ -226,14 +226,13 @@ def _noised(denoiser, texts, scale, seed):
 
 
 def _optimised(pipe, denoiser, texts, seed, lr):
-    states, mask = denoiser.encode(texts)
     # optimise each distinct prompt once (the memorized captions repeat `samples` times)
     unique = list(dict.fromkeys(texts))
     u_states, u_mask = denoiser.encode(unique)
     opt, _ = optimize_prompt_embedding(pipe, u_states, u_mask, steps=10, lr=lr,
                                        generator=torch.Generator().manual_seed(seed))
     where = torch.tensor([unique.index(t) for t in texts])
-    return opt[where], mask
+    return opt[where], u_mask[where]
 
 
 def print_tables(results: dict, args, k: int, s: int) -> None:

@@ -75,10 +75,15 @@ def test_optimize_prompt_embedding_lowers_the_memorization_score():
     assert len(losses) == 1 and torch.equal(same, memorized)
 
 
-def test_optimize_prompt_embedding_on_the_zoo_pipeline_leaves_the_model_alone():
+@pytest.fixture(scope="module")
+def zoo_pipe():
     import osmos.zoo
 
-    pipe = osmos.zoo.load("shapes-unet")
+    return osmos.zoo.load("shapes-unet")
+
+
+def test_optimize_prompt_embedding_on_the_zoo_pipeline_leaves_the_model_alone(zoo_pipe):
+    pipe = zoo_pipe
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     states, mask = as_denoiser(pipe).encode(["a red circle"])
     opt, losses = optimize_prompt_embedding(pipe, states, mask, steps=2, generator=torch.Generator().manual_seed(0))
@@ -87,10 +92,8 @@ def test_optimize_prompt_embedding_on_the_zoo_pipeline_leaves_the_model_alone():
     assert all(p.grad is None for p in pipe.unet.parameters())
 
 
-def test_mitigated_generation_on_the_zoo_pipeline():
-    import osmos.zoo
-
-    pipe = osmos.zoo.load("shapes-unet")
+def test_mitigated_generation_on_the_zoo_pipeline(zoo_pipe):
+    pipe = zoo_pipe
     denoiser = as_denoiser(pipe)
     prompts = ["a red circle", "a green square"]
     states, mask = denoiser.encode(prompts)

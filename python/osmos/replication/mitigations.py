@@ -40,7 +40,7 @@ def vocabulary_from_tokenizer(tokenizer, min_length: int = 3) -> list[str]:
     for token in tokenizer.get_vocab():
         if token.startswith("##"):
             continue
-        word = token[:-4] if token.endswith("</w>") else token
+        word = token.removesuffix("</w>")
         if len(word) >= min_length and word.isascii() and word.isalpha():
             words.add(word.lower())
     return sorted(words)
