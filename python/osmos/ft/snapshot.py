@@ -114,13 +114,17 @@ def view_in(buf: torch.Tensor, entry: dict) -> torch.Tensor:
 
 
 class _Mapping:
-    """An mmap of a slot file, kept open while its size is unchanged."""
+    """An mmap of a slot file, kept open while its size is unchanged. Writable mappings are
+    populated up front (MAP_POPULATE: one call instead of a page fault per 4 KiB page at the
+    first snapshot into them); the trainer keeps them for its lifetime, so later snapshots
+    write without faults."""
 
     def __init__(self, path: str, size: int, writable: bool):
         fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
         try:
             prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-            self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
+            flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if writable else 0)
+            self.mm = mmap.mmap(fd, size, flags, prot)
         finally:
             os.close(fd)
         self.path, self.size = path, size
