@@ -96,6 +96,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
 def test_lost_nodes_are_rebuilt_from_the_stripe(tmp_path, case):
     k, m, lost, protected_last, expect = CASES[case]
