@@ -228,3 +228,28 @@ def test_cuda_snapshot_stages_through_pinned_memory_and_restores_bitwise(manager
     _assert_state_equal(_cpu_state(m2.state_dict()), expected["model"])
     _assert_state_equal(_cpu_state(o2.state_dict()), expected["optimizer"])
     assert m2[0].weight.is_cuda
+
+
+def test_slot_keys_are_validated():
+    from osmos.ft.manager import slot_key
+
+    assert slot_key(3) == "3" and slot_key("parity_s0_p1") == "parity_s0_p1"
+    for bad in ("../etc", "", -1, True, "a" * 65, 1.5):
+        with pytest.raises(ValueError, match="rank must be"):
+            slot_key(bad)
+
+
+def test_both_whole_snapshots_are_kept_and_keep_until_rolls_back(manager):
+    c = manager.client()
+    m, o = _tiny()
+    snap = Snapshotter(m, o, client=c)
+    for step in (0, 1):
+        _train_step(m, o)
+        snap.step(step, block=True)
+    assert [r["step"] for r in c.request("complete", rank=0)["snapshots"]] == [1, 0]
+    c.request("keep_until", rank=0, step=0)  # a recovery chose step 0 for the whole job
+    assert c.request("latest", rank=0)["snapshot"]["step"] == 0
+    kept_slot = c.request("latest", rank=0)["snapshot"]["slot"]
+    assert c.request("begin", rank=0, nbytes=8)["slot"] != kept_slot  # the kept one is not rewritten
+    assert [r["step"] for r in c.request("complete", rank=0)["snapshots"]] == [0]
+    snap.close()
