@@ -118,6 +118,32 @@ def bench(n_params, steps, rounds, repeats, device, handle, tmp, batch):
     return row
 
 
+def kernel_rates(sizes=(1 << 20, 256 << 20)):
+    """GB/s of the CRC-32C kernels (each ISA path, 1 and 2 threads) vs torch copy_ and zlib.crc32."""
+    import zlib
+
+    from osmos import _native
+    from osmos.ft.checksum import copy_with_crc32c, crc32c
+
+    C = _native.C
+    isas = ["scalar", "avx2", "avx512"][: ["scalar", "avx2", "avx512"].index(C.detected_isa()) + 1]
+    before = C.cpu_isa()
+    print("| bytes | torch copy_ | zlib.crc32 | " + " | ".join(
+        f"{i} crc32c | {i} copy+crc32c 1 thr | {i} copy+crc32c 2 thr" for i in isas) + " |")
+    print("|---" * (3 + 3 * len(isas)) + "|")
+    for n in sizes:
+        src = torch.randint(0, 255, (n,), dtype=torch.uint8)
+        dst = torch.ones_like(src)
+        rate = lambda fn: n / timed(fn, 5) / 1e9  # noqa: E731
+        cells = [rate(lambda: dst.copy_(src)), rate(lambda: zlib.crc32(src.numpy()))]
+        for isa in isas:
+            C.set_cpu_isa(isa)
+            cells += [rate(lambda: crc32c(src)), rate(lambda: copy_with_crc32c([src], [dst], 1)),
+                      rate(lambda: copy_with_crc32c([src], [dst], 2))]
+        C.set_cpu_isa(before)
+        print(f"| {n >> 20} MiB | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="10M params, few steps (< 30 s)")
@@ -126,7 +152,11 @@ def main():
     ap.add_argument("--steps", type=int, default=21, help="steps per round (the first is not timed)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=8, help="rows per step: 8 is memory-bound, a few hundred compute-bound")
+    ap.add_argument("--kernels", action="store_true", help="only the CRC-32C kernel rates (GB/s)")
     args = ap.parse_args()
+    if args.kernels:
+        kernel_rates()
+        return
     sizes, steps, rounds, repeats = ([10e6], 11, 4, 3) if args.quick else (args.params, args.steps, args.rounds, 3)
     handle = start_manager(job_id="bench-snapshot")
     rows = []
