@@ -87,19 +87,33 @@ def _assert_equal(a, b):
         assert a == b
 
 
-# (k, m, nodes lost, last snapshot protected?, step every rank must restore or None if unrecoverable)
+def _corrupt_latest(handle, rank):
+    """Flip one bit in the first shard of the rank's published snapshot."""
+    c = handle.client()
+    record = c.request("latest", rank=rank)["snapshot"]
+    c.close()
+    with open(record["path"], "r+b") as f:
+        f.seek(record["layout"][0]["offset"])
+        b = f.read(1)
+        f.seek(record["layout"][0]["offset"])
+        f.write(bytes([b[0] ^ 0x04]))
+
+
+# (k, m, nodes lost, ranks whose snapshot is corrupted, last snapshot protected?,
+#  step every rank must restore, or None when unrecoverable)
 CASES = {
-    "k2m1-lose-one": (2, 1, [1], True, 2),
-    "k3m1-unprotected-last": (3, 1, [2], False, 1),  # the newest step has no parity: roll back to 1
-    "k2m2-lose-two": (2, 2, [0, 1], True, 2),
-    "k2m1-lose-two-of-a-stripe": (2, 1, [0, 1], True, None),
+    "k2m1-lose-one": (2, 1, [1], [], True, 2),
+    "k3m1-unprotected-last": (3, 1, [2], [], False, 1),  # the newest step has no parity: roll back to 1
+    "k2m2-lose-two": (2, 2, [0, 1], [], True, 2),
+    "k2m1-lose-two-of-a-stripe": (2, 1, [0, 1], [], True, None),
+    "k2m1-corrupted-shard-rebuilt": (2, 1, [], [3], True, 2),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
 def test_lost_nodes_are_rebuilt_from_the_stripe(tmp_path, case):
-    k, m, lost, protected_last, expect = CASES[case]
+    k, m, lost, corrupt, protected_last, expect = CASES[case]
     world, steps = 4, 3
     before = _segments()
     managers = [start_manager(job_id=f"stripes-{os.getpid()}-{n}") for n in range(world)]
@@ -108,6 +122,8 @@ def test_lost_nodes_are_rebuilt_from_the_stripe(tmp_path, case):
         for n in lost:  # the node is gone: its manager and all its shared memory
             managers[n].end_job()
             managers[n] = start_manager(job_id=f"stripes-{os.getpid()}-{n}-new")
+        for rank in corrupt:
+            _corrupt_latest(managers[rank], rank)
         _run_all("restore", managers, tmp_path, k, m, steps)
         for rank in range(world):
             if expect is None:

@@ -118,11 +118,12 @@ class _ManagerState:
 
     def complete(self, rank: str) -> dict:
         """Every whole snapshot still held for ``rank`` (the published one and, unless it is being
-        overwritten, the one before), newest first."""
+        overwritten, the other slot's), newest first."""
         with self.lock:
             r = self.ranks.get(rank)
             records = [] if r is None else [c for c in r.complete if c is not None]
-            return {"snapshots": sorted(records, key=lambda c: -c["step"])}
+            # newest first; of two with one step (a rebuilt copy of a corrupted one), the published first
+            return {"snapshots": sorted(records, key=lambda c: (-c["step"], c is not r.published))}
 
     def keep_until(self, rank: str, step: int) -> dict:
         """Forget whole snapshots newer than ``step`` (after a recovery rolled the job back to
@@ -130,8 +131,9 @@ class _ManagerState:
         with self.lock:
             r = self._slots(rank)
             r.complete = [c if c is not None and c["step"] <= step else None for c in r.complete]
-            kept = [c for c in r.complete if c is not None]
-            r.published = max(kept, key=lambda c: c["step"]) if kept else None
+            kept = sorted((c for c in r.complete if c is not None),
+                          key=lambda c: (-c["step"], c is not r.published))
+            r.published = kept[0] if kept else None
             return {"published": None if r.published is None else r.published["step"]}
 
     def cleanup(self) -> None:

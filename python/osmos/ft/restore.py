@@ -48,6 +48,21 @@ def read_snapshot(record: dict, nthreads: int | None = None) -> dict:
     return unflatten(pickle.loads(skeleton), tensors)
 
 
+def snapshot_is_intact(record: dict, nthreads: int | None = None) -> bool:
+    """True when every shard and the structure of a published snapshot match their CRC-32C
+    (one read pass, nothing copied)."""
+    m = _Mapping(record["path"], record["size"], writable=False)
+    try:
+        raw = np.frombuffer(m.mm, dtype=np.uint8)
+        off, n, skeleton_crc = record["skeleton"]
+        spans = [raw[e["offset"]: e["offset"] + e["nbytes"]] for e in record["layout"]] + [raw[off: off + n]]
+        crcs = copy_with_crc32c(spans, None, nthreads)
+        del raw, spans
+    finally:
+        m.close()
+    return crcs == list(record["crc32c"]) + [skeleton_crc]
+
+
 def _apply(state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
     model.load_state_dict(state["model"])
     if optimizer is not None:

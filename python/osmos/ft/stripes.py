@@ -19,7 +19,8 @@ starts its next snapshot before every parity of this one is published; a data sl
 rewritten once a newer snapshot is protected everywhere.
 
 Recover (``StripeProtector.recover``, collective, at start-up): ranks exchange which snapshot
-steps they still hold (data and parity), choose the newest step that every stripe can rebuild,
+steps they still hold intact (data snapshots are checksummed first; a corrupted one counts as
+lost) and which parity, choose the newest step that every stripe can rebuild,
 and each rank that lost its snapshot receives k surviving blocks, decodes, and publishes the
 rebuilt snapshot to its new manager. ``restore_or_init(..., protector=...)`` then restores that
 step everywhere (checksums verified), so all ranks resume from the same step.
@@ -37,7 +38,7 @@ import torch.distributed as dist
 from osmos.ft.checksum import crc32c
 from osmos.ft.ec import RSCodec
 from osmos.ft.manager import ManagerClient
-from osmos.ft.restore import SnapshotCorrupted
+from osmos.ft.restore import SnapshotCorrupted, snapshot_is_intact
 from osmos.ft.snapshot import _Mapping
 from osmos.ops._common import check_int
 from osmos.ops.gf256_matmul import matmul_addresses
@@ -193,7 +194,8 @@ class StripeProtector:
         rank should restore (now held by every rank's manager), or None when no
         snapshot was ever taken. Raises SnapshotCorrupted on every rank when snapshots exist but
         no step can be rebuilt everywhere (fall back to a persistent checkpoint)."""
-        data = {r["step"]: r for r in client.request("complete", rank=rank)["snapshots"]}
+        # A snapshot that fails its checksums counts as lost: the stripe rebuilds it like a lost node's.
+        data = {r["step"]: r for r in client.request("complete", rank=rank)["snapshots"] if snapshot_is_intact(r)}
         parity = {}
         for stripe in self.plan.stripes:
             for i, holder in enumerate(stripe.parity):
