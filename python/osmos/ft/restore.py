@@ -22,28 +22,34 @@ class SnapshotCorrupted(RuntimeError):
     """A stored shard does not match its checksum."""
 
 
+def _checksum_pass(record: dict, dst: list | None, nthreads: int | None) -> list[int]:
+    """CRC-32C of every shard and of the structure of a published snapshot (in that order), in one
+    read pass over its slot, copying span i into dst[i] when dst is given."""
+    m = _Mapping(record["path"], record["size"], writable=False)
+    raw = np.frombuffer(m.mm, dtype=np.uint8)
+    off, n, _ = record["skeleton"]
+    spans = [raw[e["offset"]: e["offset"] + e["nbytes"]] for e in record["layout"]] + [raw[off: off + n]]
+    try:
+        return copy_with_crc32c(spans, dst, nthreads)
+    finally:
+        del raw, spans
+        m.close()
+
+
 def read_snapshot(record: dict, nthreads: int | None = None) -> dict:
     """Read and verify a published snapshot: the state dict (tensors copied out of shared memory).
 
     Each tensor is copied into its own new storage and checksummed in the same pass. Raises
     SnapshotCorrupted naming the first shard whose CRC-32C does not match.
     """
-    m = _Mapping(record["path"], record["size"], writable=False)
-    try:
-        raw = np.frombuffer(m.mm, dtype=np.uint8)
-        layout = record["layout"]
-        tensors = [torch.empty(e["shape"], dtype=getattr(torch, e["dtype"])) for e in layout]
-        src = [raw[e["offset"]: e["offset"] + e["nbytes"]] for e in layout]
-        off, n, skeleton_crc = record["skeleton"]
-        skeleton = bytearray(n)
-        crcs = copy_with_crc32c(src + [raw[off: off + n]], tensors + [skeleton], nthreads)
-        del raw, src
-    finally:
-        m.close()
+    layout = record["layout"]
+    tensors = [torch.empty(e["shape"], dtype=getattr(torch, e["dtype"])) for e in layout]
+    skeleton = bytearray(record["skeleton"][1])
+    crcs = _checksum_pass(record, tensors + [skeleton], nthreads)
     for i, (entry, got, want) in enumerate(zip(layout, crcs, record["crc32c"])):
         if got != want:
             raise SnapshotCorrupted(f"shard {i} ({entry}) of the step-{record['step']} snapshot fails its checksum")
-    if crcs[-1] != skeleton_crc:
+    if crcs[-1] != record["skeleton"][2]:
         raise SnapshotCorrupted(f"the state structure of the step-{record['step']} snapshot fails its checksum")
     return unflatten(pickle.loads(skeleton), tensors)
 
@@ -51,16 +57,7 @@ def read_snapshot(record: dict, nthreads: int | None = None) -> dict:
 def snapshot_is_intact(record: dict, nthreads: int | None = None) -> bool:
     """True when every shard and the structure of a published snapshot match their CRC-32C
     (one read pass, nothing copied)."""
-    m = _Mapping(record["path"], record["size"], writable=False)
-    try:
-        raw = np.frombuffer(m.mm, dtype=np.uint8)
-        off, n, skeleton_crc = record["skeleton"]
-        spans = [raw[e["offset"]: e["offset"] + e["nbytes"]] for e in record["layout"]] + [raw[off: off + n]]
-        crcs = copy_with_crc32c(spans, None, nthreads)
-        del raw, spans
-    finally:
-        m.close()
-    return crcs == list(record["crc32c"]) + [skeleton_crc]
+    return _checksum_pass(record, None, nthreads) == list(record["crc32c"]) + [record["skeleton"][2]]
 
 
 def _apply(state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> None:

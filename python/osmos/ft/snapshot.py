@@ -132,7 +132,10 @@ class _Mapping:
 
     def close(self) -> None:
         self.buf = None
-        self.mm.close()
+        try:
+            self.mm.close()
+        except BufferError:  # a view is still alive (e.g. held by a traceback): unmapped when it goes
+            pass
 
 
 class _CudaStaging:
