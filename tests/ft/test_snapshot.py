@@ -187,3 +187,69 @@ def test_segments_are_private_and_removed(manager):
     manager.proc.send_signal(signal.SIGTERM)
     manager.proc.wait(10)
     assert not os.path.exists(path)
+
+
+def _cpu_state(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _cpu_state(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_state(v) for v in obj)
+    return obj
+
+
+@pytest.mark.gpu
+def test_cuda_snapshot_stages_through_pinned_memory_and_restores_bitwise(manager):
+    """CUDA parameters and optimizer state go through pinned staging on a side stream; the
+    snapshot of step 2 holds step-2 values although step 3 rewrites the parameters meanwhile."""
+    c = manager.client()
+
+    def build():
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 4)).cuda()
+        return m, torch.optim.AdamW(m.parameters(), lr=1e-2)
+
+    m, o = build()
+    snap = Snapshotter(m, o, client=c)
+    x = torch.randn(64, 256, device="cuda")
+    for step in range(4):
+        o.zero_grad()
+        m(x).square().mean().backward()
+        o.step()
+        if step == 2:
+            expected = _cpu_state({"model": m.state_dict(), "optimizer": o.state_dict()})
+        if step <= 2:
+            snap.step(step)
+    snap.close()
+    assert not torch.equal(m[0].weight.cpu(), expected["model"]["0.weight"])  # step 3 moved on
+    m2, o2 = build()
+    assert restore_or_init(m2, o2, client=c) == (3, None)
+    _assert_state_equal(_cpu_state(m2.state_dict()), expected["model"])
+    _assert_state_equal(_cpu_state(o2.state_dict()), expected["optimizer"])
+    assert m2[0].weight.is_cuda
+
+
+def test_slot_keys_are_validated():
+    from osmos.ft.manager import slot_key
+
+    assert slot_key(3) == "3" and slot_key("parity_s0_p1") == "parity_s0_p1"
+    for bad in ("../etc", "", -1, True, "a" * 65, 1.5):
+        with pytest.raises(ValueError, match="rank must be"):
+            slot_key(bad)
+
+
+def test_both_whole_snapshots_are_kept_and_keep_until_rolls_back(manager):
+    c = manager.client()
+    m, o = _tiny()
+    snap = Snapshotter(m, o, client=c)
+    for step in (0, 1):
+        _train_step(m, o)
+        snap.step(step, block=True)
+    assert [r["step"] for r in c.request("complete", rank=0)["snapshots"]] == [1, 0]
+    c.request("keep_until", rank=0, step=0)  # a recovery chose step 0 for the whole job
+    assert c.request("latest", rank=0)["snapshot"]["step"] == 0
+    kept_slot = c.request("latest", rank=0)["snapshot"]["slot"]
+    assert c.request("begin", rank=0, nbytes=8)["slot"] != kept_slot  # the kept one is not rewritten
+    assert [r["step"] for r in c.request("complete", rank=0)["snapshots"]] == [0]
+    snap.close()

@@ -26,6 +26,7 @@ import atexit
 import hmac
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -50,7 +51,21 @@ class _RankSlots:
     paths: list[str]
     sizes: list[int] = field(default_factory=lambda: [0, 0])
     published: dict | None = None  # {"slot", "step", "layout", ...} of the last complete snapshot
+    complete: list = field(default_factory=lambda: [None, None])  # record held by each slot, if whole
     writing: int | None = None
+
+
+_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def slot_key(rank: int | str) -> str:
+    """The name of a slot pair: a trainer rank (int), or a parity holder's key such as
+    ``parity_s3_p0`` (letters, digits, '_' and '-')."""
+    if isinstance(rank, int) and not isinstance(rank, bool) and rank >= 0:
+        return str(rank)
+    if isinstance(rank, str) and _KEY.fullmatch(rank):
+        return rank
+    raise ValueError(f"rank must be a non-negative int or a key of [A-Za-z0-9_-]{{1,64}}, got {rank!r}")
 
 
 class _ManagerState:
@@ -58,16 +73,16 @@ class _ManagerState:
         self.job_id = job_id
         self.token = token
         self.tag = secrets.token_hex(8)
-        self.ranks: dict[int, _RankSlots] = {}
+        self.ranks: dict[str, _RankSlots] = {}
         self.lock = threading.Lock()
 
-    def _slots(self, rank: int) -> _RankSlots:
+    def _slots(self, rank: str) -> _RankSlots:
         if rank not in self.ranks:
             base = os.path.join(SHM_DIR, f"{SEGMENT_PREFIX}{self.tag}_r{rank}")
             self.ranks[rank] = _RankSlots(paths=[f"{base}_s0", f"{base}_s1"])
         return self.ranks[rank]
 
-    def begin(self, rank: int, nbytes: int) -> dict:
+    def begin(self, rank: str, nbytes: int) -> dict:
         with self.lock:
             r = self._slots(rank)
             slot = 0 if r.published is None else 1 - r.published["slot"]
@@ -83,22 +98,43 @@ class _ManagerState:
             finally:
                 os.close(fd)
             r.writing = slot
+            r.complete[slot] = None  # being overwritten
             return {"slot": slot, "path": path, "size": r.sizes[slot]}
 
-    def publish(self, rank: int, record: dict) -> dict:
+    def publish(self, rank: str, record: dict) -> dict:
         with self.lock:
             r = self._slots(rank)
             if r.writing != record["slot"]:
                 raise ValueError(f"slot {record['slot']} was not handed out for writing")
             record["path"] = r.paths[record["slot"]]
-            r.published = record
+            r.published = r.complete[record["slot"]] = record
             r.writing = None
             return {"published": record["step"]}
 
-    def latest(self, rank: int) -> dict:
+    def latest(self, rank: str) -> dict:
         with self.lock:
             r = self.ranks.get(rank)
             return {"snapshot": None if r is None else r.published}
+
+    def complete(self, rank: str) -> dict:
+        """Every whole snapshot still held for ``rank`` (the published one and, unless it is being
+        overwritten, the other slot's), newest first."""
+        with self.lock:
+            r = self.ranks.get(rank)
+            records = [] if r is None else [c for c in r.complete if c is not None]
+            # newest first; of two with one step (a rebuilt copy of a corrupted one), the published first
+            return {"snapshots": sorted(records, key=lambda c: (-c["step"], c is not r.published))}
+
+    def keep_until(self, rank: str, step: int) -> dict:
+        """Forget whole snapshots newer than ``step`` (after a recovery rolled the job back to
+        ``step``); the newest remaining one becomes the published one."""
+        with self.lock:
+            r = self._slots(rank)
+            r.complete = [c if c is not None and c["step"] <= step else None for c in r.complete]
+            kept = sorted((c for c in r.complete if c is not None),
+                          key=lambda c: (-c["step"], c is not r.published))
+            r.published = kept[0] if kept else None
+            return {"published": None if r.published is None else r.published["step"]}
 
     def cleanup(self) -> None:
         with self.lock:
@@ -141,11 +177,15 @@ class _Handler(socketserver.StreamRequestHandler):
         if op == "ping":
             return {"ok": True, "pid": os.getpid()}
         if op == "begin":
-            return state.begin(int(req["rank"]), int(req["nbytes"]))
+            return state.begin(slot_key(req["rank"]), int(req["nbytes"]))
         if op == "publish":
-            return state.publish(int(req["rank"]), req["record"])
+            return state.publish(slot_key(req["rank"]), req["record"])
         if op == "latest":
-            return state.latest(int(req["rank"]))
+            return state.latest(slot_key(req["rank"]))
+        if op == "complete":
+            return state.complete(slot_key(req["rank"]))
+        if op == "keep_until":
+            return state.keep_until(slot_key(req["rank"]), int(req["step"]))
         if op == "end_job":
             state.cleanup()
             return {"ended": True}

@@ -6,8 +6,13 @@ Call ``snap.step(step)`` right after ``optimizer.step()`` of training step ``ste
    numpy, torch CPU and CUDA), ``extra_state()`` and clones of the model buffers (a forward pass
    may update buffers such as BatchNorm statistics, so they cannot be read later);
 2. in a background thread, copies parameters and optimizer-state tensors into the shared-memory
-   slot the manager handed out, computes one CRC-32 (``zlib.crc32``) per shard (one shard = one
-   tensor, plus one for the pickled structure), and publishes the snapshot with one message.
+   slot the manager handed out and computes one CRC-32C per shard (one shard = one tensor, plus
+   one for the pickled structure) in the same pass, on ``copy_threads`` threads
+   (``osmos.ft.checksum.copy_with_crc32c``), then publishes the snapshot with one message.
+   CUDA tensors are first copied into pinned host staging buffers on a side stream (started in
+   step 1, waited for by the background thread), so the GPU copy overlaps the next step too.
+3. when a ``protector`` is given (``osmos.ft.stripes.StripeProtector``), computes and places the
+   cross-node parity of the published snapshot before the next snapshot may begin.
 
 Consistency: the copy overlaps the next forward/backward, which only read the parameters.
 An optimizer step pre-hook waits for the copy to finish before the optimizer writes the
@@ -21,13 +26,14 @@ import os
 import pickle
 import random
 import threading
-import zlib
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from osmos.ft.checksum import copy_with_crc32c
 from osmos.ft.manager import ManagerClient
+from osmos.ops._common import num_threads
 
 _ALIGN = 64
 
@@ -108,13 +114,17 @@ def view_in(buf: torch.Tensor, entry: dict) -> torch.Tensor:
 
 
 class _Mapping:
-    """An mmap of a slot file, kept open while its size is unchanged."""
+    """An mmap of a slot file, kept open while its size is unchanged. Writable mappings are
+    populated up front (MAP_POPULATE: one call instead of a page fault per 4 KiB page at the
+    first snapshot into them); the trainer keeps them for its lifetime, so later snapshots
+    write without faults."""
 
     def __init__(self, path: str, size: int, writable: bool):
         fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
         try:
             prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-            self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
+            flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if writable else 0)
+            self.mm = mmap.mmap(fd, size, flags, prot)
         finally:
             os.close(fd)
         self.path, self.size = path, size
@@ -122,7 +132,42 @@ class _Mapping:
 
     def close(self) -> None:
         self.buf = None
-        self.mm.close()
+        try:
+            self.mm.close()
+        except BufferError:  # a view is still alive (e.g. held by a traceback): unmapped when it goes
+            pass
+
+
+class _CudaStaging:
+    """Pinned host buffers that CUDA tensors are copied into on a side stream, reused across
+    snapshots while the tensors keep their sizes."""
+
+    def __init__(self):
+        self._buffers: dict[int, torch.Tensor] = {}
+        self._stream: torch.cuda.Stream | None = None
+
+    def stage(self, tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.cuda.Event | None]:
+        """Replace every CUDA tensor by its pinned host copy (asynchronous); returns the event to
+        wait for before reading the copies (None when nothing was on a GPU)."""
+        cuda = [i for i, t in enumerate(tensors) if t.is_cuda]
+        if not cuda:
+            return tensors, None
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device=tensors[cuda[0]].device)
+        self._stream.wait_stream(torch.cuda.current_stream(tensors[cuda[0]].device))
+        out = list(tensors)
+        with torch.cuda.stream(self._stream):
+            for i in cuda:
+                t = tensors[i].detach()
+                buf = self._buffers.get(i)
+                if buf is None or buf.dtype != t.dtype or buf.shape != t.shape:
+                    buf = self._buffers[i] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+                buf.copy_(t, non_blocking=True)
+                t.record_stream(self._stream)
+                out[i] = buf
+            event = torch.cuda.Event()
+            event.record(self._stream)
+        return out, event
 
 
 class Snapshotter:
@@ -135,11 +180,16 @@ class Snapshotter:
         every: take a snapshot when ``step % every == 0``.
         client: a ManagerClient; default: from the environment (OSMOS_FT_*).
         rank: this trainer's slot pair; default ``$RANK`` (0).
+        copy_threads: threads of the copy + checksum; default torch's intra-op thread count.
+        protector: an ``osmos.ft.stripes.StripeProtector``: after each snapshot is published,
+            its parity is computed and placed on other nodes (a collective: every rank of the
+            protector's group must snapshot at the same steps).
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  extra_state: Callable[[], Any] | Any = None, every: int = 1,
-                 client: ManagerClient | None = None, rank: int | None = None):
+                 client: ManagerClient | None = None, rank: int | None = None,
+                 copy_threads: int | None = None, protector: Any = None):
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}")
         self.model, self.optimizer, self.extra_state, self.every = model, optimizer, extra_state, every
@@ -148,7 +198,10 @@ class Snapshotter:
             raise RuntimeError("no snapshot manager: set OSMOS_FT_JOB_ID/OSMOS_FT_SOCKET/OSMOS_FT_TOKEN "
                                "(osmos.ft.manager.start_manager(...).env) or pass client=")
         self.rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+        self.copy_threads = copy_threads or num_threads()
+        self.protector = protector
         self._maps: dict[str, _Mapping] = {}
+        self._staging = _CudaStaging()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.published_step: int | None = None
@@ -156,7 +209,7 @@ class Snapshotter:
         # Test hook: called with the slot buffer after tensors are copied, before publishing.
         self._before_publish: Callable[[torch.Tensor], None] | None = None
 
-    def _capture(self, step: int) -> tuple[list[torch.Tensor], bytes]:
+    def _capture(self, step: int) -> tuple[list[torch.Tensor], bytes, Any]:
         tensors: list[torch.Tensor] = []
         # buffers may change during the next forward: clone them now; parameters are read later
         model_sd = {k: (v.detach() if isinstance(v, torch.nn.Parameter) else v.detach().clone())
@@ -165,7 +218,8 @@ class Snapshotter:
         state = {"step": step, "model": model_sd, "optimizer": self.optimizer.state_dict(),
                  "rng": rng_state(), "extra": extra}
         skeleton = pickle.dumps(_flatten(state, tensors), protocol=pickle.HIGHEST_PROTOCOL)
-        return tensors, skeleton
+        tensors, ready = self._staging.stage(tensors)
+        return tensors, skeleton, ready
 
     def _mapping(self, path: str, size: int) -> _Mapping:
         m = self._maps.get(path)
@@ -175,24 +229,26 @@ class Snapshotter:
             m = self._maps[path] = _Mapping(path, size, writable=True)
         return m
 
-    def _write(self, step: int, tensors: list[torch.Tensor], skeleton: bytes) -> None:
+    def _write(self, step: int, tensors: list[torch.Tensor], skeleton: bytes, ready: Any) -> None:
         try:
             layout, data_bytes = layout_of(tensors)
             total = data_bytes + len(skeleton)
             slot = self.client.request("begin", rank=self.rank, nbytes=total)
             buf = self._mapping(slot["path"], slot["size"]).buf
-            crcs = []
-            for t, e in zip(tensors, layout):
-                dst = view_in(buf, e)
-                dst.copy_(t.detach())
-                crcs.append(zlib.crc32(memoryview(dst.view(-1).view(torch.uint8).numpy())))
-            buf[data_bytes: total].copy_(torch.frombuffer(bytearray(skeleton), dtype=torch.uint8))
+            if ready is not None:
+                ready.synchronize()
+            src = [t.detach().contiguous() for t in tensors] + [skeleton]
+            dst = [view_in(buf, e) for e in layout] + [buf[data_bytes: total]]
+            crcs = copy_with_crc32c(src, dst, self.copy_threads)
             if self._before_publish is not None:
                 self._before_publish(buf)
-            record = {"slot": slot["slot"], "step": step, "layout": layout, "crc32": crcs,
-                      "skeleton": [data_bytes, len(skeleton), zlib.crc32(skeleton)], "size": slot["size"]}
+            record = {"slot": slot["slot"], "step": step, "layout": layout, "crc32c": crcs[:-1],
+                      "skeleton": [data_bytes, len(skeleton), crcs[-1]], "size": slot["size"],
+                      "nbytes": total}
             self.client.request("publish", rank=self.rank, record=record)
             self.published_step = step
+            if self.protector is not None:
+                self.protector.protect(self.client, self.rank, step)
         except BaseException as exc:  # surfaced by wait()
             self._error = exc
 
@@ -201,8 +257,8 @@ class Snapshotter:
         if step % self.every:
             return False
         self.wait()
-        tensors, skeleton = self._capture(step)
-        self._thread = threading.Thread(target=self._write, args=(step, tensors, skeleton),
+        tensors, skeleton, ready = self._capture(step)
+        self._thread = threading.Thread(target=self._write, args=(step, tensors, skeleton, ready),
                                         name="osmos-snapshot", daemon=True)
         self._thread.start()
         if block:
