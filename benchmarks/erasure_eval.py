@@ -18,8 +18,9 @@ edited model (DDIM, CFG at the model card's 3.0) and the zoo classifier reads th
   closed-form-edited model (its own worst case; for the original model c' ~ c_tar). Not
   defined for SPM (its adapters are not cross-attention K/V edits).
 
-Methods: SPM (rank-1 adapters, ESD-form loss with surrogate "", Latent Anchoring on the other
-concepts' wordings), SPM with Facilitated Transport (gamma from text similarity), UCE (erase the
+Methods: SPM (rank-1 adapters, ESD-form loss with surrogate "") without and with Latent
+Anchoring (anchors: the other concepts' wordings and captions), the latter also with Facilitated
+Transport (gamma from text similarity, factor 1, token_max rule), UCE (erase the
 concept's training wordings, guide " ", preserve the other values' wordings), RECE (UCE, then
 2 epochs erasing the derived embedding, lambda_reg 1e-3, the last epoch kept).
 
@@ -58,7 +59,7 @@ class Settings:
     other_values: int  # values of the other kind crossed with each "other" value
     steps: int  # DDIM steps
     spm_steps: int
-    spm_lr: float = 2e-3
+    spm_lr: float = 1e-2
     la_strength: float = 100.0
     rece_epochs: int = 2
     lambda_reg: float = 1e-3
@@ -66,7 +67,7 @@ class Settings:
 
 
 FULL = Settings(seeds=(0, 1), variants=3, other_values=6, steps=15, spm_steps=150)
-QUICK = Settings(seeds=(0,), variants=2, other_values=3, steps=10, spm_steps=30, attack_seeds=(0, 1, 2))
+QUICK = Settings(seeds=(0,), variants=1, other_values=2, steps=10, spm_steps=25, spm_lr=2e-2, attack_seeds=(0, 1, 2))
 
 
 def caption(template: str, kind: str, word: str, other: str) -> str:
@@ -170,18 +171,24 @@ def evaluate_concept(word: str, s: Settings, figures: Path, log) -> list[dict]:
 
     record("original", base, time.perf_counter() - t0, base_attack)
 
-    # SPM (with and without Facilitated Transport): one training run
-    t0 = time.perf_counter()
-    spm = train_spm(SPMTrainingPipe.of(pipe), value, surrogate="", steps=s.spm_steps, lr=s.spm_lr,
-                    la_strength=s.la_strength, anchors=anchor_prompts(kind, value), anchors_per_step=4,
-                    sampling_steps=s.steps, seed=0, progress=False)
-    train_s = time.perf_counter() - t0
+    # SPM without Latent Anchoring, then with it (alone and with Facilitated Transport)
+    def train(la_strength: float):
+        t0 = time.perf_counter()
+        spm = train_spm(SPMTrainingPipe.of(pipe), value, surrogate="", steps=s.spm_steps, lr=s.spm_lr,
+                        la_strength=la_strength, anchors=anchor_prompts(kind, value) if la_strength else None,
+                        anchors_per_step=4, sampling_steps=s.steps, seed=0, progress=False)
+        return spm, time.perf_counter() - t0
+
+    spm, train_s = train(0.0)
     with apply_spm(pipe.unet, [spm]) as handle:
-        record("SPM", run_all(handle), train_s, None)
+        record("SPM, no LA", run_all(handle), train_s, None)
+    spm, train_s = train(s.la_strength)
+    with apply_spm(pipe.unet, [spm]) as handle:
+        record(f"SPM, LA {s.la_strength:g}", run_all(handle), train_s, None)
     ft = FacilitatedTransport(zoo_prompt_encoder(pipe), [value], factor=1.0,
                               overlap_ignore_ids=pipe.text_encoder.tokenizer.convert_tokens_to_ids(["a", "an", "of"]))
     with apply_spm(pipe.unet, [spm], transport=ft) as handle:
-        record("SPM + FT", run_all(handle), train_s, None)
+        record(f"SPM, LA {s.la_strength:g}, FT", run_all(handle), train_s, None)
 
     # UCE and RECE
     common = dict(erase=words, guide=" ", preserve=rest_words, lambda_=0.5, eta_e=1.0, eta_p=1.0, tokens="all")
