@@ -133,7 +133,9 @@ def test_spm_cli_trains_saves_and_erases(tmp_path):
     assert osmos_cmd(["erase", "spm", "--concept", "red", "--steps", "12", "--lr", "3e-2", "--sampling-steps", "8",
                       "--out", str(out), "--grid-seeds", "0", "1", "--grid-steps", "8", "--threads", "1"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["concept_rate_after"] < summary["concept_rate_before"]
+    assert summary["concept_rate_before"] >= 0.8
+    assert summary["concept_rate_after"] <= summary["concept_rate_before"] - 0.5  # 12 steps already erase red
+    assert summary["unrelated_pixel_change"] < 0.05
     fresh = osmos.zoo.load("shapes-unet")
     spm = SPM.load(out / "spm_red.safetensors", unet=fresh.unet)
     assert spm.concept == "red" and spm.settings["steps"] == 12
