@@ -12,7 +12,8 @@ edited model (DDIM, CFG at the model card's 3.0) and the zoo classifier reads th
 * others: prompts naming every other value of the concept's kind, crossed with the other kind
   (for "circle": the 5 other shapes x 6 colours): pair accuracy (shape and colour both seen) and
   the mean absolute pixel change against the original model's image of the same prompt and seed
-  (images in [0, 1]; for scale, two different seeds of the original differ by the "seed gap").
+  (images in [0, 1]; for scale, the "seed gap": the mean change between consecutive images of
+  that set in the original model, i.e. another seed or another prompt).
 * attacks: the target rate of images generated from RECE's closed-form embedding
   c' = argmin_c sum_l ||W_l' c - W_l c_tar||^2 + lambda_reg ||c||^2 (the concept's token rows
   replaced by c'), for two choices of the edited model W' = W X:
@@ -28,8 +29,8 @@ Transport (gamma from text similarity, factor 1, token_max rule), UCE (erase the
 concept's training wordings, guide " ", preserve the other values' wordings), RECE (UCE, then
 2 epochs erasing the derived embedding, lambda_reg 1e-3, the last epoch kept).
 
-    PYTHONPATH=python python benchmarks/erasure_eval.py            # full, about 10 min on 2 busy cores
-    PYTHONPATH=python python benchmarks/erasure_eval.py --quick    # fewer images and SPM steps
+    PYTHONPATH=python python benchmarks/erasure_eval.py            # full: 18 min wall at load 8-11
+    PYTHONPATH=python python benchmarks/erasure_eval.py --quick    # 89 s CPU (210 s wall at load 8)
 Writes benchmarks/figures/erasure_<concept>.png (rows: methods; columns: the concept with each
 value of the other kind, then unrelated prompts) and prints the markdown table.
 """
@@ -37,6 +38,7 @@ value of the other kind, then unrelated prompts) and prints the markdown table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -235,13 +237,17 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer images, 30 SPM steps (about 2 min)")
+    parser.add_argument("--quick", action="store_true",
+                        help="1 seed, 1 wording, 25 SPM steps, 10 DDIM steps (about 90 s of CPU time)")
+    parser.add_argument("--la-strength", type=float, default=None, help="SPM Latent Anchoring weight (100)")
     parser.add_argument("--concepts", nargs="+", default=["circle", "red"], help="concept words to erase")
     parser.add_argument("--figures", default=str(FIGURES), help="folder for the PNG grids")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     s = QUICK if args.quick else FULL
+    if args.la_strength is not None:
+        s = dataclasses.replace(s, la_strength=args.la_strength)
     t0 = time.perf_counter()
     rows = []
     for word in args.concepts:
