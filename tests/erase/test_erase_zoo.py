@@ -155,3 +155,24 @@ def test_generate_cli_with_a_neutral_spm_matches_the_base_model(tmp_path, pipe):
     assert np.array_equal(np.asarray(base), np.asarray(with_spm))
     images = generate(pipe, ["a red circle"], seeds=(0,), num_inference_steps=3)
     assert concept_rate(images, "van gogh") is None and concept_rate(images, "red") in (0.0, 1.0)
+
+
+def test_generate_cli_applies_an_edit_file(tmp_path):
+    """`osmos generate --edit FILE` draws what the edited model draws (same prompt, seed, steps)."""
+    from osmos.erase.closed_form import uce_edit
+    from osmos.erase.edit_file import save_edit
+    from osmos.zoo.pipeline import save_grid
+
+    from PIL import Image
+
+    edited = osmos.zoo.load("shapes-unet")
+    edit = uce_edit(edited.unet, zoo_text_encoding(edited), erase=["red"], preserve=["green", "blue"])
+    save_edit(edit, edited.unet, tmp_path / "red.safetensors")
+    osmos_cmd(["generate", "--prompt", "a red heart", "--seeds", "5", "--steps", "3", "--threads", "1",
+               "--edit", str(tmp_path / "red.safetensors"), "--out", str(tmp_path / "cli.png")])
+    save_grid(generate(edited, ["a red heart"], seeds=(5,), num_inference_steps=3), tmp_path / "api.png", nrow=1)
+    osmos_cmd(["generate", "--prompt", "a red heart", "--seeds", "5", "--steps", "3", "--threads", "1",
+               "--out", str(tmp_path / "base.png")])
+    cli_png, api_png, base_png = (np.asarray(Image.open(tmp_path / f)) for f in ("cli.png", "api.png", "base.png"))
+    assert np.array_equal(cli_png, api_png)
+    assert np.abs(cli_png.astype(int) - base_png.astype(int)).mean() > 1  # the edit changed the image
