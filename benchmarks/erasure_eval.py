@@ -70,6 +70,7 @@ class Settings:
     rece_epochs: int = 2
     lambda_reg: float = 1e-3
     attack_seeds: tuple[int, ...] = field(default=(0, 1, 2, 3, 4, 5))
+    anchor_captions: bool = True
 
 
 FULL = Settings(seeds=(0, 1), variants=3, other_values=6, steps=15, spm_steps=150)
@@ -188,7 +189,7 @@ def evaluate_concept(word: str, s: Settings, figures: Path, log) -> list[dict]:
     def train(la_strength: float):
         t0 = time.perf_counter()
         spm = train_spm(SPMTrainingPipe.of(pipe), value, surrogate="", steps=s.spm_steps, lr=s.spm_lr,
-                        la_strength=la_strength, anchors=anchor_prompts(kind, value) if la_strength else None,
+                        la_strength=la_strength, anchors=anchor_prompts(kind, value, s.anchor_captions) if la_strength else None,
                         anchors_per_step=4, sampling_steps=s.steps, seed=0, progress=False)
         return spm, time.perf_counter() - t0
 
@@ -240,6 +241,8 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="1 seed, 1 wording, 25 SPM steps, 10 DDIM steps (about 90 s of CPU time)")
     parser.add_argument("--la-strength", type=float, default=None, help="SPM Latent Anchoring weight (100)")
+    parser.add_argument("--anchors", choices=("words+captions", "words"), default="words+captions",
+                        help="SPM anchor vocabulary: other concepts' wordings, with or without captions")
     parser.add_argument("--concepts", nargs="+", default=["circle", "red"], help="concept words to erase")
     parser.add_argument("--figures", default=str(FIGURES), help="folder for the PNG grids")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
@@ -248,6 +251,7 @@ def main(argv=None) -> None:
     s = QUICK if args.quick else FULL
     if args.la_strength is not None:
         s = dataclasses.replace(s, la_strength=args.la_strength)
+    s = dataclasses.replace(s, anchor_captions=args.anchors == "words+captions")
     t0 = time.perf_counter()
     rows = []
     for word in args.concepts:

@@ -56,6 +56,8 @@ def test_concept_words_and_vocabularies():
     anchors = anchor_prompts("shape", "circle")
     assert "square" in anchors and "red" in anchors and "a red square" in anchors
     assert not any(w in a.split() for a in anchors for w in ("circle", "disc"))
+    words = anchor_prompts("shape", "circle", captions=False)
+    assert set(words) < set(anchors) and "a red square" not in words and "red" in words
     named, unrelated = grid_prompts("red")
     assert len(named) == 6 and all("red" in p for p in named)
     assert len(unrelated) == 4 and not any("red" in p for p in unrelated)

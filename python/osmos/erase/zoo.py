@@ -93,14 +93,17 @@ def training_wordings(kind: str, value: str) -> list[str]:
     return list(D.WORDS[kind][value][0])
 
 
-def anchor_prompts(kind: str, value: str) -> list[str]:
+def anchor_prompts(kind: str, value: str, captions: bool = True) -> list[str]:
     """Latent Anchoring vocabulary: every training wording of every other concept value (all kinds),
-    alone and in a caption with a value of the other main kind."""
+    and with `captions`, the other values of the concept's kind in a caption with each value of
+    the other main kind ("a red square" when erasing circle)."""
     prompts = []
     for k, values in D.WORDS.items():
         for v, (train, _) in values.items():
             if (k, v) != (kind, value):
                 prompts.extend(train)
+    if not captions:
+        return prompts
     other = "colour" if kind == "shape" else "shape"
     for v in D.CONCEPTS[other]:
         for w in D.CONCEPTS[kind]:
