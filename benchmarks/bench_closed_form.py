@@ -8,7 +8,7 @@ states. Times, in one process on the same inputs:
     reference epoch (sum of W'^T W' and W'^T W over all layers, explicit inverses, float32);
 and reports each result's error against the float64 formula evaluated directly.
 
-    PYTHONPATH=python python benchmarks/bench_closed_form.py [--repeats 5]
+    PYTHONPATH=python python benchmarks/bench_closed_form.py [--repeats 5] [--threads N] [--rece-only]
 """
 
 from __future__ import annotations
@@ -144,16 +144,21 @@ def bench_rece(case: str, erase, epochs: int, repeats: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--rece-only", action="store_true", help="only the RECE rows")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     concepts = [f"concept {i}" for i in range(5)]
     others = [f"other concept number {i}" for i in range(20)]
     rows = []
-    for run in (
+    runs = [
         lambda: [bench_uce("1 concept, subject token + rest (75 rows)", concepts[:1], [], args.repeats)],
         lambda: [bench_uce("5 concepts, 20 preserved (375 + 1460 rows)", concepts, others, args.repeats)],
         lambda: bench_rece("1 concept (75 rows)", concepts[:1], 3, args.repeats),
         lambda: bench_rece("5 concepts (375 rows)", concepts, 3, args.repeats),
-    ):
+    ]
+    for run in runs[2:] if args.rece_only else runs:
         rows += run()
         print(f"done: {rows[-1]['step']}, {rows[-1]['case']}", file=sys.stderr, flush=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")

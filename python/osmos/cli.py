@@ -34,11 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the tour: every tool on the embedded default, with a summary table")
     p.add_argument("--out", default="out/demo", help="folder for the summary and PNGs")
     p.set_defaults(func=_demo)
+    from osmos.erase.cli import add_generate_parser
     from osmos.erase.cli import add_parser as add_erase
     from osmos.ft.cli import add_parser as add_ft
     from osmos.replication.cli import add_parser as add_replication
 
     add_erase(sub)
+    add_generate_parser(sub)
     add_ft(sub)
     add_replication(sub)
     return parser

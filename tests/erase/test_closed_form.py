@@ -312,3 +312,30 @@ def test_stacking_in_several_blocks_gives_the_same_result(monkeypatch):
     apply_update(many, u, v)
     for a, b in zip(one.values(), many.values()):
         torch.testing.assert_close(a.weight, b.weight, rtol=2e-7, atol=0)  # one float32 rounding at most
+
+
+@pytest.mark.parametrize("keep_limit", [None, 1])
+def test_stacked_weights_round_once_across_updates(monkeypatch, keep_limit):
+    """RECE's epochs update a kept float64 copy: after two updates the weights are
+    round(W (I + U1 V1^T)(I + U2 V2^T)), one rounding; without the kept copy (over the memory
+    limit) each update restacks the rounded weights, still within a few float32 roundings."""
+    from osmos.erase import closed_form
+
+    if keep_limit is not None:
+        monkeypatch.setattr(closed_form, "_KEEP_ELEMENTS", keep_limit)
+    layers = random_layers()
+    w0 = weights(layers)
+    stacked = closed_form.StackedWeights(layers)
+    assert stacked.keep is (keep_limit is None)
+    torch.testing.assert_close(stacked.gram(), sum(w.T @ w for w in w0), rtol=1e-12, atol=1e-12)
+    (u1, v1), (u2, v2) = uce_update(concepts(3), concepts(3), None, 0.5), uce_update(concepts(2), concepts(2), None, 0.5)
+    stacked.update(u1, v1)
+    stacked.update(u2, v2)
+    x = (torch.eye(D, dtype=torch.float64) + u1 @ v1.T) @ (torch.eye(D, dtype=torch.float64) + u2 @ v2.T)
+    for w, layer in zip(w0, layers.values()):
+        exact = w @ x
+        ulp = exact.abs().max().item() * 2.0 ** -24
+        err = (layer.weight.double() - exact).abs().max().item()
+        assert err <= (1.01 * ulp if keep_limit is None else 8 * ulp)
+        if keep_limit is None:  # exactly the float64 result rounded once
+            assert torch.equal(layer.weight.detach(), exact.float())

@@ -94,3 +94,17 @@ def test_pipeline_text_encoding_picks_dual_encoders(tmp_path):
     torch.testing.assert_close(refiner(["cat"])[0], states[:1, :, tiny.TEXT_DIM:])
     single = pipeline_text_encoding(types.SimpleNamespace(tokenizer=tok, text_encoder=te1))
     torch.testing.assert_close(single(["cat"])[0], hf_text_encoding(tok, te1)(["cat"])[0])
+
+
+def test_spm_cli_on_a_diffusers_pipeline_folder(pipeline_dir, tmp_path, capsys):
+    """`osmos erase spm` trains on an SD-1.x-shaped pipeline folder (CLIP states, 4-channel latents)."""
+    from osmos.erase.spm import SPM
+
+    out = tmp_path / "cat.safetensors"
+    assert osmos_erase(["erase", "spm", "--model", str(pipeline_dir), "--concept", "cat", "--steps", "2",
+                        "--sampling-steps", "2", "--la-strength", "0", "--out", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    pipe = load_pipe(pipeline_dir)
+    spm = SPM.load(out, unet=pipe.unet)
+    assert spm.concept == "cat" and spm.settings["steps"] == 2
+    assert any(float(u.detach().abs().sum()) > 0 for u in spm.up)  # trained: the zero-initialised u moved

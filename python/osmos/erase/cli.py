@@ -1,19 +1,29 @@
-"""`osmos erase uce|rece`: closed-form concept erasure of a diffusers pipeline on disk.
+"""`osmos erase spm|uce|rece` and `osmos generate`: concept erasure from the command line.
 
+    osmos erase spm  --model shapes-unet --concept circle --out out/circle
     osmos erase uce  --model PATH --concept "van gogh" [--guide art] [--preserve monet ...] --out edit.safetensors
-    osmos erase rece --model PATH --concept nudity --epochs 2 --lambda-reg 0.1 --out edit.safetensors
+    osmos erase rece --model shapes-unet --concept red --epochs 2 --lambda-reg 1e-3 --out out/red
+    osmos generate   --model shapes-unet --spm out/circle/spm_circle.safetensors --prompt "a red circle" --out grid.png
 
-The output holds the edited cross-attention key/value weights (`osmos.erase.edit_file`);
-`osmos.erase.edit_file.load_edit(unet, FILE)` applies it to the same base model.
+--model is a zoo model name (default shapes-unet) or a diffusers pipeline folder on disk.
+--out is a .safetensors file, or a folder that receives `<method>_<concept>.safetensors` and, for
+zoo models, `grid.png` (rows: original and erased model per seed; columns: prompts naming the
+concept, then unrelated prompts) and `summary.json` (the zoo classifier's concept rate on the
+grid's concept images before and after, the image change on the unrelated ones).
+SPM files load with `osmos.erase.spm.SPM.load`; UCE / RECE files with
+`osmos.erase.edit_file.load_edit(unet, FILE)` (the edited cross-attention K/V weights).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
+from pathlib import Path
 
 
 def _erase_methods(subparsers) -> argparse._SubParsersAction:
-    """The sub-commands action of `osmos erase`, created on first use (SPM adds `spm` beside)."""
+    """The sub-commands action of `osmos erase`, created on first use."""
     erase = subparsers.choices.get("erase")
     if erase is None:
         erase = subparsers.add_parser("erase", help="concept erasure (SPM adapters, UCE / RECE closed-form edits)")
@@ -23,49 +33,258 @@ def _erase_methods(subparsers) -> argparse._SubParsersAction:
     return erase.add_subparsers(dest="erase_method", required=True)
 
 
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="shapes-unet",
+                   help="zoo model name (shapes-unet) or diffusers pipeline folder on disk (default shapes-unet)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", required=True, help="output .safetensors file, or a folder (file + grid + summary)")
+    p.add_argument("--grid-seeds", type=int, nargs="*", default=[0, 1], help="seeds of the grid rows (0 1)")
+    p.add_argument("--grid-steps", type=int, default=15, help="DDIM steps of the grid images (15)")
+    p.add_argument("--no-grid", action="store_true", help="write the weights only")
+
+
 def add_parser(subparsers) -> None:
-    """Add `erase uce` and `erase rece` to the top-level sub-commands of the osmos parser."""
+    """Add `erase spm`, `erase uce` and `erase rece` to the top-level sub-commands."""
     methods = _erase_methods(subparsers)
+    p = methods.add_parser("spm", help="SPM: train a rank-1 adapter per layer that erases a concept")
+    p.add_argument("--concept", required=True, help="concept prompt to erase (e.g. circle)")
+    p.add_argument("--surrogate", default="", help="what the concept is mapped to ('' = the empty prompt)")
+    p.add_argument("--steps", type=int, default=150, help="training steps (150)")
+    p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (1e-2)")
+    p.add_argument("--la-strength", type=float, default=100.0, help="Latent Anchoring weight, 0 = off (100)")
+    p.add_argument("--anchors", nargs="*", default=None,
+                   help="anchor prompts (default on zoo models: the other concepts' wordings)")
+    p.add_argument("--sampling-steps", type=int, default=15, help="DDIM steps of the x_t sampling (15)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (0)")
+    p.add_argument("--checkpoint", default=None, help="resumable checkpoint file (saved every 50 steps)")
+    _common(p)
+    p.set_defaults(func=_run_spm)
     for method, help_text in (
         ("uce", "Unified Concept Editing: one closed-form edit of every cross-attention K/V"),
         ("rece", "RECE: UCE, then epochs erasing derived embeddings that regenerate the concept"),
     ):
         p = methods.add_parser(method, help=help_text)
-        p.add_argument("--model", required=True, help="diffusers pipeline folder on disk (SD 1.x / 2.x / XL)")
         p.add_argument("--concept", required=True, nargs="+", help="concept prompt(s) to erase")
         p.add_argument("--guide", nargs="+", default=[" "], help="guide prompt, or one per concept (default ' ')")
-        p.add_argument("--preserve", nargs="*", default=[], help="prompts whose keys/values are to be kept")
+        p.add_argument("--preserve", nargs="*", default=None,
+                       help="prompts whose keys/values are to be kept (default on zoo models: the other values "
+                            "of the concept's kind)")
         p.add_argument("--lambda", dest="lambda_", type=float, default=0.5, help="weight-closeness term (0.5)")
         p.add_argument("--eta-e", type=float, default=1.0, help="erasure term weight (1.0)")
         p.add_argument("--eta-p", type=float, default=1.0, help="preservation term weight (1.0)")
         p.add_argument("--tokens", choices=("all", "last_subject"), default="all", help="token rows to edit")
-        p.add_argument("--device", default="cpu", help="torch device for the edit (cpu)")
-        p.add_argument("--out", required=True, help="output .safetensors file with the edited weights")
         if method == "rece":
             p.add_argument("--epochs", type=int, default=2, help="RECE epochs (2)")
             p.add_argument("--lambda-reg", type=float, default=1e-3,
                            help="ridge weight of the derivation: 0.1 nudity / easy objects, 1e-3 styles (1e-3)")
             p.add_argument("--rece-guide", default=" ", help="guide of each RECE epoch: ' ' or 'art' (' ')")
-        p.set_defaults(func=_run, closed_form_method=method)
+        _common(p)
+        p.set_defaults(func=_run_closed_form, closed_form_method=method)
 
 
-def _run(args) -> int:
-    from diffusers import DiffusionPipeline
+def add_generate_parser(subparsers) -> None:
+    """Add `generate`: a PNG grid from a zoo model, with SPMs and / or a UCE / RECE edit applied."""
+    p = subparsers.add_parser("generate", help="images from a zoo model (optionally with SPMs / an edit) as a PNG grid")
+    p.add_argument("--model", default="shapes-unet", help="zoo model name (shapes-unet)")
+    p.add_argument("--prompt", nargs="+", required=True, help="prompts (one grid column each)")
+    p.add_argument("--spm", nargs="*", default=[], help="SPM files to attach (composed additively)")
+    p.add_argument("--transport", action="store_true", help="Facilitated Transport: gamma per prompt from the text")
+    p.add_argument("--edit", default=None, help="a UCE / RECE edit file to apply")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (one grid row each)")
+    p.add_argument("--steps", type=int, default=25, help="DDIM steps (25)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", required=True, help="PNG file")
+    p.set_defaults(func=_run_generate)
 
+
+# ---- running ----------------------------------------------------------------------------------
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "concept"
+
+
+def _set_threads(args) -> None:
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def _outputs(out: str, method: str, concept: str) -> tuple[Path, Path | None]:
+    """(weights file, folder for grid + summary or None) from --out."""
+    path = Path(out)
+    if path.suffix == ".safetensors":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path, None
+    path.mkdir(parents=True, exist_ok=True)
+    return path / f"{method}_{_slug(concept)}.safetensors", path
+
+
+class _Grid:
+    """Original images first, erased images after the edit; writes grid.png and summary.json."""
+
+    def __init__(self, model, concept: str, folder: Path | None, args):
+        self.active = folder is not None and model.zoo and not args.no_grid and bool(args.grid_seeds)
+        if not self.active:
+            return
+        from osmos.erase.zoo import grid_prompts
+
+        self.model, self.concept, self.folder, self.args = model, concept, folder, args
+        self.named, self.unrelated = grid_prompts(concept)
+        self.prompts = self.named + self.unrelated
+        self.before = self._images(None, "original model")
+
+    def _images(self, handle, what: str):
+        from tqdm.auto import tqdm
+
+        from osmos.erase.zoo import generate
+
+        with tqdm(total=len(self.prompts) * len(self.args.grid_seeds), desc=f"grid, {what}", unit="img") as bar:
+            images = generate(self.model.pipe, self.prompts, self.args.grid_seeds, batch_size=8,
+                              num_inference_steps=self.args.grid_steps, spm_handle=handle, progress=bar)
+        # prompt-major -> seed-major rows
+        n, s = len(self.prompts), len(self.args.grid_seeds)
+        return images.view(n, s, *images.shape[1:]).transpose(0, 1).reshape(n * s, *images.shape[1:])
+
+    def finish(self, handle=None, extra: dict | None = None) -> dict | None:
+        if not self.active:
+            return None
+        from osmos.erase.zoo import concept_rate
+        from osmos.zoo.pipeline import save_grid
+
+        import torch
+
+        after = self._images(handle, "erased model")
+        n, k = len(self.prompts), len(self.named)
+        rows = torch.cat([torch.cat([self.before[i * n : (i + 1) * n], after[i * n : (i + 1) * n]])
+                          for i in range(len(self.args.grid_seeds))])
+        save_grid(rows, self.folder / "grid.png", nrow=n, scale=4)
+        named = lambda x: torch.cat([x[i * n : i * n + k] for i in range(len(self.args.grid_seeds))])  # noqa: E731
+        unrelated = lambda x: torch.cat([x[i * n + k : (i + 1) * n] for i in range(len(self.args.grid_seeds))])  # noqa: E731
+        summary = {
+            "model": self.model.name, "concept": self.concept, "prompts": self.prompts,
+            "seeds": self.args.grid_seeds, "steps": self.args.grid_steps,
+            "concept_rate_before": concept_rate(named(self.before), self.concept),
+            "concept_rate_after": concept_rate(named(after), self.concept),
+            "unrelated_pixel_change": float((unrelated(after) - unrelated(self.before)).abs().mean()),
+            "grid": str(self.folder / "grid.png"),
+            "grid_layout": "per seed: a row from the original model, then a row from the erased one",
+            **(extra or {}),
+        }
+        (self.folder / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+
+def _report(method: str, concept: str, weights: Path, summary: dict | None) -> None:
+    print(f"{method}: erased {concept!r}; wrote {weights}")
+    if summary is not None:
+        rate = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+        print(f"  grid {summary['grid']}: zoo classifier sees {concept!r} in {rate(summary['concept_rate_before'])} "
+              f"of the concept images before, {rate(summary['concept_rate_after'])} after; unrelated images "
+              f"change by {summary['unrelated_pixel_change']:.3f} (mean |pixel|)")
+
+
+def _run_spm(args) -> int:
+    _set_threads(args)
+    from osmos.erase.models import load_model
+    from osmos.erase.spm import apply_spm, train_spm
+
+    model = load_model(args.model, args.device)
+    weights, folder = _outputs(args.out, "spm", args.concept)
+    anchors = args.anchors
+    if anchors is None and model.zoo:
+        from osmos.erase.zoo import anchor_prompts, concept_of
+
+        try:
+            anchors = anchor_prompts(*concept_of(args.concept))
+        except ValueError:
+            anchors = None
+    train_pipe = model.spm_pipe()
+    grid = _Grid(model, args.concept, folder, args)
+    spm = train_spm(train_pipe, args.concept, surrogate=args.surrogate, steps=args.steps, lr=args.lr,
+                    la_strength=args.la_strength if anchors else 0.0, anchors=anchors or None,
+                    sampling_steps=args.sampling_steps, seed=args.seed, checkpoint=args.checkpoint, checkpoint_every=50)
+    spm.save(weights)
+    summary = None
+    if grid.active:
+        with apply_spm(model.unet, [spm]) as handle:
+            summary = grid.finish(handle, {"method": "spm", "weights": str(weights)})
+    _report("spm", args.concept, weights, summary)
+    return 0
+
+
+def _run_closed_form(args) -> int:
+    _set_threads(args)
     from osmos.erase.closed_form import rece_edit, uce_edit
     from osmos.erase.edit_file import save_edit
-    from osmos.erase.text_encoding import pipeline_text_encoding
+    from osmos.erase.models import load_model
 
-    pipe = DiffusionPipeline.from_pretrained(args.model, local_files_only=True).to(args.device)
-    encoding = pipeline_text_encoding(pipe)
-    common = dict(erase=args.concept, guide=args.guide, preserve=args.preserve, lambda_=args.lambda_,
+    model = load_model(args.model, args.device)
+    concept = " + ".join(args.concept)
+    weights, folder = _outputs(args.out, args.closed_form_method, concept)
+    preserve = args.preserve
+    if preserve is None:
+        preserve = _default_preserve(args.concept) if model.zoo else []
+    grid = _Grid(model, args.concept[0], folder, args)
+    common = dict(erase=args.concept, guide=args.guide, preserve=preserve, lambda_=args.lambda_,
                   eta_e=args.eta_e, eta_p=args.eta_p, tokens=args.tokens)
     if args.closed_form_method == "uce":
-        edit = uce_edit(pipe.unet, encoding, **common)
+        edit = uce_edit(model.unet, model.encoding, **common)
     else:
-        edit = rece_edit(pipe.unet, encoding, **common, epochs=args.epochs, lambda_reg=args.lambda_reg,
+        edit = rece_edit(model.unet, model.encoding, **common, epochs=args.epochs, lambda_reg=args.lambda_reg,
                          rece_guide=args.rece_guide)
-    save_edit(edit, pipe.unet, args.out, base_model=str(args.model))
-    print(f"{args.closed_form_method}: edited {len(edit.layer_names)} cross-attention K/V layers "
-          f"for {', '.join(args.concept)}; wrote {args.out}")
+    save_edit(edit, model.unet, weights, base_model=str(args.model))
+    summary = grid.finish(None, {"method": args.closed_form_method, "weights": str(weights), "preserve": preserve})
+    print(f"{args.closed_form_method}: edited {len(edit.layer_names)} cross-attention K/V layers")
+    _report(args.closed_form_method, concept, weights, summary)
+    return 0
+
+
+def _default_preserve(concepts: list[str]) -> list[str]:
+    """On zoo models: the training wordings of the other values of each erased concept's kind."""
+    from osmos.erase.zoo import concept_of, training_wordings
+    from osmos.zoo import data as D
+
+    erased, preserve = set(), []
+    for c in concepts:
+        try:
+            erased.add(concept_of(c))
+        except ValueError:
+            continue
+    for kind in sorted({k for k, _ in erased}):
+        for value in D.CONCEPTS[kind]:
+            if (kind, value) not in erased:
+                preserve.extend(training_wordings(kind, value))
+    return preserve
+
+
+def _run_generate(args) -> int:
+    _set_threads(args)
+    import contextlib
+
+    from tqdm.auto import tqdm
+
+    from osmos.erase.edit_file import load_edit
+    from osmos.erase.models import load_model
+    from osmos.erase.spm import FacilitatedTransport, SPM, apply_spm
+    from osmos.erase.zoo import generate, zoo_prompt_encoder
+    from osmos.zoo.pipeline import save_grid
+
+    model = load_model(args.model)
+    if not model.zoo:
+        raise SystemExit("osmos generate works on zoo models; for a diffusers folder use its pipeline")
+    if args.edit:
+        load_edit(model.unet, args.edit)
+    spms = [SPM.load(p, unet=model.unet) for p in args.spm]
+    transport = FacilitatedTransport(zoo_prompt_encoder(model.pipe), [s.concept for s in spms]) \
+        if spms and args.transport else None
+    ctx = apply_spm(model.unet, spms, transport=transport) if spms else contextlib.nullcontext()
+    with ctx as handle, tqdm(total=len(args.prompt) * len(args.seeds), desc="images", unit="img") as bar:
+        images = generate(model.pipe, args.prompt, args.seeds, num_inference_steps=args.steps, spm_handle=handle,
+                          progress=bar)
+    n, s = len(args.prompt), len(args.seeds)
+    images = images.view(n, s, *images.shape[1:]).transpose(0, 1).reshape(n * s, *images.shape[1:])
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    save_grid(images, args.out, nrow=n, scale=4)
+    print(f"generate: {n * s} images ({n} prompts x {s} seeds) -> {args.out}")
     return 0

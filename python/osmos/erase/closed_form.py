@@ -130,35 +130,67 @@ def _stack(block: list[nn.Linear]) -> tuple[Tensor, list[int]]:
     return stacked, rows
 
 
+_KEEP_ELEMENTS = 1 << 27  # float64 elements kept across RECE epochs at most (1 GB; SD 1.x needs 22M)
+
+
+class StackedWeights:
+    """The K/V weights as float64 blocks [sum of rows, D], kept across updates.
+
+    Every update W <- W + (W U) V^T is applied to the float64 copy and rounded once into the
+    layers' weights, so RECE's epochs neither re-read nor re-round the weights (the layers hold
+    round(W_original X) for the composed map X). Above `_KEEP_ELEMENTS` elements the blocks are
+    not kept: each update restacks from the current weights (less memory, one rounding per update).
+    """
+
+    def __init__(self, layers: dict[str, nn.Linear], keep: bool = True):
+        self.groups = _stacked_blocks(layers)
+        total = sum(layer.weight.numel() for layer in layers.values())
+        self.keep = keep and total <= _KEEP_ELEMENTS
+        self.blocks = [_stack(group) for group in self.groups] if self.keep else None
+
+    def _each(self):
+        for i, group in enumerate(self.groups):
+            yield i, group, (self.blocks[i] if self.keep else _stack(group))
+
+    def gram(self) -> Tensor:
+        """G = sum_l W_l^T W_l, float64 [D, D] (on the first layer's device)."""
+        gram = None
+        for _, _, (stacked, _) in self._each():
+            part = stacked.T @ stacked
+            gram = part if gram is None else gram.add_(part.to(gram.device))
+        return gram
+
+    def update(self, u: Tensor, v: Tensor) -> None:
+        """W <- W + (W U) V^T for every layer; with rank above D / 2 the dense W (I + U V^T) is
+        the cheaper product."""
+        dense = 2 * u.shape[1] > u.shape[0]
+        if dense:
+            x = torch.eye(u.shape[0], dtype=torch.float64, device=u.device).addmm_(u, v.T)
+        with torch.no_grad():
+            for i, group, (stacked, rows) in self._each():
+                device = group[0].weight.device
+                if dense:
+                    stacked = stacked @ x.to(device)
+                else:
+                    stacked.addmm_(stacked @ u.to(device), v.T.to(device))
+                if self.keep:
+                    self.blocks[i] = (stacked, rows)
+                for part, layer in zip(stacked.split(rows), group):
+                    layer.weight.copy_(part)
+
+
 def apply_update(layers: dict[str, nn.Linear], u: Tensor, v: Tensor) -> None:
     """W <- W + (W U) V^T in float64 for every layer, rounded once to the weight's dtype.
 
     The weights are stacked into float64 blocks [sum of rows, D] so that each product is one
     large matmul. With rank n above D / 2 the dense W (I + U V^T) is the cheaper product.
     """
-    dense = 2 * u.shape[1] > u.shape[0]
-    if dense:
-        x = torch.eye(u.shape[0], dtype=torch.float64, device=u.device).addmm_(u, v.T)
-    with torch.no_grad():
-        for block in _stacked_blocks(layers):
-            device = block[0].weight.device
-            stacked, rows = _stack(block)
-            if dense:
-                stacked = stacked @ x.to(device)
-            else:
-                stacked.addmm_(stacked @ u.to(device), v.T.to(device))
-            for part, layer in zip(stacked.split(rows), block):
-                layer.weight.copy_(part)
+    StackedWeights(layers, keep=False).update(u, v)
 
 
 def original_gram(layers: dict[str, nn.Linear]) -> Tensor:
     """G = sum_l W_l^T W_l over the layers, float64 [D, D] (on the first layer's device)."""
-    gram = None
-    for block in _stacked_blocks(layers):
-        stacked, _ = _stack(block)
-        part = stacked.T @ stacked
-        gram = part if gram is None else gram.add_(part.to(gram.device))
-    return gram
+    return StackedWeights(layers, keep=False).gram()
 
 
 def regenerating_embeddings(gram: Tensor, input_map: Tensor, target: Tensor, lambda_reg: float) -> Tensor:
@@ -268,6 +300,7 @@ def _compose(input_map: Tensor, u: Tensor, v: Tensor) -> Tensor:
 class _Started:
     layers: dict[str, nn.Linear]
     original: dict[str, Tensor]
+    stacked: StackedWeights
     gram: Tensor | None
     input_map: Tensor
     erase_rows: list[Tensor]
@@ -281,14 +314,15 @@ def _uce_start(unet, text_encoder, erase, guide, preserve, lambda_, eta_e, eta_p
     layers = _editable_layers(unet, dim)
     device = next(iter(layers.values())).weight.device
     original = {n: l.weight.detach().clone() for n, l in layers.items()}
-    gram = original_gram(layers) if with_gram else None
+    stacked = StackedWeights(layers, keep=with_gram)
+    gram = stacked.gram() if with_gram else None
     u, v = uce_update(c_e.to(device), c_g, c_p, lambda_, eta_e, eta_p)
-    apply_update(layers, u, v)
+    stacked.update(u, v)
     input_map = _compose(torch.eye(dim, dtype=torch.float64, device=device), u, v)
     settings = dict(erase=_as_list(erase, "erase"), guide=guide if isinstance(guide, str) else list(guide),
                     preserve=_as_list(preserve, "preserve"), lambda_=lambda_, eta_e=eta_e, eta_p=eta_p,
                     tokens=tokens)
-    return _Started(layers, original, gram, input_map, [r.to(device) for r in erase_rows], settings)
+    return _Started(layers, original, stacked, gram, input_map, [r.to(device) for r in erase_rows], settings)
 
 
 def uce_edit(
@@ -366,7 +400,7 @@ def rece_edit(
         derived.append(found)
         c_found, c_guide = paired_rows(list(found.split(sizes)), guide_rows)
         u, v = uce_update(c_found, c_guide, preserve_rows, rece_lambda, 1.0, rece_eta_p)
-        apply_update(layers, u, v)
+        st.stacked.update(u, v)
         input_map = _compose(input_map, u, v)
         if validate is not None:
             scores.append(float(validate(unet)))

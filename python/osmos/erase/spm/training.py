@@ -7,8 +7,10 @@ anchors are the empty prompt.)
 
 The pipe is anything with `unet`, `scheduler` (a diffusers scheduler with set_timesteps /
 step, e.g. DDIMScheduler), `encode_prompt(prompts) -> states [N, L, dim]` or
-`(states, added_cond_kwargs)` (batch-first tensors, e.g. SDXL's text_embeds / time_ids), and
-`latent_shape` (channels, height, width).
+`(states, added_cond_kwargs)` (batch-first tensors, e.g. SDXL's text_embeds / time_ids; an
+"encoder_attention_mask" entry [N, L] is passed to the UNet as that argument instead, for text
+encoders whose padding must not be attended, as in osmos.zoo), and `latent_shape` (channels,
+height, width).
 """
 
 from __future__ import annotations
@@ -153,7 +155,11 @@ def _cat_added(layout: BatchLayout, parts: dict[str, dict]) -> dict:
 
 
 def _unet(pipe, latents: Tensor, t, states: Tensor, added: dict) -> Tensor:
+    added = dict(added)
+    mask = added.pop("encoder_attention_mask", None)
     kwargs = {"added_cond_kwargs": added} if added else {}
+    if mask is not None:
+        kwargs["encoder_attention_mask"] = mask
     return pipe.unet(latents, t, encoder_hidden_states=states, **kwargs).sample
 
 

@@ -1,0 +1,186 @@
+"""Concept erasure on the embedded text-to-image world (osmos.zoo): the glue that lets SPM, UCE
+and RECE run on a zoo ``ShapesPipeline`` exactly as on a diffusers Stable Diffusion pipeline.
+
+* :func:`zoo_text_encoding`   the MiniLM encoder as UCE / RECE see it (masked token states)
+* :func:`zoo_prompt_encoder`  the same encoder as Facilitated Transport sees it
+* :class:`SPMTrainingPipe`    what ``train_spm`` needs (states + attention mask, latent shape)
+* :func:`concept_of`          which concept kind ("shape", "colour", ...) a word names
+* :func:`anchor_prompts`      the vocabulary of other concepts, for Latent Anchoring
+* :func:`generate`            seeded images from prompts or from raw token states, optionally
+                               with SPMs attached (per-prompt gammas under classifier-free guidance)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from osmos.erase.spm.transport import PromptEncoding
+from osmos.erase.text_encoding import TextEncoding
+from osmos.zoo import data as D
+
+
+def zoo_text_encoding(pipe) -> TextEncoding:
+    """The zoo pipeline's text encoder for the closed-form edits: states [B, T, 384] and the
+    attention mask (the zoo UNets attend only real tokens), subject = the last word piece."""
+    encoder = pipe.text_encoder
+
+    def encode(prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        states, mask = encoder(list(prompts))
+        return states, mask.bool()
+
+    def subject_index(prompts: Sequence[str]) -> Tensor:
+        _, mask = encoder(list(prompts))  # [CLS] w_1 .. w_n [SEP]: the last word piece is at count - 2
+        return (mask.sum(1) - 2).clamp(min=0).to(torch.int64)
+
+    return TextEncoding(encode, subject_index)
+
+
+def zoo_prompt_encoder(pipe):
+    """An Encoder for FacilitatedTransport: the zoo's states, with [CLS] / [SEP] / padding marked
+    non-content."""
+    encoder = pipe.text_encoder
+    special = torch.tensor(sorted(set(encoder.tokenizer.all_special_ids)))
+
+    def encode(prompts: Sequence[str]) -> list[PromptEncoding]:
+        states, mask = encoder(list(prompts))
+        ids = encoder.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=encoder.max_tokens,
+                                return_tensors="pt")["input_ids"]
+        content = mask.bool().cpu() & ~torch.isin(ids, special)
+        return [PromptEncoding(states[i].cpu(), ids[i], content[i]) for i in range(len(prompts))]
+
+    return encode
+
+
+@dataclass
+class SPMTrainingPipe:
+    """A zoo pipeline as ``train_spm`` sees it: encode_prompt gives the states and, as the UNet's
+    ``encoder_attention_mask``, the padding mask; latents are the [3, S, S] images themselves."""
+
+    unet: torch.nn.Module
+    scheduler: object
+    text_encoder: object
+    latent_shape: tuple[int, int, int]
+
+    @classmethod
+    def of(cls, pipe) -> "SPMTrainingPipe":
+        from osmos.zoo.models import build_scheduler
+
+        return cls(pipe.unet, build_scheduler(pipe.recipe, "ddim"), pipe.text_encoder, (3, pipe.size, pipe.size))
+
+    def encode_prompt(self, prompts: Sequence[str]) -> tuple[Tensor, dict]:
+        states, mask = self.text_encoder(list(prompts))
+        return states, {"encoder_attention_mask": mask}
+
+
+def concept_of(word: str) -> tuple[str, str]:
+    """(kind, value) of a concept word of the shapes world, e.g. "disc" -> ("shape", "circle").
+    Both training wordings and held-out paraphrases are recognised; ValueError otherwise."""
+    text = word.strip().lower()
+    for kind, values in D.WORDS.items():
+        for value, (train, heldout) in values.items():
+            if text == value or text in train or text in heldout:
+                return kind, value
+    known = ", ".join(v for values in D.CONCEPTS.values() for v in values)
+    raise ValueError(f"{word!r} is not a concept of the shapes world (known: {known})")
+
+
+def training_wordings(kind: str, value: str) -> list[str]:
+    """The wordings of a concept value that zoo models are trained on ("circle", "disc", ...)."""
+    return list(D.WORDS[kind][value][0])
+
+
+def anchor_prompts(kind: str, value: str, captions: bool = True) -> list[str]:
+    """Latent Anchoring vocabulary: every training wording of every other concept value (all kinds),
+    and with `captions`, the other values of the concept's kind in a caption with each value of
+    the other main kind ("a red square" when erasing circle)."""
+    prompts = []
+    for k, values in D.WORDS.items():
+        for v, (train, _) in values.items():
+            if (k, v) != (kind, value):
+                prompts.extend(train)
+    if not captions:
+        return prompts
+    other = "colour" if kind == "shape" else "shape"
+    for v in D.CONCEPTS[other]:
+        for w in D.CONCEPTS[kind]:
+            if w != value:
+                shape, colour = (w, v) if kind == "shape" else (v, w)
+                prompts.append(D.prompt_for(shape, colour))
+    return prompts
+
+
+@torch.no_grad()
+def generate(pipe, prompts: Sequence[str] | None = None, seeds: Sequence[int] = (0,), *, states: Tensor | None = None,
+             mask: Tensor | None = None, num_inference_steps: int = 15, guidance_scale: float | None = None,
+             spm_handle=None, batch_size: int = 64, progress=None) -> Tensor:
+    """One image per (prompt, seed) pair, prompt-major: images [len(prompts) * len(seeds), 3, S, S]
+    in [0, 1]. Image k of prompt i starts from the latents of seed seeds[k] whatever the model, so
+    two models' images of the same prompt and seed can be compared pixel by pixel.
+
+    states / mask: raw token states [P, T, 384] and mask [P, T] instead of prompts (for embeddings
+    that are not the encoding of any text). spm_handle: an SPMHandle on pipe.unet; with a
+    FacilitatedTransport its gammas follow each prompt (both halves of the CFG batch).
+    progress: an optional tqdm-like bar advanced by the number of images done.
+    """
+    if (prompts is None) == (states is None):
+        raise ValueError("pass either prompts or states (with mask)")
+    if states is None:
+        states, mask = pipe.encode_prompt(list(prompts))
+    elif mask is None:
+        raise ValueError("states need their mask [P, T]")
+    n_seeds = len(seeds)
+    latents = torch.stack([torch.randn(3, pipe.size, pipe.size, generator=torch.Generator().manual_seed(int(s)))
+                           for s in seeds])
+    all_states = states.repeat_interleave(n_seeds, 0)
+    all_mask = mask.repeat_interleave(n_seeds, 0)
+    all_latents = latents.repeat(states.shape[0], 1, 1, 1)
+    texts = [p for p in prompts for _ in range(n_seeds)] if prompts is not None else None
+    out = []
+    for i in range(0, all_states.shape[0], batch_size):
+        sl = slice(i, i + batch_size)
+        if spm_handle is not None and spm_handle.transport is not None:
+            if texts is None:
+                raise ValueError("Facilitated Transport needs prompts, not raw states")
+            spm_handle.set_prompts(texts[sl], classifier_free_guidance=True)
+        x = pipe.denoise(all_states[sl], all_mask[sl], num_inference_steps, guidance_scale, latents=all_latents[sl])
+        out.append((x + 1) / 2)
+        if progress is not None:
+            progress.update(x.shape[0])
+    return torch.cat(out)
+
+
+def grid_prompts(concept: str) -> tuple[list[str], list[str]]:
+    """(prompts naming the concept, unrelated prompts) for a before / after grid: the concept
+    with every value of the other main kind, then 4 captions of other values. A concept outside
+    the shapes world gives [concept] and 4 ordinary captions."""
+    try:
+        kind, value = concept_of(concept)
+    except ValueError:
+        return [concept], [D.prompt_for(s, c) for s, c in zip(D.SHAPES[:4], D.COLOURS[1:5])]
+    if kind not in ("shape", "colour"):  # style / background: name it beside a shape and a colour
+        named = [f"a {concept} {c} {s}" for s, c in zip(D.SHAPES, D.COLOURS)]
+        return named, [D.prompt_for(s, c) for s, c in zip(D.SHAPES[:4], D.COLOURS[1:5])]
+    other_kind = "colour" if kind == "shape" else "shape"
+    pair = (lambda v, o: D.prompt_for(v, o)) if kind == "shape" else (lambda v, o: D.prompt_for(o, v))
+    named = [pair(value, o) for o in D.CONCEPTS[other_kind]]
+    rest = [v for v in D.CONCEPTS[kind] if v != value]
+    unrelated = [pair(v, D.CONCEPTS[other_kind][i % 6]) for i, v in enumerate(rest[:4])]
+    return named, unrelated
+
+
+@torch.no_grad()
+def concept_rate(images: Tensor, concept: str, classifier=None) -> float | None:
+    """Fraction of images in which the zoo classifier sees the concept (None outside the shapes world)."""
+    try:
+        kind, value = concept_of(concept)
+    except ValueError:
+        return None
+    if classifier is None:
+        import osmos.zoo
+
+        classifier = osmos.zoo.load("classifier")
+    return float((classifier.predict(images)[kind] == D.CONCEPTS[kind].index(value)).float().mean())

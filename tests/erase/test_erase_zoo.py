@@ -1,0 +1,180 @@
+"""Erasure on the embedded model (osmos.zoo shapes-unet): the zoo glue (text encoding, seeded
+generation, SPM training inputs) and `osmos erase spm|uce|rece` / `osmos generate` end to end,
+judged by the zoo classifier."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import osmos.zoo
+from osmos.erase import cli
+from osmos.erase.closed_form import cross_attention_kv
+from osmos.erase.edit_file import load_edit
+from osmos.erase.spm import SPM
+from osmos.erase.spm.training import _unet
+from osmos.erase.zoo import (
+    SPMTrainingPipe, anchor_prompts, concept_of, concept_rate, generate, grid_prompts, zoo_prompt_encoder,
+    zoo_text_encoding,
+)
+from osmos.zoo.models import predict_noise
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The shared 2-core machine: two torch threads under load are far slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return osmos.zoo.load("shapes-unet")
+
+
+def osmos_cmd(argv):
+    parser = argparse.ArgumentParser(prog="osmos")
+    sub = parser.add_subparsers(dest="command", required=True)
+    cli.add_parser(sub)
+    cli.add_generate_parser(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_concept_words_and_vocabularies():
+    assert concept_of("circle") == ("shape", "circle")
+    assert concept_of("Disc") == ("shape", "circle")
+    assert concept_of("crimson") == ("colour", "red")  # a held-out paraphrase is recognised too
+    with pytest.raises(ValueError, match="not a concept"):
+        concept_of("van gogh")
+    anchors = anchor_prompts("shape", "circle")
+    assert "square" in anchors and "red" in anchors and "a red square" in anchors
+    assert not any(w in a.split() for a in anchors for w in ("circle", "disc"))
+    words = anchor_prompts("shape", "circle", captions=False)
+    assert set(words) < set(anchors) and "a red square" not in words and "red" in words
+    named, unrelated = grid_prompts("red")
+    assert len(named) == 6 and all("red" in p for p in named)
+    assert len(unrelated) == 4 and not any("red" in p for p in unrelated)
+    assert cli._default_preserve(["circle"]) == [w for v in ("square", "triangle", "star", "heart", "cross")
+                                                  for w in osmos.zoo.data.WORDS["shape"][v][0]]
+
+
+def test_zoo_text_encoding_points_at_the_subject(pipe):
+    enc = zoo_text_encoding(pipe)
+    prompts = ["a red circle", "circle", " "]
+    states, mask = enc(prompts)
+    assert states.shape == (3, 24, 384) and mask.dtype == torch.bool
+    assert mask.sum(1).tolist() == [5, 3, 2]  # [CLS] a red circle [SEP] / [CLS] circle [SEP] / [CLS] [SEP]
+    subject = enc.subject_index(prompts).tolist()
+    ids = pipe.text_encoder.tokenizer(prompts, padding="max_length", max_length=24)["input_ids"]
+    circle = pipe.text_encoder.tokenizer.convert_tokens_to_ids("circle")
+    assert ids[0][subject[0]] == circle and ids[1][subject[1]] == circle and subject[2] == 0
+    gammas = [p.content.sum().item() for p in zoo_prompt_encoder(pipe)(prompts)]
+    assert gammas == [3, 1, 0]  # [CLS], [SEP] and padding are not content
+
+
+def test_spm_training_pipe_passes_the_attention_mask(pipe):
+    """train_spm's UNet calls see the zoo's padding mask, exactly as the sampler's calls do."""
+    tp = SPMTrainingPipe.of(pipe)
+    states, added = tp.encode_prompt(["a red circle", "star"])
+    x, t = torch.randn(2, *tp.latent_shape, generator=torch.Generator().manual_seed(0)), torch.tensor(500)
+    with torch.no_grad():
+        got = _unet(tp, x, t, states, added)
+        want = predict_noise(pipe.unet, x, t, states, added["encoder_attention_mask"])
+        unmasked = pipe.unet(x, t, encoder_hidden_states=states).sample
+    torch.testing.assert_close(got, want)
+    assert (got - unmasked).abs().max() > 1e-3  # the mask matters: it is not silently dropped
+
+
+def test_generate_is_seeded_per_image(pipe):
+    a = generate(pipe, ["a red circle", "a blue star"], seeds=(3, 4), num_inference_steps=3)
+    b = generate(pipe, ["a blue star"], seeds=(4,), num_inference_steps=3)
+    assert a.shape == (4, 3, 16, 16) and 0 <= a.min() and a.max() <= 1
+    torch.testing.assert_close(a[3:4], b)  # same prompt and seed -> the same image, whatever the batch
+    states, mask = pipe.encode_prompt(["a blue star"])
+    torch.testing.assert_close(generate(pipe, states=states, mask=mask, seeds=(4,), num_inference_steps=3), b)
+    assert (a[0] - a[1]).abs().mean() > 0.01  # different seeds differ
+
+
+def test_uce_cli_erases_a_colour_and_keeps_the_rest(tmp_path, capsys):
+    out = tmp_path / "uce"
+    assert osmos_cmd(["erase", "uce", "--concept", "red", "--out", str(out), "--grid-seeds", "0", "1",
+                      "--grid-steps", "8", "--threads", "1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["preserve"][:2] == ["green", "emerald"]
+    assert summary["concept_rate_before"] >= 0.8  # the original model paints "red" prompts red
+    assert summary["concept_rate_after"] <= 0.2  # after UCE the classifier rarely sees red
+    assert summary["unrelated_pixel_change"] < 0.05  # other colours' images barely move (seed gap ~0.08)
+    assert (out / "grid.png").is_file() and "wrote" in capsys.readouterr().out
+    fresh = osmos.zoo.load("shapes-unet")
+    before = {n: l.weight.detach().clone() for n, l in cross_attention_kv(fresh.unet).items()}
+    edit = load_edit(fresh.unet, out / "uce_red.safetensors")
+    assert edit.method == "uce" and edit.settings["erase"] == ["red"]
+    assert all(not torch.equal(before[n], l.weight) for n, l in cross_attention_kv(fresh.unet).items())
+
+
+def test_rece_cli_erases_a_colour(tmp_path):
+    out = tmp_path / "rece"
+    assert osmos_cmd(["erase", "rece", "--concept", "red", "scarlet", "--epochs", "1", "--out", str(out),
+                      "--grid-seeds", "0", "1", "--grid-steps", "8", "--threads", "1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["concept_rate_before"] >= 0.8
+    assert summary["concept_rate_after"] <= summary["concept_rate_before"] - 0.5
+    assert summary["unrelated_pixel_change"] < 0.05
+    assert (out / "rece_red-scarlet.safetensors").is_file()
+
+
+def test_spm_cli_trains_saves_and_erases(tmp_path):
+    out = tmp_path / "spm"
+    assert osmos_cmd(["erase", "spm", "--concept", "red", "--steps", "12", "--lr", "3e-2", "--sampling-steps", "8",
+                      "--out", str(out), "--grid-seeds", "0", "1", "--grid-steps", "8", "--threads", "1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["concept_rate_before"] >= 0.8
+    assert summary["concept_rate_after"] <= summary["concept_rate_before"] - 0.5  # 12 steps already erase red
+    assert summary["unrelated_pixel_change"] < 0.05
+    fresh = osmos.zoo.load("shapes-unet")
+    spm = SPM.load(out / "spm_red.safetensors", unet=fresh.unet)
+    assert spm.concept == "red" and spm.settings["steps"] == 12
+    assert any(float(u.detach().abs().sum()) > 0 for u in spm.up)
+
+
+def test_generate_cli_with_a_neutral_spm_matches_the_base_model(tmp_path, pipe):
+    spm = SPM.for_unet(pipe.unet, "circle")  # u = 0: changes nothing
+    spm.save(tmp_path / "zero.safetensors")
+    args = ["generate", "--prompt", "a red circle", "a blue star", "--seeds", "0", "--steps", "3", "--threads", "1"]
+    osmos_cmd([*args, "--out", str(tmp_path / "base.png")])
+    osmos_cmd([*args, "--spm", str(tmp_path / "zero.safetensors"), "--transport", "--out", str(tmp_path / "spm.png")])
+    from PIL import Image
+
+    base, with_spm = Image.open(tmp_path / "base.png"), Image.open(tmp_path / "spm.png")
+    assert base.size == (2 * 65 + 1, 65 + 1)  # 2 prompts x 1 seed, 16 px x 4 + 1 px padding
+    assert np.array_equal(np.asarray(base), np.asarray(with_spm))
+    images = generate(pipe, ["a red circle"], seeds=(0,), num_inference_steps=3)
+    assert concept_rate(images, "van gogh") is None and concept_rate(images, "red") in (0.0, 1.0)
+
+
+def test_generate_cli_applies_an_edit_file(tmp_path):
+    """`osmos generate --edit FILE` draws what the edited model draws (same prompt, seed, steps)."""
+    from osmos.erase.closed_form import uce_edit
+    from osmos.erase.edit_file import save_edit
+    from osmos.zoo.pipeline import save_grid
+
+    from PIL import Image
+
+    edited = osmos.zoo.load("shapes-unet")
+    edit = uce_edit(edited.unet, zoo_text_encoding(edited), erase=["red"], preserve=["green", "blue"])
+    save_edit(edit, edited.unet, tmp_path / "red.safetensors")
+    osmos_cmd(["generate", "--prompt", "a red heart", "--seeds", "5", "--steps", "3", "--threads", "1",
+               "--edit", str(tmp_path / "red.safetensors"), "--out", str(tmp_path / "cli.png")])
+    save_grid(generate(edited, ["a red heart"], seeds=(5,), num_inference_steps=3), tmp_path / "api.png", nrow=1)
+    osmos_cmd(["generate", "--prompt", "a red heart", "--seeds", "5", "--steps", "3", "--threads", "1",
+               "--out", str(tmp_path / "base.png")])
+    cli_png, api_png, base_png = (np.asarray(Image.open(tmp_path / f)) for f in ("cli.png", "api.png", "base.png"))
+    assert np.array_equal(cli_png, api_png)
+    assert np.abs(cli_png.astype(int) - base_png.astype(int)).mean() > 1  # the edit changed the image
