@@ -4,8 +4,10 @@ UNet2DConditionModel), same prompts, seeds and sampler in one process.
 For each number of key steps (steps whose UNet call computes the deep blocks), the fixed
 schedule keys every interval-th step and Step Rehash keys the steps `calibrate_rehash` chose on
 a calibration batch (other prompts' wordings, another seed). Reported against the full
-computation: wall time per batch (median of --repeats), speed-up, the zoo classifier's accuracy
-(shape and colour both right) and the images' relative L2 distance to the full computation's.
+computation: wall time per batch, the speed-up (median over --repeats of full / schedule, each
+pair timed back to back so that a shared machine's changing load hits both alike), the zoo
+classifier's accuracy (shape and colour both right) and the images' relative L2 distance to the
+full computation's.
 
     python benchmarks/rehash_eval.py [--quick] [--steps 20] [--per-pair 2]
 
@@ -43,32 +45,41 @@ def main() -> None:
     def generate(batch: list[str], seed: int) -> torch.Tensor:
         return pipe(batch, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(seed))
 
-    def timed_run() -> tuple[torch.Tensor, float]:
-        times, images = [], None
+    def timed(fn) -> tuple[torch.Tensor, float]:
+        start = time.perf_counter()
+        images = fn()
+        return images, time.perf_counter() - start
+
+    def paired(config) -> tuple[torch.Tensor, float, float]:
+        """(schedule's images, its median seconds, median of full / schedule time), runs alternated."""
+        times, ratios, images = [], [], None
         for _ in range(args.repeats):
-            start = time.perf_counter()
-            images = generate(prompts, seed=0)
-            times.append(time.perf_counter() - start)
-        return images, statistics.median(times)
+            _, t_ref = timed(lambda: generate(prompts, seed=0))
+            handle = rehash(pipe.unet, config)
+            try:
+                images, t = timed(lambda: generate(prompts, seed=0))
+            finally:
+                handle.remove()
+            times.append(t)
+            ratios.append(t_ref / t)
+        return images, statistics.median(times), statistics.median(ratios)
 
     def accuracy(images: torch.Tensor) -> float:
         pred = clf.predict(images)
         return ((pred["shape"] == labels[:, 0]) & (pred["colour"] == labels[:, 1])).float().mean().item()
 
     generate(prompts[:4], seed=1)  # warm-up
-    full, t_full = timed_run()
+    full, t_full = timed(lambda: generate(prompts, seed=0))
     rows = [("all", "full computation", list(range(args.steps)), t_full, 1.0, accuracy(full), 0.0)]
     for interval in (int(v) for v in args.intervals.split(",")):
         keys = len(range(0, args.steps, interval))
         calibrated = calibrate_rehash(pipe.unet, lambda: generate(calib_prompts, seed=7), budget=keys)
         for name, config in (("fixed interval (DeepCache-style)", RehashConfig(interval=interval)),
                              ("Step Rehash (calibrated)", calibrated)):
-            handle = rehash(pipe.unet, config)
-            images, t = timed_run()
-            handle.remove()
+            images, t, speed = paired(config)
             rel = ((images - full).flatten(1).norm(dim=1) / full.flatten(1).norm(dim=1)).mean().item()
             steps = list(range(0, args.steps, interval)) if config.interval else list(config.key_steps)
-            rows.append((keys, name, steps, t, t_full / t, accuracy(images), rel))
+            rows.append((keys, name, steps, t, speed, accuracy(images), rel))
             print(f"# {keys} keys, {name}: {t:.2f} s, accuracy {rows[-1][5]:.3f}, rel {rel:.4f}", flush=True)
     print(f"\nshapes-unet (16x16, UNet2DConditionModel), DDIM {args.steps} steps, classifier-free guidance, "
           f"{len(prompts)} prompts (train wordings, {args.per_pair} per shape-colour pair), depth 1 "
