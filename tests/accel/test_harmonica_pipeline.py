@@ -7,15 +7,15 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from osmos.accel.harmonica import HarmonicaConfig, Router, apply_harmonica, cache_units  # noqa: E402
-from osmos.accel.harmonica.pipeline import (  # noqa: E402
+from osmos.accel.harmonica import HarmonicaConfig, Router, apply_harmonica, cache_units
+from osmos.accel.harmonica.pipeline import (
     budget_router,
     guided_denoiser,
     prompt_sampler,
     train_pipeline_router,
 )
-from osmos.zoo.models import Recipe, build_model  # noqa: E402
-from osmos.zoo.pipeline import ShapesPipeline  # noqa: E402
+from osmos.zoo.models import Recipe, build_model
+from osmos.zoo.pipeline import ShapesPipeline
 
 T = 4
 TOKENS, DIM = 5, 384
@@ -35,9 +35,9 @@ class HashEncoder:
 
 @pytest.fixture(scope="module")
 def pipe():
-    config = dict(sample_size=8, patch_size=2, in_channels=3, out_channels=3, num_layers=2, num_attention_heads=2,
-                  attention_head_dim=8, cross_attention_dim=16, caption_channels=DIM, norm_type="ada_norm_single",
-                  use_additional_conditions=False)
+    config = {"sample_size": 8, "patch_size": 2, "in_channels": 3, "out_channels": 3, "num_layers": 2,
+              "num_attention_heads": 2, "attention_head_dim": 8, "cross_attention_dim": 16, "caption_channels": DIM,
+              "norm_type": "ada_norm_single", "use_additional_conditions": False}
     r = Recipe("tiny-dit", "PixArtTransformer2DModel", 8, config)
     torch.manual_seed(0)
     model = build_model(r)
