@@ -4,13 +4,14 @@
     PYTHONPATH=python python benchmarks/harmonica_eval.py --quick         # < 2 min, plumbing check
     PYTHONPATH=python python benchmarks/harmonica_eval.py --weights out/zoo/shapes-dit   # a checkpoint
 
-For each sampling-step count it trains HarmoniCa routers (SDT + IEPO, `train_router`, one per beta)
-on the DDIM sampler the pipeline uses, and compares, in one process with the same prompts and
+For each sampling-step count it trains routers (one per beta and trainer) on the DDIM sampler the pipeline uses, and compares, in one process with the same prompts and
 latents:
 
 * ``none``: no cache; ``fora-N``: every unit recomputed every N-th step, reused in between;
-* ``harmonica b=..``: the trained router at threshold 0.1;
-* ``harmonica@fora-N``: the best-quality trained router restricted to FORA-N's compute budget
+* ``harmonica b=..``: the HarmoniCa router trained with compute penalty beta, at threshold 0.1;
+* ``l2c b=..``: the same router trained Learning-to-Cache-style (teacher trajectory and cache,
+  every step weighted 1; `osmos.accel.harmonica.l2c`);
+* ``<method>@fora-N``: the method's best-quality router restricted to FORA-N's compute budget
   (its most probable (step, unit) pairs), i.e. the same cache usage as FORA-N.
 
 Columns: cache usage (fraction of attention/MLP evaluations served from the cache), wall-clock
@@ -102,42 +103,45 @@ def run(args, pipe, clf, steps: int) -> dict:
     routers: dict[str, Router | None] = {"none": None}
     for n in args.fora:
         routers[f"fora-{n}"] = Router.fora(steps, n_units, n, sched)
-    train_info = {}
-    trained = {}
-    for beta in args.betas:
-        t0 = time.time()
-        router, rec = train_pipeline_router(
-            pipe, steps, beta, router_prompts(), batch_size=args.router_batch, iterations=args.iterations,
-            lr=args.lr, refresh_every=args.refresh_every, lambda_mode=args.lambda_mode, threshold=THRESHOLD,
-            seed=args.seed, progress=not args.quiet)
-        trained[f"harmonica b={beta:g}"] = router
-        train_info[f"harmonica b={beta:g}"] = {"seconds": round(time.time() - t0, 1), "final_loss": rec.losses[-1],
-                                               "cache_usage": rec.cache_usage[-1], "lambdas_last": rec.lambdas[-1],
-                                               "probabilities": router.probabilities().tolist()}
-    routers.update(trained)
+    train_info: dict = {}
+    trained: dict[str, dict[str, Router]] = {m: {} for m in args.methods}
+    for method in args.methods:
+        for beta in args.betas:
+            name = f"{method} b={beta:g}"
+            extra = {"refresh_every": args.refresh_every, "lambda_mode": args.lambda_mode} if method == "harmonica" else {}
+            t0 = time.time()
+            router, rec = train_pipeline_router(
+                pipe, steps, beta, router_prompts(), batch_size=args.router_batch, method=method,
+                iterations=args.iterations, lr=args.lr, threshold=THRESHOLD, seed=args.seed, progress=not args.quiet,
+                **extra)
+            trained[method][name] = router
+            routers[name] = router
+            train_info[name] = {"seconds": round(time.time() - t0, 1), "final_loss": rec.losses[-1],
+                                "cache_usage": rec.cache_usage[-1], "probabilities": router.probabilities().tolist(),
+                                **({"lambdas_last": rec.lambdas[-1]} if rec.lambdas else {})}
 
     results = {name: quality(pipe, r, steps, args.per_pair, clf) for name, r in routers.items()}
-    # HarmoniCa at FORA's budgets: the most accurate trained router (ties: lowest MSE), top pairs only
-    if trained:
-        ref = results["none"]["images"]["train"]
+    ref = results["none"]["images"]["train"]
 
-        def mse(name):
-            return float((results[name]["images"]["train"] - ref).pow(2).mean())
+    def mse(name: str) -> float:
+        return float((results[name]["images"]["train"] - ref).pow(2).mean())
 
-        best = min(trained, key=lambda k: (-results[k]["train"]["mean"], mse(k)))
+    # each trainer at FORA's budgets: its most accurate router (ties: lowest MSE), most probable pairs only
+    for method, family in trained.items():
+        if not family:
+            continue
+        best = min(family, key=lambda k: (-results[k]["train"]["mean"], mse(k)))
+        train_info[f"{method}@budget source"] = best
         for n in args.fora:
-            name = f"harmonica@fora-{n}"
-            routers[name] = budget_router(trained[best], 1.0 - routers[f"fora-{n}"].cache_usage(THRESHOLD))
+            name = f"{method}@fora-{n}"
+            routers[name] = budget_router(family[best], 1.0 - routers[f"fora-{n}"].cache_usage(THRESHOLD))
             results[name] = quality(pipe, routers[name], steps, args.per_pair, clf)
-        train_info["budget_source"] = best
     seconds = time_methods(pipe, routers, steps, args.time_batch, args.repeats)
 
-    ref = results["none"]["images"]["train"]
     rows = []
     for name, router in routers.items():
         res = results[name]
-        img = res["images"]["train"]
-        mse = float((img - ref).pow(2).mean())
+        err = mse(name)
         rows.append({
             "method": name,
             "cache_usage": 0.0 if router is None else router.cache_usage(THRESHOLD),
@@ -145,10 +149,12 @@ def run(args, pipe, clf, steps: int) -> dict:
             "speedup": seconds["none"] / seconds[name],
             "acc": res["train"]["mean"], "shape_acc": res["train"]["shape_acc"],
             "colour_acc": res["train"]["colour_acc"], "frechet": res["frechet"],
-            "mse_vs_none": mse, "psnr_vs_none": float("inf") if mse == 0 else float(-10 * torch.log10(torch.tensor(mse))),
+            "mse_vs_none": err, "psnr_vs_none": float("inf") if err == 0 else float(-10 * torch.log10(torch.tensor(err))),
         })
-    # grid: one row per method, the first image of the first 12 pairs (same latents in every row)
-    picks = torch.arange(0, 12 * args.per_pair, args.per_pair)
+    # grid: one row per method; columns: every shape in two colours (same latents in every row)
+    n_col = len(D.COLOURS)
+    pairs = [s * n_col + (s + k) % n_col for k in (0, 3) for s in range(len(D.SHAPES))]
+    picks = torch.tensor(pairs) * args.per_pair
     grid = torch.cat([results[name]["images"]["train"][picks] for name in routers])
     FIGURES.mkdir(parents=True, exist_ok=True)
     save_grid(grid, FIGURES / f"harmonica_eval_{steps}.png", nrow=len(picks), scale=4)
@@ -168,8 +174,8 @@ def print_table(out: dict, source: str) -> None:
     for name, info in out["training"].items():
         if isinstance(info, dict):
             print(f"- {name}: trained in {info['seconds']} s, cache usage {info['cache_usage']:.2f}, final loss {info['final_loss']:.3g}")
-    if "budget_source" in out["training"]:
-        print(f"- harmonica@fora-N: {out['training']['budget_source']} restricted to FORA-N's compute budget")
+        else:
+            print(f"- {name.split('@')[0]}@fora-N: {info} restricted to FORA-N's compute budget")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -178,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, nargs="+", default=[20])
     p.add_argument("--fora", type=int, nargs="+", default=[2, 3], help="FORA intervals")
     p.add_argument("--betas", type=float, nargs="+", default=[1e-4, 3e-4], help="HarmoniCa compute penalties")
+    p.add_argument("--methods", nargs="*", default=["harmonica", "l2c"], choices=["harmonica", "l2c"],
+                   help="router trainers: HarmoniCa (SDT + IEPO) and the Learning-to-Cache-style baseline")
     p.add_argument("--iterations", type=int, default=60)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--refresh-every", type=int, default=20)
@@ -193,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.fora, args.betas = [10], [2], [3e-4]
-        args.iterations, args.refresh_every, args.router_batch = 4, 2, 2
+        args.iterations, args.refresh_every, args.router_batch = 3, 3, 2
         args.per_pair, args.time_batch, args.repeats = 1, 4, 3
     torch.set_num_threads(args.threads)
     pipe, source = load_pipe(args.weights)

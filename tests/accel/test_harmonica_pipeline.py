@@ -141,3 +141,21 @@ def test_budget_router_keeps_the_most_probable_units_at_the_budget():
     assert budget_router(r, 1.0).compute_mask().all()
     with pytest.raises(ValueError, match="compute_fraction"):
         budget_router(r, 1.5)
+
+
+@pytest.mark.parametrize("method", ["harmonica", "l2c"])
+def test_both_trainers_leave_the_model_untouched_and_respond_to_beta(pipe, method):
+    before = [p.clone() for p in pipe.unet.parameters()]
+    kw = dict(prompts=["a red circle"], batch_size=2, iterations=2, lr=1.0, init_logit=0.0, method=method,
+              progress=False)
+    if method == "harmonica":
+        kw["refresh_every"] = 2
+    lazy, rec = train_pipeline_router(pipe, T, beta=10.0, **kw)
+    eager, _ = train_pipeline_router(pipe, T, beta=0.0, **kw)
+    assert all(torch.equal(a, b) for a, b in zip(before, pipe.unet.parameters()))
+    assert all(type(getattr(b, a)).__name__ != "_SoftBranch" for _, b, a in cache_units(pipe.unet))
+    assert all(p.requires_grad for p in pipe.unet.parameters())
+    assert len(rec.losses) == 2 and all(torch.isfinite(torch.tensor(rec.losses)))
+    assert lazy.probabilities()[1:].mean() < 0.5 < eager.probabilities()[1:].mean()
+    with pytest.raises(ValueError, match="method"):
+        train_pipeline_router(pipe, T, beta=0.0, prompts=["x"], method="fora")

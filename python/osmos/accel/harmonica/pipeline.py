@@ -52,12 +52,19 @@ def prompt_sampler(pipe, prompts: Sequence[str], batch_size: int) -> Callable:
 
 
 def train_pipeline_router(pipe, num_steps: int, beta: float, prompts: Sequence[str], batch_size: int = 8,
-                          guidance_scale: float | None = None, **kwargs) -> tuple[Router, TrainRecord]:
-    """Train a HarmoniCa router for ``pipe`` at ``num_steps`` sampling steps; kwargs go to `train_router`
-    (iterations, lr, lambda_mode, refresh_every, threshold, init_logit, seed, progress)."""
-    return train_router(pipe.unet, pipe.scheduler, num_steps=num_steps,
-                        sample_batch=prompt_sampler(pipe, prompts, batch_size),
-                        denoise=guided_denoiser(pipe, guidance_scale), beta=beta, **kwargs)
+                          guidance_scale: float | None = None, method: str = "harmonica",
+                          **kwargs) -> tuple[Router, TrainRecord]:
+    """Train a router for ``pipe`` at ``num_steps`` sampling steps. method "harmonica": `train_router`
+    (kwargs: iterations, lr, lambda_mode, refresh_every, threshold, init_logit, seed, progress);
+    "l2c": the Learning-to-Cache-style baseline `train_l2c_router` (same kwargs, no lambda ones)."""
+    from osmos.accel.harmonica.l2c import train_l2c_router
+
+    trainers = {"harmonica": train_router, "l2c": train_l2c_router}
+    if method not in trainers:
+        raise ValueError(f"method must be 'harmonica' or 'l2c', got {method!r}")
+    return trainers[method](pipe.unet, pipe.scheduler, num_steps=num_steps,
+                            sample_batch=prompt_sampler(pipe, prompts, batch_size),
+                            denoise=guided_denoiser(pipe, guidance_scale), beta=beta, **kwargs)
 
 
 def budget_router(router: Router, compute_fraction: float) -> Router:
