@@ -146,8 +146,8 @@ def test_budget_router_keeps_the_most_probable_units_at_the_budget():
 @pytest.mark.parametrize("method", ["harmonica", "l2c"])
 def test_both_trainers_leave_the_model_untouched_and_respond_to_beta(pipe, method):
     before = [p.clone() for p in pipe.unet.parameters()]
-    kw = dict(prompts=["a red circle"], batch_size=2, iterations=2, lr=1.0, init_logit=0.0, method=method,
-              progress=False)
+    kw = {"prompts": ["a red circle"], "batch_size": 2, "iterations": 2, "lr": 1.0, "init_logit": 0.0,
+          "method": method, "progress": False}
     if method == "harmonica":
         kw["refresh_every"] = 2
     lazy, rec = train_pipeline_router(pipe, T, beta=10.0, **kw)
