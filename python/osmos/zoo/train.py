@@ -170,16 +170,17 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
     return json.loads((out / f"{r.name}.json").read_text())["card"]
 
 
-def install(out: Path, name: str, dtype: torch.dtype = torch.float32) -> None:
-    """Copy ``<out>/<name>.safetensors`` (floating tensors cast to ``dtype``) and ``<name>.json`` into the package."""
+def install(out: Path, name: str, dtype: torch.dtype = torch.float32, dest: Path = WEIGHTS_DIR) -> None:
+    """Copy ``<out>/<name>.safetensors`` (floating tensors cast to ``dtype``) and ``<name>.json`` to ``dest``
+    (default: the package's weights folder)."""
     from safetensors.torch import load_file
 
-    WEIGHTS_DIR.mkdir(exist_ok=True)
-    weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(out / f"{name}.safetensors")).items()}
-    save_file(weights, str(WEIGHTS_DIR / f"{name}.safetensors"))
+    dest.mkdir(exist_ok=True)
+    weights = load_file(str(out / f"{name}.safetensors"))
+    save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}, str(dest / f"{name}.safetensors"))
     meta = json.loads((out / f"{name}.json").read_text())
     meta["card"]["weights_dtype"] = str(dtype).removeprefix("torch.")
-    (WEIGHTS_DIR / f"{name}.json").write_text(json.dumps(meta, indent=2))
+    (dest / f"{name}.json").write_text(json.dumps(meta, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:
