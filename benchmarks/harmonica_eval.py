@@ -112,7 +112,7 @@ def run(args, pipe, clf, steps: int) -> dict:
             t0 = time.time()
             router, rec = train_pipeline_router(
                 pipe, steps, beta, router_prompts(), batch_size=args.router_batch, method=method,
-                iterations=args.iterations, lr=args.lr, threshold=THRESHOLD, seed=args.seed, progress=not args.quiet,
+                iterations=args.iterations, lr=args.lr, init_logit=args.init_logit, threshold=THRESHOLD, seed=args.seed, progress=not args.quiet,
                 **extra)
             trained[method][name] = router
             routers[name] = router
@@ -183,11 +183,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--weights", type=Path, default=None, help="folder with shapes-dit.safetensors/.json (a checkpoint)")
     p.add_argument("--steps", type=int, nargs="+", default=[20])
     p.add_argument("--fora", type=int, nargs="+", default=[2, 3], help="FORA intervals")
-    p.add_argument("--betas", type=float, nargs="+", default=[2e-4], help="compute penalties (one router each)")
+    p.add_argument("--betas", type=float, nargs="+", default=[5e-4], help="compute penalties (one router each)")
     p.add_argument("--methods", nargs="*", default=["harmonica", "l2c"], choices=["harmonica", "l2c"],
                    help="router trainers: HarmoniCa (SDT + IEPO) and the Learning-to-Cache-style baseline")
     p.add_argument("--iterations", type=int, default=20)
-    p.add_argument("--lr", type=float, default=0.03)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--init-logit", type=float, default=2.0, help="initial router logits (sigmoid(2) = 0.88)")
     p.add_argument("--refresh-every", type=int, default=10)
     p.add_argument("--lambda-mode", default="leave_one_out", choices=["leave_one_out", "sequential"])
     p.add_argument("--router-batch", type=int, default=4)
