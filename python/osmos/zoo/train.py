@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -171,6 +170,19 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
     return json.loads((out / f"{r.name}.json").read_text())["card"]
 
 
+def install(out: Path, name: str, dtype: torch.dtype = torch.float32, dest: Path = WEIGHTS_DIR) -> None:
+    """Copy ``<out>/<name>.safetensors`` (floating tensors cast to ``dtype``) and ``<name>.json`` to ``dest``
+    (default: the package's weights folder)."""
+    from safetensors.torch import load_file
+
+    dest.mkdir(exist_ok=True)
+    weights = load_file(str(out / f"{name}.safetensors"))
+    save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}, str(dest / f"{name}.safetensors"))
+    meta = json.loads((out / f"{name}.json").read_text())
+    meta["card"]["weights_dtype"] = str(dtype).removeprefix("torch.")
+    (dest / f"{name}.json").write_text(json.dumps(meta, indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m osmos.zoo.train", description=__doc__)
     p.add_argument("name", help="shapes-unet | shapes-unet-ft | shapes-memorized | shapes-dit | classifier")
@@ -180,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="work folder (checkpoints); default out/zoo/<name>")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     p.add_argument("--install", action="store_true", help="copy the exported weights into osmos/zoo/weights")
+    p.add_argument("--install-dtype", choices=["float32", "float16"], default="float32",
+                   help="dtype of the installed weights (float16 halves the package size; loading upcasts)")
     args = p.parse_args(argv)
     out = args.out or Path("out/zoo") / args.name
     if args.name == "classifier":
@@ -191,10 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         card = train_denoiser(recipe(args.name), args.seed, args.minutes, args.steps, out, args.resume)
     print(json.dumps(card, indent=2))
     if args.install:
-        WEIGHTS_DIR.mkdir(exist_ok=True)
-        for f in out.glob(f"{args.name}.*"):
-            if f.suffix in (".safetensors", ".json"):
-                shutil.copy2(f, WEIGHTS_DIR / f.name)
+        install(out, args.name, getattr(torch, args.install_dtype))
     return 0
 
 

@@ -185,7 +185,7 @@ def train_router(
                 loss.backward()
                 opt.step()
                 router.clamp_()
-                total += float(loss)
+                total += float(loss.detach())
                 with torch.no_grad():
                     x = scheduler.step(eps_student.detach(), t, x).prev_sample
             record.losses.append(total / num_steps)

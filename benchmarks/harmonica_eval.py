@@ -1,0 +1,218 @@
+"""HarmoniCa on the zoo's shapes-dit: learned feature cache vs no cache vs FORA (fixed interval).
+
+    PYTHONPATH=python python benchmarks/harmonica_eval.py                 # shipped shapes-dit, 20 steps
+    PYTHONPATH=python python benchmarks/harmonica_eval.py --quick         # < 2 min, plumbing check
+    PYTHONPATH=python python benchmarks/harmonica_eval.py --weights out/zoo/shapes-dit   # a checkpoint
+
+For each sampling-step count it trains routers (one per beta and trainer) on the DDIM sampler the pipeline uses, and compares, in one process with the same prompts and
+latents:
+
+* ``none``: no cache; ``fora-N``: every unit recomputed every N-th step, reused in between;
+* ``harmonica b=..``: the HarmoniCa router trained with compute penalty beta, at threshold 0.1;
+* ``l2c b=..``: the same router trained Learning-to-Cache-style (teacher trajectory and cache,
+  every step weighted 1; `osmos.accel.harmonica.l2c`);
+* ``<method>@fora-N``: the method's best-quality router restricted to FORA-N's compute budget
+  (its most probable (step, unit) pairs), i.e. the same cache usage as FORA-N.
+
+Columns: cache usage (fraction of attention/MLP evaluations served from the cache), wall-clock
+speed-up over ``none`` (median of interleaved repeats, generating one fixed batch), classifier
+accuracy (shape and colour both right, per (shape, colour) prompt), Frechet distance of classifier
+features to real renders, and MSE / PSNR of the images to the uncached images from the same latents.
+Writes benchmarks/figures/harmonica_eval_<T>.{json,png} (table, grid: one row per method).
+Without shipped weights or --weights the DiT is untrained: the numbers then only test plumbing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import osmos.zoo
+from osmos.accel.harmonica import HarmonicaConfig, Router, apply_harmonica, cache_units
+from osmos.accel.harmonica.pipeline import budget_router, train_pipeline_router
+from osmos.zoo import data as D
+from osmos.zoo.evaluate import evaluate
+from osmos.zoo.pipeline import ShapesPipeline, save_grid
+
+FIGURES = Path(__file__).resolve().parent / "figures"
+THRESHOLD = 0.1
+
+
+def load_pipe(weights: Path | None) -> tuple[ShapesPipeline, str]:
+    """The DiT pipeline (DDIM) and where its weights came from."""
+    from safetensors.torch import load_file
+
+    from osmos.zoo.models import Recipe, build_model, recipe
+
+    if weights is None and "shapes-dit" in osmos.zoo.available():
+        return osmos.zoo.load("shapes-dit", scheduler="ddim"), "shipped shapes-dit"
+    if weights is not None:
+        meta = json.loads((weights / "shapes-dit.json").read_text())
+        r = Recipe(**meta["recipe"])
+        model = build_model(r)
+        model.load_state_dict(load_file(str(weights / "shapes-dit.safetensors")))
+        return ShapesPipeline(model, r, card=meta["card"], scheduler="ddim"), f"{weights} ({meta['card']['steps']} steps)"
+    torch.manual_seed(0)
+    r = recipe("shapes-dit")
+    return ShapesPipeline(build_model(r), r, scheduler="ddim"), "UNTRAINED shapes-dit (plumbing only)"
+
+
+def router_prompts(n_variants: int = 6) -> list[str]:
+    """Training prompts for the router: every (shape, colour) pair in several train wordings."""
+    return [D.prompt_for(s, c, "train", variant=k) for s in D.SHAPES for c in D.COLOURS for k in range(n_variants)]
+
+
+def time_methods(pipe, routers: dict[str, Router | None], steps: int, batch: int, repeats: int) -> dict[str, float]:
+    """Median seconds to sample one fixed batch, methods interleaved round-robin (same inputs)."""
+    prompts = [D.prompt_for(s, c) for s in D.SHAPES for c in D.COLOURS][:batch]
+    states, mask = pipe.encode_prompt(prompts)
+    latents = torch.randn(batch, 3, pipe.size, pipe.size, generator=torch.Generator().manual_seed(1))
+    times: dict[str, list[float]] = {name: [] for name in routers}
+    for rep in range(repeats + 1):
+        for name, router in routers.items():
+            handle = apply_harmonica(pipe.unet, HarmonicaConfig(router, THRESHOLD)) if router is not None else None
+            t0 = time.perf_counter()
+            pipe.denoise(states, mask, steps, latents=latents)
+            elapsed = time.perf_counter() - t0
+            if handle is not None:
+                handle.remove()
+            if rep > 0:  # the first round warms up
+                times[name].append(elapsed)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def quality(pipe, router: Router | None, steps: int, per_pair: int, clf) -> dict:
+    handle = apply_harmonica(pipe.unet, HarmonicaConfig(router, THRESHOLD)) if router is not None else None
+    try:
+        res = evaluate(pipe, per_pair=per_pair, splits=("train",), num_inference_steps=steps, classifier=clf,
+                       keep_images=True)
+    finally:
+        if handle is not None:
+            handle.remove()
+    return res
+
+
+def run(args, pipe, clf, steps: int) -> dict:
+    n_units = len(cache_units(pipe.unet))
+    sched = type(pipe.scheduler).__name__
+    routers: dict[str, Router | None] = {"none": None}
+    for n in args.fora:
+        routers[f"fora-{n}"] = Router.fora(steps, n_units, n, sched)
+    train_info: dict = {}
+    trained: dict[str, dict[str, Router]] = {m: {} for m in args.methods}
+    for method in args.methods:
+        for beta in args.betas:
+            name = f"{method} b={beta:g}"
+            extra = {"refresh_every": args.refresh_every, "lambda_mode": args.lambda_mode} if method == "harmonica" else {}
+            t0 = time.time()
+            router, rec = train_pipeline_router(
+                pipe, steps, beta, router_prompts(), batch_size=args.router_batch, method=method,
+                iterations=args.iterations, lr=args.lr, init_logit=args.init_logit, threshold=THRESHOLD, seed=args.seed, progress=not args.quiet,
+                **extra)
+            trained[method][name] = router
+            routers[name] = router
+            train_info[name] = {"seconds": round(time.time() - t0, 1), "final_loss": rec.losses[-1],
+                                "cache_usage": rec.cache_usage[-1], "probabilities": router.probabilities().tolist(),
+                                **({"lambdas_last": rec.lambdas[-1]} if rec.lambdas else {})}
+
+    results = {name: quality(pipe, r, steps, args.per_pair, clf) for name, r in routers.items()}
+    ref = results["none"]["images"]["train"]
+
+    def mse(name: str) -> float:
+        return float((results[name]["images"]["train"] - ref).pow(2).mean())
+
+    # each trainer at FORA's budgets: its most accurate router (ties: lowest MSE), most probable pairs only
+    for method, family in trained.items():
+        if not family:
+            continue
+        best = min(family, key=lambda k: (-results[k]["train"]["mean"], mse(k)))
+        train_info[f"{method}@budget source"] = best
+        for n in args.fora:
+            name = f"{method}@fora-{n}"
+            routers[name] = budget_router(family[best], 1.0 - routers[f"fora-{n}"].cache_usage(THRESHOLD))
+            results[name] = quality(pipe, routers[name], steps, args.per_pair, clf)
+    seconds = time_methods(pipe, routers, steps, args.time_batch, args.repeats)
+
+    rows = []
+    for name, router in routers.items():
+        res = results[name]
+        err = mse(name)
+        rows.append({
+            "method": name,
+            "cache_usage": 0.0 if router is None else router.cache_usage(THRESHOLD),
+            "seconds": seconds[name],
+            "speedup": seconds["none"] / seconds[name],
+            "acc": res["train"]["mean"], "shape_acc": res["train"]["shape_acc"],
+            "colour_acc": res["train"]["colour_acc"], "frechet": res["frechet"],
+            "mse_vs_none": err, "psnr_vs_none": float("inf") if err == 0 else float(-10 * torch.log10(torch.tensor(err))),
+        })
+    # grid: one row per method; columns: every shape in two colours (same latents in every row)
+    n_col = len(D.COLOURS)
+    pairs = [s * n_col + (s + k) % n_col for k in (0, 3) for s in range(len(D.SHAPES))]
+    picks = torch.tensor(pairs) * args.per_pair
+    grid = torch.cat([results[name]["images"]["train"][picks] for name in routers])
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    save_grid(grid, FIGURES / f"harmonica_eval_{steps}.png", nrow=len(picks), scale=4)
+    return {"steps": steps, "guidance": pipe.recipe.default_guidance, "rows": rows, "training": train_info,
+            "frechet_real_vs_real": results["none"]["frechet_real_vs_real"]}
+
+
+def print_table(out: dict, source: str) -> None:
+    print(f"\nshapes-dit ({source}), DDIM {out['steps']} steps, CFG {out['guidance']}"
+          f", Frechet real vs real {out['frechet_real_vs_real']:.2f}")
+    print("| method | cache usage | s / batch | speed-up | pair acc | shape acc | colour acc | Frechet | MSE vs none | PSNR vs none (dB) |")
+    print("|---" * 10 + "|")
+    for r in out["rows"]:
+        print(f"| {r['method']} | {r['cache_usage']:.2f} | {r['seconds']:.3f} | {r['speedup']:.2f}x | {r['acc']:.3f} | "
+              f"{r['shape_acc']:.3f} | {r['colour_acc']:.3f} | {r['frechet']:.2f} | {r['mse_vs_none']:.2e} | "
+              f"{r['psnr_vs_none']:.1f} |")
+    for name, info in out["training"].items():
+        if isinstance(info, dict):
+            print(f"- {name}: trained in {info['seconds']} s, cache usage {info['cache_usage']:.2f}, final loss {info['final_loss']:.3g}")
+        else:
+            print(f"- {name.split('@')[0]}@fora-N: {info} restricted to FORA-N's compute budget")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", type=Path, default=None, help="folder with shapes-dit.safetensors/.json (a checkpoint)")
+    p.add_argument("--steps", type=int, nargs="+", default=[20])
+    p.add_argument("--fora", type=int, nargs="+", default=[2, 3], help="FORA intervals")
+    p.add_argument("--betas", type=float, nargs="+", default=[5e-4], help="compute penalties (one router each)")
+    p.add_argument("--methods", nargs="*", default=["harmonica", "l2c"], choices=["harmonica", "l2c"],
+                   help="router trainers: HarmoniCa (SDT + IEPO) and the Learning-to-Cache-style baseline")
+    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--init-logit", type=float, default=2.0, help="initial router logits (sigmoid(2) = 0.88)")
+    p.add_argument("--refresh-every", type=int, default=10)
+    p.add_argument("--lambda-mode", default="leave_one_out", choices=["leave_one_out", "sequential"])
+    p.add_argument("--router-batch", type=int, default=4)
+    p.add_argument("--per-pair", type=int, default=1)
+    p.add_argument("--time-batch", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="10 steps, tiny router training: under 2 minutes")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.steps, args.fora, args.betas = [10], [2], [3e-4]
+        args.iterations, args.refresh_every, args.router_batch = 3, 3, 2
+        args.per_pair, args.time_batch, args.repeats = 1, 4, 3
+    torch.set_num_threads(args.threads)
+    pipe, source = load_pipe(args.weights)
+    clf = osmos.zoo.load("classifier")
+    for steps in args.steps:
+        out = run(args, pipe, clf, steps)
+        out["source"], out["args"] = source, {k: str(v) for k, v in vars(args).items()}
+        (FIGURES / f"harmonica_eval_{steps}.json").write_text(json.dumps(out, indent=2))
+        print_table(out, source)
+
+
+if __name__ == "__main__":
+    main()
