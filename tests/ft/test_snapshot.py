@@ -7,15 +7,22 @@ import signal
 import subprocess
 import sys
 
+import osmos
 import pytest
 import torch
-
 from osmos.ft.manager import SEGMENT_PREFIX, SHM_DIR, ManagerClient, start_manager
-from osmos.ft.restore import SnapshotCorrupted, read_snapshot, restore_or_init, save_checkpoint
+from osmos.ft.restore import (
+    SnapshotCorrupted,
+    read_snapshot,
+    restore_or_init,
+    save_checkpoint,
+)
 from osmos.ft.snapshot import Snapshotter
 
 TRAINER = os.path.join(os.path.dirname(__file__), "_trainer.py")
-PYROOT = os.path.join(os.path.dirname(__file__), "..", "..", "python")
+# the child processes import the same osmos as this one (the installed package in CI, the source
+# tree with its in-place build in development)
+PYROOT = os.path.dirname(os.path.dirname(os.path.abspath(osmos.__file__)))
 
 
 def _segments():

@@ -8,14 +8,16 @@ import socket
 import subprocess
 import sys
 
+import osmos
 import pytest
 import torch
-
 from osmos.ft.manager import SEGMENT_PREFIX, SHM_DIR, start_manager
 from osmos.ft.stripes import StripePlan
 
 NODE = os.path.join(os.path.dirname(__file__), "_stripe_node.py")
-PYROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "python"))
+# the child processes import the same osmos as this one (the installed package in CI, the source
+# tree with its in-place build in development)
+PYROOT = os.path.dirname(os.path.dirname(os.path.abspath(osmos.__file__)))
 
 
 def _segments():
