@@ -90,37 +90,43 @@ inline int64_t group_start(const Map& p, int64_t at, int64_t end) {
   return std::min(end, at + ((16 - ((p.offset + at) & 15)) & 15));
 }
 
+// HashedNet (no runs: one index hash per element) over the elements [from, to): calls
+// fn(at, j, sign) with element at, its M index j and its sign, in increasing at. When `vector`
+// (an AVX-512 kernel: (aligned begin, end) -> where it stopped) is given and usable, it takes the
+// whole groups of 16 and fn only the elements before and after them.
+template <class C, class F, class V>
+void for_each_hashednet(const Map& p, int64_t from, int64_t to, F&& fn, V&& vector, bool use_vector) {
+  auto scalar = [&](int64_t b, int64_t e) {
+    C ones[16];
+    for (C& one : ones) one = C(1);
+    auto piece = [&](int64_t k, int64_t count, const C* sign) {
+      for (int64_t q = 0; q < count; ++q) fn(b + k + q, rps::hashednet_index(p, p.offset + b + k + q), sign[q]);
+    };
+    if (!p.use_sign) {
+      for (int64_t k = 0; k < e - b; k += 16) piece(k, std::min<int64_t>(16, e - b - k), ones);
+    } else {
+      for_each_sign_group<C>(p, p.offset + b, e - b, piece);
+    }
+  };
+  if (!use_vector) return scalar(from, to);
+  const int64_t aligned = group_start(p, from, to);
+  scalar(from, aligned);
+  scalar(vector(aligned, to), to);
+}
+
 template <class T, class C = typename Compute<T>::type>
 void gather_impl(const T* __restrict M, T* __restrict W, const Map& p, int64_t rows, int64_t cols, C scale,
                  int threads) {
   int64_t n = rows * cols;
   parallel_chunks(n, threads_for(n, threads, 1 << 14), [&](int, int64_t b, int64_t e) {
-    if (p.kind == rps::kHashedNet) {  // no runs: one index hash per element
-      auto scalar = [&](int64_t from, int64_t to) {
-        C ones[16];
-        for (C& one : ones) one = C(1);
-        auto piece = [&](int64_t k, int64_t count, const C* sign) {
-          for (int64_t q = 0; q < count; ++q) {
-            int64_t at = from + k + q;
-            store(W, at, sign[q] * scale * load(M, rps::hashednet_index(p, p.offset + at)));
-          }
-        };
-        if (!p.use_sign) {
-          for (int64_t k = 0; k < to - from; k += 16) piece(k, std::min<int64_t>(16, to - from - k), ones);
-        } else {
-          for_each_sign_group<C>(p, p.offset + from, to - from, piece);
-        }
-      };
-      if constexpr (std::is_same_v<T, float>) {
-        if (use_avx512_hashednet<T>(p)) {
-          const int64_t aligned = group_start(p, b, e);
-          scalar(b, aligned);
-          const int64_t done = avx512::hashednet_gather_f32(M, W, p, aligned, e, scale);
-          scalar(done, e);
-          return;
-        }
-      }
-      scalar(b, e);
+    if (p.kind == rps::kHashedNet) {
+      for_each_hashednet<C>(
+          p, b, e, [&](int64_t at, int64_t j, C sign) { store(W, at, sign * scale * load(M, j)); },
+          [&](int64_t from, int64_t to) {
+            if constexpr (std::is_same_v<T, float>) return avx512::hashednet_gather_f32(M, W, p, from, to, scale);
+            return from;
+          },
+          use_avx512_hashednet<T>(p));
       return;
     }
     for_each_run(p, cols, b, e, [&](int64_t at, int64_t, int64_t, int64_t j, int64_t len) {
@@ -144,32 +150,18 @@ void scatter_impl(const T* __restrict G, Acc* __restrict acc, const Map& p, int6
   int64_t n = rows * cols;
   int nt = threads_for(p.m, threads_for(n, threads, 1 << 14), 1 << 10);
   parallel_chunks(p.m, nt, [&](int, int64_t lo, int64_t hi) {
-    if (p.kind == rps::kHashedNet) {  // no runs: one index hash per element
-      auto scalar = [&](int64_t from, int64_t to) {
-        Acc ones[16];
-        for (Acc& one : ones) one = Acc(1);
-        auto piece = [&](int64_t k, int64_t count, const Acc* sign) {
-          for (int64_t q = 0; q < count; ++q) {
-            int64_t j = rps::hashednet_index(p, p.offset + from + k + q);
-            if (j >= lo && j < hi) acc[j] += sign[q] * (scale * Acc(load(G, from + k + q)));
-          }
-        };
-        if (!p.use_sign) {
-          for (int64_t k = 0; k < to - from; k += 16) piece(k, std::min<int64_t>(16, to - from - k), ones);
-        } else {
-          for_each_sign_group<Acc>(p, p.offset + from, to - from, piece);
-        }
-      };
-      if constexpr (std::is_same_v<T, float>) {
-        if (use_avx512_hashednet<T>(p)) {
-          const int64_t aligned = group_start(p, 0, n);
-          scalar(0, aligned);
-          const int64_t done = avx512::hashednet_scatter_f32(G, acc, p, aligned, n, scale, lo, hi);
-          scalar(done, n);
-          return;
-        }
-      }
-      scalar(0, n);
+    if (p.kind == rps::kHashedNet) {
+      for_each_hashednet<Acc>(
+          p, 0, n,
+          [&](int64_t at, int64_t j, Acc sign) {
+            if (j >= lo && j < hi) acc[j] += sign * (scale * Acc(load(G, at)));
+          },
+          [&](int64_t from, int64_t to) {
+            if constexpr (std::is_same_v<T, float>)
+              return avx512::hashednet_scatter_f32(G, acc, p, from, to, scale, lo, hi);
+            return from;
+          },
+          use_avx512_hashednet<T>(p));
       return;
     }
     for_each_run(p, cols, 0, n, [&](int64_t at, int64_t, int64_t, int64_t j, int64_t len) {
