@@ -61,6 +61,8 @@ class ByteCounter:
     def __init__(self, world):
         self.world, self.payload, self.wire = world, 0, 0
         self._reduce, self._gather = dist.all_reduce, dist.all_gather
+        self._single = {name: getattr(dist, name) for name in ("all_gather_single", "all_gather_into_tensor")
+                        if hasattr(dist, name)}
 
         def all_reduce(tensor, *a, **k):
             nbytes = tensor.numel() * tensor.element_size()
@@ -74,7 +76,17 @@ class ByteCounter:
             self.wire += (self.world - 1) * nbytes
             return self._gather(out, tensor, *a, **k)
 
+        def counted_single(fn):
+            def gather_single(out, tensor, *a, **k):
+                nbytes = tensor.numel() * tensor.element_size()
+                self.payload += nbytes
+                self.wire += (self.world - 1) * nbytes
+                return fn(out, tensor, *a, **k)
+            return gather_single
+
         dist.all_reduce, dist.all_gather = all_reduce, all_gather
+        for name, fn in self._single.items():
+            setattr(dist, name, counted_single(fn))
 
     def reset(self):
         self.payload = self.wire = 0

@@ -12,7 +12,8 @@ import torch
 
 from osmos import _native
 from osmos.ops import topk_accumulate_, topk_compress, topk_decompress
-from osmos.ops.topk_compress import _topk_compress_op, reference_topk_compress
+from osmos.ops.topk_compress import (_topk_accumulate_op, _topk_compress_op, reference_topk_accumulate_,
+                                     reference_topk_compress)
 from tests.conftest import triton_available
 
 DTYPE_PAIRS = [  # (x dtype, state dtype)
@@ -330,3 +331,75 @@ def test_receiver_bad_inputs():
         topk_decompress(torch.ones(2), torch.zeros(2, dtype=torch.int64), -1)
     with pytest.raises(ValueError, match="out must be 1-D"):
         topk_accumulate_(torch.zeros(2, 2), torch.ones(2), torch.zeros(2, dtype=torch.int64))
+    with pytest.raises(TypeError, match="indices must have dtype"):
+        topk_accumulate_(torch.zeros(4), torch.ones(2), torch.zeros(2, dtype=torch.int16))
+    with pytest.raises(ValueError, match="counts must have one entry per row"):
+        topk_accumulate_(torch.zeros(4), torch.ones(2, 3), torch.zeros(2, 3, dtype=torch.int64),
+                         counts=torch.ones(3, dtype=torch.int64))
+    with pytest.raises(TypeError, match="weights must have dtype"):
+        topk_accumulate_(torch.zeros(4), torch.ones(2, 3), torch.zeros(2, 3, dtype=torch.int64),
+                         weights=torch.ones(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="weights needs values / indices of shape"):
+        topk_accumulate_(torch.zeros(4), torch.ones(3), torch.zeros(3, dtype=torch.int64), weights=torch.ones(3))
+    for idx in ([0, 4], [-1, 0]):
+        out = torch.zeros(4)
+        with pytest.raises(IndexError, match=r"indices must lie in \[0, 4\)"):
+            topk_accumulate_(out, torch.ones(2), torch.tensor(idx, dtype=torch.int32))
+        assert out.count_nonzero() == 0  # nothing written
+
+
+def _padded_messages(rows: int, cols: int, n: int, index_dtype, seed: int = 0):
+    """Rows like the EF21 hook's all_gather table: ascending indices with repeats across rows,
+    padded past counts[r] with junk that must be ignored."""
+    g = torch.Generator().manual_seed(seed)
+    values = torch.randn(rows, cols, generator=g)
+    indices = torch.sort(torch.randint(0, n, (rows, cols), generator=g), dim=1).values.to(index_dtype)
+    counts = torch.randint(0, cols + 1, (rows,), generator=g)
+    counts[0] = cols
+    for r in range(rows):
+        indices[r, counts[r]:] = -7  # out of range: only harmless if skipped
+    weights = torch.rand(rows, generator=g) + 0.5
+    return values, indices, counts, weights
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_topk_accumulate_native_matches_reference(index_dtype):
+    values, indices, counts, weights = _padded_messages(5, 3_001, 2_000, index_dtype)
+    for kw in ({"counts": counts}, {"counts": counts, "weights": weights}):
+        for alpha in (1.0, 0.37):
+            out = torch.randn(2_000, generator=torch.Generator().manual_seed(1))
+            expected = out.clone()
+            reference_topk_accumulate_(expected, values, indices, kw["counts"], kw.get("weights"), alpha)
+            topk_accumulate_(out, values, indices, alpha, **kw)
+            assert_same(out, expected, f"accumulate {kw.keys()} alpha={alpha}")
+    # strided rows (views into a wider table, as the hook passes them) and 1-D inputs
+    table = torch.zeros(5, 7_000, dtype=torch.int32)
+    table[:, 10:3_011] = indices.to(torch.int32)
+    table[:, -3_001:] = values.view(torch.int32)
+    out, expected = torch.zeros(2_000), torch.zeros(2_000)
+    topk_accumulate_(out, table[:, -3_001:].view(torch.float32), table[:, 10:3_011], counts=counts, weights=weights)
+    reference_topk_accumulate_(expected, values, indices, counts, weights)
+    assert_same(out, expected, "strided rows")
+    out, expected = torch.zeros(2_000), torch.zeros(2_000)
+    topk_accumulate_(out, values[0], indices[0])
+    reference_topk_accumulate_(expected, values[0], indices[0])
+    assert_same(out, expected, "1-D")
+    if _native.has_cpu_kernel("topk_accumulate"):  # the native kernel ran: not a silent fallback
+        assert not torch.equal(out, torch.zeros(2_000))
+
+
+def test_topk_accumulate_opcheck_and_compile():
+    values, indices, counts, weights = _padded_messages(3, 257, 500, torch.int32, seed=3)
+    torch.library.opcheck(_topk_accumulate_op, (torch.zeros(500), values, indices, counts, weights, 1.0))
+    torch.library.opcheck(_topk_accumulate_op, (torch.zeros(500), values[0], indices[0].long(), None, None, 0.5))
+
+    def receive(g, values, indices, counts, weights):
+        topk_accumulate_(g, values, indices, counts=counts, weights=weights)
+        return g * 2
+
+    compiled = torch.compile(receive, fullgraph=True, backend="inductor")
+    g_eager, g_compiled = torch.ones(500), torch.ones(500)
+    expected = receive(g_eager, values, indices, counts, weights)
+    got = compiled(g_compiled, values, indices, counts, weights)
+    assert_same(got, expected, "compiled result")
+    assert_same(g_compiled, g_eager, "compiled in-place update")

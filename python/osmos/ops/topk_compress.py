@@ -161,10 +161,94 @@ def topk_decompress(values: Tensor, indices: Tensor, n: int) -> Tensor:
     return topk_accumulate_(out, values, indices)
 
 
-def topk_accumulate_(out: Tensor, values: Tensor, indices: Tensor, alpha: float = 1.0) -> Tensor:
-    """out[indices] += alpha * values, for values / indices of any matching shape
-    (e.g. [workers, k] from an all_gather). Repeated indices accumulate. Returns out."""
+def _validate_accumulate(out: Tensor, values: Tensor, indices: Tensor, counts: Tensor | None,
+                         weights: Tensor | None) -> None:
     check_tensor("out", out, ndim=1, dtypes=FLOAT_DTYPES)
+    check_tensor("values", values, dtypes=FLOAT_DTYPES, contiguous=False)
+    check_tensor("indices", indices, dtypes=(torch.int32, torch.int64), contiguous=False)
     if values.shape != indices.shape:
         raise ValueError(f"values and indices must have one shape, got {tuple(values.shape)} and {tuple(indices.shape)}")
-    return out.index_add_(0, indices.reshape(-1), values.reshape(-1).to(out.dtype), alpha=alpha)
+    for name, t in (("values", values), ("indices", indices)):
+        if t.device != out.device:
+            raise ValueError(f"{name} must be on out's device {out.device}, got {t.device}")
+    for name, t, dtypes in (("counts", counts, (torch.int64,)), ("weights", weights, (torch.float32,))):
+        if t is None:
+            continue
+        if values.dim() != 2:
+            raise ValueError(f"{name} needs values / indices of shape [rows, cols], got {tuple(values.shape)}")
+        check_tensor(name, t, ndim=1, dtypes=dtypes)
+        if t.numel() != values.shape[0] or t.device != out.device:
+            raise ValueError(f"{name} must have one entry per row ({values.shape[0]}) on {out.device}, "
+                             f"got {t.numel()} on {t.device}")
+
+
+def _present(values: Tensor, indices: Tensor, counts: Tensor | None, weights: Tensor | None):
+    """The (values, int64 indices) pairs that take part, flattened in row-major order."""
+    if weights is not None:
+        values = values.to(torch.float32) * weights[:, None]
+    if counts is not None:
+        keep = torch.arange(values.shape[1], device=values.device)[None, :] < counts[:, None]
+        values, indices = values[keep], indices[keep]
+    return values.reshape(-1), indices.reshape(-1).long()
+
+
+def reference_topk_accumulate_(out: Tensor, values: Tensor, indices: Tensor, counts: Tensor | None = None,
+                               weights: Tensor | None = None, alpha: float = 1.0) -> None:
+    """Pure-torch definition of `topk_accumulate_` (index_add_, rows in order)."""
+    v, i = _present(values, indices, counts, weights)
+    if i.numel() and not bool(((i >= 0) & (i < out.numel())).all()):
+        raise IndexError(f"indices must lie in [0, {out.numel()})")
+    out.index_add_(0, i, v.to(out.dtype), alpha=alpha)
+
+
+@torch.library.custom_op("osmos::topk_accumulate_", mutates_args=("out",))
+def _topk_accumulate_op(out: Tensor, values: Tensor, indices: Tensor, counts: Tensor | None,
+                        weights: Tensor | None, alpha: float) -> None:
+    reference_topk_accumulate_(out, values, indices, counts, weights, alpha)
+
+
+@_topk_accumulate_op.register_fake
+def _(out, values, indices, counts, weights, alpha):
+    return None
+
+
+@_topk_accumulate_op.register_kernel("cpu")
+def _(out, values, indices, counts, weights, alpha):
+    if (out.dtype != torch.float32 or values.dtype != torch.float32 or not out.is_contiguous()
+            or not _native.has_cpu_kernel("topk_accumulate")):
+        return reference_topk_accumulate_(out, values, indices, counts, weights, alpha)
+    rows_v = values.reshape(1, -1) if values.dim() != 2 else values
+    rows_i = indices.reshape(1, -1) if indices.dim() != 2 else indices
+    if rows_v.stride(-1) != 1:
+        rows_v = rows_v.contiguous()
+    if rows_i.stride(-1) != 1:
+        rows_i = rows_i.contiguous()
+    counts = None if counts is None else counts.contiguous()
+    weights = None if weights is None else weights.contiguous()
+    bad = _native.C.topk_accumulate(
+        out.data_ptr(), out.numel(), rows_v.data_ptr(), rows_v.stride(0), rows_i.data_ptr(),
+        rows_i.dtype == torch.int64, rows_i.stride(0), 0 if counts is None else counts.data_ptr(),
+        0 if weights is None else weights.data_ptr(), rows_v.shape[0], rows_v.shape[1], float(alpha),
+    )
+    if bad >= 0:
+        raise IndexError(f"indices must lie in [0, {out.numel()}); flat entry {bad} is {int(rows_i.reshape(-1)[bad])}")
+
+
+def topk_accumulate_(out: Tensor, values: Tensor, indices: Tensor, alpha: float = 1.0, *,
+                     counts: Tensor | None = None, weights: Tensor | None = None) -> Tensor:
+    """out[indices] += alpha * values, for values / indices of any matching shape (e.g. [workers, k]
+    from an all_gather). Repeated indices accumulate, in row-major order (so every rank that runs it
+    on the same inputs gets the same bits). Returns out.
+
+    Args:
+        out: 1-D float buffer, updated in place.
+        values: float values; indices: int32 or int64 positions in [0, out.numel()), same shape.
+        alpha: a scale for every added value.
+        counts: optional int64 [rows] for values of shape [rows, cols]: only the first counts[r]
+            entries of row r take part (padded all_gather messages).
+        weights: optional float32 [rows]: row r's values are multiplied by weights[r] (in float32)
+            before alpha.
+    """
+    _validate_accumulate(out, values, indices, counts, weights)
+    _topk_accumulate_op(out, values, indices, counts, weights, float(alpha))
+    return out

@@ -53,7 +53,7 @@ def _dense_round(state: EF21State, buffer: Tensor, layout: BucketLayout):
 
     def finish(fut):
         g.copy_(fut.value()[0]).div_(state.world)
-        return buffer.copy_(g)
+        return _result(buffer, g)
 
     return dist.all_reduce(x, group=state.group, async_op=True).get_future().then(finish)
 
@@ -89,27 +89,42 @@ def _compressed_round(state: EF21State, buffer: Tensor, layout: BucketLayout):
             message[header:header + kmax] = torch.cat(indices).to(torch.int32)
         message[-kmax:] = torch.cat(values).view(torch.int32)
     shared = None if with_indices else _shared_indices(comp, layout, seeds, buffer.device)
-    gathered = [torch.empty_like(message) for _ in range(state.world)]
+    table = torch.empty(state.world, message.numel(), dtype=message.dtype, device=message.device)
     g = layout.flats["g_global"]
 
     def finish(fut):
-        table = torch.stack(gathered)  # [world, message length]
-        counts = table[:, 0].tolist()
+        counts = table[:, 0].long()
         state.add_movement(table[:, 1:header].view(torch.float32).double().tolist())
-        values = table[:, -kmax:].view(torch.float32) * torch.tensor(state.weights, dtype=torch.float32,
-                                                                         device=table.device)[:, None]
-        present = torch.arange(kmax, device=table.device)[None, :] < table[:, :1]
+        weights = torch.tensor(state.weights, dtype=torch.float32, device=table.device)
+        values = table[:, -kmax:].view(torch.float32)
         if with_indices:
-            topk_accumulate_(g, values[present], table[:, header:header + kmax][present].long())
-        elif any(counts):
-            rows = values[[c > 0 for c in counts]]
+            topk_accumulate_(g, values, table[:, header:header + kmax], counts=counts, weights=weights)
+        elif bool(counts.any()):
+            rows = (values * weights[:, None])[counts > 0]
             if shared is None:
                 g.add_(rows.sum(0))
             else:
                 topk_accumulate_(g, rows, shared.expand(rows.shape[0], -1))
-        return buffer.copy_(g)
+        return _result(buffer, g)
 
-    return dist.all_gather(gathered, message, group=state.group, async_op=True).get_future().then(finish)
+    return _all_gather(table, message, state.group).then(finish)
+
+
+def _result(buffer: Tensor, g: Tensor) -> Tensor:
+    """What the hook hands back to DDP: g itself when the bucket is float32 (DDP copies the result
+    into the parameters' gradients, so a copy into the bucket first would be a wasted pass),
+    else g cast into the bucket."""
+    return g if buffer.dtype == torch.float32 else buffer.copy_(g)
+
+
+def _all_gather(table: Tensor, message: Tensor, group):
+    """all_gather of message into the rows of table, as a future; one collective into a single
+    buffer where the backend supports it, else a list of row views."""
+    gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # renamed in torch 2.13
+    try:
+        return gather_single(table.view(-1), message, group=group, async_op=True).get_future()
+    except (RuntimeError, NotImplementedError, ValueError):
+        return dist.all_gather(list(table.unbind(0)), message, group=group, async_op=True).get_future()
 
 
 def _shared_indices(comp, layout: BucketLayout, seeds: list, device):
