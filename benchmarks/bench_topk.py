@@ -156,6 +156,35 @@ def run(device: str, sizes, ratios, repeats: int, baseline_repeats: int, dtype, 
     return rows
 
 
+def run_receiver(device: str, n: int, worlds, ratios, repeats: int) -> list[str]:
+    """The receiver side: `world` ranks' padded (int32 index, value) messages added into one dense
+    float32 g with per-rank weights, as the EF21 hook does after its all_gather. osmos
+    `topk_accumulate_` against torch (weights multiply, counts mask, int64 cast, index_add_)."""
+    from osmos.ops import topk_accumulate_
+    from osmos.ops.topk_compress import reference_topk_accumulate_
+
+    timer = cuda_timer if device == "cuda" else cpu_timer
+    rows = ["| ranks | k/n | entries added | osmos topk_accumulate_ (ms) | torch masked index_add_ (ms) | speed-up |",
+            "|---|---|---|---|---|---|"]
+    g = torch.zeros(n, device=device)
+    for world in worlds:
+        for ratio in ratios:
+            k = max(1, int(n * ratio))
+            gen = torch.Generator(device="cpu").manual_seed(world)
+            indices = torch.sort(torch.randint(0, n, (world, k), generator=gen), dim=1).values.int().to(device)
+            values = torch.randn(world, k, generator=gen).to(device)
+            counts = torch.full((world,), k, dtype=torch.int64, device=device)
+            weights = torch.full((world,), 1.0 / world, device=device)
+            t_osmos = timer(lambda: topk_accumulate_(g, values, indices, counts=counts, weights=weights),
+                            lambda: None, repeats)
+            t_torch = timer(lambda: reference_topk_accumulate_(g, values, indices, counts, weights), lambda: None,
+                            repeats)
+            rows.append(f"| {world} | {ratio:g} | {world * k} | {t_osmos * 1e3:.2f} | {t_torch * 1e3:.2f} | "
+                        f"{t_torch / t_osmos:.2f}x |")
+            print(rows[-1], flush=True)
+    return rows
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, well under 30 s")
@@ -166,6 +195,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=7, help="timed calls of osmos (median)")
     parser.add_argument("--baseline-repeats", type=int, default=3, help="timed calls of each baseline")
     parser.add_argument("--markdown", help="also write the table to this file")
+    parser.add_argument("--receiver-n", type=int, default=25_200_000,
+                        help="dense size of the receiver-side table (0 skips it)")
     args = parser.parse_args(argv)
     sizes = args.sizes or ([MIB] if args.quick else [MIB, 16 * MIB, 64 * MIB])
     if args.quick:
@@ -175,6 +206,10 @@ def main(argv=None) -> None:
           f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     rows = run(args.device, sizes, args.ratios, args.repeats, args.baseline_repeats, getattr(torch, args.dtype),
                copy_numel=16 * MIB if args.quick else 64 * MIB)
+    if args.receiver_n:
+        n = MIB if args.quick else args.receiver_n
+        rows += ["", f"Receiver side, n = {n}:", ""]
+        rows += run_receiver(args.device, n, [2, 4, 8], [0.001, 0.01], args.repeats)
     print("\n" + "\n".join(rows))
     if args.markdown:
         os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
