@@ -42,7 +42,9 @@ def test_gather_path_matches_reference(kind):
 
 @pytest.mark.skipif(not TRITON, reason="needs triton >= 3.7 and TRITON_INTERPRET=1 or a GPU")
 @pytest.mark.parametrize("kind", ["stable", "roast", "hashednet"])
-@pytest.mark.parametrize("shape", [(5, 19, 37, 101), (33, 40, 70, 7), (1, 1, 1, 1)])
+# (B, rows, cols, m): STABLE partitions that end inside a tile, m below a tile's width (the
+# element-by-element mapping), ROAST with m above and below a ROAST tile (8 x 16), one element.
+@pytest.mark.parametrize("shape", [(5, 19, 37, 101), (33, 40, 70, 7), (6, 45, 67, 300), (1, 1, 1, 1)])
 def test_fused_triton_matches_reference(kind, shape, monkeypatch):
     monkeypatch.setenv("OSMOS_CPU_BACKEND", "triton")
     _check_against_reference(kind, *shape, torch.float32, 1e-4)
@@ -91,3 +93,29 @@ def test_on_gpu(kind, backend, monkeypatch):
     config, x, M = _case(kind, 64, 300, 200, 5000)
     y = rps_linear(x.cuda(), M.cuda(), config, 300, 200, 0.3)
     torch.testing.assert_close(y.cpu(), F.linear(x, reference_rps_gather(M, config, 300, 200, 0.3)), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(not TRITON, reason="needs triton >= 3.7 and TRITON_INTERPRET=1 or a GPU")
+@pytest.mark.parametrize("kind", ["stable", "roast", "hashednet"])
+@pytest.mark.parametrize("use_sign", [True, False])
+@pytest.mark.parametrize("tile, rows, cols, m, offset, tables", [
+    # tables: segment width used by (stable, roast); None = element by element
+    ((16, 16), 20, 70, 333, 0, (32, 32)),           # one ROAST tile break per 32-column segment
+    ((8, 16), 9, 50, 200, 12345678901, (32, 32)),   # offsets past 2^31 (sign words, partitions)
+    ((8, 16), 9, 50, 64, 0, (32, None)),            # ROAST with m <= tile: indices wrap modulo m
+    ((4, 40), 7, 90, 500, 3, (32, 32)),             # ROAST tiles wider than a segment
+    ((4, 8), 5, 33, 1000, 17, (32, 16)),            # narrow ROAST tiles: 16-column segments
+    ((8, 4), 5, 33, 1000, 17, (32, None)),          # ROAST tiles too narrow for tables
+    ((16, 16), 3, 40, 20, 5, (16, None)),           # m below 32 columns: 16-column segments
+])
+def test_fused_triton_weight_tiles_are_exact(kind, use_sign, tile, rows, cols, m, offset, tables):
+    """x = I gives y = W^T bit for bit, so every tile-building path (segment tables, element by
+    element) is checked against the reference mapping, signs included."""
+    from osmos.triton_kernels.rps_linear import rps_linear_forward, segment_width
+
+    config = LayerMap(kind, m, offset, rows, cols, seed=7, layer=3, tile=tile, use_sign=use_sign).config()
+    M = torch.randn(m)
+    w_t = rps_linear_forward(torch.eye(cols), M, config, rows, cols, 0.5)
+    assert torch.equal(w_t, reference_rps_gather(M, config, rows, cols, 0.5).t())
+    expected = {"stable": tables[0], "roast": tables[1], "hashednet": None}[kind]
+    assert segment_width(config, 32) == expected
