@@ -1,18 +1,20 @@
 """Accuracy against compression for randomized parameter sharing, on scikit-learn's bundled
-digits (8x8 images, 10 classes; offline), with an MLP 64-256-256-10.
+digits (8x8 images, 10 classes; offline), with an MLP 64-256-256-10 and a small CNN
+(conv3x3 32 - conv3x3 64 - maxpool - fc 128 - fc 10). Compression counts the weights of the
+Linear and Conv2d layers.
 
 Methods at each compression ratio (target-layer weights / stored weights), 3 seeds:
   stable     STABLE-RPS mapper + RPSGradScaler
   roast      ROAST mapper
   hashednet  HashedNet mapper
   magnitude  global magnitude pruning of the trained dense model to n / ratio weights, fine-tuned
-  dense      a smaller dense MLP (two equal hidden layers) with about n / ratio weights
+  dense      the same architecture with every width scaled down to at most n / ratio weights
 All train with Adam (lr 3e-3, batch 64). Also a stability sweep: SGD (lr 0.05, momentum 0.9) at
 8x, M's init std from 1e-3 to 1, counting diverged runs (non-finite loss or final loss above the
 initial one) for ROAST (no gradient scaling) and STABLE-RPS (with it).
 
 Writes benchmarks/figures/rps_pareto.png and prints markdown tables (for RESULTS.md).
-Usage: nice python benchmarks/rps_pareto.py [--epochs 10] [--seeds 3]
+Usage: nice python benchmarks/rps_pareto.py [--epochs 10] [--seeds 3] [--archs mlp,cnn] [--no-stability]
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from osmos.compress import rps
 
 RATIOS = [1, 2, 5, 10, 30, 100, 300, 1000]
 METHODS = ["stable", "roast", "hashednet", "magnitude", "dense"]
-HIDDEN = 256
 
 
 def load_digits_split(seed: int = 0):
@@ -45,12 +46,40 @@ def load_digits_split(seed: int = 0):
     return x[perm[:cut]], y[perm[:cut]], x[perm[cut:]], y[perm[cut:]]
 
 
-def mlp(hidden: int = HIDDEN) -> nn.Module:
-    return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+def mlp(width: float = 1.0) -> nn.Module:
+    """MLP 64-256-256-10; ``width`` scales both hidden layers."""
+    h = max(1, round(256 * width))
+    return nn.Sequential(nn.Linear(64, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 10))
 
 
-def weights_of(hidden: int) -> int:
-    return 64 * hidden + hidden * hidden + hidden * 10
+def cnn(width: float = 1.0) -> nn.Module:
+    """Small CNN on the 8x8 digits: conv3x3(32) - conv3x3(64) - maxpool - fc(128) - fc(10);
+    ``width`` scales every channel / hidden count."""
+    c1, c2, f = (max(1, round(c * width)) for c in (32, 64, 128))
+    return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(c2 * 16, f), nn.ReLU(), nn.Linear(f, 10))
+
+
+ARCHS = {"mlp": (mlp, "MLP 64-256-256-10"), "cnn": (cnn, "CNN conv32-conv64-pool-fc128-fc10")}
+
+
+def target_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+def weights_of(model: nn.Module) -> int:
+    """Weights of the layers RPS compresses (biases are not shared)."""
+    return sum(m.weight.numel() for m in target_layers(model))
+
+
+def smaller_dense(build, budget: int) -> nn.Module:
+    """The widest ``build(width)`` with at most ``budget`` target weights (at least width 1 unit)."""
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if weights_of(build(mid)) <= budget else (lo, mid)
+    return build(lo)
 
 
 def train(model, data, epochs, opt, seed, scaler=None, masks=None):
@@ -84,19 +113,18 @@ def accuracy(model, data) -> float:
     return float((model(xte).argmax(1) == yte).float().mean())
 
 
-def run(method: str, ratio: float, seed: int, data, epochs: int) -> float:
+def run(arch: str, method: str, ratio: float, seed: int, data, epochs: int) -> float:
+    build = ARCHS[arch][0]
     torch.manual_seed(seed)
-    n = weights_of(HIDDEN)
+    n = weights_of(build())
     if method == "dense":
-        # largest equal hidden width with at most n / ratio weights (at least 1)
-        h = max(1, int((-74 + math.sqrt(74**2 + 4 * n / ratio)) / 2))
-        model = mlp(h)
+        model = smaller_dense(build, max(1, int(n / ratio)))
         train(model, data, epochs, torch.optim.Adam(model.parameters(), lr=3e-3), seed)
         return accuracy(model, data)
     if method == "magnitude":
-        model = mlp()
+        model = build()
         train(model, data, epochs, torch.optim.Adam(model.parameters(), lr=3e-3), seed)
-        layers = [m for m in model if isinstance(m, nn.Linear)]
+        layers = target_layers(model)
         keep = max(1, round(n / ratio))
         scores = torch.cat([m.weight.detach().abs().reshape(-1) for m in layers])
         threshold = torch.topk(scores, keep).values[-1]
@@ -106,7 +134,7 @@ def run(method: str, ratio: float, seed: int, data, epochs: int) -> float:
                 p.mul_(mk)
         train(model, data, max(1, epochs // 2), torch.optim.Adam(model.parameters(), lr=1e-3), seed + 1, masks=masks)
         return accuracy(model, data)
-    model = rps.compress(mlp(), ratio=ratio, mapper=method, seed=seed)
+    model = rps.compress(build(), ratio=ratio, mapper=method, seed=seed)
     scaler = rps.RPSGradScaler(model) if method == "stable" else None
     train(model, data, epochs, torch.optim.Adam(model.parameters(), lr=3e-3), seed, scaler=scaler)
     return accuracy(model, data)
@@ -132,62 +160,82 @@ def stability(data, epochs: int, seeds: int):
     return rows
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--seeds", type=int, default=3)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    data = load_digits_split()
-    t0 = time.time()
-    results = {}
-    for method in METHODS:
-        for ratio in RATIOS:
-            accs = [run(method, ratio, seed, data, args.epochs) for seed in range(args.seeds)]
-            results[(method, ratio)] = accs
-            print(f"  {method:9s} {ratio:5g}x: {statistics.mean(accs):.3f} ({time.time() - t0:.0f}s)", flush=True)
-    stab = stability(data, max(5, args.epochs // 2), args.seeds)
-
-    n = weights_of(HIDDEN)
-    print(f"\n### Accuracy vs compression (digits, MLP 64-{HIDDEN}-{HIDDEN}-10, {n} weights; "
-          f"mean +- std over {args.seeds} seeds, {args.epochs} epochs)\n")
+def table(arch: str, results: dict, seeds: int, epochs: int) -> None:
+    build, title = ARCHS[arch]
+    print(f"\n#### Accuracy vs compression (digits, {title}, {weights_of(build())} weights; "
+          f"mean +- std over {seeds} seeds, {epochs} epochs)\n")
     print("| ratio | " + " | ".join(METHODS) + " |")
     print("|---|" + "---|" * len(METHODS))
     for ratio in RATIOS:
         cells = []
         for method in METHODS:
-            accs = results[(method, ratio)]
+            accs = results[(arch, method, ratio)]
             sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
             cells.append(f"{statistics.mean(accs):.3f} +- {sd:.3f}")
         print(f"| {ratio}x | " + " | ".join(cells) + " |")
-    print("\n### Stability: SGD at 8x, init std of M swept (diverged runs / seeds, mean accuracy)\n")
-    print("| init std | ROAST diverged | ROAST acc | STABLE-RPS diverged | STABLE-RPS acc |")
-    print("|---|---|---|---|---|")
-    by = {(s, m): (d, a) for s, m, d, a in stab}
-    for s in sorted({s for s, _, _, _ in stab}):
-        (rd, ra), (sd_, sa) = by[(s, "roast")], by[(s, "stable")]
-        print(f"| {s:g} | {rd}/{args.seeds} | {ra:.3f} | {sd_}/{args.seeds} | {sa:.3f} |")
 
+
+def plot(archs: list[str], results: dict, seeds: int) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in METHODS:
-        means = [statistics.mean(results[(method, r)]) for r in RATIOS]
-        sds = [statistics.stdev(results[(method, r)]) if args.seeds > 1 else 0 for r in RATIOS]
-        ax.errorbar(RATIOS, means, yerr=sds, marker="o", capsize=3, label=method)
-    ax.set_xscale("log")
-    ax.set_xlabel("compression (dense weights / stored weights)")
-    ax.set_ylabel("test accuracy (digits)")
-    ax.set_title(f"RPS vs pruning vs smaller dense, MLP 64-{HIDDEN}-{HIDDEN}-10")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    fig, axes = plt.subplots(1, len(archs), figsize=(6.5 * len(archs), 4.5), squeeze=False)
+    for ax, arch in zip(axes[0], archs):
+        for method in METHODS:
+            runs = [results[(arch, method, r)] for r in RATIOS]
+            means = [statistics.mean(a) for a in runs]
+            sds = [statistics.stdev(a) if seeds > 1 else 0 for a in runs]
+            ax.errorbar(RATIOS, means, yerr=sds, marker="o", capsize=3, label=method)
+        ax.set_xscale("log")
+        ax.set_xlabel("compression (dense weights / stored weights)")
+        ax.set_ylabel("test accuracy (digits)")
+        ax.set_title(f"RPS vs pruning vs smaller dense: {ARCHS[arch][1]}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend()
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures", "rps_pareto.png")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--archs", default="mlp,cnn", help="comma-separated subset of " + ",".join(ARCHS))
+    parser.add_argument("--no-stability", action="store_true", help="skip the init-std stability sweep")
+    args = parser.parse_args()
+    archs = [a for a in args.archs.split(",") if a]
+    unknown = sorted(set(archs) - set(ARCHS))
+    if unknown:
+        parser.error(f"unknown arch(s) {unknown}; choose from {sorted(ARCHS)}")
+    torch.set_num_threads(1)
+    data = load_digits_split()
+    t0 = time.time()
+    results = {}
+    for arch in archs:
+        for method in METHODS:
+            for ratio in RATIOS:
+                accs = [run(arch, method, ratio, seed, data, args.epochs) for seed in range(args.seeds)]
+                results[(arch, method, ratio)] = accs
+                print(f"  {arch} {method:9s} {ratio:5g}x: {statistics.mean(accs):.3f} ({time.time() - t0:.0f}s)",
+                      flush=True)
+    stab = [] if args.no_stability else stability(data, max(5, args.epochs // 2), args.seeds)
+
+    for arch in archs:
+        table(arch, results, args.seeds, args.epochs)
+    if stab:
+        print("\n#### Stability: MLP, SGD at 8x, init std of M swept (diverged runs / seeds, mean accuracy)\n")
+        print("| init std | ROAST diverged | ROAST acc | STABLE-RPS diverged | STABLE-RPS acc |")
+        print("|---|---|---|---|---|")
+        by = {(s, m): (d, a) for s, m, d, a in stab}
+        for s in sorted({s for s, _, _, _ in stab}):
+            (rd, ra), (sd_, sa) = by[(s, "roast")], by[(s, "stable")]
+            print(f"| {s:g} | {rd}/{args.seeds} | {ra:.3f} | {sd_}/{args.seeds} | {sa:.3f} |")
+    out = plot(archs, results, args.seeds)
     print(f"\nwrote {out} ({time.time() - t0:.0f}s)")
 
 

@@ -4,8 +4,10 @@ W[n, k] = scale * sign * M[h(n, k)] (osmos.ops.rps_mapping), differentiable in x
 By default W is gathered (osmos.ops.rps_gather) and torch's matmul runs, on every device. The
 Triton kernels of triton_kernels/rps_linear.py read W's tiles straight from M and never
 materialise W, forward and backward; they are opt-in (OSMOS_GPU_BACKEND=triton on a GPU, or
-OSMOS_CPU_BACKEND=triton under TRITON_INTERPRET=1) because on an H100 they ran 40-140x slower
-than gather + cuBLAS (benchmarks/RESULTS.md): they save W's memory, not time.
+OSMOS_CPU_BACKEND=triton under TRITON_INTERPRET=1). Their first design, which hashed every
+element inside the matmul loop, ran 40-140x slower than gather + cuBLAS on an H100
+(benchmarks/RESULTS.md); the segment-table design that replaced it has not been timed on a GPU
+yet, so gather + matmul stays the default.
 """
 
 from __future__ import annotations
