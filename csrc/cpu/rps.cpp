@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <vector>
 
 #include "cpu/cpu_features.h"
 #include "cpu/parallel.h"
@@ -36,11 +37,43 @@ inline void store(double* p, int64_t i, double v) { p[i] = v; }
 inline void store(F16* p, int64_t i, float v) { p[i].v = f32_to_f16(v); }
 inline void store(BF16* p, int64_t i, float v) { p[i].v = f32_to_bf16(v); }
 
+// ROAST's runs of [begin, end) without a division per run: the tile row's hash term is computed
+// once per row, each tile column's once per call, the tile column advances with the runs, and the
+// index is the header's (start + (r mod tile_r) * tile_c + c mod tile_c) mod m, a run ending at a
+// tile's last column or where the index wraps past m (the header's run_length).
+template <class F>
+void for_each_roast_run(const Map& p, int64_t cols, int64_t begin, int64_t end, F&& fn) {
+  const int64_t z = p.tile_r * p.tile_c, span = p.m > z ? p.m - z : 1;
+  std::vector<int64_t> col_parts((cols + p.tile_c - 1) / p.tile_c);
+  for (size_t cb = 0; cb < col_parts.size(); ++cb)
+    col_parts[cb] = rps::mod_prime(rps::mod_prime(int64_t(cb)) * p.a[1]);
+  int64_t r = begin / cols, c = begin % cols;
+  for (int64_t e = begin; e < end;) {
+    const int64_t rb = r / p.tile_r;
+    const int64_t row_part = rps::mod_prime(rps::mod_prime(rb) * p.a[2]);
+    const int64_t row_offset = (r - rb * p.tile_r) * p.tile_c;
+    const int64_t row_end = std::min(cols, c + (end - e));
+    int64_t cb = c / p.tile_c, cc = c - cb * p.tile_c;
+    while (c < row_end) {
+      const int64_t h = rps::reduce(rps::mod_prime(row_part + col_parts[cb] + p.a[0]), span) + row_offset + cc;
+      const int64_t j = h < p.m ? h : h % p.m;
+      const int64_t len = std::min({p.tile_c - cc, p.m - j, row_end - c});
+      fn(e, r, c, j, len);
+      e += len;
+      c += len;
+      cc += len;
+      if (cc == p.tile_c) { cc = 0; ++cb; }
+    }
+    if (c == cols) { c = 0; ++r; }
+  }
+}
+
 // Calls fn(e, r, c, j, len) for each run of elements [e, e + len) (e = r * cols + c) of the flat range
 // [begin, end) of [rows, cols] whose M indices are j, j + 1, ..., j + len - 1 (runs stay in one row).
 template <class F>
 void for_each_run(const Map& p, int64_t cols, int64_t begin, int64_t end, F&& fn) {
   if (begin >= end) return;
+  if (p.kind == rps::kRoast) return for_each_roast_run(p, cols, begin, end, fn);
   int64_t r = begin / cols, c = begin % cols;
   for (int64_t e = begin; e < end;) {
     int64_t j = rps::index(p, r, c);
