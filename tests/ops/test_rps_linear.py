@@ -114,8 +114,9 @@ def test_fused_triton_weight_tiles_are_exact(kind, use_sign, tile, rows, cols, m
     from osmos.triton_kernels.rps_linear import rps_linear_forward, segment_width
 
     config = LayerMap(kind, m, offset, rows, cols, seed=7, layer=3, tile=tile, use_sign=use_sign).config()
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the interpreter on a CPU
     M = torch.randn(m)
-    w_t = rps_linear_forward(torch.eye(cols), M, config, rows, cols, 0.5)
-    assert torch.equal(w_t, reference_rps_gather(M, config, rows, cols, 0.5).t())
+    w_t = rps_linear_forward(torch.eye(cols, device=device), M.to(device), config, rows, cols, 0.5)
+    assert torch.equal(w_t.cpu(), reference_rps_gather(M, config, rows, cols, 0.5).t())
     expected = {"stable": tables[0], "roast": tables[1], "hashednet": None}[kind]
     assert segment_width(config, 32) == expected
