@@ -208,7 +208,8 @@ class StripeProtector:
         if target is None and any(h["data"] for h in have):
             dist.barrier(group=self.group)
             raise SnapshotCorrupted(f"no snapshot step can be rebuilt on every rank: some stripe lost more "
-                                    f"than m = {self.plan.m} of its blocks")
+                                    f"than m = {self.plan.m} of its blocks",
+                                    step=max(s for h in have for s in h["data"]))
         if target is not None:
             for stripe in self.plan.stripes:
                 self._rebuild_stripe(client, rank, stripe, target, have, data, parity)
