@@ -8,20 +8,15 @@ import socket
 import subprocess
 import sys
 
-import osmos
 import pytest
 import torch
-from osmos.ft.manager import SEGMENT_PREFIX, SHM_DIR, start_manager
+from _helpers import HERE, PYROOT
+from _helpers import assert_state_equal as _assert_equal
+from _helpers import segments as _segments
+from osmos.ft.manager import start_manager
 from osmos.ft.stripes import StripePlan
 
-NODE = os.path.join(os.path.dirname(__file__), "_stripe_node.py")
-# the child processes import the same osmos as this one (the installed package in CI, the source
-# tree with its in-place build in development)
-PYROOT = os.path.dirname(os.path.dirname(os.path.abspath(osmos.__file__)))
-
-
-def _segments():
-    return sorted(f for f in os.listdir(SHM_DIR) if f.startswith(SEGMENT_PREFIX))
+NODE = os.path.join(HERE, "_stripe_node.py")
 
 
 def test_plan_places_parity_outside_the_stripe_and_survives_m_node_losses():
@@ -72,21 +67,6 @@ def _run_all(phase, managers, out, k, m, steps, env_extra=None):
             if p.poll() is None:
                 p.kill()
                 p.wait()
-
-
-def _assert_equal(a, b):
-    if isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for key in a:
-            _assert_equal(a[key], b[key])
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            _assert_equal(x, y)
-    else:
-        assert a == b
 
 
 def _corrupt_latest(handle, rank):

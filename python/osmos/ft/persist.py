@@ -114,7 +114,7 @@ def write_checkpoint(record: dict, raw: np.ndarray, config: PersistConfig, rank:
     os.makedirs(d, mode=0o700, exist_ok=True)
     st_path, js_path = checkpoint_paths(config.directory, rank, record["step"])
     off, n_state, state_crc = record["skeleton"]
-    spans = [(e["name"] if "name" in e else f"tensor{i}", e["offset"], e["nbytes"], e["crc32c"], e)
+    spans = [(e.get("name", f"tensor{i}"), e["offset"], e["nbytes"], e["crc32c"], e)
              for i, e in enumerate(_with_crcs(record))] + [(STATE_TENSOR, off, n_state, state_crc, None)]
     header, pos, layout = {"__metadata__": {"format": FORMAT, "step": str(record["step"]), "rank": str(rank)}}, 0, []
     for name, _, nbytes, crc, e in spans:

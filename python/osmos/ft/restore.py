@@ -144,6 +144,7 @@ def _agreed_snapshot(client: ManagerClient, rank: int, group: Any, checkpoint: s
     newest = max((s for steps in everyone for s in steps), default=None)
     common = sorted(set.intersection(*map(set, everyone)), reverse=True)
     reason = "no in-memory snapshot" if newest is None else "no snapshot step is held by every rank"
+    failures: list[str] = []
     for step in common:
         try:
             state, why = read_snapshot(next(r for r in held if r["step"] == step)), None
@@ -159,7 +160,8 @@ def _agreed_snapshot(client: ManagerClient, rank: int, group: Any, checkpoint: s
             if reason.startswith("a snapshot fails"):
                 _warn(f"osmos.ft: rank {rank}: {reason}; restoring the older in-memory snapshot of step {step}")
             return state
-        reason = "a snapshot fails its checksums with no redundancy (" + "; ".join(whys) + ")"
+        failures += whys
+        reason = "a snapshot fails its checksums with no redundancy (" + "; ".join(failures) + ")"
     return _fall_back(client, rank, group, checkpoint, reason, newest)
 
 
