@@ -5,12 +5,13 @@ argv: phase rank world port out_dir k m steps
     (the last snapshot is published but NOT protected when $UNPROTECTED_LAST is set); after each
     step, saves the state to out_dir/r<rank>_s<step>.pt for the test to compare with.
   phase "restore": restore_or_init with the protector; writes out_dir/restored_r<rank>.pt
-    ({"next_step", "extra", "model", "optimizer"}) or out_dir/failed_r<rank>.txt (the error).
+    ({"next_step", "extra", "model", "optimizer", "warnings"}) or out_dir/failed_r<rank>.txt (the error).
 The node's manager comes from OSMOS_FT_* (one manager per simulated node).
 """
 
 import os
 import sys
+import warnings
 from datetime import timedelta
 
 import torch
@@ -55,9 +56,11 @@ def main():
         snap.close()
     else:
         try:
-            next_step, extra = restore_or_init(model, opt, rank=rank, protector=protector)
-            torch.save({"next_step": next_step, **state_of(model, opt, next_step - 1, extra)},
-                       os.path.join(out, f"restored_r{rank}.pt"))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                next_step, extra = restore_or_init(model, opt, rank=rank, protector=protector)
+            torch.save({"next_step": next_step, **state_of(model, opt, next_step - 1, extra),
+                        "warnings": [str(w.message) for w in caught]}, os.path.join(out, f"restored_r{rank}.pt"))
         except SnapshotCorrupted as exc:
             with open(os.path.join(out, f"failed_r{rank}.txt"), "w") as f:
                 f.write(f"{type(exc).__name__}: {exc}")

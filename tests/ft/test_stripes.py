@@ -13,6 +13,7 @@ import torch
 from _helpers import HERE, PYROOT
 from _helpers import assert_state_equal as _assert_equal
 from _helpers import segments as _segments
+from _helpers import wait_flushed
 from osmos.ft.manager import start_manager
 from osmos.ft.stripes import StripePlan
 
@@ -118,6 +119,41 @@ def test_lost_nodes_are_rebuilt_from_the_stripe(tmp_path, case):
             _assert_equal(restored["model"], held["model"])
             _assert_equal(restored["optimizer"], held["optimizer"])
             assert restored["extra"] == held["extra"]
+    finally:
+        for h in managers:
+            h.end_job()
+    assert _segments() == before
+
+
+@pytest.mark.slow
+def test_more_than_m_lost_falls_back_to_the_persistent_checkpoint_on_every_rank(tmp_path):
+    """Two nodes of one k=2, m=1 stripe are lost: parity cannot rebuild them, so every rank falls
+    back to the newest persistent checkpoint (flushed by the managers to a directory the lost
+    nodes' replacements see too), with a warning naming the lost step, bitwise."""
+    world, steps, persist_dir = 4, 3, str(tmp_path / "ckpt")
+    before = _segments()
+    start = lambda n, tag="": start_manager(job_id=f"stripes-p-{os.getpid()}-{n}{tag}",  # noqa: E731
+                                            persist_dir=persist_dir)
+    managers = [start(n) for n in range(world)]
+    try:
+        _run_all("train", managers, tmp_path, 2, 1, steps)
+        for rank, h in enumerate(managers):
+            c = h.client()
+            assert wait_flushed(c, rank)[0] == steps - 1  # the last due flush took the newest snapshot
+            c.close()
+        for n in (0, 1):
+            managers[n].end_job()
+            managers[n] = start(n, "-new")
+        _run_all("restore", managers, tmp_path, 2, 1, steps)
+        for rank in range(world):
+            restored = torch.load(tmp_path / f"restored_r{rank}.pt", weights_only=False)
+            assert restored["next_step"] == steps
+            held = torch.load(tmp_path / f"r{rank}_s{steps - 1}.pt", weights_only=False)
+            _assert_equal(restored["model"], held["model"])
+            _assert_equal(restored["optimizer"], held["optimizer"])
+            assert restored["extra"] == held["extra"]
+            assert any("more than m = 1" in w and f"persistent checkpoint of step {steps - 1}" in w
+                       for w in restored["warnings"]), restored["warnings"]
     finally:
         for h in managers:
             h.end_job()
