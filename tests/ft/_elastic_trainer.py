@@ -14,10 +14,9 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
-
 from osmos.ft.restore import restore_or_init
 from osmos.ft.snapshot import Snapshotter
+from torch.nn.parallel import DistributedDataParallel
 
 
 def main():

@@ -15,7 +15,12 @@ import torch
 from _helpers import assert_state_equal, losses, run_trainer, segments, wait_flushed
 from osmos.ft import persist
 from osmos.ft.manager import _ManagerState, start_manager
-from osmos.ft.persist import PersistConfig, checkpoint_paths, list_checkpoints, read_checkpoint
+from osmos.ft.persist import (
+    PersistConfig,
+    checkpoint_paths,
+    list_checkpoints,
+    read_checkpoint,
+)
 from osmos.ft.restore import SnapshotCorrupted, read_snapshot, restore_or_init
 from osmos.ft.snapshot import Snapshotter
 from safetensors.torch import load_file

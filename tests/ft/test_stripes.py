@@ -10,10 +10,9 @@ import sys
 
 import pytest
 import torch
-from _helpers import HERE, PYROOT
+from _helpers import HERE, PYROOT, wait_flushed
 from _helpers import assert_state_equal as _assert_equal
 from _helpers import segments as _segments
-from _helpers import wait_flushed
 from osmos.ft.manager import start_manager
 from osmos.ft.stripes import StripePlan
 
@@ -132,8 +131,10 @@ def test_more_than_m_lost_falls_back_to_the_persistent_checkpoint_on_every_rank(
     nodes' replacements see too), with a warning naming the lost step, bitwise."""
     world, steps, persist_dir = 4, 3, str(tmp_path / "ckpt")
     before = _segments()
-    start = lambda n, tag="": start_manager(job_id=f"stripes-p-{os.getpid()}-{n}{tag}",  # noqa: E731
-                                            persist_dir=persist_dir)
+
+    def start(n, tag=""):
+        return start_manager(job_id=f"stripes-p-{os.getpid()}-{n}{tag}", persist_dir=persist_dir)
+
     managers = [start(n) for n in range(world)]
     try:
         _run_all("train", managers, tmp_path, 2, 1, steps)

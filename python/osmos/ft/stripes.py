@@ -29,7 +29,6 @@ step everywhere (checksums verified), so all ranks resume from the same step.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import timedelta
 
