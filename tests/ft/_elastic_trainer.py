@@ -24,7 +24,7 @@ def main():
     rank, attempt = int(os.environ["RANK"]), int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     with open(os.path.join(out, f"pid_a{attempt}_r{rank}"), "w") as f:
         f.write(str(os.getpid()))
-    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+    dist.init_process_group("gloo", timeout=timedelta(seconds=150))
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)

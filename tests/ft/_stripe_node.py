@@ -36,10 +36,10 @@ def main():
     phase, rank, world, port, out, k, m, steps = sys.argv[1:9]
     rank, world, k, m, steps = int(rank), int(world), int(k), int(m), int(steps)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=60))
+                            timeout=timedelta(seconds=150))
     torch.set_num_threads(1)
     # small chunks: parity is streamed in several chunks, members end inside a chunk
-    protector = StripeProtector(StripePlan(world, k=k, m=m), timeout=timedelta(seconds=60), chunk_bytes=1024)
+    protector = StripeProtector(StripePlan(world, k=k, m=m), timeout=timedelta(seconds=150), chunk_bytes=1024)
     model, opt = build(rank)
     if phase == "train":
         pos = {"rank": rank, "seen": list(range(rank * 7))}  # ranks' snapshots differ in length
