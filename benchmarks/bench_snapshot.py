@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
+import sys
 import tempfile
 import time
 
@@ -161,6 +163,8 @@ def main():
         return
     sizes, steps, rounds, repeats = ([10e6], 11, 4, 3) if args.quick else (args.params, args.steps, args.rounds, 3)
     handle = start_manager(job_id="bench-snapshot")
+    # a `timeout` or Ctrl-C still ends the manager (the finally below), freeing its shared memory
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     rows = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
