@@ -5,12 +5,13 @@ argv: phase rank world port out_dir k m steps
     (the last snapshot is published but NOT protected when $UNPROTECTED_LAST is set); after each
     step, saves the state to out_dir/r<rank>_s<step>.pt for the test to compare with.
   phase "restore": restore_or_init with the protector; writes out_dir/restored_r<rank>.pt
-    ({"next_step", "extra", "model", "optimizer"}) or out_dir/failed_r<rank>.txt (the error).
+    ({"next_step", "extra", "model", "optimizer", "warnings"}) or out_dir/failed_r<rank>.txt (the error).
 The node's manager comes from OSMOS_FT_* (one manager per simulated node).
 """
 
 import os
 import sys
+import warnings
 from datetime import timedelta
 
 import torch
@@ -35,9 +36,10 @@ def main():
     phase, rank, world, port, out, k, m, steps = sys.argv[1:9]
     rank, world, k, m, steps = int(rank), int(world), int(k), int(m), int(steps)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=60))
+                            timeout=timedelta(seconds=150))
     torch.set_num_threads(1)
-    protector = StripeProtector(StripePlan(world, k=k, m=m), timeout=timedelta(seconds=60))
+    # small chunks: parity is streamed in several chunks, members end inside a chunk
+    protector = StripeProtector(StripePlan(world, k=k, m=m), timeout=timedelta(seconds=150), chunk_bytes=1024)
     model, opt = build(rank)
     if phase == "train":
         pos = {"rank": rank, "seen": list(range(rank * 7))}  # ranks' snapshots differ in length
@@ -55,9 +57,11 @@ def main():
         snap.close()
     else:
         try:
-            next_step, extra = restore_or_init(model, opt, rank=rank, protector=protector)
-            torch.save({"next_step": next_step, **state_of(model, opt, next_step - 1, extra)},
-                       os.path.join(out, f"restored_r{rank}.pt"))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                next_step, extra = restore_or_init(model, opt, rank=rank, protector=protector)
+            torch.save({"next_step": next_step, **state_of(model, opt, next_step - 1, extra),
+                        "warnings": [str(w.message) for w in caught]}, os.path.join(out, f"restored_r{rank}.pt"))
         except SnapshotCorrupted as exc:
             with open(os.path.join(out, f"failed_r{rank}.txt"), "w") as f:
                 f.write(f"{type(exc).__name__}: {exc}")

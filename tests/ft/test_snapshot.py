@@ -4,13 +4,14 @@ foreign tokens. Every test is bounded in time and leaves no process or /dev/shm 
 import os
 import random
 import signal
-import subprocess
-import sys
 
-import osmos
 import pytest
 import torch
-from osmos.ft.manager import SEGMENT_PREFIX, SHM_DIR, ManagerClient, start_manager
+from _helpers import assert_state_equal as _assert_state_equal
+from _helpers import losses as _losses
+from _helpers import run_trainer as _run
+from _helpers import segments
+from osmos.ft.manager import ManagerClient, start_manager
 from osmos.ft.restore import (
     SnapshotCorrupted,
     read_snapshot,
@@ -19,55 +20,16 @@ from osmos.ft.restore import (
 )
 from osmos.ft.snapshot import Snapshotter
 
-TRAINER = os.path.join(os.path.dirname(__file__), "_trainer.py")
-# the child processes import the same osmos as this one (the installed package in CI, the source
-# tree with its in-place build in development)
-PYROOT = os.path.dirname(os.path.dirname(os.path.abspath(osmos.__file__)))
-
-
-def _segments():
-    return sorted(f for f in os.listdir(SHM_DIR) if f.startswith(SEGMENT_PREFIX))
-
 
 @pytest.fixture
 def manager():
-    before = _segments()
+    before = segments()
     h = start_manager(job_id=f"test-{os.getpid()}")
     yield h
     h.end_job()
     assert h.proc.poll() is not None, "manager still running"
-    assert _segments() == before, "shared-memory segments left behind"
+    assert segments() == before, "shared-memory segments left behind"
     assert not os.path.exists(os.path.dirname(h.socket_path))
-
-
-def _run(h, out, *args, rank=0, expect_kill=False):
-    env = dict(os.environ, **h.env, RANK=str(rank), PYTHONPATH=os.path.abspath(PYROOT))
-    p = subprocess.run([sys.executable, TRAINER, *map(str, args)], env=env, cwd=out, timeout=120,
-                       capture_output=True, text=True)
-    if expect_kill:
-        assert p.returncode == -signal.SIGKILL, p.stderr
-    else:
-        assert p.returncode == 0, p.stderr
-
-
-def _losses(path):
-    with open(path) as f:
-        return [(int(s), v) for s, v in (line.split() for line in f)]
-
-
-def _assert_state_equal(a, b):
-    if isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for k in a:
-            _assert_state_equal(a[k], b[k])
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            _assert_state_equal(x, y)
-    else:
-        assert a == b
 
 
 @pytest.mark.parametrize("mode,every", [("after", 1), ("during", 2)])

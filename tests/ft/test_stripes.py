@@ -8,20 +8,15 @@ import socket
 import subprocess
 import sys
 
-import osmos
 import pytest
 import torch
-from osmos.ft.manager import SEGMENT_PREFIX, SHM_DIR, start_manager
+from _helpers import HERE, PYROOT, wait_flushed
+from _helpers import assert_state_equal as _assert_equal
+from _helpers import segments as _segments
+from osmos.ft.manager import start_manager
 from osmos.ft.stripes import StripePlan
 
-NODE = os.path.join(os.path.dirname(__file__), "_stripe_node.py")
-# the child processes import the same osmos as this one (the installed package in CI, the source
-# tree with its in-place build in development)
-PYROOT = os.path.dirname(os.path.dirname(os.path.abspath(osmos.__file__)))
-
-
-def _segments():
-    return sorted(f for f in os.listdir(SHM_DIR) if f.startswith(SEGMENT_PREFIX))
+NODE = os.path.join(HERE, "_stripe_node.py")
 
 
 def test_plan_places_parity_outside_the_stripe_and_survives_m_node_losses():
@@ -65,28 +60,13 @@ def _run_all(phase, managers, out, k, m, steps, env_extra=None):
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     try:
         for p in procs:
-            _, err = p.communicate(timeout=240)
+            _, err = p.communicate(timeout=400)  # 4 processes starting torch on 2 busy cores
             assert p.returncode == 0, err[-3000:]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-
-
-def _assert_equal(a, b):
-    if isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for key in a:
-            _assert_equal(a[key], b[key])
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            _assert_equal(x, y)
-    else:
-        assert a == b
 
 
 def _corrupt_latest(handle, rank):
@@ -138,6 +118,43 @@ def test_lost_nodes_are_rebuilt_from_the_stripe(tmp_path, case):
             _assert_equal(restored["model"], held["model"])
             _assert_equal(restored["optimizer"], held["optimizer"])
             assert restored["extra"] == held["extra"]
+    finally:
+        for h in managers:
+            h.end_job()
+    assert _segments() == before
+
+
+@pytest.mark.slow
+def test_more_than_m_lost_falls_back_to_the_persistent_checkpoint_on_every_rank(tmp_path):
+    """Two nodes of one k=2, m=1 stripe are lost: parity cannot rebuild them, so every rank falls
+    back to the newest persistent checkpoint (flushed by the managers to a directory the lost
+    nodes' replacements see too), with a warning naming the lost step, bitwise."""
+    world, steps, persist_dir = 4, 3, str(tmp_path / "ckpt")
+    before = _segments()
+
+    def start(n, tag=""):
+        return start_manager(job_id=f"stripes-p-{os.getpid()}-{n}{tag}", persist_dir=persist_dir)
+
+    managers = [start(n) for n in range(world)]
+    try:
+        _run_all("train", managers, tmp_path, 2, 1, steps)
+        for rank, h in enumerate(managers):
+            c = h.client()
+            assert wait_flushed(c, rank)[0] == steps - 1  # the last due flush took the newest snapshot
+            c.close()
+        for n in (0, 1):
+            managers[n].end_job()
+            managers[n] = start(n, "-new")
+        _run_all("restore", managers, tmp_path, 2, 1, steps)
+        for rank in range(world):
+            restored = torch.load(tmp_path / f"restored_r{rank}.pt", weights_only=False)
+            assert restored["next_step"] == steps
+            held = torch.load(tmp_path / f"r{rank}_s{steps - 1}.pt", weights_only=False)
+            _assert_equal(restored["model"], held["model"])
+            _assert_equal(restored["optimizer"], held["optimizer"])
+            assert restored["extra"] == held["extra"]
+            assert any("more than m = 1" in w and f"persistent checkpoint of step {steps - 1}" in w
+                       for w in restored["warnings"]), restored["warnings"]
     finally:
         for h in managers:
             h.end_job()

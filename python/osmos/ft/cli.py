@@ -8,12 +8,14 @@ import tempfile
 
 
 def _manager(args) -> int:
-    from osmos.ft.manager import ENV_JOB, ENV_SOCKET, ENV_TOKEN, serve
+    from osmos.ft.manager import ENV_JOB, ENV_PERSIST, ENV_SOCKET, ENV_TOKEN, persist_config, serve
 
+    persist = persist_config(args)
     token = os.environ.get(ENV_TOKEN) or secrets.token_hex(16)
     socket_path = os.path.join(tempfile.mkdtemp(prefix="osmos_ft_ctl_"), "manager.sock")
-    print(f"export {ENV_JOB}={args.job_id} {ENV_SOCKET}={socket_path} {ENV_TOKEN}={token}", flush=True)
-    serve(args.job_id, token, socket_path)
+    persist_env = f" {ENV_PERSIST}={persist.directory}" if persist is not None else ""
+    print(f"export {ENV_JOB}={args.job_id} {ENV_SOCKET}={socket_path} {ENV_TOKEN}={token}{persist_env}", flush=True)
+    serve(args.job_id, token, socket_path, persist)
     return 0
 
 
@@ -23,4 +25,7 @@ def add_parser(subparsers) -> None:
     sub = ft.add_subparsers(dest="ft_command", required=True)
     p = sub.add_parser("manager", help="run this node's snapshot manager until the job ends (prints the env to export)")
     p.add_argument("--job-id", required=True)
+    from osmos.ft.manager import add_persist_arguments
+
+    add_persist_arguments(p)
     p.set_defaults(func=_manager)

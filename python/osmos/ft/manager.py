@@ -6,14 +6,19 @@ torchrun passes to restarted workers) and restores the newest published snapshot
 
 Layout and security
 - Slots are files in /dev/shm named ``osmos_ft_<16 random hex>_r<rank>_s<slot>``, created with
-  ``O_EXCL`` and mode 0600 by the manager. Two slots per rank.
+  ``O_EXCL`` and mode 0600 by the manager. Two slots per rank, and a third one only when the
+  trainer needs a slot while the other is pinned by a flush to disk (``osmos.ft.persist``).
 - The control socket lives in a fresh 0700 directory (``tempfile.mkdtemp``); every request carries
   the job id and a 128-bit random token (compared in constant time), and the peer's uid
   (SO_PEERCRED) must be the manager's own.
 - Publication is a single message handled under a lock: the trainer first fills the slot the
   manager handed it (never the published one), computes the per-shard checksums, then sends
   ``publish`` with step, layout and checksums. A snapshot whose writer dies before that message is
-  never visible, and the previously published slot is never handed out for writing.
+  never visible, and neither the published slot nor one being flushed to disk is handed out for
+  writing.
+- Persistence (optional, ``--persist-dir``): a background thread flushes every N-th published
+  snapshot of each rank to disk as safetensors + JSON (``osmos.ft.persist``), never blocking the
+  trainer.
 - Segments are removed on ``end_job``, on SIGTERM/SIGINT and at normal exit.
 
 Protocol: one JSON object per line over the Unix socket, one reply line per request.
@@ -39,20 +44,37 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from osmos.ft.persist import Flusher, PersistConfig
+
 SHM_DIR = "/dev/shm"
 SEGMENT_PREFIX = "osmos_ft_"
 ENV_JOB = "OSMOS_FT_JOB_ID"
 ENV_SOCKET = "OSMOS_FT_SOCKET"
 ENV_TOKEN = "OSMOS_FT_TOKEN"
+ENV_PERSIST = "OSMOS_FT_PERSIST_DIR"
 
 
 @dataclass
 class _RankSlots:
-    paths: list[str]
-    sizes: list[int] = field(default_factory=lambda: [0, 0])
+    base: str  # slot i is the file f"{base}_s{i}"
+    paths: list[str] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
     published: dict | None = None  # {"slot", "step", "layout", ...} of the last complete snapshot
-    complete: list = field(default_factory=lambda: [None, None])  # record held by each slot, if whole
+    complete: list = field(default_factory=list)  # record held by each slot, if whole
     writing: int | None = None
+    pinned: set = field(default_factory=set)  # slots being flushed to disk
+
+    def writable_slot(self) -> int:
+        """The slot to hand out for writing: never the published one nor a pinned one; of the
+        others, an empty one, else the one holding the oldest snapshot; a new slot if none is free."""
+        cur = None if self.published is None else self.published["slot"]
+        free = [i for i in range(len(self.paths)) if i != cur and i not in self.pinned]
+        if free:
+            return min(free, key=lambda i: -1 if self.complete[i] is None else self.complete[i]["step"])
+        self.paths.append(f"{self.base}_s{len(self.paths)}")
+        self.sizes.append(0)
+        self.complete.append(None)
+        return len(self.paths) - 1
 
 
 _KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -69,23 +91,24 @@ def slot_key(rank: int | str) -> str:
 
 
 class _ManagerState:
-    def __init__(self, job_id: str, token: str):
+    def __init__(self, job_id: str, token: str, persist: PersistConfig | None = None):
         self.job_id = job_id
         self.token = token
         self.tag = secrets.token_hex(8)
         self.ranks: dict[str, _RankSlots] = {}
         self.lock = threading.Lock()
+        self.flusher = Flusher(self, persist) if persist is not None else None
 
     def _slots(self, rank: str) -> _RankSlots:
         if rank not in self.ranks:
-            base = os.path.join(SHM_DIR, f"{SEGMENT_PREFIX}{self.tag}_r{rank}")
-            self.ranks[rank] = _RankSlots(paths=[f"{base}_s0", f"{base}_s1"])
+            r = self.ranks[rank] = _RankSlots(base=os.path.join(SHM_DIR, f"{SEGMENT_PREFIX}{self.tag}_r{rank}"))
+            r.writable_slot(), r.writable_slot()  # slots 0 and 1 (files created on first use)
         return self.ranks[rank]
 
     def begin(self, rank: str, nbytes: int) -> dict:
         with self.lock:
             r = self._slots(rank)
-            slot = 0 if r.published is None else 1 - r.published["slot"]
+            slot = r.writable_slot()
             path = r.paths[slot]
             if r.sizes[slot] == 0:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -109,7 +132,9 @@ class _ManagerState:
             record["path"] = r.paths[record["slot"]]
             r.published = r.complete[record["slot"]] = record
             r.writing = None
-            return {"published": record["step"]}
+        if self.flusher is not None:
+            self.flusher.published(rank)
+        return {"published": record["step"]}
 
     def latest(self, rank: str) -> dict:
         with self.lock:
@@ -134,9 +159,20 @@ class _ManagerState:
             kept = sorted((c for c in r.complete if c is not None),
                           key=lambda c: (-c["step"], c is not r.published))
             r.published = kept[0] if kept else None
-            return {"published": None if r.published is None else r.published["step"]}
+        if self.flusher is not None:
+            self.flusher.rolled_back(rank, step)
+        return {"published": None if r.published is None else r.published["step"]}
+
+    def persisted(self, rank: str) -> dict:
+        """Steps of the rank's persistent checkpoints (newest first), whether a flush is pending
+        or running, and the last flush error (None when none or no persistence)."""
+        if self.flusher is None:
+            return {"persisted": [], "pending": False, "flush_error": None}
+        return self.flusher.status(rank)
 
     def cleanup(self) -> None:
+        if self.flusher is not None:
+            self.flusher.stop()  # a flush in progress is abandoned, its temporary files removed
         with self.lock:
             for r in self.ranks.values():
                 for p in r.paths:
@@ -186,6 +222,8 @@ class _Handler(socketserver.StreamRequestHandler):
             return state.complete(slot_key(req["rank"]))
         if op == "keep_until":
             return state.keep_until(slot_key(req["rank"]), int(req["step"]))
+        if op == "persisted":
+            return state.persisted(slot_key(req["rank"]))
         if op == "end_job":
             state.cleanup()
             return {"ended": True}
@@ -196,9 +234,10 @@ class _Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
 
 
-def serve(job_id: str, token: str, socket_path: str) -> None:
-    """Run the manager in this process until ``end_job`` or SIGTERM; prints ``ready`` when listening."""
-    state = _ManagerState(job_id, token)
+def serve(job_id: str, token: str, socket_path: str, persist: PersistConfig | None = None) -> None:
+    """Run the manager in this process until ``end_job`` or SIGTERM; prints ``ready`` when listening.
+    With ``persist``, snapshots are also flushed to disk in the background."""
+    state = _ManagerState(job_id, token, persist)
     atexit.register(state.cleanup)
     old_umask = os.umask(0o177)
     try:
@@ -271,9 +310,12 @@ class ManagerClient:
 class ManagerHandle:
     """A started manager process: ``env`` holds the variables a trainer needs to attach."""
 
-    def __init__(self, proc: subprocess.Popen, job_id: str, token: str, socket_path: str):
+    def __init__(self, proc: subprocess.Popen, job_id: str, token: str, socket_path: str,
+                 persist_dir: str | None = None):
         self.proc, self.job_id, self.token, self.socket_path = proc, job_id, token, socket_path
         self.env = {ENV_JOB: job_id, ENV_SOCKET: socket_path, ENV_TOKEN: token}
+        if persist_dir is not None:
+            self.env[ENV_PERSIST] = persist_dir
 
     @property
     def pid(self) -> int:
@@ -300,12 +342,22 @@ class ManagerHandle:
             self.proc.stdout.close()
 
 
-def start_manager(job_id: str, token: str | None = None, timeout: float = 30.0) -> ManagerHandle:
+def start_manager(job_id: str, token: str | None = None, timeout: float = 30.0, persist_dir: str | None = None,
+                  persist_every: int = 1, persist_keep: int = 2, persist_fsync: bool = True) -> ManagerHandle:
     """Start a manager process for ``job_id`` (in its own session, so it survives its trainers).
 
     The token is passed through the environment, never on the command line. Returns once the
-    manager listens; ``handle.env`` is what trainers need (merge it into their environment).
+    manager listens; ``handle.env`` is what trainers need (merge it into their environment; it
+    names ``persist_dir`` too, where ``restore_or_init`` falls back to).
+    With ``persist_dir``, every ``persist_every``-th snapshot of each rank is flushed there in the
+    background and the newest ``persist_keep`` are kept (``osmos.ft.persist.PersistConfig``).
     """
+    persist_args = []
+    if persist_dir is not None:
+        persist_dir = os.path.abspath(persist_dir)
+        PersistConfig(persist_dir, persist_every, persist_keep, persist_fsync)  # validate here, not in the child
+        persist_args = ["--persist-dir", persist_dir, "--persist-every", str(persist_every),
+                        "--persist-keep", str(persist_keep)] + ([] if persist_fsync else ["--no-fsync"])
     token = token or secrets.token_hex(16)
     sock_dir = tempfile.mkdtemp(prefix="osmos_ft_ctl_")  # mode 0700
     socket_path = os.path.join(sock_dir, "manager.sock")
@@ -313,7 +365,8 @@ def start_manager(job_id: str, token: str | None = None, timeout: float = 30.0) 
     path = os.pathsep.join(p for p in (pkg_root, os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, **{ENV_TOKEN: token, "PYTHONPATH": path})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "osmos.ft.manager", "--job-id", job_id, "--socket", socket_path],
+        [sys.executable, "-c", "import sys; from osmos.ft.manager import main; sys.exit(main(sys.argv[1:]))",
+         "--job-id", job_id, "--socket", socket_path, *persist_args],
         env=env, stdout=subprocess.PIPE, start_new_session=True,
     )
     deadline = time.monotonic() + timeout
@@ -322,15 +375,29 @@ def start_manager(job_id: str, token: str | None = None, timeout: float = 30.0) 
         proc.kill()
         proc.wait()
         raise RuntimeError(f"snapshot manager failed to start (said {line!r})")
-    return ManagerHandle(proc, job_id, token, socket_path)
+    return ManagerHandle(proc, job_id, token, socket_path, persist_dir)
+
+
+def add_persist_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--persist-dir", help="flush snapshots to this directory in the background (safetensors + JSON)")
+    p.add_argument("--persist-every", type=int, default=1, help="flush every N-th snapshot of each rank")
+    p.add_argument("--persist-keep", type=int, default=2, help="persistent checkpoints kept per rank")
+    p.add_argument("--no-fsync", action="store_true", help="do not fsync persistent checkpoints")
+
+
+def persist_config(args: argparse.Namespace) -> PersistConfig | None:
+    if args.persist_dir is None:
+        return None
+    return PersistConfig(os.path.abspath(args.persist_dir), args.persist_every, args.persist_keep, not args.no_fsync)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="osmos snapshot manager (token from $OSMOS_FT_TOKEN)")
     p.add_argument("--job-id", required=True)
     p.add_argument("--socket", required=True)
+    add_persist_arguments(p)
     args = p.parse_args(argv)
-    serve(args.job_id, os.environ[ENV_TOKEN], args.socket)
+    serve(args.job_id, os.environ[ENV_TOKEN], args.socket, persist_config(args))
     return 0
 
 

@@ -50,15 +50,18 @@ class _TensorRef:
         return (_TensorRef, (self.index,))
 
 
-def _flatten(obj: Any, out: list[torch.Tensor]) -> Any:
-    """Replace every tensor in a nest of dicts/lists/tuples by a _TensorRef; tensors go to ``out``."""
+def _flatten(obj: Any, out: list[torch.Tensor], names: list[str], path: str = "") -> Any:
+    """Replace every tensor in a nest of dicts/lists/tuples by a _TensorRef; tensors go to ``out``,
+    their dotted paths in the nest (``model.0.weight``, ``optimizer.state.0.exp_avg``) to ``names``."""
     if isinstance(obj, torch.Tensor):
         out.append(obj)
+        names.append(path)
         return _TensorRef(len(out) - 1)
+    prefix = f"{path}." if path else ""
     if isinstance(obj, dict):
-        return {k: _flatten(v, out) for k, v in obj.items()}
+        return {k: _flatten(v, out, names, f"{prefix}{k}") for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        items = [_flatten(v, out) for v in obj]
+        items = [_flatten(v, out, names, f"{prefix}{i}") for i, v in enumerate(obj)]
         return items if isinstance(obj, list) else tuple(items)
     return obj
 
@@ -96,13 +99,19 @@ def _align(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
-def layout_of(tensors: list[torch.Tensor]) -> tuple[list[dict], int]:
-    """Byte layout of the tensors in a slot: [{offset, nbytes, dtype, shape}], total bytes."""
+def layout_of(tensors: list[torch.Tensor], names: list[str] | None = None) -> tuple[list[dict], int]:
+    """Byte layout of the tensors in a slot: [{offset, nbytes, dtype, shape, name}], total bytes.
+    Names are made unique (a dict key holding a dot can repeat a path) by appending ``#<index>``."""
+    names = list(names) if names else [f"tensor{i}" for i in range(len(tensors))]
+    seen: set[str] = set()
+    for i, n in enumerate(names):
+        names[i] = n if n not in seen else f"{n}#{i}"
+        seen.add(names[i])
     entries, off = [], 0
-    for t in tensors:
+    for i, t in enumerate(tensors):
         nb = t.numel() * t.element_size()
         entries.append({"offset": off, "nbytes": nb, "dtype": str(t.dtype).removeprefix("torch."),
-                        "shape": list(t.shape)})
+                        "shape": list(t.shape), "name": names[i]})
         off = _align(off + nb)
     return entries, off
 
@@ -209,17 +218,18 @@ class Snapshotter:
         # Test hook: called with the slot buffer after tensors are copied, before publishing.
         self._before_publish: Callable[[torch.Tensor], None] | None = None
 
-    def _capture(self, step: int) -> tuple[list[torch.Tensor], bytes, Any]:
+    def _capture(self, step: int) -> tuple[list[torch.Tensor], list[str], bytes, Any]:
         tensors: list[torch.Tensor] = []
+        names: list[str] = []
         # buffers may change during the next forward: clone them now; parameters are read later
         model_sd = {k: (v.detach() if isinstance(v, torch.nn.Parameter) else v.detach().clone())
                     for k, v in self.model.state_dict(keep_vars=True).items()}
         extra = self.extra_state() if callable(self.extra_state) else self.extra_state
         state = {"step": step, "model": model_sd, "optimizer": self.optimizer.state_dict(),
                  "rng": rng_state(), "extra": extra}
-        skeleton = pickle.dumps(_flatten(state, tensors), protocol=pickle.HIGHEST_PROTOCOL)
+        skeleton = pickle.dumps(_flatten(state, tensors, names), protocol=pickle.HIGHEST_PROTOCOL)
         tensors, ready = self._staging.stage(tensors)
-        return tensors, skeleton, ready
+        return tensors, names, skeleton, ready
 
     def _mapping(self, path: str, size: int) -> _Mapping:
         m = self._maps.get(path)
@@ -229,9 +239,9 @@ class Snapshotter:
             m = self._maps[path] = _Mapping(path, size, writable=True)
         return m
 
-    def _write(self, step: int, tensors: list[torch.Tensor], skeleton: bytes, ready: Any) -> None:
+    def _write(self, step: int, tensors: list[torch.Tensor], names: list[str], skeleton: bytes, ready: Any) -> None:
         try:
-            layout, data_bytes = layout_of(tensors)
+            layout, data_bytes = layout_of(tensors, names)
             total = data_bytes + len(skeleton)
             slot = self.client.request("begin", rank=self.rank, nbytes=total)
             buf = self._mapping(slot["path"], slot["size"]).buf
@@ -257,8 +267,8 @@ class Snapshotter:
         if step % self.every:
             return False
         self.wait()
-        tensors, skeleton, ready = self._capture(step)
-        self._thread = threading.Thread(target=self._write, args=(step, tensors, skeleton, ready),
+        tensors, names, skeleton, ready = self._capture(step)
+        self._thread = threading.Thread(target=self._write, args=(step, tensors, names, skeleton, ready),
                                         name="osmos-snapshot", daemon=True)
         self._thread.start()
         if block:

@@ -10,8 +10,9 @@ stripe at least k of its blocks. Holders rotate with the groups, so parity memor
 
 Protect (``StripeProtector.protect``, collective over the protector's gloo group, every rank
 with the snapshot of the same step): each parity holder receives its stripe's data blocks
-(zero-padded to the longest, rounded up to 64 bytes), computes its parity row straight into a
-slot of its own node's manager (key ``parity_s<stripe>_p<i>``, two slots like any rank, so the
+(zero-padded to the longest, rounded up to 64 bytes) in chunks of ``chunk_bytes`` (k chunks in
+memory at a time, not k whole snapshots) and encodes each chunk straight into a slot of its own
+node's manager (key ``parity_s<stripe>_p<i>``, two slots like any rank, so the
 previous parity stays whole until the new one is published), and stores with it the data
 snapshots' metadata (layout, checksums, sizes): a node that lost everything rebuilds its
 snapshot's bytes and its record from the parity holders. A barrier ends the round, so no rank
@@ -28,7 +29,6 @@ step everywhere (checksums verified), so all ranks resume from the same step.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -112,12 +112,14 @@ class StripeProtector:
     """
 
     def __init__(self, plan: StripePlan, group: dist.ProcessGroup | None = None,
-                 timeout: timedelta = timedelta(minutes=5)):
+                 timeout: timedelta = timedelta(minutes=5), chunk_bytes: int = 16 << 20):
         if not dist.is_initialized():
             raise RuntimeError("StripeProtector needs torch.distributed to be initialised")
         if dist.get_world_size() != plan.world_size:
             raise ValueError(f"plan is for {plan.world_size} ranks, the job has {dist.get_world_size()}")
+        check_int("chunk_bytes", chunk_bytes, low=_ALIGN)
         self.plan = plan
+        self.chunk_bytes = chunk_bytes // _ALIGN * _ALIGN
         self.group = group if group is not None else dist.new_group(backend="gloo", timeout=timeout)
         self._codecs: dict[int, RSCodec] = {}
         self._maps: dict[str, _Mapping] = {}
@@ -141,6 +143,10 @@ class StripeProtector:
         out = [None] * self.plan.world_size
         dist.all_gather_object(out, obj, group=self.group)
         return out
+
+    def _chunks(self, block: int) -> list[tuple[int, int]]:
+        """The [start, end) byte ranges a block of ``block`` bytes is streamed in."""
+        return [(a, min(a + self.chunk_bytes, block)) for a in range(0, block, self.chunk_bytes)]
 
     def _send(self, t: torch.Tensor, dst: int) -> None:
         dist.send(t, dst, group=self.group)
@@ -170,23 +176,32 @@ class StripeProtector:
                 if rank == holder:
                     self._hold_parity(client, stripe, i, members, block, step)
                 elif rank in stripe.data:
-                    self._send(self._slot_bytes(record, record["nbytes"]), holder)
+                    mine = self._slot_bytes(record, record["nbytes"])
+                    for a, b in self._chunks(block):
+                        if a < record["nbytes"]:
+                            self._send(mine[a: min(b, record["nbytes"])], holder)
         dist.barrier(group=self.group)
 
     def _hold_parity(self, client: ManagerClient, stripe: Stripe, i: int, members: list[dict], block: int,
                      step: int) -> None:
         k = len(stripe.data)
-        data = torch.zeros(k, block, dtype=torch.uint8)
-        for j, (src, meta) in enumerate(zip(stripe.data, members)):
-            self._recv(data[j, : meta["nbytes"]], src)
         key = stripe.parity_key(i)
         slot = client.request("begin", rank=key, nbytes=block)
         out = self._slot_bytes({"path": slot["path"], "size": slot["size"]}, block)
         row = self._codec(k).generator[k + i: k + i + 1].contiguous()
-        matmul_addresses(row, [data[j].data_ptr() for j in range(k)], [out.data_ptr()], block)
+        chunk = torch.empty(k, min(self.chunk_bytes, block), dtype=torch.uint8)
+        crc = 0
+        for a, b in self._chunks(block):
+            for j, (src, meta) in enumerate(zip(stripe.data, members)):
+                got = max(0, min(b, meta["nbytes"]) - a)  # the member's bytes in [a, b); zeros after
+                if got:
+                    self._recv(chunk[j, :got], src)
+                chunk[j, got: b - a].zero_()
+            matmul_addresses(row, [chunk[j].data_ptr() for j in range(k)], [out[a:].data_ptr()], b - a)
+            crc = crc32c(out[a:b], crc)
         client.request("publish", rank=key, record={
             "slot": slot["slot"], "step": step, "size": slot["size"], "nbytes": block, "block": block,
-            "stripe": stripe.index, "parity_index": i, "crc32c": crc32c(out), "members": members})
+            "stripe": stripe.index, "parity_index": i, "crc32c": crc, "members": members})
 
     # -- recover -------------------------------------------------------------------------------
     def recover(self, client: ManagerClient, rank: int) -> int | None:
@@ -208,7 +223,8 @@ class StripeProtector:
         if target is None and any(h["data"] for h in have):
             dist.barrier(group=self.group)
             raise SnapshotCorrupted(f"no snapshot step can be rebuilt on every rank: some stripe lost more "
-                                    f"than m = {self.plan.m} of its blocks")
+                                    f"than m = {self.plan.m} of its blocks",
+                                    step=max(s for h in have for s in h["data"]))
         if target is not None:
             for stripe in self.plan.stripes:
                 self._rebuild_stripe(client, rank, stripe, target, have, data, parity)
