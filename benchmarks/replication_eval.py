@@ -47,8 +47,11 @@ FIGURES = Path(__file__).resolve().parent / "figures"
 
 
 def finetune_to_memorize(out: Path, memorize: int, fraction: float, minutes: float, max_steps: int, seed: int,
-                         lr: float):
-    """(ShapesPipeline of the memorizing copy, the memorized CaptionPool, training log). Cached."""
+                         lr: float, snapshot_every: int = 0):
+    """(ShapesPipeline of the memorizing copy, the memorized CaptionPool, training log). Cached.
+
+    snapshot_every > 0 also saves the weights every that many steps (memorized_step<N>.safetensors),
+    weaker memorizers of the same run."""
     pipe = osmos.zoo.load("shapes-unet")
     mem = CaptionPool(0, seed, memorize=memorize)
     weights, log_path = out / "memorized.safetensors", out / "train_log.json"
@@ -83,6 +86,10 @@ def finetune_to_memorize(out: Path, memorize: int, fraction: float, minutes: flo
         opt.step()
         losses.append(loss.item())
         step += 1
+        if snapshot_every and step % snapshot_every == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
+                      str(out / f"memorized_step{step}.safetensors"))
         if step % 50 == 0:
             print(f"  step {step}, loss (last 50) {sum(losses[-50:]) / 50:.4f}, {time.time() - t0:.0f} s", flush=True)
     model.eval()
