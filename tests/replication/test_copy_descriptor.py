@@ -5,7 +5,7 @@ import torch
 
 from osmos.replication import PixelDescriptor, scan
 from osmos.replication.copy_descriptor import (WEIGHTS, CopyDetectionNet, ShapesCopyDescriptor, augment,
-                                               contrastive_loss, save, train)
+                                               contrastive_loss, save, sibling_renders, train)
 from osmos.replication.descriptors import descriptor_from_spec
 from osmos.zoo import data as D
 
@@ -58,9 +58,19 @@ def test_learned_descriptor_beats_pixels_at_finding_the_source_of_copies():
     assert hits["shapes-sscd"] > hits["pixels"] + 6, hits
 
 
-def test_train_save_and_reload_round_trip(tmp_path):
-    net, log = train(minutes=1.0, max_steps=2, batch=16, pool=64, log_every=0, width=8, dim=16)
+def test_sibling_renders_share_concepts_not_geometry():
+    pairs = sibling_renders(5, torch.Generator().manual_seed(6))
+    assert pairs.shape == (10, 3, 16, 16)
+    assert ((pairs[:5] - pairs[5:]).abs().flatten(1).max(dim=1).values > 0.1).all()  # never the same image
+    corner = pairs[:, :, 0, 0]  # the background colour (shapes rarely reach the corner)
+    assert (corner[:5] - corner[5:]).abs().max() < 0.15
+
+
+@pytest.mark.parametrize("siblings", [True, False])
+def test_train_save_and_reload_round_trip(tmp_path, siblings):
+    net, log = train(minutes=1.0, max_steps=2, batch=16, pool=64, log_every=0, siblings=siblings, width=8, dim=16)
     assert log["steps"] == 2 and log["architecture"] == {"width": 8, "dim": 16, "strides": [2, 2, 2, 1]}
+    assert log["sibling_negatives"] == siblings
     assert isinstance(net, CopyDetectionNet) and not net.training
     path = tmp_path / "tiny.safetensors"
     save(net, log, path)

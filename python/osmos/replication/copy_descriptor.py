@@ -151,21 +151,43 @@ def contrastive_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, entropy_w
     return nce + entropy_weight * koleo
 
 
+def sibling_renders(n: int, generator: torch.Generator, size: int = 16) -> Tensor:
+    """2n renders [2n, 3, size, size]: n random images, then n siblings with the same shape, colour,
+    style and background drawn elsewhere (position, size, angle). Image i and n + i look alike but
+    are not copies: the hard negatives of copy detection in the shapes world."""
+    from osmos.zoo import data as D
+
+    a, geo = D.sample_attributes(n, generator), D.sample_attributes(n, generator)
+    sib = D.Attributes(shape=a.shape, colour=a.colour, style=a.style, background=a.background,
+                       cx=geo.cx, cy=geo.cy, radius=geo.radius, angle=geo.angle)
+    return torch.cat([D.render(a, size), D.render(sib, size)])
+
+
 def train(minutes: float = 6.0, max_steps: int = 3000, batch: int = 128, seed: int = 0, lr: float = 3e-3,
-          pool: int = 16384, temperature: float = 0.1, entropy_weight: float = 0.1, log_every: int = 50,
-          **architecture) -> tuple[CopyDetectionNet, dict]:
-    """Train on `pool` 16 x 16 shapes renders (rendered once; batches drawn at random) for
-    `max_steps` or `minutes`, whichever ends first. Returns (net, log)."""
+          pool: int = 16384, temperature: float = 0.1, entropy_weight: float = 0.1, siblings: bool = False,
+          log_every: int = 50, **architecture) -> tuple[CopyDetectionNet, dict]:
+    """Train on `pool` 16 x 16 shapes renders (rendered once) for `max_steps` or `minutes`, whichever
+    ends first. With `siblings`, the pool is `sibling_renders` pairs and every batch holds both
+    images of batch / 2 pairs (hard negatives); else batches are drawn at random. Returns (net, log)."""
     from osmos.zoo import data as D
 
     torch.manual_seed(seed)
     net = CopyDetectionNet(**architecture)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     g = torch.Generator().manual_seed(seed + 1)
-    renders = torch.cat([D.render(D.sample_attributes(min(1024, pool - i), g), 16) for i in range(0, pool, 1024)])
+    half = pool // 2
+    if siblings:
+        chunks = [sibling_renders(min(512, half - i), g) for i in range(0, half, 512)]
+        renders = torch.cat([c[: len(c) // 2] for c in chunks] + [c[len(c) // 2:] for c in chunks])
+    else:
+        renders = torch.cat([D.render(D.sample_attributes(min(1024, pool - i), g), 16) for i in range(0, pool, 1024)])
     step, losses, t0 = 0, [], time.time()
     while step < max_steps and time.time() - t0 < minutes * 60:
-        images = renders[torch.randperm(pool, generator=g)[:batch]]
+        if siblings:
+            ids = torch.randperm(half, generator=g)[: batch // 2]
+            images = renders[torch.cat([ids, ids + half])]
+        else:
+            images = renders[torch.randperm(pool, generator=g)[:batch]]
         v1, v2 = augment(images, g), augment(images, g)
         loss = contrastive_loss(net(_prepare(v1)), net(_prepare(v2)), temperature, entropy_weight)
         done = min(1.0, max(step / max_steps, (time.time() - t0) / (minutes * 60)))
@@ -180,7 +202,7 @@ def train(minutes: float = 6.0, max_steps: int = 3000, batch: int = 128, seed: i
             print(f"  step {step}, loss {sum(losses[-log_every:]) / log_every:.4f}, {time.time() - t0:.0f} s", flush=True)
     net.eval()
     log = {"steps": step, "batch": batch, "seconds": round(time.time() - t0, 1), "seed": seed, "lr": lr,
-           "temperature": temperature, "entropy_weight": entropy_weight,
+           "temperature": temperature, "entropy_weight": entropy_weight, "sibling_negatives": siblings,
            "final_loss_50": sum(losses[-50:]) / max(1, len(losses[-50:])),
            "architecture": net.architecture, "training_images": pool,
            "parameters": sum(p.numel() for p in net.parameters())}
@@ -205,12 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=0.1)
     p.add_argument("--entropy-weight", type=float, default=0.1)
+    p.add_argument("--siblings", action="store_true",
+                   help="batches of sibling pairs (hard negatives; measured worse at 12 min, see RESULTS.md)")
     p.add_argument("--out", type=Path, default=Path("out/shapes-sscd.safetensors"))
     p.add_argument("--install", action="store_true", help="write the package's shipped weights instead of --out")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     net, log = train(args.minutes, args.steps, args.batch, args.seed, temperature=args.temperature,
-                     entropy_weight=args.entropy_weight)
+                     entropy_weight=args.entropy_weight, siblings=args.siblings)
     log["command"] = "python -m osmos.replication.copy_descriptor " + " ".join(sys.argv[1:] if argv is None else argv)
     save(net, log, WEIGHTS if args.install else args.out)
     print(json.dumps(log))
