@@ -22,6 +22,9 @@ def test_augment_shapes_range_and_determinism():
     assert a.min() >= 0 and a.max() <= 1
     up = torch.nn.functional.interpolate(images, size=32, mode="bilinear", align_corners=False)
     assert (a - up).abs().mean() > 0.02  # edited
+    faded = augment(images, torch.Generator().manual_seed(1), fade=0.9)
+    assert faded.min() >= 0 and faded.max() <= 1 and not torch.equal(faded, a)
+    assert faded.std() < a.std()  # washed out towards grey
     mild = augment(images, torch.Generator().manual_seed(1), strength=0.0)
     flipped = up.flip(-1)
     # strength 0: no crop, jitter or noise; only a flip and a light blur remain

@@ -97,11 +97,13 @@ def _box_blur_batch(x: Tensor, sigma: Tensor) -> Tensor:
     return out.view_as(x)
 
 
-def augment(images: Tensor, generator: torch.Generator, strength: float = 1.0) -> Tensor:
+def augment(images: Tensor, generator: torch.Generator, strength: float = 1.0, fade: float = 0.0) -> Tensor:
     """Random edited copies of images [B, 3, H, W] in [0, 1] -> [B, 3, 32, 32] in [0, 1]:
     a crop of 40-100% of the area (aspect 3/4-4/3) resized, horizontal flip (p 0.5), brightness /
     contrast / saturation jitter (+-30%) and per-channel gains (+-10%), Gaussian blur (p 0.5,
-    sigma 0.3-1.2 px) and Gaussian noise (p 0.5, std up to 0.08). `strength` scales every range."""
+    sigma 0.3-1.2 px) and Gaussian noise (p 0.5, std up to 0.08). `strength` scales every range.
+    fade > 0 also blends (p 0.5) towards a uniform grey of level 0.3-0.7 with weight up to `fade`
+    (the washed-out look of a diffusion model's imperfect copies)."""
     b = images.shape[0]
     g = generator
 
@@ -130,6 +132,9 @@ def augment(images: Tensor, generator: torch.Generator, strength: float = 1.0) -
     blur = torch.rand(b, generator=g) < 0.5
     if blur.any():
         x = torch.where(blur.view(b, 1, 1, 1), _box_blur_batch(x, u(0.3, 0.3 + 0.9 * strength)), x)
+    if fade > 0:
+        w = (torch.rand(b, generator=g) < 0.5).float() * u(0.0, fade)
+        x = x * (1 - w.view(b, 1, 1, 1)) + w.view(b, 1, 1, 1) * u(0.3, 0.7).view(b, 1, 1, 1)
     noisy = (torch.rand(b, generator=g) < 0.5).float().view(b, 1, 1, 1)
     x = x + noisy * (0.08 * strength * torch.rand(b, 1, 1, 1, generator=g)) * torch.randn(x.shape, generator=g)
     return x.clamp(0, 1)
@@ -165,7 +170,7 @@ def sibling_renders(n: int, generator: torch.Generator, size: int = 16) -> Tenso
 
 def train(minutes: float = 6.0, max_steps: int = 3000, batch: int = 128, seed: int = 0, lr: float = 3e-3,
           pool: int = 16384, temperature: float = 0.1, entropy_weight: float = 0.1, siblings: bool = False,
-          log_every: int = 50, **architecture) -> tuple[CopyDetectionNet, dict]:
+          fade: float = 0.0, log_every: int = 50, **architecture) -> tuple[CopyDetectionNet, dict]:
     """Train on `pool` 16 x 16 shapes renders (rendered once) for `max_steps` or `minutes`, whichever
     ends first. With `siblings`, the pool is `sibling_renders` pairs and every batch holds both
     images of batch / 2 pairs (hard negatives); else batches are drawn at random. Returns (net, log)."""
@@ -188,7 +193,7 @@ def train(minutes: float = 6.0, max_steps: int = 3000, batch: int = 128, seed: i
             images = renders[torch.cat([ids, ids + half])]
         else:
             images = renders[torch.randperm(pool, generator=g)[:batch]]
-        v1, v2 = augment(images, g), augment(images, g)
+        v1, v2 = augment(images, g, fade=fade), augment(images, g, fade=fade)
         loss = contrastive_loss(net(_prepare(v1)), net(_prepare(v2)), temperature, entropy_weight)
         done = min(1.0, max(step / max_steps, (time.time() - t0) / (minutes * 60)))
         for group in opt.param_groups:  # warm-up, then cosine decay over the step or time budget
@@ -203,6 +208,7 @@ def train(minutes: float = 6.0, max_steps: int = 3000, batch: int = 128, seed: i
     net.eval()
     log = {"steps": step, "batch": batch, "seconds": round(time.time() - t0, 1), "seed": seed, "lr": lr,
            "temperature": temperature, "entropy_weight": entropy_weight, "sibling_negatives": siblings,
+           "fade": fade,
            "final_loss_50": sum(losses[-50:]) / max(1, len(losses[-50:])),
            "architecture": net.architecture, "training_images": pool,
            "parameters": sum(p.numel() for p in net.parameters())}
@@ -227,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=0.1)
     p.add_argument("--entropy-weight", type=float, default=0.1)
+    p.add_argument("--fade", type=float, default=0.0, help="max weight of the fade-to-grey augmentation")
     p.add_argument("--siblings", action="store_true",
                    help="batches of sibling pairs (hard negatives; measured worse at 12 min, see RESULTS.md)")
     p.add_argument("--out", type=Path, default=Path("out/shapes-sscd.safetensors"))
@@ -234,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     net, log = train(args.minutes, args.steps, args.batch, args.seed, temperature=args.temperature,
-                     entropy_weight=args.entropy_weight, siblings=args.siblings)
+                     entropy_weight=args.entropy_weight, siblings=args.siblings, fade=args.fade)
     log["command"] = "python -m osmos.replication.copy_descriptor " + " ".join(sys.argv[1:] if argv is None else argv)
     save(net, log, WEIGHTS if args.install else args.out)
     print(json.dumps(log))
