@@ -81,3 +81,33 @@ def test_bad_inputs(sets):
         replication_scores(gen, train[:0], 0.5)
     with pytest.raises(TypeError, match="threshold"):
         replication_scores(gen, train, "0.5")
+
+
+def test_micro_average_precision_ranks_by_similarity():
+    from osmos.replication.metrics import ReplicationScores, micro_average_precision
+
+    # ranks by similarity: q0 correct, q2 wrong match, q1 correct, q3 is a non-copy
+    scores = ReplicationScores(match=torch.tensor([5, 7, 1, 2]), similarity=torch.tensor([0.9, 0.5, 0.8, 0.1]),
+                               replicated=torch.tensor([True, False, True, False]), threshold=0.6)
+    truth = [5, 7, 3, -1]
+    # precision at the correct ranks: 1/1 (q0), 2/3 (q1); 3 positives
+    assert micro_average_precision(scores, truth) == pytest.approx((1 + 2 / 3) / 3)
+    assert micro_average_precision(scores, [-1] * 4) == 1.0
+    with pytest.raises(ValueError, match="truth"):
+        micro_average_precision(scores, [1, 2])
+
+
+def test_roc_auc_ci_brackets_the_auc_and_narrows_with_data():
+    from osmos.replication.metrics import roc_auc_ci
+
+    g = torch.Generator().manual_seed(0)
+    small = roc_auc_ci(torch.randn(10, generator=g) + 1, torch.randn(40, generator=g))
+    big = roc_auc_ci(torch.randn(200, generator=g) + 1, torch.randn(800, generator=g))
+    for auc, lo, hi in (small, big):
+        assert lo <= auc <= hi and 0 <= lo and hi <= 1
+    assert big[2] - big[1] < small[2] - small[1]
+    assert big[1] < 0.76 < big[2]  # the true AUC of N(1, 1) vs N(0, 1) is Phi(1 / sqrt 2) = 0.760
+    assert roc_auc_ci([2.0, 3.0], [0.0, 1.0]) == (1.0, 1.0, 1.0)  # perfect separation in every resample
+    assert roc_auc_ci([1.0], [0.0], seed=3) == roc_auc_ci([1.0], [0.0], seed=3)
+    with pytest.raises(ValueError, match="level"):
+        roc_auc_ci([1.0], [0.0], level=1.5)

@@ -35,6 +35,34 @@ def _index(args) -> int:
     return 0
 
 
+def _read_prompts(path: str) -> list[str]:
+    """One prompt per line; blank lines and lines starting with '#' are skipped."""
+    from pathlib import Path
+
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise SystemExit(f"no prompts in {path}")
+    return prompts
+
+
+def _score(args) -> int:
+    from osmos.replication.denoisers import load_pipeline
+    from osmos.replication.memorization import score_prompts
+
+    pipe = load_pipeline(args.model, base=args.base)
+    prompts = _read_prompts(args.prompts)
+    calibration = _read_prompts(args.calibration_prompts) if args.calibration_prompts else None
+    result = score_prompts(pipe, prompts, threshold=args.threshold, calibration_prompts=calibration,
+                           quantile=args.quantile, method=args.method, steps=args.steps, num_samples=args.samples,
+                           num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance,
+                           seed=args.seed, batch_size=args.batch_size, progress=not args.quiet)
+    result.save(args.out, model=args.model)
+    print(result.summary())
+    print(f"wrote {args.out}/scores.json, scores.csv")
+    return 0
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--descriptor", default="pixels",
                    help="'pixels' (training-free baseline) or a TorchScript / torch.export .pt2 file (e.g. SSCD)")
@@ -45,7 +73,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Adds `replication scan` and `replication index` to an argparse subparsers object."""
+    """Adds `replication scan`, `replication index` and `replication score` to an argparse subparsers
+    object."""
     parser = subparsers.add_parser("replication", help="detect training-data replication in generated images")
     sub = parser.add_subparsers(dest="replication_command", required=True)
 
@@ -66,6 +95,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
     _common(p)
     p.set_defaults(func=_index)
+    p = sub.add_parser("score", help="memorization score of each prompt at generation time (no reference set)")
+    p.add_argument("--model", required=True,
+                   help="zoo model name (e.g. shapes-memorized), zoo-format .safetensors, or a diffusers pipeline folder")
+    p.add_argument("--base", default="shapes-unet", help="zoo model whose architecture a bare .safetensors has")
+    p.add_argument("--prompts", required=True, help="text file, one prompt per line")
+    p.add_argument("--out", required=True, help="folder for scores.json and scores.csv")
+    thr = p.add_mutually_exclusive_group()
+    thr.add_argument("--threshold", type=float, default=None, help="flag prompts scoring at or above this")
+    thr.add_argument("--calibration-prompts", default=None,
+                     help="file of prompts known not to be memorized: threshold = their --quantile")
+    p.add_argument("--quantile", type=float, default=0.99)
+    p.add_argument("--method", choices=("highpass", "magnitude"), default="highpass",
+                   help="highpass: detail of the text-conditional noise (default); magnitude: its norm (Wen et al.)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps traced (default: the score's own)")
+    p.add_argument("--samples", type=int, default=None, help="starting latents per prompt (default: the score's own)")
+    p.add_argument("--num-inference-steps", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None, help="CFG scale of the traced steps (default: model's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per batch")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_score)
     return parser
 
 

@@ -104,4 +104,45 @@ def as_denoiser(pipe) -> Denoiser:
                     f"encode_prompt, got {type(pipe).__name__}")
 
 
-__all__ = ["Denoiser", "ZooDenoiser", "DiffusersDenoiser", "as_denoiser"]
+def load_pipeline(spec: str, base: str = "shapes-unet", device: str = "cpu"):
+    """A pipeline from a command-line spec, offline:
+
+    - the name of a shipped zoo model (`osmos.zoo.available()`, e.g. "shapes-memorized");
+    - a .safetensors file of zoo-model weights: its architecture comes from the zoo-format JSON
+      beside it (`<name>.json` with a "recipe"), else from the shipped model `base`;
+    - a folder holding a saved diffusers pipeline (`save_pretrained`), e.g. Stable Diffusion.
+    """
+    from pathlib import Path
+
+    import osmos.zoo
+
+    if spec in osmos.zoo.available():
+        return osmos.zoo.load(spec, device=device)
+    path = Path(spec)
+    if path.is_dir():
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True).to(device)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+    if path.suffix == ".safetensors" and path.is_file():
+        import json
+
+        from safetensors.torch import load_file
+
+        from osmos.zoo.models import Recipe, build_model
+        from osmos.zoo.pipeline import ShapesPipeline
+
+        meta_path = path.with_suffix(".json")
+        if meta_path.is_file() and "recipe" in json.loads(meta_path.read_text()):
+            recipe = Recipe(**json.loads(meta_path.read_text())["recipe"])
+        else:
+            recipe = osmos.zoo.load(base).recipe
+        model = build_model(recipe)
+        model.load_state_dict(load_file(str(path)))
+        return ShapesPipeline(model.to(device), recipe, card={"name": path.stem})
+    raise ValueError(f"model must be a zoo model name ({', '.join(osmos.zoo.available())}), a .safetensors file "
+                     f"or a diffusers pipeline folder, got {spec!r}")
+
+
+__all__ = ["Denoiser", "ZooDenoiser", "DiffusersDenoiser", "as_denoiser", "load_pipeline"]

@@ -118,10 +118,16 @@ class ModuleDescriptor(Descriptor):
 
 
 def descriptor_from_spec(spec: str, input_size: int = 224) -> Descriptor:
-    """'pixels' for the baseline, or a path to a TorchScript / .pt2 file (the CLI's --descriptor)."""
+    """'pixels' for the baseline, 'shapes-sscd' for the shipped learned descriptor of the zoo's
+    shapes world, or a path to a TorchScript / .pt2 file (the CLI's --descriptor)."""
     if spec == "pixels":
         return PixelDescriptor()
+    if spec == "shapes-sscd":
+        from osmos.replication.copy_descriptor import ShapesCopyDescriptor
+
+        return ShapesCopyDescriptor()
     path = Path(spec)
     if not path.is_file():
-        raise ValueError(f"descriptor must be 'pixels' or a TorchScript / .pt2 file, got {spec!r} (no such file)")
+        raise ValueError(f"descriptor must be 'pixels', 'shapes-sscd' or a TorchScript / .pt2 file, got {spec!r} "
+                     "(no such file)")
     return ModuleDescriptor.from_file(path, input_size=input_size)

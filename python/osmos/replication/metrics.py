@@ -7,8 +7,10 @@
   baseline): a high quantile of the top-1 similarities of fresh, non-copied images of the same
   distribution to the training set, so an independent image is rarely flagged.
 - `retrieval_precision_recall`: scores a scan against ground truth (which generations copy which
-  training image), for models built to memorize known images.
-- `roc_auc`: how well a score (e.g. `memorization_score`) separates positives from negatives.
+  training image), for models built to memorize known images; `micro_average_precision` ranks
+  every generation's top-1 match by similarity (no threshold).
+- `roc_auc`, `roc_auc_ci`: how well a score (e.g. `memorization_score`) separates positives from
+  negatives, with a bootstrap confidence interval.
 """
 
 from __future__ import annotations
@@ -99,6 +101,23 @@ def retrieval_precision_recall(scores: ReplicationScores, truth: Sequence[int]) 
     return precision, recall
 
 
+def micro_average_precision(scores: ReplicationScores, truth: Sequence[int]) -> float:
+    """Micro average precision (the DISC21 copy-detection metric): every generation's top-1 match,
+    ranked by similarity over all generations, is correct when truth[i] >= 0 and the match is
+    truth[i]; the area under that ranking's precision-recall curve, recall counted over the
+    generations with truth >= 0 (1.0 when there are none)."""
+    truth_t = torch.as_tensor(list(truth), dtype=torch.long)
+    if truth_t.shape != scores.match.shape:
+        raise ValueError(f"truth must have one entry per generation ({scores.match.numel()}), got {truth_t.numel()}")
+    positives = int((truth_t >= 0).sum())
+    if positives == 0:
+        return 1.0
+    order = torch.argsort(scores.similarity, descending=True, stable=True)
+    correct = ((truth_t >= 0) & (scores.match == truth_t))[order].double()
+    precision_at = correct.cumsum(0) / torch.arange(1, len(correct) + 1, dtype=torch.float64)
+    return float((precision_at * correct).sum() / positives)
+
+
 def roc_auc(positive: Sequence[float] | Tensor, negative: Sequence[float] | Tensor) -> float:
     """Area under the ROC curve: the probability that a random positive scores higher than a
     random negative (ties count one half). Needs at least one of each."""
@@ -112,5 +131,29 @@ def roc_auc(positive: Sequence[float] | Tensor, negative: Sequence[float] | Tens
     return float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
 
 
+def roc_auc_ci(positive: Sequence[float] | Tensor, negative: Sequence[float] | Tensor, level: float = 0.95,
+               resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(AUC, lower, upper): `roc_auc` and its percentile bootstrap confidence interval at `level`,
+    resampling positives and negatives separately (with replacement) `resamples` times."""
+    pos = torch.as_tensor(positive, dtype=torch.float64).flatten()
+    neg = torch.as_tensor(negative, dtype=torch.float64).flatten()
+    auc = roc_auc(pos, neg)
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    g = torch.Generator().manual_seed(seed)
+    ip = torch.randint(pos.numel(), (resamples, pos.numel()), generator=g)
+    ineg = torch.randint(neg.numel(), (resamples, neg.numel()), generator=g)
+    wins = ((pos[:, None] > neg[None, :]).double() + 0.5 * (pos[:, None] == neg[None, :]).double())
+    # mean of the win matrix over the resampled rows and columns, without materialising each resample
+    counts_p = torch.zeros(resamples, pos.numel(), dtype=torch.float64).scatter_add_(
+        1, ip, torch.ones_like(ip, dtype=torch.float64))
+    counts_n = torch.zeros(resamples, neg.numel(), dtype=torch.float64).scatter_add_(
+        1, ineg, torch.ones_like(ineg, dtype=torch.float64))
+    boot = ((counts_p @ wins) * counts_n).sum(dim=1) / (pos.numel() * neg.numel())
+    tail = (1 - level) / 2
+    lo, hi = torch.quantile(boot, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return auc, lo, hi
+
+
 __all__ = ["ReplicationScores", "replication_scores", "replication_rate", "calibrate_threshold",
-           "retrieval_precision_recall", "roc_auc"]
+           "retrieval_precision_recall", "micro_average_precision", "roc_auc", "roc_auc_ci"]
