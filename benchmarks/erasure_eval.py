@@ -23,16 +23,30 @@ edited model (DDIM, CFG at the model card's 3.0) and the zoo classifier reads th
              X is invertible, c = X^-1 c_tar regenerates W c_tar exactly, so this attack can
              only fail through the ridge term; it is the closed-form worst case.
 
-Methods: SPM (rank-1 adapters, ESD-form loss with surrogate "") without and with Latent
-Anchoring (anchors: the other concepts' wordings and captions), the latter also with Facilitated
-Transport (gamma from text similarity, factor 1, token_max rule), UCE (erase the
-concept's training wordings, guide " ", preserve the other values' wordings), RECE (UCE, then
-2 epochs erasing the derived embedding, lambda_reg 1e-3, the last epoch kept).
+Concepts: any value of the shapes world (shape, colour, style, background); style and
+background concepts are named beside a colour on a cycling shape ("a striped red circle"), and
+"others" are then the other values of that kind (pair accuracy = that kind and the colour seen).
 
-    PYTHONPATH=python python benchmarks/erasure_eval.py            # full: 18 min wall at load 8-11
-    PYTHONPATH=python python benchmarks/erasure_eval.py --quick    # 89 s CPU (210 s wall at load 8)
+Methods, all trained on the same target captions (every training template x wording x value of
+the other kind, e.g. 72 for circle), each with its own surrogate: the caption without the
+concept ("a red circle" -> "a red"), so the erasure direction is the concept's alone:
+  SPM      rank-1 adapters, ESD-form loss (eta 1), 2 captions a step, without and with Latent
+           Anchoring (anchors: the other values' wordings and captions at their own norms, 4 a
+           step, plus the empty prompt every step, i.e. CFG's unconditional branch), the latter
+           also with Facilitated Transport (gamma from text similarity, factor 1, token_max)
+  ESD-x    the same loss and captions, fine-tuning every cross-attention (attn2) weight
+  UCE      erase the concept's training wordings, guide " ", preserve the other values' wordings
+  RECE     UCE, then 2 epochs erasing the derived embedding, lambda_reg 1e-3, the last epoch kept
+(`--spm-targets word` trains SPM / ESD on the bare concept word with surrogate "" instead, as
+before: that is what left circle unerased under Latent Anchoring.)
+
+    PYTHONPATH=python python benchmarks/erasure_eval.py                       # circle and red
+    PYTHONPATH=python python benchmarks/erasure_eval.py --concepts striped    # a style
+    PYTHONPATH=python python benchmarks/erasure_eval.py --multi --spm-cache DIR   # 1, 3, 5 at once
+    PYTHONPATH=python python benchmarks/erasure_eval.py --transfer shapes-unet-ft --spm-cache DIR
+    PYTHONPATH=python python benchmarks/erasure_eval.py --quick               # smaller and faster
 Writes benchmarks/figures/erasure_<concept>.png (rows: methods; columns: the concept with each
-value of the other kind, then unrelated prompts) and prints the markdown table.
+value of the other kind, then unrelated prompts) or erasure_multi.png, and prints the markdown table.
 """
 
 from __future__ import annotations
@@ -74,7 +88,7 @@ class Settings:
     anchor_captions: bool = True
     spm_targets: str = "captions"  # "captions": caption pairs (concept dropped) | "word": the concept word vs ""
     spm_targets_per_step: int = 2
-    spm_fixed_anchors: tuple[str, ...] = ("",)  # anchored every step: the CFG unconditional branch
+    spm_fixed_anchors: tuple[str, ...] = ("",)  # anchored every step: CFG's unconditional branch
     esd_steps: int = 150
     esd_lr: float = 1e-3
 
@@ -311,7 +325,8 @@ def evaluate_multi(s: Settings, counts: tuple[int, ...], log, cache: Path | None
     rest_words = lambda n: [w for kind in ("shape", "colour") for v in D.CONCEPTS[kind]  # noqa: E731
                             if (kind, v) not in erased_all[:n] for w in training_wordings(kind, v)]
     t0 = time.perf_counter()
-    spms = [train_zoo_spm(pipe, v, s, cache) for _, v in erased_all[: max(counts)]]
+    # last concepts first: single-concept runs in parallel (--spm-cache) may meanwhile cache the first ones
+    spms = [train_zoo_spm(pipe, v, s, cache) for _, v in erased_all[: max(counts)][::-1]][::-1]
     spm_s = time.perf_counter() - t0
     for n in counts:
         words = [w for k, v in erased_all[:n] for w in training_wordings(k, v)]

@@ -178,3 +178,24 @@ def test_generate_cli_applies_an_edit_file(tmp_path):
     cli_png, api_png, base_png = (np.asarray(Image.open(tmp_path / f)) for f in ("cli.png", "api.png", "base.png"))
     assert np.array_equal(cli_png, api_png)
     assert np.abs(cli_png.astype(int) - base_png.astype(int)).mean() > 1  # the edit changed the image
+
+
+def test_erasure_prompt_pairs_and_captions():
+    from osmos.erase.zoo import caption_naming, erasure_prompt_pairs
+
+    t = osmos.zoo.data.TEMPLATES["train"][2]
+    assert caption_naming(t, "shape", "disc", "red") == "a picture of a red disc"
+    assert caption_naming(t, "shape", None, "red") == "a picture of a red"
+    assert caption_naming(t, "colour", "scarlet", "star") == "a picture of a scarlet star"
+    assert caption_naming(t, "style", "striped", "blue", 1) == "a picture of a striped blue square"
+    assert caption_naming(t, "background", "dark", "blue", 0) == "a picture of a blue circle on a dark background"
+    for kind, value in (("shape", "circle"), ("colour", "red"), ("style", "striped"), ("background", "white")):
+        pairs = erasure_prompt_pairs(kind, value)
+        words = osmos.zoo.data.WORDS[kind][value][0]
+        assert len(pairs) == 4 * len(words) * 6 and len(set(pairs)) == len(pairs)
+        for target, surrogate in pairs:
+            assert any(w in target for w in words) and not any(w in surrogate.split() for w in words)
+        assert erasure_prompt_pairs(kind, value, surrogate="")[0] == (pairs[0][0], "")
+    assert ("a red circle", "a red") in erasure_prompt_pairs("shape", "circle")
+    assert ("a striped red circle", "a red circle") in erasure_prompt_pairs("style", "striped")
+    assert "a dotted red circle" in anchor_prompts("style", "striped")
