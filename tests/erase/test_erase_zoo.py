@@ -132,7 +132,8 @@ def test_rece_cli_erases_a_colour(tmp_path):
 
 def test_spm_cli_trains_saves_and_erases(tmp_path):
     out = tmp_path / "spm"
-    assert osmos_cmd(["erase", "spm", "--concept", "red", "--steps", "12", "--lr", "3e-2", "--sampling-steps", "8",
+    # the bare word (--targets word): 12 steps are enough there; the caption default needs ~150
+    assert osmos_cmd(["erase", "spm", "--concept", "red", "--targets", "word", "--steps", "12", "--lr", "3e-2", "--sampling-steps", "8",
                       "--out", str(out), "--grid-seeds", "0", "1", "--grid-steps", "8", "--threads", "1"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["concept_rate_before"] >= 0.8
