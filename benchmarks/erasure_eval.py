@@ -276,7 +276,8 @@ def train_zoo_spm(pipe, value: str, s: Settings, cache: Path | None) -> SPM:
     return spm
 
 
-def evaluate_multi(s: Settings, counts: tuple[int, ...], log, cache: Path | None, figures: Path) -> list[dict]:
+def evaluate_multi(s: Settings, counts: tuple[int, ...], log, cache: Path | None, figures: Path,
+                   with_spm: bool = True) -> list[dict]:
     """Erase the first n of MULTI_CONCEPTS at once (n in counts) with UCE, RECE and composed SPMs
     (with and without Facilitated Transport). Erased: the mean target rate over the n concepts on
     their training captions (each with the 6 values of the other kind, seeds s.seeds). Remaining:
@@ -321,12 +322,13 @@ def evaluate_multi(s: Settings, counts: tuple[int, ...], log, cache: Path | None
 
     rows.append({"method": "original", "n": 0, "erased_rate": float("nan"), "erased_rate_original": float("nan"),
                  "not_yet_erased_rate": sum(base_rates.values()) / len(base_rates), "remaining_acc": base_acc,
-                 "remaining_acc_original": base_acc, "erosion": 0.0, "seconds": 0.0})
+                 "remaining_acc_original": base_acc, "erosion": 0.0, "seconds": 0.0, "original_rates": base_rates})
+    log(json.dumps(rows[-1]))
     rest_words = lambda n: [w for kind in ("shape", "colour") for v in D.CONCEPTS[kind]  # noqa: E731
                             if (kind, v) not in erased_all[:n] for w in training_wordings(kind, v)]
     t0 = time.perf_counter()
     # last concepts first: single-concept runs in parallel (--spm-cache) may meanwhile cache the first ones
-    spms = [train_zoo_spm(pipe, v, s, cache) for _, v in erased_all[: max(counts)][::-1]][::-1]
+    spms = [train_zoo_spm(pipe, v, s, cache) for _, v in erased_all[: max(counts)][::-1]][::-1] if with_spm else []
     spm_s = time.perf_counter() - t0
     for n in counts:
         words = [w for k, v in erased_all[:n] for w in training_wordings(k, v)]
@@ -339,6 +341,8 @@ def evaluate_multi(s: Settings, counts: tuple[int, ...], log, cache: Path | None
             rates, acc, images = measure()
             record(name, n, rates, acc, seconds, images)
             edit.undo(pipe.unet)
+        if not with_spm:
+            continue
         concepts = [v for _, v in erased_all[:n]]
         with apply_spm(pipe.unet, spms[:n]) as handle:
             rates, acc, images = measure(handle)
@@ -349,7 +353,8 @@ def evaluate_multi(s: Settings, counts: tuple[int, ...], log, cache: Path | None
             rates, acc, images = measure(handle)
         record("SPM composed, FT", n, rates, acc, spm_s * n / max(counts), images)
     figures.mkdir(parents=True, exist_ok=True)
-    save_grid(torch.cat([base_images, *grid_rows]), figures / "erasure_multi.png", nrow=len(base_images), scale=4)
+    name = "erasure_multi.png" if with_spm else "erasure_multi_closed_form.png"
+    save_grid(torch.cat([base_images, *grid_rows]), figures / name, nrow=len(base_images), scale=4)
     for row in rows:
         row["original_rates"] = base_rates
     return rows
@@ -429,6 +434,7 @@ def main(argv=None) -> None:
                              "concept dropped as surrogate (default), or the bare concept word vs ''")
     parser.add_argument("--multi", action="store_true",
                         help=f"instead: erase 1, 3 and 5 of {', '.join(MULTI_CONCEPTS)} at once (UCE, RECE, SPM)")
+    parser.add_argument("--closed-form-only", action="store_true", help="--multi with UCE and RECE only (no SPM training)")
     parser.add_argument("--spm-cache", default=None,
                         help="folder for the trained SPMs (LA): --multi and --transfer reuse them from here")
     parser.add_argument("--transfer", default=None, metavar="MODEL",
@@ -446,7 +452,7 @@ def main(argv=None) -> None:
     log = lambda m: print(m, flush=True)  # noqa: E731
     t0 = time.perf_counter()
     if args.multi:
-        rows = evaluate_multi(s, (1, 3, 5), log, cache, Path(args.figures))
+        rows = evaluate_multi(s, (1, 3, 5), log, cache, Path(args.figures), with_spm=not args.closed_form_only)
         text = multi_table(rows)
     else:
         rows = []
