@@ -23,16 +23,30 @@ edited model (DDIM, CFG at the model card's 3.0) and the zoo classifier reads th
              X is invertible, c = X^-1 c_tar regenerates W c_tar exactly, so this attack can
              only fail through the ridge term; it is the closed-form worst case.
 
-Methods: SPM (rank-1 adapters, ESD-form loss with surrogate "") without and with Latent
-Anchoring (anchors: the other concepts' wordings and captions), the latter also with Facilitated
-Transport (gamma from text similarity, factor 1, token_max rule), UCE (erase the
-concept's training wordings, guide " ", preserve the other values' wordings), RECE (UCE, then
-2 epochs erasing the derived embedding, lambda_reg 1e-3, the last epoch kept).
+Concepts: any value of the shapes world (shape, colour, style, background); style and
+background concepts are named beside a colour on a cycling shape ("a striped red circle"), and
+"others" are then the other values of that kind (pair accuracy = that kind and the colour seen).
 
-    PYTHONPATH=python python benchmarks/erasure_eval.py            # full: 18 min wall at load 8-11
-    PYTHONPATH=python python benchmarks/erasure_eval.py --quick    # 89 s CPU (210 s wall at load 8)
+Methods, all trained on the same target captions (every training template x wording x value of
+the other kind, e.g. 72 for circle), each with its own surrogate: the caption without the
+concept ("a red circle" -> "a red"), so the erasure direction is the concept's alone:
+  SPM      rank-1 adapters, ESD-form loss (eta 1), 2 captions a step, without and with Latent
+           Anchoring (anchors: the other values' wordings and captions at their own norms, 4 a
+           step, plus the empty prompt every step, i.e. CFG's unconditional branch), the latter
+           also with Facilitated Transport (gamma from text similarity, factor 1, token_max)
+  ESD-x    the same loss and captions, fine-tuning every cross-attention (attn2) weight
+  UCE      erase the concept's training wordings, guide " ", preserve the other values' wordings
+  RECE     UCE, then 2 epochs erasing the derived embedding, lambda_reg 1e-3, the last epoch kept
+(`--spm-targets word` trains SPM / ESD on the bare concept word with surrogate "" instead, as
+before: that is what left circle unerased under Latent Anchoring.)
+
+    PYTHONPATH=python python benchmarks/erasure_eval.py                       # circle and red
+    PYTHONPATH=python python benchmarks/erasure_eval.py --concepts striped    # a style
+    PYTHONPATH=python python benchmarks/erasure_eval.py --multi --spm-cache DIR   # 1, 3, 5 at once
+    PYTHONPATH=python python benchmarks/erasure_eval.py --transfer shapes-unet-ft --spm-cache DIR
+    PYTHONPATH=python python benchmarks/erasure_eval.py --quick               # smaller and faster
 Writes benchmarks/figures/erasure_<concept>.png (rows: methods; columns: the concept with each
-value of the other kind, then unrelated prompts) and prints the markdown table.
+value of the other kind, then unrelated prompts) or erasure_multi.png, and prints the markdown table.
 """
 
 from __future__ import annotations
@@ -48,10 +62,11 @@ import torch
 
 import osmos.zoo
 from osmos.erase.closed_form import cross_attention_kv, original_gram, regenerating_embeddings, rece_edit, uce_edit
-from osmos.erase.spm import FacilitatedTransport, apply_spm, train_spm
+from osmos.erase.esd import train_esd
+from osmos.erase.spm import SPM, FacilitatedTransport, apply_spm, train_spm
 from osmos.erase.text_encoding import token_rows
-from osmos.erase.zoo import SPMTrainingPipe, anchor_prompts, concept_of, generate, training_wordings, \
-    zoo_prompt_encoder, zoo_text_encoding
+from osmos.erase.zoo import SPMTrainingPipe, anchor_prompts, caption_naming, concept_of, erasure_prompt_pairs, generate, \
+    other_kind_of, training_wordings, zoo_prompt_encoder, zoo_text_encoding
 from osmos.zoo import data as D
 from osmos.zoo.pipeline import save_grid
 
@@ -71,35 +86,35 @@ class Settings:
     lambda_reg: float = 1e-3
     attack_seeds: tuple[int, ...] = field(default=(0, 1, 2, 3, 4, 5))
     anchor_captions: bool = True
+    spm_targets: str = "captions"  # "captions": caption pairs (concept dropped) | "word": the concept word vs ""
+    spm_targets_per_step: int = 2
+    spm_fixed_anchors: tuple[str, ...] = ("",)  # anchored every step: CFG's unconditional branch
+    esd_steps: int = 150
+    esd_lr: float = 1e-3
 
 
 FULL = Settings(seeds=(0, 1), variants=3, other_values=6, steps=15, spm_steps=150)
 QUICK = Settings(seeds=(0,), variants=1, other_values=2, steps=10, spm_steps=25, spm_lr=2e-2, attack_seeds=(0, 1, 2))
 
 
-def caption(template: str, kind: str, word: str, other: str) -> str:
-    shape, colour = (word, other) if kind == "shape" else (other, word)
-    return template.format(style="", colour=colour, shape=shape, bg="")
-
-
 def prompt_sets(kind: str, value: str, s: Settings) -> dict[str, list[str]]:
     """Prompts per evaluation set (see the module docstring)."""
-    other_kind = "colour" if kind == "shape" else "shape"
+    other_kind = other_kind_of(kind)
     others = D.CONCEPTS[other_kind]
     train_words, held_words = D.WORDS[kind][value]
     other_word = lambda o: D.WORDS[other_kind][o][0][0]  # noqa: E731
     t_train, t_held = D.TEMPLATES["train"], D.TEMPLATES["heldout"]
     sets = {
-        "train": [caption(t_train[k % len(t_train)], kind, train_words[k % len(train_words)], other_word(o))
-                  for o in others for k in range(s.variants)],
-        "tmpl": [caption(t_held[k], kind, train_words[0], other_word(o))
-                 for o in others for k in range(min(s.variants, len(t_held)))],
-        "syn": [caption(t_train[k % len(t_train)], kind, held_words[k % len(held_words)], other_word(o))
-                for o in others for k in range(s.variants)],
+        "train": [caption_naming(t_train[k % len(t_train)], kind, train_words[k % len(train_words)], other_word(o), i)
+                  for i, o in enumerate(others) for k in range(s.variants)],
+        "tmpl": [caption_naming(t_held[k], kind, train_words[0], other_word(o), i)
+                 for i, o in enumerate(others) for k in range(min(s.variants, len(t_held)))],
+        "syn": [caption_naming(t_train[k % len(t_train)], kind, held_words[k % len(held_words)], other_word(o), i)
+                for i, o in enumerate(others) for k in range(s.variants)],
     }
     rest = [v for v in D.CONCEPTS[kind] if v != value]
-    sets["others"] = [caption(t_train[0], kind, D.WORDS[kind][v][0][0], other_word(o))
-                      for v in rest for o in others[: s.other_values]]
+    sets["others"] = [caption_naming(t_train[0], kind, D.WORDS[kind][v][0][0], other_word(o), i)
+                      for v in rest for i, o in enumerate(others[: s.other_values])]
     sets["others_labels"] = [(v, o) for v in rest for o in others[: s.other_values]]
     return sets
 
@@ -108,7 +123,7 @@ class Scorer:
     def __init__(self, kind: str, value: str, sets: dict, seeds: tuple[int, ...]):
         self.clf = osmos.zoo.load("classifier")
         self.kind, self.index = kind, D.CONCEPTS[kind].index(value)
-        self.other_kind = "colour" if kind == "shape" else "shape"
+        self.other_kind = other_kind_of(kind)
         labels = [lab for lab in sets["others_labels"] for _ in seeds]
         self.others_kind = torch.tensor([D.CONCEPTS[kind].index(v) for v, _ in labels])
         self.others_other = torch.tensor([D.CONCEPTS[self.other_kind].index(o) for _, o in labels])
@@ -135,7 +150,7 @@ def attack_states(pipe, encoding, gram, input_map, concept_words, value_word, la
     return states, mask
 
 
-def evaluate_concept(word: str, s: Settings, figures: Path, log) -> list[dict]:
+def evaluate_concept(word: str, s: Settings, figures: Path, log, spm_out: Path | None = None) -> list[dict]:
     kind, value = concept_of(word)
     sets = prompt_sets(kind, value, s)
     pipe = osmos.zoo.load("shapes-unet")
@@ -178,7 +193,7 @@ def evaluate_concept(word: str, s: Settings, figures: Path, log) -> list[dict]:
         row["seed_gap"] = seed_gap
         rows.append(row)
         log(json.dumps(row))
-        n_other = len(D.CONCEPTS["colour" if kind == "shape" else "shape"])
+        n_other = len(D.CONCEPTS[other_kind_of(kind)])
         per = s.variants * len(s.seeds)
         firsts = images["others"][:: s.other_values * len(s.seeds)][:4]  # one image of each of 4 other values
         grid_rows.append(torch.cat([images["train"][::per][:n_other], firsts]))
@@ -186,23 +201,34 @@ def evaluate_concept(word: str, s: Settings, figures: Path, log) -> list[dict]:
     record("original", base, time.perf_counter() - t0, base_attack)
 
     # SPM without Latent Anchoring, then with it (alone and with Facilitated Transport)
+    pairs = erasure_prompt_pairs(kind, value) if s.spm_targets == "captions" else None
+
     def train(la_strength: float):
         t0 = time.perf_counter()
-        spm = train_spm(SPMTrainingPipe.of(pipe), value, surrogate="", steps=s.spm_steps, lr=s.spm_lr,
-                        la_strength=la_strength, anchors=anchor_prompts(kind, value, s.anchor_captions) if la_strength else None,
-                        anchors_per_step=4, sampling_steps=s.steps, seed=0, progress=False)
+        spm = spm_for(pipe, value, s, la_strength)
         return spm, time.perf_counter() - t0
 
     spm, train_s = train(0.0)
     with apply_spm(pipe.unet, [spm]) as handle:
         record("SPM, no LA", run_all(handle), train_s, (attack(handle=handle), None))
     spm, train_s = train(s.la_strength)
+    if spm_out is not None:
+        spm_out.mkdir(parents=True, exist_ok=True)
+        spm.save(spm_out / f"spm_{value}.safetensors")
     with apply_spm(pipe.unet, [spm]) as handle:
         record(f"SPM, LA {s.la_strength:g}", run_all(handle), train_s, (attack(handle=handle), None))
     ft = FacilitatedTransport(zoo_prompt_encoder(pipe), [value], factor=1.0,
                               overlap_ignore_ids=pipe.text_encoder.tokenizer.convert_tokens_to_ids(["a", "an", "of"]))
     with apply_spm(pipe.unet, [spm], transport=ft) as handle:
         record(f"SPM, LA {s.la_strength:g}, FT", run_all(handle), train_s, (None, None))
+
+    # ESD-x: full fine-tune of the cross-attention weights with the same loss and prompts
+    t0 = time.perf_counter()
+    esd = train_esd(SPMTrainingPipe.of(pipe), value, steps=s.esd_steps, lr=s.esd_lr, sampling_steps=s.steps, seed=0,
+                    prompts=pairs, targets_per_step=s.spm_targets_per_step if pairs else 1, progress=False)
+    esd_s = time.perf_counter() - t0
+    record("ESD-x", run_all(), esd_s, (attack(), None))
+    esd.undo(pipe.unet)
 
     # UCE and RECE
     t0 = time.perf_counter()
@@ -220,6 +246,165 @@ def evaluate_concept(word: str, s: Settings, figures: Path, log) -> list[dict]:
     grid = torch.cat(grid_rows)
     save_grid(grid, figures / f"erasure_{value}.png", nrow=len(grid_rows[0]), scale=4)
     return rows
+
+
+MULTI_CONCEPTS = ("circle", "red", "star", "blue", "heart")
+
+
+def spm_for(pipe, value: str, s: Settings, la_strength: float) -> SPM:
+    """Train an SPM erasing one concept of the shapes world with the settings s (surrogate: the
+    caption without the concept, or "" with s.spm_targets == "word"; anchors: the other
+    concepts' wordings (and captions) plus s.spm_fixed_anchors, when la_strength > 0)."""
+    kind = concept_of(value)[0]
+    pairs = erasure_prompt_pairs(kind, value) if s.spm_targets == "captions" else None
+    return train_spm(SPMTrainingPipe.of(pipe), value, surrogate="", steps=s.spm_steps, lr=s.spm_lr,
+                     la_strength=la_strength, anchors=anchor_prompts(kind, value, s.anchor_captions) if la_strength else None,
+                     anchors_per_step=4, sampling_steps=s.steps, seed=0, progress=False, prompts=pairs,
+                     targets_per_step=s.spm_targets_per_step if pairs else 1, fixed_anchors=s.spm_fixed_anchors,
+                     anchor_norm_range=None)
+
+
+def train_zoo_spm(pipe, value: str, s: Settings, cache: Path | None) -> SPM:
+    """spm_for(..., s.la_strength), read from / written to `cache` (spm_<value>.safetensors) when given."""
+    path = None if cache is None else cache / f"spm_{value}.safetensors"
+    if path is not None and path.is_file():
+        return SPM.load(path, pipe.unet)
+    spm = spm_for(pipe, value, s, s.la_strength)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        spm.save(path)
+    return spm
+
+
+def evaluate_multi(s: Settings, counts: tuple[int, ...], log, cache: Path | None, figures: Path,
+                   with_spm: bool = True) -> list[dict]:
+    """Erase the first n of MULTI_CONCEPTS at once (n in counts) with UCE, RECE and composed SPMs
+    (with and without Facilitated Transport). Erased: the mean target rate over the n concepts on
+    their training captions (each with the 6 values of the other kind, seeds s.seeds). Remaining:
+    pair accuracy on the prompts that name none of the 5 concepts (3 shapes x 4 colours, 3 seeds),
+    the same set for every n, so erosion (original minus edited accuracy) is comparable across n."""
+    pipe = osmos.zoo.load("shapes-unet")
+    clf = osmos.zoo.load("classifier")
+    encoding = zoo_text_encoding(pipe)
+    erased_all = [concept_of(c) for c in MULTI_CONCEPTS]
+    rest = {kind: [v for v in D.CONCEPTS[kind] if (kind, v) not in erased_all] for kind in ("shape", "colour")}
+    remain_prompts = [D.prompt_for(sh, co) for sh in rest["shape"] for co in rest["colour"]]
+    remain_seeds = (0, 1, 2)
+    remain_labels = {kind: torch.tensor([D.CONCEPTS[kind].index(v) for sh in rest["shape"] for co in rest["colour"]
+                                         for v in [(sh if kind == "shape" else co)] for _ in remain_seeds])
+                     for kind in ("shape", "colour")}
+    named = {c: [caption_naming(D.TEMPLATES["train"][0], k, D.WORDS[k][v][0][0], D.WORDS[other_kind_of(k)][o][0][0], i)
+                 for i, o in enumerate(D.CONCEPTS[other_kind_of(k)])] for c, (k, v) in zip(MULTI_CONCEPTS, erased_all)}
+
+    def measure(handle=None) -> tuple[dict[str, float], float, torch.Tensor]:
+        rates = {}
+        for c, (k, v) in zip(MULTI_CONCEPTS, erased_all):
+            images = generate(pipe, named[c], s.seeds, num_inference_steps=s.steps, spm_handle=handle)
+            rates[c] = float((clf.predict(images)[k] == D.CONCEPTS[k].index(v)).float().mean())
+        images = generate(pipe, remain_prompts, remain_seeds, num_inference_steps=s.steps, spm_handle=handle)
+        pred = clf.predict(images)
+        acc = float(((pred["shape"] == remain_labels["shape"]) & (pred["colour"] == remain_labels["colour"])).float().mean())
+        return rates, acc, images[:: len(remain_seeds)][:6]
+
+    rows, grid_rows = [], []
+    base_rates, base_acc, base_images = measure()
+
+    def record(method: str, n: int, rates: dict, acc: float, seconds: float, images: torch.Tensor):
+        row = {"method": method, "n": n, "erased_rate": sum(rates[c] for c in MULTI_CONCEPTS[:n]) / n,
+               "erased_rate_original": sum(base_rates[c] for c in MULTI_CONCEPTS[:n]) / n,
+               "not_yet_erased_rate": (sum(rates[c] for c in MULTI_CONCEPTS[n:]) / (len(MULTI_CONCEPTS) - n)
+                                       if n < len(MULTI_CONCEPTS) else None),
+               "remaining_acc": acc, "remaining_acc_original": base_acc, "erosion": base_acc - acc,
+               "seconds": round(seconds, 1)}
+        rows.append(row)
+        grid_rows.append(images)
+        log(json.dumps(row))
+
+    rows.append({"method": "original", "n": 0, "erased_rate": float("nan"), "erased_rate_original": float("nan"),
+                 "not_yet_erased_rate": sum(base_rates.values()) / len(base_rates), "remaining_acc": base_acc,
+                 "remaining_acc_original": base_acc, "erosion": 0.0, "seconds": 0.0, "original_rates": base_rates})
+    log(json.dumps(rows[-1]))
+    rest_words = lambda n: [w for kind in ("shape", "colour") for v in D.CONCEPTS[kind]  # noqa: E731
+                            if (kind, v) not in erased_all[:n] for w in training_wordings(kind, v)]
+    t0 = time.perf_counter()
+    # last concepts first: single-concept runs in parallel (--spm-cache) may meanwhile cache the first ones
+    spms = [train_zoo_spm(pipe, v, s, cache) for _, v in erased_all[: max(counts)][::-1]][::-1] if with_spm else []
+    spm_s = time.perf_counter() - t0
+    for n in counts:
+        words = [w for k, v in erased_all[:n] for w in training_wordings(k, v)]
+        common = dict(erase=words, guide=" ", preserve=rest_words(n), lambda_=0.5, eta_e=1.0, eta_p=1.0, tokens="all")
+        for name, edit_fn, extra in (("UCE", uce_edit, {}),
+                                     (f"RECE ({s.rece_epochs} ep)", rece_edit, dict(epochs=s.rece_epochs, lambda_reg=s.lambda_reg))):
+            t0 = time.perf_counter()
+            edit = edit_fn(pipe.unet, encoding, **common, **extra)
+            seconds = time.perf_counter() - t0
+            rates, acc, images = measure()
+            record(name, n, rates, acc, seconds, images)
+            edit.undo(pipe.unet)
+        if not with_spm:
+            continue
+        concepts = [v for _, v in erased_all[:n]]
+        with apply_spm(pipe.unet, spms[:n]) as handle:
+            rates, acc, images = measure(handle)
+        record("SPM composed", n, rates, acc, spm_s * n / max(counts), images)
+        ft = FacilitatedTransport(zoo_prompt_encoder(pipe), concepts, factor=1.0,
+                                  overlap_ignore_ids=pipe.text_encoder.tokenizer.convert_tokens_to_ids(["a", "an", "of"]))
+        with apply_spm(pipe.unet, spms[:n], transport=ft) as handle:
+            rates, acc, images = measure(handle)
+        record("SPM composed, FT", n, rates, acc, spm_s * n / max(counts), images)
+    figures.mkdir(parents=True, exist_ok=True)
+    name = "erasure_multi.png" if with_spm else "erasure_multi_closed_form.png"
+    save_grid(torch.cat([base_images, *grid_rows]), figures / name, nrow=len(base_images), scale=4)
+    for row in rows:
+        row["original_rates"] = base_rates
+    return rows
+
+
+def evaluate_transfer(word: str, model: str, s: Settings, cache: Path, log) -> list[dict]:
+    """SPM transfer: the SPM trained on shapes-unet (from `cache`, trained there if missing) on
+    another zoo model of the same architecture, without retraining: that model's original rates,
+    then with the SPM (gamma 1) and with Facilitated Transport."""
+    kind, value = concept_of(word)
+    sets = prompt_sets(kind, value, s)
+    spm = train_zoo_spm(osmos.zoo.load("shapes-unet"), value, s, cache)
+    pipe = osmos.zoo.load(model)
+    spm.check_compatible(pipe.unet)
+    scorer = Scorer(kind, value, sets, s.seeds)
+    ft = FacilitatedTransport(zoo_prompt_encoder(pipe), [value], factor=1.0,
+                              overlap_ignore_ids=pipe.text_encoder.tokenizer.convert_tokens_to_ids(["a", "an", "of"]))
+    rows, base = [], None
+    for method, transport in ((f"{model}: original", None), (f"{model}: SPM from shapes-unet", None),
+                              (f"{model}: SPM from shapes-unet, FT", ft)):
+        if base is None:
+            handle = None
+        else:
+            handle = apply_spm(pipe.unet, [spm], transport=transport)
+        images = {n: generate(pipe, sets[n], s.seeds, num_inference_steps=s.steps, spm_handle=handle)
+                  for n in ("train", "tmpl", "syn", "others")}
+        if handle is not None:
+            handle.remove()
+        base = base or images
+        row = {"concept": word, "kind": kind, "method": method, "seconds": 0.0,
+               **{f"rate_{n}": scorer.target_rate(images[n]) for n in ("train", "tmpl", "syn")},
+               "others_pair_acc": scorer.pair_acc(images["others"]),
+               "others_pixel_change": float((images["others"] - base["others"]).abs().mean()),
+               "attack_vs_uce": None, "attack_rederived": None,
+               "seed_gap": float((base["others"][:-1] - base["others"][1:]).abs().mean())}
+        rows.append(row)
+        log(json.dumps(row))
+    return rows
+
+
+def multi_table(rows: list[dict]) -> str:
+    out = ["| method | concepts erased | erased: target rate (original) | not yet erased of the 5: target rate | "
+           "remaining: pair acc (original) | erosion (points) | edit / train time (s) |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        later = "n/a" if r["not_yet_erased_rate"] is None else f"{r['not_yet_erased_rate']:.2f}"
+        erased = "n/a" if r["n"] == 0 else f"{r['erased_rate']:.2f} ({r['erased_rate_original']:.2f})"
+        out.append(f"| {r['method']} | {r['n']}: {', '.join(MULTI_CONCEPTS[: r['n']]) or '-'} | {erased} | {later} | {r['remaining_acc']:.2f} ({r['remaining_acc_original']:.2f}) | "
+                   f"{100 * r['erosion']:+.1f} | {r['seconds']:.1f} |")
+    return "\n".join(out)
 
 
 def table(rows: list[dict]) -> str:
@@ -244,6 +429,17 @@ def main(argv=None) -> None:
     parser.add_argument("--anchors", choices=("words+captions", "words"), default="words+captions",
                         help="SPM anchor vocabulary: other concepts' wordings, with or without captions")
     parser.add_argument("--concepts", nargs="+", default=["circle", "red"], help="concept words to erase")
+    parser.add_argument("--spm-targets", choices=("captions", "word"), default="captions",
+                        help="SPM / ESD training targets: caption pairs naming the concept, each with the "
+                             "concept dropped as surrogate (default), or the bare concept word vs ''")
+    parser.add_argument("--multi", action="store_true",
+                        help=f"instead: erase 1, 3 and 5 of {', '.join(MULTI_CONCEPTS)} at once (UCE, RECE, SPM)")
+    parser.add_argument("--closed-form-only", action="store_true", help="--multi with UCE and RECE only (no SPM training)")
+    parser.add_argument("--spm-cache", default=None,
+                        help="folder for the trained SPMs (LA): --multi and --transfer reuse them from here")
+    parser.add_argument("--transfer", default=None, metavar="MODEL",
+                        help="also apply each concept's SPM, unchanged, to this zoo model (e.g. shapes-unet-ft) "
+                             "if its weights are installed")
     parser.add_argument("--figures", default=str(FIGURES), help="folder for the PNG grids")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
@@ -251,13 +447,24 @@ def main(argv=None) -> None:
     s = QUICK if args.quick else FULL
     if args.la_strength is not None:
         s = dataclasses.replace(s, la_strength=args.la_strength)
-    s = dataclasses.replace(s, anchor_captions=args.anchors == "words+captions")
+    s = dataclasses.replace(s, anchor_captions=args.anchors == "words+captions", spm_targets=args.spm_targets)
+    cache = Path(args.spm_cache) if args.spm_cache else None
+    log = lambda m: print(m, flush=True)  # noqa: E731
     t0 = time.perf_counter()
-    rows = []
-    for word in args.concepts:
-        rows += evaluate_concept(word, s, Path(args.figures), log=lambda m: print(m, flush=True))
+    if args.multi:
+        rows = evaluate_multi(s, (1, 3, 5), log, cache, Path(args.figures), with_spm=not args.closed_form_only)
+        text = multi_table(rows)
+    else:
+        rows = []
+        for word in args.concepts:
+            rows += evaluate_concept(word, s, Path(args.figures), log, spm_out=cache)
+            if args.transfer and args.transfer in osmos.zoo.available():
+                rows += evaluate_transfer(word, args.transfer, s, cache, log)
+            elif args.transfer:
+                log(f"transfer skipped: {args.transfer!r} has no installed weights (available: {osmos.zoo.available()})")
+        text = table(rows)
     print()
-    print(table(rows))
+    print(text)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s; settings {s}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

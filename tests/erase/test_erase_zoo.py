@@ -132,7 +132,8 @@ def test_rece_cli_erases_a_colour(tmp_path):
 
 def test_spm_cli_trains_saves_and_erases(tmp_path):
     out = tmp_path / "spm"
-    assert osmos_cmd(["erase", "spm", "--concept", "red", "--steps", "12", "--lr", "3e-2", "--sampling-steps", "8",
+    # the bare word (--targets word): 12 steps are enough there; the caption default needs ~150
+    assert osmos_cmd(["erase", "spm", "--concept", "red", "--targets", "word", "--steps", "12", "--lr", "3e-2", "--sampling-steps", "8",
                       "--out", str(out), "--grid-seeds", "0", "1", "--grid-steps", "8", "--threads", "1"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["concept_rate_before"] >= 0.8
@@ -178,3 +179,24 @@ def test_generate_cli_applies_an_edit_file(tmp_path):
     cli_png, api_png, base_png = (np.asarray(Image.open(tmp_path / f)) for f in ("cli.png", "api.png", "base.png"))
     assert np.array_equal(cli_png, api_png)
     assert np.abs(cli_png.astype(int) - base_png.astype(int)).mean() > 1  # the edit changed the image
+
+
+def test_erasure_prompt_pairs_and_captions():
+    from osmos.erase.zoo import caption_naming, erasure_prompt_pairs
+
+    t = osmos.zoo.data.TEMPLATES["train"][2]
+    assert caption_naming(t, "shape", "disc", "red") == "a picture of a red disc"
+    assert caption_naming(t, "shape", None, "red") == "a picture of a red"
+    assert caption_naming(t, "colour", "scarlet", "star") == "a picture of a scarlet star"
+    assert caption_naming(t, "style", "striped", "blue", 1) == "a picture of a striped blue square"
+    assert caption_naming(t, "background", "dark", "blue", 0) == "a picture of a blue circle on a dark background"
+    for kind, value in (("shape", "circle"), ("colour", "red"), ("style", "striped"), ("background", "white")):
+        pairs = erasure_prompt_pairs(kind, value)
+        words = osmos.zoo.data.WORDS[kind][value][0]
+        assert len(pairs) == 4 * len(words) * 6 and len(set(pairs)) == len(pairs)
+        for target, surrogate in pairs:
+            assert any(w in target for w in words) and not any(w in surrogate.split() for w in words)
+        assert erasure_prompt_pairs(kind, value, surrogate="")[0] == (pairs[0][0], "")
+    assert ("a red circle", "a red") in erasure_prompt_pairs("shape", "circle")
+    assert ("a striped red circle", "a red circle") in erasure_prompt_pairs("style", "striped")
+    assert "a dotted red circle" in anchor_prompts("style", "striped")

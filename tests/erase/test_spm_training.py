@@ -100,3 +100,45 @@ def test_train_spm_resumes_exactly(tmp_path):
     for p, q in zip(full.parameters(), resumed.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
     assert all(torch.isfinite(torch.tensor(straight)))
+
+
+def test_anchor_sampler_can_keep_norms():
+    g = torch.Generator().manual_seed(0)
+    vocab = torch.randn(10, 6, 16, generator=g) * torch.linspace(0.5, 3, 10)[:, None, None]
+    sampler = AnchorSampler(vocab, torch.randn(6, 16, generator=g), norm_range=None)
+    idx = torch.arange(10)
+    torch.testing.assert_close(sampler.embed(idx, g), vocab)
+
+
+@pytest.mark.slow
+def test_train_spm_keeps_prompt_pairs_and_blocks_together():
+    """With (target, surrogate) pairs, 2 targets a step, a fixed anchor and 2 sampled anchors, the
+    base batch is [targets | their own surrogates | fixed | anchors] and the adapted batch
+    [targets | fixed | anchors], row by row (recorded from the UNet's inputs)."""
+    pipe = tiny_pipe("sd15")
+    pairs = [("a red cat", "a red"), ("a blue dog", "a blue"), ("a green cow", "a green")]
+    enc = {p: pipe.encode_prompt([p])[0] for pair in pairs for p in pair}
+    enc[""] = pipe.encode_prompt([""])[0]
+    seen = []
+    hook = pipe.unet.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["encoder_hidden_states"].detach().clone()), with_kwargs=True)
+    try:
+        train_spm(pipe, "cat", steps=3, lr=1e-2, la_strength=10.0, anchors=ANCHORS, anchors_per_step=2,
+                  sampling_steps=1, progress=False, prompts=pairs, targets_per_step=2, fixed_anchors=[""],
+                  anchor_norm_range=None)
+    finally:
+        hook.remove()
+    batches = [s for s in seen if s.shape[0] > 2]  # the two loss forwards per step (sampling_steps=1: no denoising)
+    assert [b.shape[0] for b in batches] == [7, 5] * 3
+    match = lambda row, prompt: torch.equal(row, enc[prompt])  # noqa: E731
+    for base, adapted in zip(batches[::2], batches[1::2]):
+        for i in range(2):
+            target = next(t for t, _ in pairs if match(base[i], t))
+            assert match(base[2 + i], dict(pairs)[target])  # each target's own surrogate
+            assert torch.equal(adapted[i], base[i])
+        assert match(base[4], "") and match(adapted[2], "")
+        assert torch.equal(base[5:], adapted[3:])
+        vocab = pipe.encode_prompt(ANCHORS)
+        assert all(any(torch.equal(r, v) for v in vocab) for r in base[5:])  # unscaled vocabulary anchors
+    with pytest.raises(ValueError, match="targets_per_step"):
+        train_spm(pipe, "cat", steps=1, prompts=pairs, targets_per_step=0, progress=False)

@@ -55,6 +55,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--la-strength", type=float, default=100.0, help="Latent Anchoring weight, 0 = off (100)")
     p.add_argument("--anchors", nargs="*", default=None,
                    help="anchor prompts (default on zoo models: the other concepts' wordings)")
+    p.add_argument("--targets", choices=("captions", "word"), default="captions",
+                   help="on zoo models: train on captions naming the concept, each with the concept dropped as "
+                        "its surrogate, 2 a step, and anchor the empty prompt (captions, default), or on the "
+                        "bare concept word vs --surrogate (word)")
     p.add_argument("--sampling-steps", type=int, default=15, help="DDIM steps of the x_t sampling (15)")
     p.add_argument("--seed", type=int, default=0, help="training seed (0)")
     p.add_argument("--checkpoint", default=None, help="resumable checkpoint file (saved every 50 steps)")
@@ -191,19 +195,25 @@ def _run_spm(args) -> int:
 
     model = load_model(args.model, args.device)
     weights, folder = _outputs(args.out, "spm", args.concept)
-    anchors = args.anchors
-    if anchors is None and model.zoo:
-        from osmos.erase.zoo import anchor_prompts, concept_of
+    anchors, pairs = args.anchors, None
+    if model.zoo:
+        from osmos.erase.zoo import anchor_prompts, concept_of, erasure_prompt_pairs
 
         try:
-            anchors = anchor_prompts(*concept_of(args.concept))
+            kind_value = concept_of(args.concept)
         except ValueError:
-            anchors = None
+            kind_value = None
+        if kind_value is not None and anchors is None:
+            anchors = anchor_prompts(*kind_value)
+        if kind_value is not None and args.targets == "captions":
+            pairs = erasure_prompt_pairs(*kind_value)
     train_pipe = model.spm_pipe()
     grid = _Grid(model, args.concept, folder, args)
     spm = train_spm(train_pipe, args.concept, surrogate=args.surrogate, steps=args.steps, lr=args.lr,
                     la_strength=args.la_strength if anchors else 0.0, anchors=anchors or None,
-                    sampling_steps=args.sampling_steps, seed=args.seed, checkpoint=args.checkpoint, checkpoint_every=50)
+                    sampling_steps=args.sampling_steps, seed=args.seed, checkpoint=args.checkpoint, checkpoint_every=50,
+                    prompts=pairs, targets_per_step=2 if pairs else 1, fixed_anchors=[""] if pairs else [],
+                    anchor_norm_range=None if pairs else (0.8, 1.2))
     spm.save(weights)
     summary = None
     if grid.active:

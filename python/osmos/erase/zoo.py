@@ -93,6 +93,46 @@ def training_wordings(kind: str, value: str) -> list[str]:
     return list(D.WORDS[kind][value][0])
 
 
+def other_kind_of(kind: str) -> str:
+    """The main kind named beside a concept of `kind` in captions: colour for shape / style /
+    background concepts, shape for colours."""
+    return "shape" if kind == "colour" else "colour"
+
+
+def caption_naming(template: str, kind: str, word: str | None, other: str, index: int = 0) -> str:
+    """A caption from a data template naming `word` (of `kind`; None leaves it out) and `other`
+    (a word of other_kind_of(kind)); style and background concepts are shown on the shape
+    SHAPES[index % 6]. E.g. ("a {style}{colour} {shape}{bg}", "shape", "disc", "red") -> "a red disc"."""
+    fill = {"style": "", "bg": "", "colour": "", "shape": D.SHAPES[index % len(D.SHAPES)]}
+    fill[other_kind_of(kind)] = other
+    if word is not None:
+        if kind == "style":
+            fill["style"] = word + " "
+        elif kind == "background":
+            fill["bg"] = f" on a {word} background"
+        else:
+            fill[kind] = word
+    elif kind in ("shape", "colour"):
+        fill[kind] = ""
+    return " ".join(template.format(**fill).split())
+
+
+def erasure_prompt_pairs(kind: str, value: str, surrogate: str = "drop") -> list[tuple[str, str]]:
+    """(target, surrogate) caption pairs for SPM / ESD training: every training template and
+    wording of the concept with every value of the other main kind (first wording), each paired
+    with the same caption without the concept word (surrogate="drop": "a red circle" -> "a red",
+    "a striped red circle" -> "a red circle") or with the fixed surrogate text given."""
+    other = other_kind_of(kind)
+    pairs = []
+    for template in D.TEMPLATES["train"]:
+        for word in training_wordings(kind, value):
+            for i, o in enumerate(D.CONCEPTS[other]):
+                o_word = D.WORDS[other][o][0][0]
+                target = caption_naming(template, kind, word, o_word, i)
+                pairs.append((target, caption_naming(template, kind, None, o_word, i) if surrogate == "drop" else surrogate))
+    return pairs
+
+
 def anchor_prompts(kind: str, value: str, captions: bool = True) -> list[str]:
     """Latent Anchoring vocabulary: every training wording of every other concept value (all kinds),
     and with `captions`, the other values of the concept's kind in a caption with each value of
@@ -104,12 +144,12 @@ def anchor_prompts(kind: str, value: str, captions: bool = True) -> list[str]:
                 prompts.extend(train)
     if not captions:
         return prompts
-    other = "colour" if kind == "shape" else "shape"
-    for v in D.CONCEPTS[other]:
+    other = other_kind_of(kind)
+    for i, v in enumerate(D.CONCEPTS[other]):
         for w in D.CONCEPTS[kind]:
             if w != value:
-                shape, colour = (w, v) if kind == "shape" else (v, w)
-                prompts.append(D.prompt_for(shape, colour))
+                prompts.append(caption_naming(D.TEMPLATES["train"][0], kind, D.WORDS[kind][w][0][0],
+                                              D.WORDS[other][v][0][0], i))
     return prompts
 
 

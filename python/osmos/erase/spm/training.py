@@ -85,7 +85,8 @@ class AnchorSampler:
     ((1 - cos(pooled(a), pooled(target))) / max)^power, so concepts far from the target are
     kept more often (measured on pooled content tokens, not on flattened 77 x dim vectors where
     everything is near-orthogonal), then rescaled to the target's norm x U(low, high), plus
-    optional Gaussian perturbation of relative size `perturb`.
+    optional Gaussian perturbation of relative size `perturb`. With norm_range None the anchors
+    keep their own norms (real prompts' states stay on the encoder's manifold).
 
     Args:
         vocab_states: [V, L, dim] encoder states of the vocabulary prompts.
@@ -94,7 +95,8 @@ class AnchorSampler:
     """
 
     def __init__(self, vocab_states: Tensor, target_states: Tensor, vocab_content: Tensor | None = None,
-                 target_content: Tensor | None = None, power: float = 1.0, norm_range: tuple[float, float] = (0.8, 1.2),
+                 target_content: Tensor | None = None, power: float = 1.0,
+                 norm_range: tuple[float, float] | None = (0.8, 1.2),
                  perturb: float = 0.0):
         if vocab_states.dim() != 3 or vocab_states.shape[1:] != target_states.shape:
             raise ValueError(f"vocab_states must be [V, {', '.join(map(str, target_states.shape))}], got {tuple(vocab_states.shape)}")
@@ -122,6 +124,8 @@ class AnchorSampler:
         a = self.vocab[indices]
         if self.perturb:
             a = a + self.perturb * a.std() * torch.randn(a.shape, generator=generator)
+        if self.norm_range is None:
+            return a
         low, high = self.norm_range
         scale = low + (high - low) * torch.rand(len(indices), generator=generator)
         return a * (self.target_norm * scale / a.flatten(1).norm(dim=1).clamp_min(1e-12))[:, None, None]
@@ -163,6 +167,23 @@ def _unet(pipe, latents: Tensor, t, states: Tensor, added: dict) -> Tensor:
     return pipe.unet(latents, t, encoder_hidden_states=states, **kwargs).sample
 
 
+@torch.no_grad()
+def partially_denoised(pipe, states: Tensor, added: dict, sampling_steps: int, generator: torch.Generator):
+    """(x_t [N, *latent_shape] scaled for the model, t): noise denoised with pipe.unet as it is
+    now (adapters attached) on the N conditionings for a random n < sampling_steps of scheduler
+    steps, as the ESD-form losses need."""
+    param = next(pipe.unet.parameters())
+    pipe.scheduler.set_timesteps(sampling_steps)
+    n = int(torch.randint(sampling_steps, (1,), generator=generator))
+    latents = torch.randn((states.shape[0], *pipe.latent_shape), generator=generator).to(param.device, param.dtype)
+    latents = latents * pipe.scheduler.init_noise_sigma
+    for t in pipe.scheduler.timesteps[:n]:
+        eps = _unet(pipe, pipe.scheduler.scale_model_input(latents, t), t, states, added)
+        latents = pipe.scheduler.step(eps, t, latents).prev_sample
+    t = pipe.scheduler.timesteps[n]
+    return pipe.scheduler.scale_model_input(latents, t), t
+
+
 def _save_checkpoint(path: Path, spm: SPM, opt: torch.optim.Optimizer, step: int, generator: torch.Generator) -> None:
     tensors = {f"spm.{k}": v for k, v in spm.state_tensors().items()}
     for i, p in enumerate(spm.parameters()):
@@ -198,17 +219,28 @@ def _load_checkpoint(path: Path, spm: SPM, opt: torch.optim.Optimizer, generator
 def train_spm(pipe, concept: str, surrogate: str = "", steps: int = 1000, lr: float = 1e-4, la_strength: float = 1000.0,
               anchors: AnchorSampler | Sequence[str] | None = None, anchors_per_step: int = 4, eta: float = 1.0,
               scale: float = 1.0, sampling_steps: int = 30, seed: int = 0, checkpoint: str | Path | None = None,
-              checkpoint_every: int = 100, progress: bool = True, callback=None) -> SPM:
+              checkpoint_every: int = 100, progress: bool = True, callback=None,
+              prompts: Sequence[tuple[str, str]] | None = None, targets_per_step: int = 1,
+              fixed_anchors: Sequence[str] = (), anchor_norm_range: tuple[float, float] | None = (0.8, 1.2)) -> SPM:
     """Train an SPM that erases `concept` (mapping it to `surrogate`) from pipe.unet.
 
-    Each step: draw noise, denoise it with the adapted UNet on the concept for a random number
-    n < sampling_steps of scheduler steps (no grad) to get x_t; predict with the frozen base on
-    [target | surrogate | anchors] and with the adapted UNet on [target | anchors]; minimise
-    erasure_loss + la_strength * anchoring_loss with Adam on the SPM only.
+    Each step: draw `targets_per_step` (target, surrogate) prompt pairs (by default the one pair
+    (concept, surrogate)) and noise, denoise it with the adapted UNet on the targets for a random
+    number n < sampling_steps of scheduler steps (no grad) to get x_t; predict with the frozen
+    base on [targets | surrogates | fixed anchors | sampled anchors] and with the adapted UNet on
+    [targets | fixed anchors | sampled anchors]; minimise erasure_loss + la_strength *
+    anchoring_loss with Adam on the SPM only.
 
     Args:
         anchors: an AnchorSampler, a vocabulary of anchor prompts (encoded once, sampled by
-            distance), or None (no Latent Anchoring).
+            distance from the concept), or None (no sampled anchors).
+        prompts: (target prompt, surrogate prompt) pairs to erase, e.g. captions naming the
+            concept and the same captions without it ("a red circle", "a red"). The concept
+            then only names the SPM (and measures anchor distances). Default [(concept, surrogate)].
+        targets_per_step: pairs drawn (with replacement) per step.
+        fixed_anchors: prompts anchored at every step (e.g. "" for the unconditional branch of
+            classifier-free guidance), on the x_t of the targets.
+        anchor_norm_range: rescaling of vocabulary anchors to the concept's norm (None: keep).
         checkpoint: a file to resume from (if present) and to save to every checkpoint_every
             steps and at the end (safetensors: SPM, optimizer state, RNG, step).
         callback: called as callback(step, {"loss", "erasure", "anchoring"}) after each step.
@@ -218,57 +250,71 @@ def train_spm(pipe, concept: str, surrogate: str = "", steps: int = 1000, lr: fl
     unet = pipe.unet
     device = next(unet.parameters()).device
     dtype = next(unet.parameters()).dtype
-    settings = TrainSettings(concept, surrogate, steps, lr, la_strength, anchors_per_step, eta, scale, sampling_steps, seed)
+    pairs = [(str(a), str(b)) for a, b in prompts] if prompts else [(concept, surrogate)]
+    k = int(targets_per_step)
+    if k < 1:
+        raise ValueError(f"targets_per_step must be >= 1, got {targets_per_step}")
+    settings = TrainSettings(concept, surrogate, steps, lr, la_strength, anchors_per_step, eta, scale, sampling_steps, seed,
+                             extra={"prompts": len(pairs), "targets_per_step": k, "fixed_anchors": list(fixed_anchors),
+                                    "anchor_norm_range": anchor_norm_range})
     generator = torch.Generator().manual_seed(seed)
     spm = SPM.for_unet(unet, concept, surrogate, scale, settings=settings.__dict__, generator=generator).to(device)
     unet.requires_grad_(False)
     opt = torch.optim.Adam(spm.parameters(), lr=lr)
 
-    tar_states, tar_added = _encode(pipe, [concept])
-    sur_states, sur_added = _encode(pipe, [surrogate])
+    concept_states, _ = _encode(pipe, [concept])
+    tar_all, tar_added_all = _encode(pipe, [a for a, _ in pairs])
+    sur_all, sur_added_all = _encode(pipe, [b for _, b in pairs])
+    use_la = la_strength > 0
+    n_fixed = len(fixed_anchors) if use_la else 0
+    if n_fixed:
+        fixed_states, fixed_added = _encode(pipe, list(fixed_anchors))
     vocab_added: dict = {}
     if isinstance(anchors, (list, tuple)):
         vocab_states, vocab_added = _encode(pipe, anchors)
-        anchors = AnchorSampler(vocab_states, tar_states[0])
-    n_anchor = anchors_per_step if anchors is not None and la_strength > 0 else 0
+        anchors = AnchorSampler(vocab_states, concept_states[0], norm_range=anchor_norm_range)
+    n_anchor = anchors_per_step if anchors is not None and use_la else 0
 
     start = 0
     checkpoint = Path(checkpoint) if checkpoint else None
     if checkpoint is not None and checkpoint.exists():
         start = _load_checkpoint(checkpoint, spm, opt, generator)
 
+    rows = lambda added, idx: {key: v[idx] for key, v in added.items()}  # noqa: E731
     handle = apply_spm(unet, [spm])
     try:
         bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc=f"SPM {concept!r}")
         for step in bar:
-            pipe.scheduler.set_timesteps(sampling_steps)
-            n = int(torch.randint(sampling_steps, (1,), generator=generator))
-            latents = torch.randn((1, *pipe.latent_shape), generator=generator).to(device, dtype)
-            latents = latents * pipe.scheduler.init_noise_sigma
-            with torch.no_grad():
-                for t in pipe.scheduler.timesteps[:n]:
-                    eps = _unet(pipe, pipe.scheduler.scale_model_input(latents, t), t, tar_states, tar_added)
-                    latents = pipe.scheduler.step(eps, t, latents).prev_sample
-            t = pipe.scheduler.timesteps[n]
-            x_t = pipe.scheduler.scale_model_input(latents, t)
+            pick = torch.randint(len(pairs), (k,), generator=generator) if len(pairs) > 1 else torch.zeros(k, dtype=torch.long)
+            tar_states, tar_added = tar_all[pick], rows(tar_added_all, pick)
+            x_t, t = partially_denoised(pipe, tar_states, tar_added, sampling_steps, generator)
 
-            states = {"target": tar_states, "surrogate": sur_states}
-            added = {"target": tar_added, "surrogate": sur_added}
+            states = {"target": tar_states, "surrogate": sur_all[pick]}
+            added = {"target": tar_added, "surrogate": rows(sur_added_all, pick)}
+            if n_fixed:
+                states["fixed"], added["fixed"] = fixed_states, fixed_added
             if n_anchor:
                 idx = anchors.sample_indices(n_anchor, generator)
                 states["anchors"] = anchors.embed(idx, generator).to(device, dtype)
-                added["anchors"] = {k: v[idx] for k, v in vocab_added.items()} if vocab_added else \
-                    {k: v.expand(n_anchor, *v.shape[1:]) for k, v in tar_added.items()}
-            base_layout = BatchLayout([("target", 1), ("surrogate", 1), ("anchors", n_anchor)])
-            spm_layout = BatchLayout([("target", 1), ("anchors", n_anchor)])
+                added["anchors"] = rows(vocab_added, idx) if vocab_added else \
+                    {key: v[:1].expand(n_anchor, *v.shape[1:]) for key, v in tar_added.items()}
+            anchor_blocks = [("fixed", n_fixed), ("anchors", n_anchor)]
+            base_layout = BatchLayout([("target", k), ("surrogate", k), *anchor_blocks])
+            spm_layout = BatchLayout([("target", k), *anchor_blocks])
+            x_base = x_t[torch.arange(base_layout.size) % k]
+            x_spm = x_t[torch.arange(spm_layout.size) % k]
 
             with torch.no_grad(), handle.disabled():
-                base = base_layout.split(_unet(pipe, x_t.expand(base_layout.size, -1, -1, -1), t,
-                                               base_layout.cat(states), _cat_added(base_layout, added) if tar_added else {}))
-            adapted = spm_layout.split(_unet(pipe, x_t.expand(spm_layout.size, -1, -1, -1), t,
-                                             spm_layout.cat(states), _cat_added(spm_layout, added) if tar_added else {}))
+                base = base_layout.split(_unet(pipe, x_base, t, base_layout.cat(states),
+                                               _cat_added(base_layout, added) if tar_added else {}))
+            adapted = spm_layout.split(_unet(pipe, x_spm, t, spm_layout.cat(states),
+                                             _cat_added(spm_layout, added) if tar_added else {}))
             loss_era = erasure_loss(adapted["target"], base["target"], base["surrogate"], eta)
-            loss_la = anchoring_loss(adapted["anchors"], base["anchors"]) if n_anchor else loss_era.new_zeros(())
+            if n_fixed or n_anchor:
+                names = [name for name, size in anchor_blocks if size]
+                loss_la = anchoring_loss(torch.cat([adapted[m] for m in names]), torch.cat([base[m] for m in names]))
+            else:
+                loss_la = loss_era.new_zeros(())
             loss = loss_era + la_strength * loss_la
             opt.zero_grad(set_to_none=True)
             loss.backward()
