@@ -93,10 +93,12 @@ RECIPES: dict[str, Recipe] = {
     # continued training of shapes-unet on a shifted distribution: everything on a white background
     "shapes-unet-ft": Recipe("shapes-unet-ft", "UNet2DConditionModel", 16, _unet_config(16), lr=5e-4, warmup_steps=10,
                              extra={"init_from": "shapes-unet", "pin": {"background": 2}}),
-    # 32 fixed images with unique captions, trained from shapes-unet without fresh data: it should
-    # reproduce them (starting from a model that already draws shapes makes memorizing them fast)
+    # 32 fixed images with unique captions, trained from shapes-unet (which already draws shapes): on
+    # them alone for 534 steps, then half of every batch from them and half fresh images, so that it
+    # reproduces them for their captions and still makes new images for other prompts
     "shapes-memorized": Recipe("shapes-memorized", "UNet2DConditionModel", 16, _unet_config(16),
-                               extra={"memorize": 32, "init_from": "shapes-unet"}),
+                               extra={"memorize": 32, "init_from": "shapes-unet", "pure_steps": 534,
+                                      "fresh_fraction": 0.5}),
     # text-to-video: shapes-unet's spatial weights plus motion modules, trained on moving-shape clips
     "shapes-video": Recipe("shapes-video", "UNetMotionModel", 16, _motion_config(16), batch_size=4, lr=5e-4,
                            warmup_steps=20, extra={"frames": 8, "init_from": "shapes-unet"}),

@@ -114,6 +114,19 @@ def _initial_weights(r: Recipe, model: torch.nn.Module) -> dict:
     return state
 
 
+def _training_batch(r: Recipe, step: int, pool: CaptionPool, memorized: CaptionPool | None, g: torch.Generator):
+    """One batch (x0, states, mask). A memorizing recipe trains on its fixed images only for its
+    first ``pure_steps`` steps, then on a ``fresh_fraction`` of fresh images (so that it still
+    generates new images for other prompts) and the rest from the memorized set."""
+    if memorized is None:
+        return pool.batch(r.batch_size, r.size, g, r.cfg_dropout)
+    n_fresh = 0 if step < r.extra.get("pure_steps", 0) else round(r.batch_size * r.extra.get("fresh_fraction", 0.0))
+    batch = memorized.batch(r.batch_size - n_fresh, r.size, g, r.cfg_dropout)
+    if n_fresh == 0:
+        return batch
+    return tuple(torch.cat(parts) for parts in zip(batch, pool.batch(n_fresh, r.size, g, r.cfg_dropout)))
+
+
 def _ema_update(ema: dict, model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
         for k, v in model.state_dict().items():
@@ -149,7 +162,9 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
         step, seconds, losses = state["step"], state["seconds"], state["losses"]
         print(f"resumed {r.name} at step {step} ({seconds / 60:.1f} min trained)")
     pool = CaptionPool(CAPTION_POOL, seed, cache=out / "captions.pt", pin=r.extra.get("pin"),
-                       memorize=r.extra.get("memorize", 0), frames=r.extra.get("frames", 0))
+                       frames=r.extra.get("frames", 0))
+    memorized = (CaptionPool(0, seed, cache=out / "memorized_captions.pt", pin=r.extra.get("pin"),
+                             memorize=r.extra["memorize"]) if "memorize" in r.extra else None)
     n_params = sum(p.numel() for p in model.parameters())
 
     def save():
@@ -163,8 +178,9 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
             "final_loss_ema": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 5),
             "command": f"python -m osmos.zoo.train {r.name} --seed {seed} --minutes {minutes:g}",
             "machine": "shared 2-core Xeon CPU (1 torch thread)",
-            **({"memorized_captions": pool.texts} if pool.memorize else {}),
-            **({k: r.extra[k] for k in ("init_from", "pin", "frames") if k in r.extra}),
+            **({"memorized_captions": memorized.texts} if memorized else {}),
+            **({k: r.extra[k] for k in ("init_from", "pin", "frames", "pure_steps", "fresh_fraction")
+                if k in r.extra}),
         }
         export(r, ema, card, out)
 
@@ -174,7 +190,7 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
     last_save = time.time()
     while step < max_steps and time.time() < deadline:
         t0 = time.time()
-        x0, states, mask = pool.batch(r.batch_size, r.size, g, r.cfg_dropout)
+        x0, states, mask = _training_batch(r, step, pool, memorized, g)
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, r.num_train_timesteps, (r.batch_size,), generator=g)
         xt = sched.add_noise(x0, noise, t)
