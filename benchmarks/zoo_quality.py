@@ -154,14 +154,15 @@ def video_report(args, clf) -> None:
     (FIGURES / f"{args.model}_eval.json").write_text(json.dumps(res, indent=2))
     g, r = res["generated"], res["real"]
     print("| clips | sampler | shape acc (frames) | colour acc | pair acc | same shape in all frames | "
-          "net displacement px (median) | path length px | moving clips (>= 1 px) |")
-    print("|---" * 9 + "|")
+          "net displacement px (median) | path length px | moving clips (>= 1 px) | background flicker |")
+    print("|---" * 10 + "|")
     print(f"| generated, {res['clips']} x {res['frames']} frames | {args.scheduler} {args.steps}, cfg "
           f"{res['guidance_scale']} | {g['shape_acc']:.3f} | {g['colour_acc']:.3f} | {g['pair_acc']:.3f} | "
           f"{g['same_shape_all_frames']:.2f} | {g['net_displacement_px']:.2f} | {g['path_length_px']:.2f} | "
-          f"{g['moving_fraction']:.2f} |")
+          f"{g['moving_fraction']:.2f} | {g['background_flicker']:.3f} |")
     print(f"| real (render_video), {res['clips']} | - | - | - | - | {r['same_shape_all_frames']:.2f} | "
-          f"{r['net_displacement_px']:.2f} | {r['path_length_px']:.2f} | {r['moving_fraction']:.2f} |")
+          f"{r['net_displacement_px']:.2f} | {r['path_length_px']:.2f} | {r['moving_fraction']:.2f} | "
+          f"{r['background_flicker']:.3f} |")
     print(f"\neval took {res['seconds']} s")
 
 

@@ -32,6 +32,10 @@ def test_centroid_track_follows_a_moving_shape_and_not_a_still_one():
     still = motion_stats(clips[:, :1].expand(-1, 8, -1, -1, -1))
     assert moving["path_length_px"] > 2.0 and moving["moving_fraction"] > 0.5
     assert still["path_length_px"] == 0 and still["moving_fraction"] == 0
+    assert moving["background_flicker"] == 0
+    flickering = clips.clone()
+    flickering[:, 1::2] = (flickering[:, 1::2] + 0.3).clamp(0, 1)  # every other frame brighter
+    assert motion_stats(flickering)["background_flicker"] > 0.1
 
 
 def test_memorization_set_is_fixed_and_its_captions_unique():

@@ -116,12 +116,15 @@ def centroid_track(frames: torch.Tensor) -> torch.Tensor:
 
 def motion_stats(frames: torch.Tensor) -> dict:
     """Centroid displacement of clips [B,F,3,H,W]: first-to-last distance and path length (pixels),
-    medians over the clips, and the fraction of clips whose object moves at least one pixel."""
+    medians over the clips, the fraction of clips whose object moves at least one pixel, and how
+    much the background flickers (per clip, the standard deviation over frames of the background
+    colour, averaged over channels; median over clips; 0 for real clips)."""
     track = centroid_track(frames)
     net = (track[:, -1] - track[:, 0]).norm(dim=-1)
     path = (track[:, 1:] - track[:, :-1]).norm(dim=-1).sum(-1)
+    flicker = background_colour(frames).std(dim=1).mean(-1)
     return {"net_displacement_px": float(net.median()), "path_length_px": float(path.median()),
-            "moving_fraction": float((net >= 1.0).float().mean())}
+            "moving_fraction": float((net >= 1.0).float().mean()), "background_flicker": float(flicker.median())}
 
 
 @torch.no_grad()
