@@ -9,7 +9,8 @@ What is measured depends on the model (tables go to benchmarks/RESULTS.md, "## Z
   colours, per_pair images each) and every number in benchmarks/figures/<model>_eval.json.
 * a fine-tuned variant (``shapes-unet-ft``): the same, for it and its base model, with the plain pair
   prompts and with the fine-tuning distribution named (" on a white background"), plus which
-  background the classifier sees; grid <model>_vs_base.png (top: base, bottom: fine-tuned, same noise).
+  background the classifier sees; grid <model>_vs_base.png (top row: base, bottom row: fine-tuned,
+  same noise, one image per (shape, colour) pair).
 * a memorizing model (``shapes-memorized``): nearest-training-image similarity of generations for
   its memorized captions and for other prompts, and the ROC AUC of the text-conditional noise
   magnitude (Wen et al.) as a memorization detector; grid <model>_grid.png (rows: training images,
