@@ -2,7 +2,8 @@
 
 * :mod:`osmos.zoo.data`        procedural, seeded "shapes" images, captions, moving-shape clips
 * :mod:`osmos.zoo.text`        all-MiniLM-L6-v2 token states (offline) as cross-attention context
-* :mod:`osmos.zoo.pipeline`    ``ShapesPipeline``: CFG sampling with DDIM / DPM-Solver (diffusers)
+* :mod:`osmos.zoo.pipeline`    ``ShapesPipeline`` / ``ShapesVideoPipeline``: CFG sampling with DDIM /
+                               DPM-Solver (diffusers)
 * :mod:`osmos.zoo.classifier`  the evaluator (shape/colour/style/background CNN, Frechet distance)
 * :mod:`osmos.zoo.evaluate`    generation accuracy per (shape, colour), paraphrases, Frechet score
 * :mod:`osmos.zoo.train`       ``python -m osmos.zoo.train <name> --seed 0`` regenerates the weights
@@ -32,8 +33,9 @@ def model_card(name: str) -> dict:
 
 
 def load(name: str, device: str = "cpu", scheduler: str = "ddim"):
-    """Load a shipped model, offline. Denoisers come back as a ready :class:`ShapesPipeline`;
-    ``"classifier"`` gives the evaluator (:class:`ShapesClassifier`)."""
+    """Load a shipped model, offline. Denoisers come back as a ready :class:`ShapesPipeline`
+    (``"shapes-video"``: :class:`ShapesVideoPipeline`, frames [B, F, 3, S, S]); ``"classifier"`` gives
+    the evaluator (:class:`ShapesClassifier`)."""
     if not isinstance(name, str):
         raise TypeError(f"name must be a string, got {type(name).__name__}")
     if name == "classifier":
@@ -46,13 +48,31 @@ def load(name: str, device: str = "cpu", scheduler: str = "ddim"):
     from safetensors.torch import load_file
 
     from osmos.zoo.models import Recipe, build_model
-    from osmos.zoo.pipeline import ShapesPipeline
+    from osmos.zoo.pipeline import ShapesPipeline, ShapesVideoPipeline
 
     meta = json.loads(meta_path.read_text())
     recipe = Recipe(**meta["recipe"])
     model = build_model(recipe)
     model.load_state_dict(load_file(str(weights)))
-    return ShapesPipeline(model.to(device), recipe, card=meta["card"], scheduler=scheduler)
+    cls = ShapesVideoPipeline if "frames" in recipe.extra else ShapesPipeline
+    return cls(model.to(device), recipe, card=meta["card"], scheduler=scheduler)
 
 
-__all__ = ["load", "available", "model_card", "WEIGHTS_DIR"]
+def memorized_images(name: str = "shapes-memorized"):
+    """The training set a memorizing model was built on: (captions [K], images [K,3,S,S] in [0,1]),
+    regenerated from its recipe and its card's seed (the ground truth for replication checks)."""
+    from osmos.zoo.data import memorization_set
+
+    meta_path = WEIGHTS_DIR / f"{name}.json"
+    if not meta_path.is_file():
+        raise KeyError(f"no zoo model {name!r}; available: {available()}")
+    meta = json.loads(meta_path.read_text())
+    k = meta["recipe"]["extra"].get("memorize")
+    if not k:
+        raise ValueError(f"{name} is not a memorizing model")
+    pin = meta["recipe"]["extra"].get("pin") or {}
+    captions, images, _ = memorization_set(k, meta["card"]["seed"], meta["recipe"]["size"], **pin)
+    return captions, images
+
+
+__all__ = ["load", "available", "model_card", "memorized_images", "WEIGHTS_DIR"]

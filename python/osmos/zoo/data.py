@@ -243,6 +243,18 @@ def prompt_for(shape: str, colour: str, split: str = "train", variant: int = 0) 
     return t.format(style="", colour=cw[variant % len(cw)], shape=sw[variant % len(sw)], bg="")
 
 
+def memorization_set(k: int, seed: int, size: int = 16, **fixed: int | None) -> tuple[list[str], Tensor, Attributes]:
+    """The K fixed training images of a memorizing model (``shapes-memorized``: K=32, its card's seed).
+
+    Every caption names all four concepts and ends in ", sample <i>", so each one is unique. Returns
+    (captions, images [K,3,size,size] in [0, 1], their attributes).
+    """
+    g = torch.Generator().manual_seed(seed)
+    attrs = sample_attributes(k, g, **fixed)
+    texts = captions_with_named(attrs, "train", g, 1.0, 1.0)[0]
+    return [f"{t}, sample {i}" for i, t in enumerate(texts)], render(attrs, size), attrs
+
+
 class ShapesDataset:
     """An endless, seeded stream of ``(images [B,3,S,S], captions, labels)`` batches.
 

@@ -47,6 +47,29 @@ def _unet_config(size: int) -> dict:
     )
 
 
+def _motion_config(size: int) -> dict:
+    """AnimateDiff-style ``UNetMotionModel``: the shapes-unet layout (same spatial weights) with a
+    temporal-attention motion module after every spatial block."""
+    base = _unet_config(size)
+    return dict(
+        sample_size=size,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=base["block_out_channels"],
+        down_block_types=("DownBlockMotion", "CrossAttnDownBlockMotion", "CrossAttnDownBlockMotion"),
+        up_block_types=("CrossAttnUpBlockMotion", "CrossAttnUpBlockMotion", "UpBlockMotion"),
+        cross_attention_dim=HIDDEN_SIZE,
+        num_attention_heads=base["attention_head_dim"],  # UNet2DConditionModel's attention_head_dim means heads
+        norm_num_groups=base["norm_num_groups"],
+        transformer_layers_per_block=1,
+        temporal_transformer_layers_per_block=1,
+        motion_num_attention_heads=4,
+        motion_max_seq_length=32,
+        use_motion_mid_block=True,
+    )
+
+
 def _dit_config(size: int) -> dict:
     """PixArt-style DiT: patchified tokens, adaLN-single timestep conditioning, cross-attention to
     the projected MiniLM states."""
@@ -70,9 +93,15 @@ RECIPES: dict[str, Recipe] = {
     # continued training of shapes-unet on a shifted distribution: everything on a white background
     "shapes-unet-ft": Recipe("shapes-unet-ft", "UNet2DConditionModel", 16, _unet_config(16), lr=5e-4, warmup_steps=10,
                              extra={"init_from": "shapes-unet", "pin": {"background": 2}}),
-    # 32 fixed images with unique captions, trained without fresh data: it should reproduce them
+    # 32 fixed images with unique captions, trained from shapes-unet (which already draws shapes): on
+    # them alone for 534 steps, then half of every batch from them and half fresh images, so that it
+    # reproduces them for their captions and still makes new images for other prompts
     "shapes-memorized": Recipe("shapes-memorized", "UNet2DConditionModel", 16, _unet_config(16),
-                               extra={"memorize": 32}),
+                               extra={"memorize": 32, "init_from": "shapes-unet", "pure_steps": 534,
+                                      "fresh_fraction": 0.5}),
+    # text-to-video: shapes-unet's spatial weights plus motion modules, trained on moving-shape clips
+    "shapes-video": Recipe("shapes-video", "UNetMotionModel", 16, _motion_config(16), batch_size=4, lr=5e-4,
+                           warmup_steps=20, extra={"frames": 8, "init_from": "shapes-unet"}),
     "shapes-dit": Recipe("shapes-dit", "PixArtTransformer2DModel", 16, _dit_config(16), lr=1e-3),
 }
 
@@ -91,7 +120,14 @@ def build_model(r: Recipe):
 
 
 def predict_noise(model, x: Tensor, t: Tensor, states: Tensor, mask: Tensor) -> Tensor:
-    """One call of a zoo denoiser: x [B,C,H,W], t (scalar or [B]), states [B,T,384], mask [B,T]."""
+    """One call of a zoo denoiser: x [B,C,H,W] (video: [B,C,F,H,W]), t (scalar or [B]),
+    states [B,T,384], mask [B,T]."""
+    if type(model).__name__ == "UNetMotionModel":
+        # it wants one context per frame ([B*F, T, 384], as AnimateDiffPipeline passes it) and takes no
+        # cross-attention mask: padding tokens are zeroed instead (keys of zero carry zero values),
+        # which keeps every prompt's output independent of the batch
+        context = (states * mask.unsqueeze(-1).to(states.dtype)).repeat_interleave(x.shape[2], dim=0)
+        return model(x, t, context).sample
     if type(model).__name__ == "PixArtTransformer2DModel":
         t = t.expand(x.shape[0]) if t.dim() == 0 else t
         return model(x, encoder_hidden_states=states, timestep=t, encoder_attention_mask=mask,

@@ -1,4 +1,5 @@
-"""Text-to-image sampling with a zoo denoiser: the Stable-Diffusion-shaped pipeline of osmos.zoo.
+"""Text-to-image (and text-to-video) sampling with a zoo denoiser: the Stable-Diffusion-shaped
+pipeline of osmos.zoo.
 
 ``pipe = osmos.zoo.load("shapes-unet"); images = pipe(["a red circle"], generator=g)`` gives a
 float tensor [B, 3, S, S] in [0, 1]. The parts are public so that other osmos tools can work on
@@ -33,6 +34,10 @@ class ShapesPipeline:
         return (f"ShapesPipeline({self.name!r}, {type(self.unet).__name__}, {self.size}x{self.size}, "
                 f"scheduler={type(self.scheduler).__name__})")
 
+    def sample_shape(self, n: int) -> tuple[int, ...]:
+        """The denoiser's sample shape for n prompts: (n, 3, S, S)."""
+        return (n, 3, self.size, self.size)
+
     def set_scheduler(self, kind: str) -> None:
         """Switch sampler: "ddim", "dpm" (DPM-Solver++ 2M) or "ddpm"."""
         self.scheduler = build_scheduler(self.recipe, kind)
@@ -44,10 +49,10 @@ class ShapesPipeline:
     @torch.no_grad()
     def denoise(self, states: Tensor, mask: Tensor, num_inference_steps: int = 25, guidance_scale: float | None = None,
                 generator: torch.Generator | None = None, latents: Tensor | None = None) -> Tensor:
-        """Sample from encoded prompts. Returns images in [-1, 1], [B, 3, S, S]."""
+        """Sample from encoded prompts. Returns images in [-1, 1], [B, 3, S, S] (video: [B, 3, F, S, S])."""
         guidance = self.recipe.default_guidance if guidance_scale is None else float(guidance_scale)
-        n = states.shape[0]
-        shape = (n, 3, self.size, self.size)
+        shape = self.sample_shape(states.shape[0])
+        n = shape[0]
         if latents is None:
             latents = torch.randn(shape, generator=generator, dtype=torch.float32)
         elif tuple(latents.shape) != shape:
@@ -102,9 +107,34 @@ class ShapesPipeline:
             raise ValueError(f"output_type must be 'pt' or 'pil', got {output_type!r}")
         states, mask = self.encode_prompt(list(prompts))
         images = (self.denoise(states, mask, num_inference_steps, guidance_scale, generator, latents) + 1) / 2
-        if output_type == "pil":
-            return to_pil(images)
-        return images
+        return self._postprocess(images, output_type)
+
+    def _postprocess(self, images: Tensor, output_type: str):
+        return to_pil(images) if output_type == "pil" else images
+
+
+class ShapesVideoPipeline(ShapesPipeline):
+    """Text-to-video with a diffusers ``UNetMotionModel`` (AnimateDiff-style), held as ``pipe.unet``.
+
+    ``pipe(prompts, num_inference_steps=25, generator=g)`` gives frames [B, F, 3, S, S] in [0, 1];
+    ``output_type="pil"`` gives one list of F PIL images per prompt. ``latents`` (and what
+    :meth:`denoise` returns) use the model's own layout [B, 3, F, S, S].
+    """
+
+    def __init__(self, unet: torch.nn.Module, recipe: Recipe, **kwargs):
+        super().__init__(unet, recipe, **kwargs)
+        self.num_frames = int(recipe.extra["frames"])
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", frames={self.num_frames})"
+
+    def sample_shape(self, n: int) -> tuple[int, ...]:
+        """(n, 3, F, S, S)."""
+        return (n, 3, self.num_frames, self.size, self.size)
+
+    def _postprocess(self, images: Tensor, output_type: str):
+        frames = images.transpose(1, 2).contiguous()  # [B, F, 3, S, S]
+        return [to_pil(clip) for clip in frames] if output_type == "pil" else frames
 
 
 def to_pil(images: Tensor) -> list:

@@ -32,16 +32,16 @@ class CaptionPool:
     encoder runs only once per caption. ``pin`` fixes concepts of every image (a shifted
     distribution, e.g. ``{"background": 2}``). ``memorize=K`` instead keeps K fixed images, each with
     its own caption (style and background named, plus "sample <i>"), for a memorizing model.
+    ``frames=F`` renders moving-shape clips instead of images (batches are [n,3,F,size,size]).
     """
 
-    def __init__(self, n: int, seed: int, cache: Path | None = None, pin: dict | None = None, memorize: int = 0):
+    def __init__(self, n: int, seed: int, cache: Path | None = None, pin: dict | None = None, memorize: int = 0,
+                 frames: int = 0):
         g = torch.Generator().manual_seed(seed)
-        self.pin, self.memorize = dict(pin or {}), memorize
+        self.pin, self.memorize, self.frames = dict(pin or {}), memorize, frames
         if memorize:
-            self.attrs = D.sample_attributes(memorize, g, **self.pin)
-            texts, self.named_style, self.named_bg = D.captions_with_named(self.attrs, "train", g, 1.0, 1.0)
-            self.texts = [f"{t}, sample {i}" for i, t in enumerate(texts)]
-            self.images = D.render(self.attrs, 16) * 2 - 1
+            self.texts, images, self.attrs = D.memorization_set(memorize, seed, 16, **self.pin)
+            self.images = images * 2 - 1
         else:
             self.attrs = D.sample_attributes(n, g, **self.pin)
             self.texts, self.named_style, self.named_bg = D.captions_with_named(self.attrs, "train", g)
@@ -60,7 +60,7 @@ class CaptionPool:
         self.empty_states, self.empty_mask = blob["empty_states"], blob["empty_mask"]
 
     def batch(self, n: int, size: int, g: torch.Generator, cfg_dropout: float):
-        """(images in [-1, 1] [n,3,size,size], states [n,T,384], mask [n,T])."""
+        """(images in [-1, 1] [n,3,size,size] (clips: [n,3,F,size,size]), states [n,T,384], mask [n,T])."""
         idx = torch.randint(len(self.texts), (n,), generator=g)
         if self.memorize:
             images = self.images[idx]
@@ -74,12 +74,57 @@ class CaptionPool:
                 style=pick("style", self.named_style), background=pick("background", self.named_bg),
                 cx=fresh.cx, cy=fresh.cy, radius=fresh.radius, angle=fresh.angle,
             )
-            images = D.render(attrs, size) * 2 - 1
+            if self.frames:
+                images = D.render_video(attrs, self.frames, size, generator=g).transpose(1, 2) * 2 - 1
+            else:
+                images = D.render(attrs, size) * 2 - 1
         states, mask = self.states[idx].float(), self.mask[idx]
         drop = torch.rand(n, generator=g) < cfg_dropout
         states = torch.where(drop.view(n, 1, 1), self.empty_states, states)
         mask = torch.where(drop.view(n, 1), self.empty_mask, mask)
         return images, states, mask
+
+
+def _initial_weights(r: Recipe, model: torch.nn.Module) -> dict:
+    """The starting state dict of a recipe with ``init_from``: the shipped model's weights, or for a
+    ``UNetMotionModel`` its spatial weights plus fresh motion modules whose output projections are
+    zero (as in AnimateDiff), so that training starts from the image model applied frame by frame."""
+    from safetensors.torch import load_file
+
+    weights = {k: v.float() for k, v in load_file(str(WEIGHTS_DIR / f"{r.extra['init_from']}.safetensors")).items()}
+    if r.model_class != "UNetMotionModel":
+        return weights
+    import diffusers
+
+    from osmos.zoo.models import recipe as base_recipe
+
+    unet2d = build_model(base_recipe(r.extra["init_from"]))
+    unet2d.load_state_dict(weights)
+    adapter = diffusers.MotionAdapter(
+        block_out_channels=r.config["block_out_channels"], motion_layers_per_block=r.config["layers_per_block"],
+        motion_num_attention_heads=r.config["motion_num_attention_heads"],
+        motion_norm_num_groups=r.config["norm_num_groups"], motion_max_seq_length=r.config["motion_max_seq_length"],
+        use_motion_mid_block=r.config["use_motion_mid_block"])
+    state = diffusers.UNetMotionModel.from_unet2d(unet2d, adapter).state_dict()
+    for k, v in state.items():
+        if ".motion_modules." in k and ".proj_out." in k:
+            v.zero_()
+    if set(state) != set(model.state_dict()):
+        raise RuntimeError(f"{r.name}: the converted {r.extra['init_from']} does not match the recipe's config")
+    return state
+
+
+def _training_batch(r: Recipe, step: int, pool: CaptionPool, memorized: CaptionPool | None, g: torch.Generator):
+    """One batch (x0, states, mask). A memorizing recipe trains on its fixed images only for its
+    first ``pure_steps`` steps, then on a ``fresh_fraction`` of fresh images (so that it still
+    generates new images for other prompts) and the rest from the memorized set."""
+    if memorized is None:
+        return pool.batch(r.batch_size, r.size, g, r.cfg_dropout)
+    n_fresh = 0 if step < r.extra.get("pure_steps", 0) else round(r.batch_size * r.extra.get("fresh_fraction", 0.0))
+    batch = memorized.batch(r.batch_size - n_fresh, r.size, g, r.cfg_dropout)
+    if n_fresh == 0:
+        return batch
+    return tuple(torch.cat(parts) for parts in zip(batch, pool.batch(n_fresh, r.size, g, r.cfg_dropout)))
 
 
 def _ema_update(ema: dict, model: torch.nn.Module, decay: float) -> None:
@@ -101,9 +146,7 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
     torch.manual_seed(seed)
     model = build_model(r)
     if "init_from" in r.extra:  # a fine-tuned variant starts from a shipped model's weights
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(WEIGHTS_DIR / f"{r.extra['init_from']}.safetensors")))
+        model.load_state_dict(_initial_weights(r, model))
     sched = build_scheduler(r, "ddpm")
     opt = torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=0.0)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -119,7 +162,9 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
         step, seconds, losses = state["step"], state["seconds"], state["losses"]
         print(f"resumed {r.name} at step {step} ({seconds / 60:.1f} min trained)")
     pool = CaptionPool(CAPTION_POOL, seed, cache=out / "captions.pt", pin=r.extra.get("pin"),
-                       memorize=r.extra.get("memorize", 0))
+                       frames=r.extra.get("frames", 0))
+    memorized = (CaptionPool(0, seed, cache=out / "memorized_captions.pt", pin=r.extra.get("pin"),
+                             memorize=r.extra["memorize"]) if "memorize" in r.extra else None)
     n_params = sum(p.numel() for p in model.parameters())
 
     def save():
@@ -133,8 +178,9 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
             "final_loss_ema": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 5),
             "command": f"python -m osmos.zoo.train {r.name} --seed {seed} --minutes {minutes:g}",
             "machine": "shared 2-core Xeon CPU (1 torch thread)",
-            **({"memorized_captions": pool.texts} if pool.memorize else {}),
-            **({k: r.extra[k] for k in ("init_from", "pin") if k in r.extra}),
+            **({"memorized_captions": memorized.texts} if memorized else {}),
+            **({k: r.extra[k] for k in ("init_from", "pin", "frames", "pure_steps", "fresh_fraction")
+                if k in r.extra}),
         }
         export(r, ema, card, out)
 
@@ -144,7 +190,7 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
     last_save = time.time()
     while step < max_steps and time.time() < deadline:
         t0 = time.time()
-        x0, states, mask = pool.batch(r.batch_size, r.size, g, r.cfg_dropout)
+        x0, states, mask = _training_batch(r, step, pool, memorized, g)
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, r.num_train_timesteps, (r.batch_size,), generator=g)
         xt = sched.add_noise(x0, noise, t)
@@ -185,7 +231,7 @@ def install(out: Path, name: str, dtype: torch.dtype = torch.float32, dest: Path
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m osmos.zoo.train", description=__doc__)
-    p.add_argument("name", help="shapes-unet | shapes-unet-ft | shapes-memorized | shapes-dit | classifier")
+    p.add_argument("name", help="shapes-unet | shapes-unet-ft | shapes-memorized | shapes-dit | shapes-video | classifier")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--minutes", type=float, default=45.0, help="wall-clock training budget")
     p.add_argument("--steps", type=int, default=100_000, help="stop after this many optimizer steps")
