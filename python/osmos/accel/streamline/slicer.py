@@ -1,11 +1,12 @@
-"""Feature Slicer and Operator Grouping for diffusers UNetMotionModel.
+"""Feature Slicer and Operator Grouping for diffusers UNetMotionModel, and `streamline()` for it
+and UNetSpatioTemporalConditionModel (whose block wrappers are in spatiotemporal.py).
 
 * Spatial operators (ResnetBlock2D, the per-frame Transformer2DModel, down/up samplers) see
   (B*F, C, H, W) and are exact when run on slices of the B*F axis: `BatchSliced` runs the
   wrapped operator group on each slice and writes the results into one output.
 * Up blocks concatenate their input with a skip connection before the first resnet; the
-  concatenation (the largest tensor of the pass) is built one slice at a time, inside the
-  resnet's slice loop (`sliced_up_block_forward`).
+  concatenation is built one slice at a time, inside the resnet's slice loop, together with
+  the previous up block's upsampling (`sliced_up_block_forward`).
 * Motion modules (AnimateDiffTransformer3D) attend over frames at each spatial position, so they
   are exact when sliced over space, EXCEPT for their GroupNorm, whose statistics span every
   frame and position. `SpatiallySlicedMotion` computes those statistics over all slices first
