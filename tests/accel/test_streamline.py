@@ -18,12 +18,12 @@ def tiny_motion_unet():
     ).eval()
 
 
-def run(unet, frames=4, batch=1, size=8, seed=1):
+def run(unet, frames=4, batch=1, size=8, seed=1, t=500):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 4, frames, size, size, generator=g)
     ctx = torch.randn(batch, 5, 16, generator=g).repeat_interleave(frames, dim=0)  # as AnimateDiffPipeline passes it
     with torch.no_grad():
-        return unet(x, torch.tensor(500), encoder_hidden_states=ctx).sample
+        return unet(x, torch.tensor(t), encoder_hidden_states=ctx).sample
 
 
 @pytest.mark.parametrize("spatial,temporal", [(2, 1), (1, 5), (3, 7), (4, 64)])
@@ -74,3 +74,69 @@ def test_errors():
     with pytest.raises(ValueError, match="larger than the latent"):
         run(unet)
     h.remove()
+
+
+def run_odd(unet):
+    # odd, non-square latents (7x9 -> 4x5 -> upsampled back with an explicit size), batch 2
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 4, 5, 7, 9, generator=g)
+    ctx = torch.randn(2, 5, 16, generator=g).repeat_interleave(5, dim=0)
+    with torch.no_grad():
+        return unet(x, torch.tensor(500), encoder_hidden_states=ctx).sample
+
+
+def test_sliced_unet_is_exact_at_odd_sizes():
+    unet = tiny_motion_unet()
+    want = run_odd(unet)
+    handle = streamline(unet, spatial_slices=3, temporal_slices=10)
+    got = run_odd(unet)
+    handle.remove()
+    assert (got - want).abs().max().item() <= 1e-5
+    assert torch.equal(run_odd(unet), want)
+
+
+def full_res_shapes(unet, call):
+    """Shapes of every tensor an aten op produces during call()."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    shapes = set()
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    shapes.add(tuple(t.shape))
+            return out
+
+    with Record():
+        call()
+    return shapes
+
+
+def test_upsampled_tensor_never_exists_whole():
+    # operator grouping across up blocks: up_blocks[0]'s upsampler (64 channels at full
+    # resolution) runs slice by slice inside up_blocks[1]'s first resnet loop
+    unet = tiny_motion_unet()
+    whole = (4, 64, 8, 8)  # batch x frames, up_blocks[0]'s channels, the full 8x8 resolution
+    assert whole in full_res_shapes(unet, lambda: run(unet))
+    handle = streamline(unet, spatial_slices=2, temporal_slices=4)
+    assert whole not in full_res_shapes(unet, lambda: run(unet))
+    handle.remove()
+
+
+def test_streamline_with_rehash_matches_rehash_alone():
+    from osmos.accel.streamline import RehashConfig, rehash
+
+    config = RehashConfig(interval=2)
+    unet = tiny_motion_unet()
+    plain = rehash(unet, config)
+    steps = [(1, 900), (2, 800), (3, 700)]  # (input seed, timestep): steps 0 and 2 are key steps
+    want = [run(unet, seed=s, t=t) for s, t in steps]
+    plain.remove()
+    handle = streamline(unet, spatial_slices=2, temporal_slices=3, rehash=config)
+    got = [run(unet, seed=s, t=t) for s, t in steps]
+    assert handle.rehash.stats == {"computed": 2, "reused": 1}
+    handle.remove()
+    for a, b in zip(got, want):
+        assert (a - b).abs().max().item() <= 1e-5

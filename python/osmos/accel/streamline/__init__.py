@@ -2,9 +2,10 @@
 Step Rehash (reuse of the deep blocks' output at non-key steps, key steps from a calibration run).
 
 `streamline(unet, spatial_slices=S, temporal_slices=T)` makes every spatial operator of a
-diffusers UNetMotionModel (AnimateDiff) run slice by slice along batch x frames, and every
-motion module slice by slice along space with an exact two-pass GroupNorm, so only one slice's
-intermediates are alive at a time. Results equal the unsliced model's to float rounding.
+diffusers UNetMotionModel (AnimateDiff) or UNetSpatioTemporalConditionModel (SVD) run slice by
+slice along batch x frames, and every temporal operator slice by slice along space with exact
+two-pass GroupNorms, so only one slice's intermediates are alive at a time. Results equal the
+unsliced model's to float rounding.
 """
 
 from osmos.accel.streamline.rehash import (

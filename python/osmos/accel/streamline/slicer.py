@@ -1,11 +1,12 @@
-"""Feature Slicer and Operator Grouping for diffusers UNetMotionModel.
+"""Feature Slicer and Operator Grouping for diffusers UNetMotionModel, and `streamline()` for it
+and UNetSpatioTemporalConditionModel (whose block wrappers are in spatiotemporal.py).
 
 * Spatial operators (ResnetBlock2D, the per-frame Transformer2DModel, down/up samplers) see
   (B*F, C, H, W) and are exact when run on slices of the B*F axis: `BatchSliced` runs the
   wrapped operator group on each slice and writes the results into one output.
 * Up blocks concatenate their input with a skip connection before the first resnet; the
-  concatenation (the largest tensor of the pass) is built one slice at a time, inside the
-  resnet's slice loop (`sliced_up_block_forward`).
+  concatenation is built one slice at a time, inside the resnet's slice loop, together with
+  the previous up block's upsampling (`sliced_up_block_forward`).
 * Motion modules (AnimateDiffTransformer3D) attend over frames at each spatial position, so they
   are exact when sliced over space, EXCEPT for their GroupNorm, whose statistics span every
   frame and position. `SpatiallySlicedMotion` computes those statistics over all slices first
@@ -16,84 +17,59 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import fields, is_dataclass
 
 import torch
 from torch import Tensor, nn
 
-from osmos.accel.streamline.rehash import RehashConfig, RehashHandle
+from osmos.accel.streamline.rehash import RehashConfig, RehashHandle, deep_blocks
 from osmos.accel.streamline.rehash import rehash as install_rehash
-from osmos.ops.group_norm import group_norm_apply, group_norm_stats
+from osmos.accel.streamline.spatiotemporal import SlicedSpatioTemporalResBlock, SlicedSpatioTemporalTransformer
+from osmos.accel.streamline.slices import BatchSliced, bounds, frame_group_stats, take, write
+from osmos.ops.group_norm import group_norm_apply
 
 
-def _bounds(n: int, slices: int) -> list[tuple[int, int]]:
-    s = max(1, min(slices, n))
-    cuts = [n * i // s for i in range(s + 1)]
-    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+def _inner(module: nn.Module | None) -> nn.Module | None:
+    return module.inner if isinstance(module, BatchSliced) else module
 
 
-def _take(value, n: int, a: int, b: int):
-    """Slice rows a:b of every tensor whose first axis is the sliced one (length n)."""
-    if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n:
-        return value[a:b]
-    return value
+def _upsample_size(hidden: Tensor, skip: Tensor):
+    """The output_size UNet forwards pass to an upsampler whose result meets `skip`: None for an
+    exact 2x (their default), else the skip's size (odd latent sizes)."""
+    if tuple(skip.shape[2:]) == tuple(2 * d for d in hidden.shape[2:]):
+        return None
+    return tuple(skip.shape[2:])
 
 
-class BatchSliced(nn.Module):
-    """Runs `inner` on slices of the leading (batch x frames) axis of its tensor arguments."""
-
-    def __init__(self, inner: nn.Module, slices: int):
-        super().__init__()
-        self.inner = inner
-        self.slices = slices
-
-    def forward(self, *args, **kwargs):
-        lead = next((v for v in list(args) + list(kwargs.values()) if isinstance(v, Tensor) and v.dim() >= 4), None)
-        if lead is None or self.slices <= 1:
-            return self.inner(*args, **kwargs)
-        n = lead.shape[0]
-        parts = _bounds(n, self.slices)
-        out = None
-        for a, b in parts:
-            piece = self.inner(*[_take(v, n, a, b) for v in args], **{k: _take(v, n, a, b) for k, v in kwargs.items()})
-            out = _write(out, piece, n, a, b)
-        return out
-
-
-def _write(out, piece, n: int, a: int, b: int):
-    """Place one slice's result into the full result (allocated on the first slice)."""
-    if isinstance(piece, Tensor):
-        if out is None:
-            out = piece.new_empty((n,) + tuple(piece.shape[1:]))
-        out[a:b] = piece
-        return out
-    if isinstance(piece, tuple):
-        out = out or (None,) * len(piece)
-        return tuple(_write(o, p, n, a, b) for o, p in zip(out, piece))
-    if is_dataclass(piece):
-        if out is None:
-            out = type(piece)(**{f.name: None for f in fields(piece)})
-        for f in fields(piece):
-            setattr(out, f.name, _write(getattr(out, f.name), getattr(piece, f.name), n, a, b))
-        return out
-    return piece if out is None else out
-
-
-def _sliced_cat_resnet(resnet: nn.Module, hidden: Tensor, skip: Tensor, temb, slices: int) -> Tensor:
-    """resnet(cat([hidden, skip], 1), temb) slice by slice along batch x frames."""
-    inner = resnet.inner if isinstance(resnet, BatchSliced) else resnet
+def _sliced_cat_resnet(resnet: nn.Module, hidden: Tensor, skip: Tensor, temb, slices: int,
+                       upsamplers=()) -> Tensor:
+    """resnet(cat([up(hidden), skip], 1), temb) slice by slice along batch x frames, where `up`
+    is the previous up block's deferred upsamplers (none when `hidden` already has skip's size)."""
+    inner = _inner(resnet)
+    size = _upsample_size(hidden, skip) if upsamplers else None
     n = hidden.shape[0]
     out = None
-    for a, b in _bounds(n, slices):
-        piece = inner(input_tensor=torch.cat([hidden[a:b], skip[a:b]], dim=1), temb=_take(temb, n, a, b))
-        out = _write(out, piece, n, a, b)
+    for a, b in bounds(n, slices):
+        part = hidden[a:b]
+        for upsampler in upsamplers:
+            part = _inner(upsampler)(hidden_states=part, output_size=size)
+        piece = inner(input_tensor=torch.cat([part, skip[a:b]], dim=1), temb=take(temb, n, a, b))
+        del part
+        out = write(out, piece, n, a, b)
     return out
 
 
-def sliced_up_block_forward(block: nn.Module, slices: int):
-    """A forward for a diffusers UpBlockMotion / CrossAttnUpBlockMotion that builds each
-    skip concatenation slice by slice (same operations in the same order as the block's own
-    forward otherwise). FreeU and training with gradient checkpointing use the original."""
+def sliced_up_block_forward(block: nn.Module, slices: int, previous: nn.Module | None = None,
+                            defer_upsample: bool = False):
+    """A forward for a diffusers motion (UpBlockMotion, CrossAttnUpBlockMotion) or SVD
+    (UpBlockSpatioTemporal, CrossAttnUpBlockSpatioTemporal) up block that builds each skip
+    concatenation slice by slice inside the first (spatial) resnet's slice loop (same
+    operations in the same order as the block's own forward otherwise). FreeU and training
+    with gradient checkpointing use the original.
+
+    Operator grouping across blocks: with `defer_upsample` the block returns its output before
+    its upsamplers, and the next up block (given this one as `previous`) runs them slice by slice
+    inside its first resnet's loop, so the upsampled tensor (the largest of the up path) never
+    exists whole. The next block recognises a deferred input by its size (smaller than its skip)."""
     original = type(block).forward
     signature = inspect.signature(original)
 
@@ -104,19 +80,34 @@ def sliced_up_block_forward(block: nn.Module, slices: int):
         bound = signature.bind(block, *args, **kwargs)
         bound.apply_defaults()
         a = bound.arguments
-        hidden, skips, temb = a["hidden_states"], a["res_hidden_states_tuple"], a.get("temb")
-        attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
-        for resnet, attn, motion in zip(block.resnets, attentions, block.motion_modules):
+        hidden, skips, temb = a.pop("hidden_states"), a["res_hidden_states_tuple"], a.get("temb")
+        del args, kwargs, bound  # only `hidden` keeps the input alive, so it is freed once consumed
+        indicator = a.get("image_only_indicator")  # SVD blocks only
+        n = len(block.resnets)
+        attentions = getattr(block, "attentions", None) or [None] * n
+        motions = getattr(block, "motion_modules", None) or [None] * n
+        for i, (resnet, attn, motion) in enumerate(zip(block.resnets, attentions, motions)):
             skip, skips = skips[-1], skips[:-1]
-            hidden = _sliced_cat_resnet(resnet, hidden, skip, temb, slices)
-            if attn is not None:
+            pending = previous.upsamplers if (i == 0 and previous is not None and previous.upsamplers
+                                              and hidden.shape[2:] != skip.shape[2:]) else ()
+            if isinstance(resnet, SlicedSpatioTemporalResBlock):
+                hidden = _sliced_cat_resnet(resnet.inner.spatial_res_block, hidden, skip, temb, slices, pending)
+                hidden = resnet.temporal_stage(hidden, temb, indicator)
+            else:
+                hidden = _sliced_cat_resnet(resnet, hidden, skip, temb, slices, pending)
+            if attn is not None and indicator is not None:
+                hidden = attn(hidden, encoder_hidden_states=a.get("encoder_hidden_states"),
+                              image_only_indicator=indicator, return_dict=False)[0]
+            elif attn is not None:
                 hidden = attn(hidden_states=hidden, encoder_hidden_states=a.get("encoder_hidden_states"),
                               cross_attention_kwargs=a.get("cross_attention_kwargs"),
                               attention_mask=a.get("attention_mask"),
                               encoder_attention_mask=a.get("encoder_attention_mask"), return_dict=False)[0]
-            hidden = motion(hidden, num_frames=a["num_frames"])
-        for upsampler in block.upsamplers or []:
-            hidden = upsampler(hidden_states=hidden, output_size=a.get("upsample_size"))
+            if motion is not None:
+                hidden = motion(hidden, num_frames=a["num_frames"])
+        if not defer_upsample:
+            for upsampler in block.upsamplers or []:
+                hidden = upsampler(hidden, a.get("upsample_size"))
         return hidden
 
     return forward
@@ -135,16 +126,14 @@ class SpatiallySlicedMotion(nn.Module):
         m = self.inner
         bf, c, h, w = hidden_states.shape
         b = bf // num_frames
-        hw = h * w  # deeper levels have fewer positions than slices: _bounds clamps
+        hw = h * w  # deeper levels have fewer positions than slices: bounds() clamps
         x = hidden_states.reshape(bf, c, hw)
         g = m.norm.num_groups
-        # statistics over (C/G, F, H, W) per sample: per-frame stats summed over frames
-        stats = group_norm_stats(x, g).view(b, num_frames, g, 3).sum(1)
-        stats_bf = stats[:, None].expand(b, num_frames, g, 3).reshape(bf, g, 3).contiguous()
+        stats_bf = frame_group_stats(x, g, num_frames)  # statistics over (C/G, F, H, W) per sample
         out = torch.empty_like(x)
         weight = m.norm.weight.float() if m.norm.weight is not None else None
         bias = m.norm.bias.float() if m.norm.bias is not None else None
-        for s0, s1 in _bounds(hw, self.slices):
+        for s0, s1 in bounds(hw, self.slices):
             part = group_norm_apply(x[:, :, s0:s1], stats_bf, weight, bias, m.norm.eps)  # [B*F, C, S]
             s = s1 - s0
             tokens = part.view(b, num_frames, c, s).permute(0, 3, 1, 2).reshape(b * s, num_frames, c)
@@ -203,29 +192,70 @@ def _blocks(unet: nn.Module):
     yield from unet.up_blocks
 
 
+def _slice_up_blocks(unet: nn.Module, slices: int, handle: StreamlineHandle,
+                     keep_upsample: nn.Module | None = None) -> None:
+    """Give every up block the sliced forward; an up block followed by another defers its
+    upsamplers to that block's first resnet loop (except `keep_upsample`)."""
+    ups = list(unet.up_blocks)
+    for i, block in enumerate(ups):
+        previous = ups[i - 1] if i > 0 and ups[i - 1] is not keep_upsample else None
+        defer = i + 1 < len(ups) and block is not keep_upsample
+        block.forward = sliced_up_block_forward(block, slices, previous=previous, defer_upsample=defer)
+        handle._forwards.append(block)
+
+
+# supported UNet class -> (its up block classes, where the frames axis is in its `sample`)
+_SUPPORTED = {
+    "UNetMotionModel": ({"UpBlockMotion", "CrossAttnUpBlockMotion"}, 2),  # sample [B, C, F, H, W]
+    "UNetSpatioTemporalConditionModel": ({"UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"}, 1),
+}
+_SPATIOTEMPORAL = {"SpatioTemporalResBlock": SlicedSpatioTemporalResBlock,
+                   "TransformerSpatioTemporalModel": SlicedSpatioTemporalTransformer}
+_WRAPPERS = (BatchSliced, SpatiallySlicedMotion, SlicedSpatioTemporalResBlock, SlicedSpatioTemporalTransformer)
+
+
+def _wrap_block(block: nn.Module, spatial: int, temporal: int, handle: StreamlineHandle) -> None:
+    for group in ("resnets", "attentions", "downsamplers", "upsamplers", "motion_modules"):
+        mods = getattr(block, group, None)
+        for i in range(len(mods) if mods is not None else 0):
+            kind = _SPATIOTEMPORAL.get(type(mods[i]).__name__)
+            if kind is not None:
+                wrapper = kind(mods[i], spatial, temporal) if spatial > 1 or temporal > 1 else None
+            elif group == "motion_modules":
+                wrapper = SpatiallySlicedMotion(mods[i], temporal) if temporal > 1 else None
+            else:
+                wrapper = BatchSliced(mods[i], spatial) if spatial > 1 else None
+            if wrapper is not None:
+                handle._wrap(mods, str(i), wrapper)
+
+
 def streamline(unet: nn.Module, spatial_slices: int = 1, temporal_slices: int = 1,
                rehash: RehashConfig | None = None) -> StreamlineHandle:
-    """Slice a diffusers UNetMotionModel's operators (see the module docstring). Exact: outputs
-    equal the unsliced model's to float rounding. `rehash` adds Step Rehash (not exact: the deep
-    blocks' output is reused at non-key steps; see osmos.accel.streamline.rehash). Returns a
-    handle whose remove() undoes everything."""
+    """Slice the operators of a diffusers UNetMotionModel (AnimateDiff) or
+    UNetSpatioTemporalConditionModel (SVD): spatial operators over `spatial_slices` slices of
+    batch x frames, temporal ones over `temporal_slices` slices of space (see the module
+    docstrings). Exact: outputs equal the unsliced model's to float rounding. `rehash` adds Step
+    Rehash (not exact: the deep blocks' output is reused at non-key steps; see
+    osmos.accel.streamline.rehash). Returns a handle whose remove() undoes everything."""
     for name, v in (("spatial_slices", spatial_slices), ("temporal_slices", temporal_slices)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
     if rehash is not None and not isinstance(rehash, RehashConfig):
         raise TypeError(f"rehash must be a RehashConfig or None, got {type(rehash).__name__}")
-    if type(unet).__name__ != "UNetMotionModel":
-        raise TypeError(
-            f"streamline supports diffusers UNetMotionModel (AnimateDiff); got {type(unet).__name__}"
-        )
-    if (any(isinstance(m, (BatchSliced, SpatiallySlicedMotion)) for m in unet.modules())
+    if type(unet).__name__ not in _SUPPORTED:
+        raise TypeError(f"streamline supports diffusers {' and '.join(_SUPPORTED)}; got {type(unet).__name__}")
+    up_types, frame_axis = _SUPPORTED[type(unet).__name__]
+    if (any(isinstance(m, _WRAPPERS) for m in unet.modules())
             or any("forward" in block.__dict__ for block in _blocks(unet))):
         raise RuntimeError("this UNet is already streamlined; remove() the previous handle first")
+    unknown = sorted({type(b).__name__ for b in unet.up_blocks} - up_types)
+    if unknown and spatial_slices > 1:
+        raise TypeError(f"streamline cannot slice the up block class(es) {', '.join(unknown)}")
     handle = StreamlineHandle()
 
     def check_slices(module, args, kwargs):
         sample = args[0] if args else kwargs.get("sample")
-        b, _, f, h, w = sample.shape
+        b, f, h, w = sample.shape[0], sample.shape[frame_axis], sample.shape[-2], sample.shape[-1]
         if spatial_slices > b * f:
             raise ValueError(f"spatial_slices={spatial_slices} is larger than batch x frames = {b * f}")
         if temporal_slices > h * w:
@@ -233,21 +263,12 @@ def streamline(unet: nn.Module, spatial_slices: int = 1, temporal_slices: int = 
 
     handle._hooks.append(unet.register_forward_pre_hook(check_slices, with_kwargs=True))
     for block in _blocks(unet):
-        for group in ("resnets", "attentions", "downsamplers", "upsamplers"):
-            mods = getattr(block, group, None)
-            if mods is None:
-                continue
-            for i in range(len(mods)):
-                if spatial_slices > 1:
-                    handle._wrap(mods, str(i), BatchSliced(mods[i], spatial_slices))
-        mods = getattr(block, "motion_modules", None)
-        if mods is not None:
-            for i in range(len(mods)):
-                if temporal_slices > 1:
-                    handle._wrap(mods, str(i), SpatiallySlicedMotion(mods[i], temporal_slices))
-        if spatial_slices > 1 and type(block).__name__ in ("UpBlockMotion", "CrossAttnUpBlockMotion"):
-            block.forward = sliced_up_block_forward(block, spatial_slices)
-            handle._forwards.append(block)
+        _wrap_block(block, spatial_slices, temporal_slices, handle)
+    if spatial_slices > 1:
+        # Step Rehash replays its feature block's output: keep that block's upsampling inside it,
+        # so non-key steps do not redo it
+        feature = deep_blocks(unet, rehash.depth)[1] if rehash is not None else None
+        _slice_up_blocks(unet, spatial_slices, handle, keep_upsample=feature)
     if rehash is not None:
         handle.rehash = install_rehash(unet, rehash)
     return handle
