@@ -7,6 +7,10 @@ warm-up), the ratio to faiss, the peak extra resident memory of each call (VmHWM
 resetting it through /proc/self/clear_refs, so allocations by torch and faiss both count),
 and agreement with the other methods: identical indices, or a different index whose score is
 within float32 rounding (a near tie, which no float32 method can order reliably).
+"DB GB/s" is database bytes over wall time per call (every method reads the whole database once
+per call at small batches); the ceiling is a plain streaming read of the same database in the
+same run (fastest of 3 torch `sum` calls, same threads): no exact method can read the database faster than that,
+so at one query q/s <= ceiling / database bytes for osmos and faiss alike.
 
     python benchmarks/bench_similarity.py            # full table (several minutes on 2 cores)
     python benchmarks/bench_similarity.py --quick    # small, under 30 s
@@ -74,6 +78,12 @@ def median_seconds(fn, max_repeats: int, budget_s: float, first_s: float) -> flo
     return statistics.median(times)
 
 
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def torch_mm_topk(q: torch.Tensor, db: torch.Tensor, k: int):
     block = max(1, TORCH_SCORE_BYTES // (4 * db.shape[0]))
     parts = [torch.topk(q[b : b + block] @ db.T, k, dim=1) for b in range(0, q.shape[0], block)]
@@ -98,6 +108,8 @@ def run(n: int, d: int, batches, ks, max_repeats: int, budget_s: float, rows: li
         index = faiss.IndexFlatIP(d)
         index.add(db.numpy())
     db = db.to(device)
+    db_bytes = db.numel() * db.element_size()
+    read_s = min(_timed(synced(lambda: db.sum(), device)) for _ in range(3))
     q = torch.nn.functional.normalize(torch.randn(2, d, generator=g), dim=1).to(device)
     warmups = [lambda: similarity_topk(q, db[:1000], 1), lambda: torch_mm_topk(q, db[:1000], 1)]
     if index is not None:
@@ -129,14 +141,16 @@ def run(n: int, d: int, batches, ks, max_repeats: int, budget_s: float, rows: li
                 torch_qps=qps["torch"], ratio=qps["osmos"] / qps[peer], osmos_mib=mem["osmos"],
                 faiss_mib=mem.get("faiss", nan), torch_mib=mem["torch"],
                 same=min(same_f, same_t), near=min(near_f, near_t),
+                osmos_gbs=db_bytes * qps["osmos"] / nq / 1e9, faiss_gbs=db_bytes * qps.get("faiss", nan) / nq / 1e9,
+                ceiling_gbs=db_bytes / read_s / 1e9,
             ))
             print(format_row(rows[-1]), flush=True)
 
 
 HEADER = (
     "| database | queries | k | osmos q/s | faiss q/s | torch q/s | osmos / faiss | "
-    "peak MiB osmos / faiss / torch | same indices | same or near-tie |\n"
-    "|---|---|---|---|---|---|---|---|---|---|"
+    "peak MiB osmos / faiss / torch | same indices | same or near-tie | DB GB/s osmos / faiss (ceiling) |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -144,7 +158,8 @@ def format_row(r: dict) -> str:
     return (
         f"| {r['db']} | {r['q']} | {r['k']} | {r['osmos_qps']:.1f} | {r['faiss_qps']:.1f} | {r['torch_qps']:.1f} "
         f"| {r['ratio']:.2f}x | {r['osmos_mib']:.0f} / {r['faiss_mib']:.0f} / {r['torch_mib']:.0f} "
-        f"| {100 * r['same']:.2f}% | {100 * r['near']:.2f}% |"
+        f"| {100 * r['same']:.2f}% | {100 * r['near']:.2f}% "
+        f"| {r['osmos_gbs']:.1f} / {r['faiss_gbs']:.1f} ({r['ceiling_gbs']:.1f}) |"
     )
 
 

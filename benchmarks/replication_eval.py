@@ -18,6 +18,12 @@
    descriptors; thresholds are the 99th percentile of the top-1 similarity of fresh renders.
 5. Each mitigation on the memorized captions and on the normal prompts: replication rate (pixel
    descriptor), memorization score, prompt accuracy (zoo classifier sees the prompted shape and colour).
+   Because the fresh-render threshold of step 4 is strict (fresh renders of the same shape, colour and
+   place look alike), each mitigation also gets a copy rate against the memorized images themselves:
+   a generation copies when its similarity to its own caption's training image reaches the 99th
+   percentile of the similarity of unmitigated generations from unseen "sample <j>" captions (never
+   trained, same caption form) to their nearest memorized image; normal prompts are scored the same
+   way against their nearest memorized image.
 
 Writes `--out`/results.json, prints markdown tables, and writes
 benchmarks/figures/replication_eval_grid.png (rows: the memorized training images, then the
@@ -274,6 +280,12 @@ def main() -> None:
     }
     if args.descriptors_only:
         mitigations = {"none": mitigations["none"]}
+    # copy threshold against the memorized images: calibrated on generations from never-trained captions
+    mem_feats = train_feats[:k]
+    unseen_gen = generate(*denoiser.encode(unseen_texts), args.seed + 7)
+    copy_threshold = calibrate_threshold(desc(unseen_gen), mem_feats, 0.99)
+    results["copy_threshold"] = copy_threshold
+    source_feats = mem_feats[torch.tensor(truth_mem)]
     rows, grid_rows = [], [train_images[: min(k, 8)]]
     for name, make in mitigations.items():
         t0 = time.time()
@@ -284,6 +296,8 @@ def main() -> None:
         sc_mem = replication_scores(desc(gen_mem), train_feats, threshold)
         sc_norm = replication_scores(desc(gen_norm), train_feats, threshold)
         score_mem, score_norm = quick_score(states, mask), quick_score(n_states, n_mask)
+        source_sim = (desc(gen_mem) * source_feats).sum(dim=1)  # similarity to the caption's own image
+        nearest_norm = replication_scores(desc(gen_norm), mem_feats, copy_threshold)
         row = {
             "mitigation": name,
             "replication_memorized": sc_mem.rate,
@@ -292,6 +306,9 @@ def main() -> None:
             "similarity_auc_memorized_vs_normal": roc_auc(sc_mem.similarity, sc_norm.similarity),
             "replication_normal": sc_norm.rate,
             "top1_sim_memorized_mean": float(sc_mem.similarity.mean()),
+            "source_sim_memorized_mean": float(source_sim.mean()),
+            "copy_rate_memorized": float((source_sim >= copy_threshold).float().mean()),
+            "copy_rate_normal": nearest_norm.rate,
             "mem_score_memorized": float(score_mem.mean()),
             "mem_score_normal": float(score_norm.mean()),
             "acc_memorized": prompt_accuracy(clf, gen_mem, mem.attrs, s),
@@ -376,6 +393,14 @@ def print_tables(results: dict, args, k: int, s: int) -> None:
               f"{row['top1_sim_memorized_mean']:.3f} | {row['similarity_auc_memorized_vs_normal']:.3f} | "
               f"{row['mem_score_memorized']:.3f} / {row['mem_score_normal']:.3f} | {row['acc_memorized']:.3f} | "
               f"{row['acc_normal']:.3f} |")
+    print(f"\nCopies of the memorized images (threshold {results['copy_threshold']:.4f}: 99th percentile of the "
+          "similarity of generations from unseen 'sample <j>' captions to their nearest memorized image):\n")
+    print("| mitigation | copy rate, memorized captions | mean similarity to own training image "
+          "| normal prompts at or above the threshold | prompt acc, memorized | prompt acc, normal |")
+    print("|---|---|---|---|---|---|")
+    for row in results["mitigations"].values():
+        print(f"| {row['mitigation']} | {row['copy_rate_memorized']:.3f} | {row['source_sim_memorized_mean']:.3f} | "
+              f"{row['copy_rate_normal']:.3f} | {row['acc_memorized']:.3f} | {row['acc_normal']:.3f} |")
     print(f"\ntotal {results['seconds']} s")
 
 
