@@ -39,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from isal_ctypes import IsalCodec  # noqa: E402
+from timing import cuda_timer  # noqa: E402
 
 from osmos import _native  # noqa: E402
 from osmos.ft import RSCodec  # noqa: E402
@@ -200,15 +201,7 @@ def bench_cuda() -> None:
                            ("decode", lambda: codec.decode(available, out=rebuilt))]:
                 tables, src = isal_runs[op]
                 src, dst = isal.pointers(src), isal.pointers([o.data_ptr() for o in host_out])
-                times = []
-                for _ in range(20):
-                    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    fn()
-                    stop.record()
-                    stop.synchronize()
-                    times.append(start.elapsed_time(stop) / 1e3)
-                gpu = k * length / statistics.median(times) / 1e9
+                gpu = k * length / cuda_timer(fn, repeats=20) / 1e9
                 cpu = k * length / interleaved_medians(
                     {op: lambda: isal.run(length, m, tables, src, dst)}, 0.3)[op] / 1e9
                 lines.append(f"| {op} | ({k},{m}) | {fmt_size(length)} | {gpu:.1f} | {cpu:.1f} | {gpu / cpu:.1f}x |")

@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import time
 
 import torch
 
 from osmos.ops import topk_compress
+from timing import cpu_timer, cuda_timer
 
 MIB = 1 << 20
 
@@ -37,34 +37,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def cpu_timer(fn, setup, repeats: int) -> float:
-    """Median seconds of fn() over repeats, setup() untimed before each, after one warm-up."""
-    setup()
-    fn()
-    times = []
-    for _ in range(repeats):
-        setup()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def cuda_timer(fn, setup, repeats: int) -> float:
-    setup()
-    fn()
-    times = []
-    for _ in range(repeats):
-        setup()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
 
 
 def copy_bandwidth(device: str, timer, numel: int = 64 * MIB) -> float:
