@@ -21,9 +21,9 @@
    Because the fresh-render threshold of step 4 is strict (fresh renders of the same shape, colour and
    place look alike), each mitigation also gets a copy rate against the memorized images themselves:
    a generation copies when its similarity to its own caption's training image reaches the 99th
-   percentile of the similarity of unmitigated generations from unseen "sample <j>" captions (never
-   trained, same caption form) to their nearest memorized image; normal prompts are scored the same
-   way against their nearest memorized image.
+   percentile of the similarity of unmitigated generations from a separate set of normal prompts to
+   their nearest memorized image; normal prompts and unseen "sample <j>" captions (never trained,
+   the memorized captions' form) are scored the same way against their nearest memorized image.
 
 Writes `--out`/results.json, prints markdown tables, and writes
 benchmarks/figures/replication_eval_grid.png (rows: the memorized training images, then the
@@ -47,8 +47,8 @@ from osmos.replication.denoisers import as_denoiser
 from osmos.replication.memorization import denoiser_calls, highpass, memorization_score, trace_guidance
 from osmos.replication.metrics import (calibrate_threshold, micro_average_precision, replication_scores,
                                        retrieval_precision_recall, roc_auc, roc_auc_ci)
-from osmos.replication.mitigations import (insert_random_tokens, noise_text_embedding, optimize_prompt_embedding,
-                                           vocabulary_from_tokenizer)
+from osmos.replication.mitigations import (first_step_noise_magnitude, insert_random_tokens, noise_text_embedding,
+                                           optimize_prompt_embedding, vocabulary_from_tokenizer)
 from osmos.zoo import data as D
 from osmos.zoo.models import build_scheduler, predict_noise
 from osmos.zoo.pipeline import save_grid
@@ -277,14 +277,22 @@ def main() -> None:
         "embedding optimisation (10 x AdamW lr 0.1)": lambda texts, seed: _optimised(pipe, denoiser, texts, seed, 0.1),
         "embedding optimisation (10 x AdamW lr 0.01)": lambda texts, seed: _optimised(pipe, denoiser, texts, seed,
                                                                                       0.01),
+        "embedding optimisation to a target (<= 10 x AdamW lr 0.1, per prompt)": lambda texts, seed: _optimised(
+            pipe, denoiser, texts, seed, 0.1, opt_target),
     }
     if args.descriptors_only:
         mitigations = {"none": mitigations["none"]}
-    # copy threshold against the memorized images: calibrated on generations from never-trained captions
+    # copy threshold against the memorized images, calibrated on generations from other normal prompts
     mem_feats = train_feats[:k]
-    unseen_gen = generate(*denoiser.encode(unseen_texts), args.seed + 7)
-    copy_threshold = calibrate_threshold(desc(unseen_gen), mem_feats, 0.99)
+    calib_states = denoiser.encode(normal_prompts(args.normal, args.seed + 500)[0])
+    calib_gen = generate(*calib_states, args.seed + 7)
+    # Wen et al.'s stopping target: the largest first-step magnitude among those normal prompts
+    opt_target = float(first_step_noise_magnitude(pipe, *calib_states, generator=torch.Generator().manual_seed(9)).max())
+    results["optimisation_target"] = opt_target
+    copy_threshold = calibrate_threshold(desc(calib_gen), mem_feats, 0.99)
+    unseen_gen = generate(*denoiser.encode(unseen_texts), args.seed + 8)
     results["copy_threshold"] = copy_threshold
+    results["unseen_copy_rate"] = replication_scores(desc(unseen_gen), mem_feats, copy_threshold).rate
     source_feats = mem_feats[torch.tensor(truth_mem)]
     rows, grid_rows = [], [train_images[: min(k, 8)]]
     for name, make in mitigations.items():
@@ -349,11 +357,11 @@ def _noised(denoiser, texts, scale, seed):
     return noise_text_embedding(states, scale, torch.Generator().manual_seed(seed)), mask
 
 
-def _optimised(pipe, denoiser, texts, seed, lr):
+def _optimised(pipe, denoiser, texts, seed, lr, target=None):
     # optimise each distinct prompt once (the memorized captions repeat `samples` times)
     unique = list(dict.fromkeys(texts))
     u_states, u_mask = denoiser.encode(unique)
-    opt, _ = optimize_prompt_embedding(pipe, u_states, u_mask, steps=10, lr=lr,
+    opt, _ = optimize_prompt_embedding(pipe, u_states, u_mask, steps=10, lr=lr, target=target,
                                        generator=torch.Generator().manual_seed(seed))
     where = torch.tensor([unique.index(t) for t in texts])
     return opt[where], u_mask[where]
@@ -394,7 +402,8 @@ def print_tables(results: dict, args, k: int, s: int) -> None:
               f"{row['mem_score_memorized']:.3f} / {row['mem_score_normal']:.3f} | {row['acc_memorized']:.3f} | "
               f"{row['acc_normal']:.3f} |")
     print(f"\nCopies of the memorized images (threshold {results['copy_threshold']:.4f}: 99th percentile of the "
-          "similarity of generations from unseen 'sample <j>' captions to their nearest memorized image):\n")
+          "similarity of generations from other normal prompts to their nearest memorized image; unseen "
+          f"'sample <j>' captions at or above it, no mitigation: {results['unseen_copy_rate']:.3f}):\n")
     print("| mitigation | copy rate, memorized captions | mean similarity to own training image "
           "| normal prompts at or above the threshold | prompt acc, memorized | prompt acc, normal |")
     print("|---|---|---|---|---|---|")

@@ -6,7 +6,8 @@ from worlds import GaussianWorld, memorized_and_normal, tiny_stable_diffusion
 
 from osmos.replication.denoisers import as_denoiser
 from osmos.replication.memorization import memorization_score
-from osmos.replication.mitigations import (insert_random_tokens, noise_text_embedding, optimize_prompt_embedding,
+from osmos.replication.mitigations import (first_step_noise_magnitude, insert_random_tokens, noise_text_embedding,
+                                           optimize_prompt_embedding,
                                            vocabulary_from_tokenizer)
 
 
@@ -73,6 +74,25 @@ def test_optimize_prompt_embedding_lowers_the_memorization_score():
     # a target already met stops before the first update
     same, losses = optimize_prompt_embedding(world, memorized, steps=10, target=1e9)
     assert len(losses) == 1 and torch.equal(same, memorized)
+
+
+def test_optimize_prompt_embedding_target_is_per_prompt():
+    """A prompt whose magnitude is already at or below the target is returned bit for bit; the
+    others are optimised until they reach it."""
+    world = GaussianWorld()
+    memorized, normal = memorized_and_normal(3)
+    states = torch.cat([memorized, normal])
+    g = torch.Generator().manual_seed(0)
+    score = memorization_score(world, [], steps=1, generator=g, embeddings=(states, None))
+    assert score[:3].min() > score[3:].max()  # the world's memorized prompts score higher
+    magnitude = first_step_noise_magnitude(world, states, num_samples=8, generator=torch.Generator().manual_seed(1))
+    assert magnitude[:3].min() > 10 * magnitude[3:].max()
+    target = 3.0 * float(magnitude[3:].max())  # well above every normal prompt's squared magnitude
+    opt, losses = optimize_prompt_embedding(world, states, steps=20, lr=0.1, target=target, num_samples=8,
+                                            generator=torch.Generator().manual_seed(1))
+    assert torch.equal(opt[3:], normal)
+    assert not torch.equal(opt[:3], memorized)
+    assert len(losses) < 20 and losses[0] > target
 
 
 @pytest.fixture(scope="module")

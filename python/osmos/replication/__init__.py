@@ -18,15 +18,16 @@ from osmos.replication.index import EmbeddingIndex, build_index
 from osmos.replication.memorization import PromptScores, memorization_score, score_prompts
 from osmos.replication.metrics import (calibrate_threshold, micro_average_precision, replication_rate,
                                        replication_scores, retrieval_precision_recall, roc_auc, roc_auc_ci)
-from osmos.replication.mitigations import (insert_random_tokens, noise_text_embedding, optimize_prompt_embedding,
-                                           vocabulary_from_tokenizer)
+from osmos.replication.mitigations import (first_step_noise_magnitude, insert_random_tokens, noise_text_embedding,
+                                           optimize_prompt_embedding, vocabulary_from_tokenizer)
 from osmos.replication.scan import ReplicationReport, scan
 
 __all__ = ["Descriptor", "PixelDescriptor", "ModuleDescriptor", "ShapesCopyDescriptor", "ImageFolder",
            "EmbeddingIndex", "build_index", "ReplicationReport", "scan", "replication_scores", "replication_rate",
            "calibrate_threshold", "retrieval_precision_recall", "micro_average_precision", "roc_auc", "roc_auc_ci",
            "memorization_score", "score_prompts", "PromptScores", "as_denoiser", "load_pipeline",
-           "noise_text_embedding", "insert_random_tokens", "vocabulary_from_tokenizer", "optimize_prompt_embedding"]
+           "noise_text_embedding", "insert_random_tokens", "vocabulary_from_tokenizer", "optimize_prompt_embedding",
+           "first_step_noise_magnitude"]
 
 
 def __getattr__(name: str):

@@ -67,6 +67,40 @@ def insert_random_tokens(prompts: Sequence[str] | str, vocabulary: Sequence[str]
     return out
 
 
+class _FirstStepMagnitude:
+    """Per-prompt ||eps(x_T, states) - eps(x_T, empty)||^2 at the first timestep of a
+    `num_inference_steps`-step schedule, averaged over `num_samples` fresh noise latents per prompt
+    (differentiable in the states)."""
+
+    def __init__(self, pipe, states: Tensor, mask: Tensor | None, num_samples: int, num_inference_steps: int):
+        self.denoiser = as_denoiser(pipe)
+        sched = self.denoiser.scheduler
+        sched.set_timesteps(num_inference_steps)
+        self.sched, self.t = sched, sched.timesteps[0]
+        self.b, self.num_samples = states.shape[0], num_samples
+        self.empty, self.empty_mask = self.denoiser.empty(self.b * num_samples)
+        self.mask = None if mask is None else mask.repeat_interleave(num_samples, 0)
+        self.device = states.device
+
+    def __call__(self, states: Tensor, generator: torch.Generator | None) -> Tensor:
+        n = self.b * self.num_samples
+        x = torch.randn((n, *self.denoiser.latent_shape), generator=generator).to(self.device) * self.sched.init_noise_sigma
+        x = self.sched.scale_model_input(x, self.t)
+        with torch.no_grad():
+            eps_u = self.denoiser.eps(x, self.t, self.empty, self.empty_mask)
+        eps_c = self.denoiser.eps(x, self.t, states.repeat_interleave(self.num_samples, 0), self.mask)
+        return (eps_c - eps_u).float().flatten(1).pow(2).sum(1).view(self.b, self.num_samples).mean(1)
+
+
+def first_step_noise_magnitude(pipe, states: Tensor, mask: Tensor | None = None, num_samples: int = 1,
+                               num_inference_steps: int = 25, generator: torch.Generator | None = None) -> Tensor:
+    """The quantity `optimize_prompt_embedding` minimises, per prompt: [B] float32 squared
+    text-conditional noise magnitude at the first step, averaged over `num_samples` noise latents.
+    Measured on prompts that are not memorized, it sets that function's `target`."""
+    with torch.no_grad():
+        return _FirstStepMagnitude(pipe, states, mask, num_samples, num_inference_steps)(states, generator)
+
+
 def optimize_prompt_embedding(pipe, states: Tensor, mask: Tensor | None = None, steps: int = 10, lr: float = 0.1,
                               target: float | None = None, num_samples: int = 1, num_inference_steps: int = 25,
                               generator: torch.Generator | None = None) -> tuple[Tensor, list[float]]:
@@ -75,36 +109,34 @@ def optimize_prompt_embedding(pipe, states: Tensor, mask: Tensor | None = None, 
     Each step draws `num_samples` pure-noise latents per prompt and minimises the mean over
     prompts of ||eps(x_T, states) - eps(x_T, empty)||^2 at the first timestep of a
     `num_inference_steps`-step schedule with AdamW.
-    Stops early once every prompt's squared magnitude is <= target (when given). The model's
-    weights are not changed. Returns (optimised states, detached, and the loss before each step).
+    With a `target`, each prompt stops on its own once its squared magnitude is <= target: from
+    then on its states stay as they are (a prompt already below the target, e.g. one that is not
+    memorized, is returned unchanged), and the loop ends when every prompt has stopped. The
+    model's weights are not changed. Returns (optimised states, detached, and the mean squared
+    magnitude over the prompts still being optimised, before each step).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an int >= 0, got {steps!r}")
-    denoiser = as_denoiser(pipe)
-    sched = denoiser.scheduler
-    sched.set_timesteps(num_inference_steps)
-    t = sched.timesteps[0]
+    magnitude = _FirstStepMagnitude(pipe, states, mask, num_samples, num_inference_steps)
     b = states.shape[0]
-    n = b * num_samples
-    empty, empty_mask = denoiser.empty(n)
-    cond_mask = None if mask is None else mask.repeat_interleave(num_samples, 0)
     emb = states.detach().clone().requires_grad_(True)
     opt = torch.optim.AdamW([emb], lr=lr)
+    active = torch.ones(b, dtype=torch.bool, device=states.device)
     losses: list[float] = []
     for _ in range(steps):
-        x = torch.randn((n, *denoiser.latent_shape), generator=generator).to(states.device) * sched.init_noise_sigma
-        x = sched.scale_model_input(x, t)
-        with torch.no_grad():
-            eps_u = denoiser.eps(x, t, empty, empty_mask)
-        eps_c = denoiser.eps(x, t, emb.repeat_interleave(num_samples, 0), cond_mask)
-        per_prompt = (eps_c - eps_u).float().flatten(1).pow(2).sum(1).view(b, num_samples).mean(1)
-        losses.append(float(per_prompt.detach().mean()))
-        if target is not None and bool((per_prompt <= target).all()):
+        per_prompt = magnitude(emb, generator)
+        if target is not None:
+            active &= per_prompt.detach() > target
+        losses.append(float(per_prompt.detach()[active].mean()) if active.any() else float(per_prompt.detach().mean()))
+        if not active.any():
             break
-        (grad,) = torch.autograd.grad(per_prompt.mean(), emb)
+        (grad,) = torch.autograd.grad((per_prompt * active).sum() / b, emb)
+        frozen = emb.detach()[~active].clone()
         emb.grad = grad
         opt.step()
         opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            emb[~active] = frozen  # AdamW's momentum and weight decay would move stopped prompts
     return emb.detach(), losses
 
 
