@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 
 
 def _info(args) -> int:
@@ -46,6 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a command raises for a bad input (a path, a value): printed as one line, not a traceback
+# (OSMOS_TRACEBACK=1 shows the traceback anyway).
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+               KeyError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except USER_ERRORS as e:
+        if os.environ.get("OSMOS_TRACEBACK"):
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"osmos: error: {message}", file=sys.stderr)
+        return 2

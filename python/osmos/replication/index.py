@@ -72,7 +72,7 @@ def build_index(images: str | Path | ImageFolder | Tensor, descriptor: Descripto
         folder = images if isinstance(images, ImageFolder) else ImageFolder(Path(images), size=image_size)
         batches, total = folder.batches(batch_size), len(folder)
     feats, names = [], []
-    with tqdm(total=total, desc=f"describing {prefix}s", unit="img", disable=not progress) as bar:
+    with tqdm(total=total, desc=f"describing {prefix} images", unit="img", disable=not progress) as bar:
         for batch_names, batch in batches:
             if batch_names is None:
                 batch_names = [f"{prefix}[{len(names) + i}]" for i in range(batch.shape[0])]

@@ -122,10 +122,10 @@ def scan(generated, reference, descriptor: Descriptor, threshold: float = 0.5, o
     else:
         ref = build_index(ref_source, descriptor, batch_size, image_size, progress, prefix="reference")
     skipped = list(gen.skipped) + list(ref.skipped)
-    if len(gen) == 0:
-        raise ValueError(f"no readable generated images ({len(skipped)} skipped)")
-    if len(ref) == 0:
-        raise ValueError(f"no readable reference images ({len(skipped)} skipped)")
+    for what, index, source in (("generated", gen, generated), ("reference", ref, reference)):
+        if len(index) == 0:
+            where = f" in {source}" if isinstance(source, (str, Path)) else ""
+            raise ValueError(f"no readable {what} images{where} ({len(index.skipped)} skipped)")
     scores, indices = similarity_topk(gen.features.float(), ref.features, 1)
     sims = scores[:, 0].double().numpy()
     idx = indices[:, 0].tolist()
