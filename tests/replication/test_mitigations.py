@@ -138,3 +138,19 @@ def test_mitigated_generation_on_a_stable_diffusion_pipeline(tmp_path):
     assert not torch.allclose(noisy, plain, atol=1e-4)
     opt, losses = optimize_prompt_embedding(pipe, states, mask, steps=3, num_inference_steps=5)
     assert opt.shape == states.shape and len(losses) == 3 and losses[-1] < losses[0]
+
+
+def test_optimize_prompt_embedding_highpass_objective():
+    """method="highpass" minimises the high-pass detail of the conditional noise (what the default
+    memorization score measures); an unknown method is refused."""
+    world = GaussianWorld()
+    memorized, _ = memorized_and_normal(3)
+    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    before = first_step_noise_magnitude(world, memorized, num_samples=8, generator=g(), method="highpass")
+    assert not torch.allclose(before, first_step_noise_magnitude(world, memorized, num_samples=8, generator=g()))
+    opt, losses = optimize_prompt_embedding(world, memorized, steps=10, lr=0.1, num_samples=8, generator=g(),
+                                            method="highpass")
+    after = first_step_noise_magnitude(world, opt, num_samples=8, generator=g(), method="highpass")
+    assert losses[-1] < losses[0] and (after < before).all()
+    with pytest.raises(ValueError, match="method must be one of"):
+        optimize_prompt_embedding(world, memorized, steps=1, method="sharp")

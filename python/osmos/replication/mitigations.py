@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from osmos.replication.denoisers import as_denoiser
+from osmos.replication.memorization import METHODS, highpass
 
 
 def noise_text_embedding(states: Tensor, scale: float = 0.1, generator: torch.Generator | None = None) -> Tensor:
@@ -68,11 +69,16 @@ def insert_random_tokens(prompts: Sequence[str] | str, vocabulary: Sequence[str]
 
 
 class _FirstStepMagnitude:
-    """Per-prompt ||eps(x_T, states) - eps(x_T, empty)||^2 at the first timestep of a
-    `num_inference_steps`-step schedule, averaged over `num_samples` fresh noise latents per prompt
-    (differentiable in the states)."""
+    """Per-prompt ||d||^2, d = eps(x_T, states) - eps(x_T, empty) at the first timestep of a
+    `num_inference_steps`-step schedule (method "magnitude"), or ||highpass(d)||^2 (method
+    "highpass", the detail the prompt adds: `osmos.replication.memorization.highpass`), averaged over
+    `num_samples` fresh noise latents per prompt (differentiable in the states)."""
 
-    def __init__(self, pipe, states: Tensor, mask: Tensor | None, num_samples: int, num_inference_steps: int):
+    def __init__(self, pipe, states: Tensor, mask: Tensor | None, num_samples: int, num_inference_steps: int,
+                 method: str = "magnitude"):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        self.method = method
         self.denoiser = as_denoiser(pipe)
         sched = self.denoiser.scheduler
         sched.set_timesteps(num_inference_steps)
@@ -89,26 +95,33 @@ class _FirstStepMagnitude:
         with torch.no_grad():
             eps_u = self.denoiser.eps(x, self.t, self.empty, self.empty_mask)
         eps_c = self.denoiser.eps(x, self.t, states.repeat_interleave(self.num_samples, 0), self.mask)
-        return (eps_c - eps_u).float().flatten(1).pow(2).sum(1).view(self.b, self.num_samples).mean(1)
+        d = (eps_c - eps_u).float()
+        if self.method == "highpass":
+            d = highpass(d)
+        return d.flatten(1).pow(2).sum(1).view(self.b, self.num_samples).mean(1)
 
 
 def first_step_noise_magnitude(pipe, states: Tensor, mask: Tensor | None = None, num_samples: int = 1,
-                               num_inference_steps: int = 25, generator: torch.Generator | None = None) -> Tensor:
+                               num_inference_steps: int = 25, generator: torch.Generator | None = None,
+                               method: str = "magnitude") -> Tensor:
     """The quantity `optimize_prompt_embedding` minimises, per prompt: [B] float32 squared
-    text-conditional noise magnitude at the first step, averaged over `num_samples` noise latents.
-    Measured on prompts that are not memorized, it sets that function's `target`."""
+    text-conditional noise magnitude at the first step (method "magnitude") or of its high-pass
+    detail (method "highpass"), averaged over `num_samples` noise latents. Measured on prompts
+    that are not memorized, it sets that function's `target` (same method)."""
     with torch.no_grad():
-        return _FirstStepMagnitude(pipe, states, mask, num_samples, num_inference_steps)(states, generator)
+        return _FirstStepMagnitude(pipe, states, mask, num_samples, num_inference_steps, method)(states, generator)
 
 
 def optimize_prompt_embedding(pipe, states: Tensor, mask: Tensor | None = None, steps: int = 10, lr: float = 0.1,
                               target: float | None = None, num_samples: int = 1, num_inference_steps: int = 25,
-                              generator: torch.Generator | None = None) -> tuple[Tensor, list[float]]:
+                              generator: torch.Generator | None = None,
+                              method: str = "magnitude") -> tuple[Tensor, list[float]]:
     """Lower the text-conditional noise magnitude of prompt states [B, T, D] (Wen et al.).
 
     Each step draws `num_samples` pure-noise latents per prompt and minimises the mean over
     prompts of ||eps(x_T, states) - eps(x_T, empty)||^2 at the first timestep of a
-    `num_inference_steps`-step schedule with AdamW.
+    `num_inference_steps`-step schedule with AdamW (method "magnitude", Wen et al.), or of its
+    high-pass detail (method "highpass", the quantity osmos's default memorization score measures).
     With a `target`, each prompt stops on its own once its squared magnitude is <= target: from
     then on its states stay as they are (a prompt already below the target, e.g. one that is not
     memorized, is returned unchanged), and the loop ends when every prompt has stopped. The
@@ -117,7 +130,7 @@ def optimize_prompt_embedding(pipe, states: Tensor, mask: Tensor | None = None, 
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an int >= 0, got {steps!r}")
-    magnitude = _FirstStepMagnitude(pipe, states, mask, num_samples, num_inference_steps)
+    magnitude = _FirstStepMagnitude(pipe, states, mask, num_samples, num_inference_steps, method)
     b = states.shape[0]
     emb = states.detach().clone().requires_grad_(True)
     opt = torch.optim.AdamW([emb], lr=lr)
