@@ -4,10 +4,12 @@
 // Rows are walked run by run (a run: consecutive elements whose M indices are consecutive), so
 // STABLE-RPS and ROAST pay one index computation per run, not per element.
 // The scatter is race-free and bitwise reproducible for any thread count: thread t owns a slice
-// of M and adds, in increasing element order, every contribution that lands in its slice.
+// of M and adds, in increasing element order, every contribution that lands in its slice
+// (HashedNet: hashed once, into per-slice buckets; see scatter_hashednet).
 #include "cpu/rps.h"
 
 #include <algorithm>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -176,27 +178,72 @@ void gather_impl(const T* __restrict M, T* __restrict W, const Map& p, int64_t r
   });
 }
 
-// acc[h(e)] += scale * sign(e) * G[e]; thread t only touches acc[lo, hi).
+// Elements per round of the HashedNet scatter: with several threads, large enough that a round
+// amortises starting them; with one, small enough that its buckets stay in the L1 cache.
+constexpr int64_t kScatterRound = int64_t(1) << 19;
+constexpr int64_t kScatterRoundOneThread = int64_t(1) << 12;
+
+// HashedNet scatter over nt threads, in rounds of elements. In a round, thread t hashes its part
+// of the round once and appends (M index, value) pairs, in increasing element order, to one bucket
+// per slice of M (slice s: [m s / nt, m (s + 1) / nt)); then thread s adds the buckets of slice s,
+// thread 0's first. Every acc[j] so receives its contributions in increasing element order, as
+// with one thread: the result is bitwise the same for any thread count.
+template <class T, class Acc>
+void scatter_hashednet(const T* __restrict G, Acc* __restrict acc, const Map& p, int64_t n, Acc scale, int nt) {
+  const int64_t round = std::min(n, nt == 1 ? kScatterRoundOneThread : kScatterRound);
+  const int64_t capacity = (round + nt - 1) / nt + 16;  // a thread's part of a round, + vector-store slack
+  const int buckets = nt * nt;                           // bucket t * nt + s: thread t's entries for slice s
+  std::unique_ptr<uint32_t[]> index(new uint32_t[size_t(buckets * capacity)]);
+  std::unique_ptr<Acc[]> value(new Acc[size_t(buckets * capacity)]);
+  std::vector<uint32_t*> index_at(buckets);
+  std::vector<Acc*> value_at(buckets);
+  for (int b = 0; b < buckets; ++b) {
+    index_at[b] = index.get() + b * capacity;
+    value_at[b] = value.get() + b * capacity;
+  }
+  std::vector<int64_t> lo(nt + 1), count(buckets);
+  for (int s = 0; s <= nt; ++s) lo[s] = p.m * s / nt;
+  const bool vector = use_avx512_hashednet<T>(p);
+  for (int64_t r0 = 0; r0 < n; r0 += round) {
+    std::fill(count.begin(), count.end(), 0);
+    parallel_chunks(std::min(round, n - r0), nt, [&](int t, int64_t b, int64_t e) {
+      uint32_t* const* idx = index_at.data() + t * nt;
+      Acc* const* val = value_at.data() + t * nt;
+      int64_t* cnt = count.data() + t * nt;
+      for_each_hashednet<Acc>(
+          p, r0 + b, r0 + e,
+          [&](int64_t at, int64_t j, Acc sign) {
+            int s = 0;
+            while (s + 1 < nt && j >= lo[s + 1]) ++s;
+            idx[s][cnt[s]] = uint32_t(j);
+            val[s][cnt[s]++] = sign * (scale * Acc(load(G, at)));
+          },
+          [&](int64_t from, int64_t to) {
+            if constexpr (std::is_same_v<T, float>)
+              return avx512::hashednet_bucket_f32(G, p, from, to, scale, avx512::Buckets{lo.data(), nt, idx, val, cnt});
+            return from;
+          },
+          vector);
+    });
+    parallel_chunks(nt, nt, [&](int s, int64_t, int64_t) {
+      for (int t = 0; t < nt; ++t) {
+        const uint32_t* __restrict idx = index_at[t * nt + s];
+        const Acc* __restrict val = value_at[t * nt + s];
+        for (int64_t k = 0, c = count[t * nt + s]; k < c; ++k) acc[idx[k]] += val[k];
+      }
+    });
+  }
+}
+
+// acc[h(e)] += scale * sign(e) * G[e]. STABLE-RPS and ROAST: thread t walks every run and adds
+// the parts that land in its slice acc[lo, hi) (a run costs one index computation).
 template <class T, class Acc = typename Compute<T>::type>
 void scatter_impl(const T* __restrict G, Acc* __restrict acc, const Map& p, int64_t rows, int64_t cols, Acc scale,
                   int threads) {
   int64_t n = rows * cols;
   int nt = threads_for(p.m, threads_for(n, threads, 1 << 14), 1 << 10);
+  if (p.kind == rps::kHashedNet) return scatter_hashednet(G, acc, p, n, scale, nt);
   parallel_chunks(p.m, nt, [&](int, int64_t lo, int64_t hi) {
-    if (p.kind == rps::kHashedNet) {
-      for_each_hashednet<Acc>(
-          p, 0, n,
-          [&](int64_t at, int64_t j, Acc sign) {
-            if (j >= lo && j < hi) acc[j] += sign * (scale * Acc(load(G, at)));
-          },
-          [&](int64_t from, int64_t to) {
-            if constexpr (std::is_same_v<T, float>)
-              return avx512::hashednet_scatter_f32(G, acc, p, from, to, scale, lo, hi);
-            return from;
-          },
-          use_avx512_hashednet<T>(p));
-      return;
-    }
     for_each_run(p, cols, 0, n, [&](int64_t at, int64_t, int64_t, int64_t j, int64_t len) {
       int64_t k0 = std::max<int64_t>(0, lo - j), k1 = std::min<int64_t>(len, hi - j);
       if (k0 >= k1) return;
