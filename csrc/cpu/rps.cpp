@@ -114,10 +114,11 @@ inline void for_each_sign_group(const Map& p, int64_t i, int64_t len, F&& fn) {
   }
 }
 
-// The AVX-512 HashedNet kernels apply (float32 data, an AVX-512 DQ CPU at the avx512 level).
+// The AVX-512 HashedNet kernels apply (float32 data, m < 2^31, an AVX-512 DQ CPU at the avx512 level).
 template <class T>
 bool use_avx512_hashednet(const Map& p) {
-  return std::is_same_v<T, float> && p.kind == rps::kHashedNet && isa() == Isa::avx512 && features().avx512dq;
+  return std::is_same_v<T, float> && p.kind == rps::kHashedNet && p.m < (int64_t(1) << 31) && isa() == Isa::avx512 &&
+         features().avx512dq;
 }
 
 // First element at or after `at` (and at most `end`) whose global index starts a group of 16.

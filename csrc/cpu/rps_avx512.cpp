@@ -1,8 +1,7 @@
-// AVX-512 (F + DQ) HashedNet kernels for float32: eight 64-bit index hashes per instruction (the
-// Horner steps of osmos/rps_hash.h with 32 x 32 -> 64-bit products, exact because both factors
-// are below 2^31, and its Mersenne folds), a hardware gather of M, and one sign hash per aligned
-// group of 16 elements turned into a lane mask that flips the sign bit. Results are bit-identical
-// to the scalar kernels in rps.cpp (same products, same order of adds).
+// AVX-512 HashedNet kernels for float32: sixteen index hashes per step by forward differences
+// (IndexStream), a hardware gather of M, and one sign hash per aligned group of 16 elements turned
+// into a lane mask that flips the sign bit. Results are bit-identical to the scalar kernels in
+// rps.cpp (same indices, same products, same order of adds).
 #include <immintrin.h>
 
 #include "cpu/rps_avx512.h"
@@ -12,35 +11,55 @@ namespace {
 
 using rps::Map;
 
-// x mod P for lanes below 2^63 (rps::mod_prime).
-inline __m512i mod_prime(__m512i x) {
-  const __m512i prime = _mm512_set1_epi64(rps::kPrime);
-  __m512i y = _mm512_add_epi64(_mm512_and_si512(x, prime), _mm512_srli_epi64(x, 31));
-  y = _mm512_add_epi64(_mm512_and_si512(y, prime), _mm512_srli_epi64(y, 31));
-  const __mmask8 ge = _mm512_cmpge_epi64_mask(y, prime);
-  return _mm512_mask_sub_epi64(y, ge, y, prime);
+// (a + b) mod P for 32-bit lanes a, b in [0, P): the sum is below 2^32, and when it is below P,
+// sum - P wraps around above it, so the unsigned minimum picks the reduced value.
+inline __m512i add_mod_prime(__m512i a, __m512i b) {
+  const __m512i sum = _mm512_add_epi32(a, b);
+  return _mm512_min_epu32(sum, _mm512_sub_epi32(sum, _mm512_set1_epi32(int(rps::kPrime))));
 }
 
-// The index hash's constants, broadcast once per call.
-struct IndexHash {
-  __m512i a0, a1, a2, a3, m;
-  bool m_is_32bit;  // m < 2^32: the final product fits a 32 x 32-bit multiply
-  explicit IndexHash(const Map& p)
-      : a0(_mm512_set1_epi64(p.a[0])), a1(_mm512_set1_epi64(p.a[1])), a2(_mm512_set1_epi64(p.a[2])),
-        a3(_mm512_set1_epi64(p.a[3])), m(_mm512_set1_epi64(p.m)), m_is_32bit(p.m < (int64_t(1) << 32)) {}
+inline int64_t sub_mod_prime(int64_t a, int64_t b) { return a >= b ? a - b : a - b + rps::kPrime; }
 
-  // M indices of the eight elements with global indices i .. i + 7 (rps::hashednet_index).
-  __m512i index8(int64_t i) const {
-    const int64_t x0 = rps::mod_prime(i);  // x0 + lane < P + 8: one conditional subtraction
-    const __m512i prime = _mm512_set1_epi64(rps::kPrime);
-    __m512i x = _mm512_add_epi64(_mm512_set1_epi64(x0), _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
-    x = _mm512_mask_sub_epi64(x, _mm512_cmpge_epi64_mask(x, prime), x, prime);
-    __m512i acc = mod_prime(_mm512_add_epi64(_mm512_mul_epu32(a3, x), a2));
-    acc = mod_prime(_mm512_add_epi64(_mm512_mul_epu32(acc, x), a1));
-    acc = mod_prime(_mm512_add_epi64(_mm512_mul_epu32(acc, x), a0));
-    const __m512i product = m_is_32bit ? _mm512_mul_epu32(acc, m) : _mm512_mullo_epi64(acc, m);
-    return _mm512_srli_epi64(product, 31);
+// HashedNet's M indices of 16 consecutive elements, then of the next 16, and so on. The index
+// hash is a cubic polynomial over the integers mod P, so along each lane (global index i + l +
+// 16 k, k = 0, 1, ...) its values follow from three forward differences by additions mod P alone
+// (the polynomial's value at an integer equals its value at that integer mod P, so i mod P
+// wrapping around needs no care). Each lane then maps its hash h to (h * m) >> 31 (rps::reduce).
+// Exact integer arithmetic: the indices are rps::hashednet_index's, bit for bit.
+class IndexStream {
+ public:
+  // i: global index of the first element (lane 0).
+  IndexStream(const Map& p, int64_t i) : m_(_mm512_set1_epi64(p.m)) {
+    alignas(64) int32_t d[4][16];
+    for (int l = 0; l < 16; ++l) {
+      int64_t v[4];  // the hash at i + l, i + l + 16, i + l + 32, i + l + 48
+      for (int k = 0; k < 4; ++k) v[k] = rps::poly_hash(rps::mod_prime(i + l + 16 * k), p.a);
+      const int64_t d1 = sub_mod_prime(v[1], v[0]), d1b = sub_mod_prime(v[2], v[1]), d1c = sub_mod_prime(v[3], v[2]);
+      const int64_t d2 = sub_mod_prime(d1b, d1), d2b = sub_mod_prime(d1c, d1b);
+      d[0][l] = int32_t(v[0]);
+      d[1][l] = int32_t(d1);
+      d[2][l] = int32_t(d2);
+      d[3][l] = int32_t(sub_mod_prime(d2b, d2));
+    }
+    for (int k = 0; k < 4; ++k) diff_[k] = _mm512_load_si512(d[k]);
   }
+
+  // The 16 current M indices (32-bit lanes, element order); advances by 16 elements.
+  __m512i next() {
+    const __m512i h = diff_[0];
+    diff_[0] = add_mod_prime(diff_[0], diff_[1]);
+    diff_[1] = add_mod_prime(diff_[1], diff_[2]);
+    diff_[2] = add_mod_prime(diff_[2], diff_[3]);
+    // (h * m) >> 31 per 32-bit lane: even lanes from the low halves of the 64-bit lanes, odd
+    // lanes from the high halves; bits 31..62 of each product land in the lane's place.
+    const __m512i even = _mm512_srli_epi64(_mm512_mul_epu32(h, m_), 31);
+    const __m512i odd = _mm512_slli_epi64(_mm512_mul_epu32(_mm512_srli_epi64(h, 32), m_), 1);
+    return _mm512_mask_blend_epi32(0xAAAA, even, odd);
+  }
+
+ private:
+  __m512i diff_[4];  // the hash and its first, second and third forward differences (step 16)
+  __m512i m_;
 };
 
 // Lanes whose sign is -1 among the 16 elements with global indices 16 g .. 16 g + 15.
@@ -53,15 +72,13 @@ inline __mmask16 negative_lanes(const Map& p, int64_t g) {
 int64_t hashednet_gather_f32(const float* M, float* W, const Map& p, int64_t begin, int64_t end, float scale) {
   int64_t at = begin;
   if (((p.offset + at) & 15) != 0) return at;  // the caller handles the head, then calls from a group start
-  const IndexHash hash(p);
+  if (end - at < 16) return at;
+  IndexStream index(p, p.offset + at);
   const __m512 factor = _mm512_set1_ps(scale);
   const __m512 sign_bit = _mm512_set1_ps(-0.0f);
   for (; at + 16 <= end; at += 16) {
     const int64_t i = p.offset + at;
-    const __m256 lo = _mm512_i64gather_ps(hash.index8(i), M, 4);
-    const __m256 hi = _mm512_i64gather_ps(hash.index8(i + 8), M, 4);
-    __m512 v = _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
-    v = _mm512_mul_ps(factor, v);
+    __m512 v = _mm512_mul_ps(factor, _mm512_i32gather_ps(index.next(), M, 4));
     v = _mm512_mask_xor_ps(v, negative_lanes(p, i >> 4), v, sign_bit);
     _mm512_storeu_ps(W + at, v);
   }
@@ -72,13 +89,13 @@ int64_t hashednet_bucket_f32(const float* G, const Map& p, int64_t begin, int64_
                              const Buckets& out) {
   int64_t at = begin;
   if (((p.offset + at) & 15) != 0) return at;
-  const IndexHash hash(p);
+  if (end - at < 16) return at;
+  IndexStream index(p, p.offset + at);
   const __m512 factor = _mm512_set1_ps(scale);
   const __m512 sign_bit = _mm512_set1_ps(-0.0f);
   for (; at + 16 <= end; at += 16) {
     const int64_t i = p.offset + at;
-    const __m512i j = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(hash.index8(i))),
-                                         _mm512_cvtepi64_epi32(hash.index8(i + 8)), 1);
+    const __m512i j = index.next();
     __m512 v = _mm512_mul_ps(factor, _mm512_loadu_ps(G + at));
     v = _mm512_mask_xor_ps(v, negative_lanes(p, i >> 4), v, sign_bit);
     __mmask16 rest = 0xffff;  // lanes not yet placed, slices in decreasing order

@@ -1,5 +1,5 @@
 // AVX-512 HashedNet kernels for float32 (rps_avx512.cpp, built with -mavx512f -mavx512dq): call
-// only when osmos::cpu::isa() is avx512 and the CPU has AVX-512 DQ. Each starts at `begin`, which
+// only when osmos::cpu::isa() is avx512, the CPU has AVX-512 DQ and m < 2^31 (32-bit indices). Each starts at `begin`, which
 // must be the first element of a group of 16 (global index p.offset + begin divisible by 16; they
 // return `begin` unchanged otherwise), handles whole groups of 16 and returns where it stopped;
 // the caller finishes the rest with the scalar code.
@@ -14,7 +14,7 @@ namespace osmos::cpu::avx512 {
 int64_t hashednet_gather_f32(const float* M, float* W, const rps::Map& p, int64_t begin, int64_t end, float scale);
 
 // Per-slice buckets of (M index, value) pairs: slice s holds the indices [lo[s], lo[s + 1]) of M
-// (lo[0] = 0, lo[slices] = m, at most 2^32 - 1); entries are appended at count[s] of index[s] /
+// (lo[0] = 0, lo[slices] = m); entries are appended at count[s] of index[s] /
 // value[s], each of which needs 15 entries of slack past its last entry (vector stores).
 struct Buckets {
   const int64_t* lo;

@@ -99,7 +99,10 @@ def test_hashednet_avx512_is_bitwise_the_scalar_path(use_sign, threads, monkeypa
     import os
 
     monkeypatch.setattr(importlib.import_module("osmos.ops.rps_gather"), "num_threads", lambda: threads)
-    for rows, cols, m, offset in [(37, 29, 101, 5), (64, 64, 5000, 16), (3, 7, 2, 12345678901), (128, 40, 640, 9)]:
+    # The last two cross global index P = 2^31 - 1 and 2P inside the layer (the hash's argument wraps).
+    prime = 2**31 - 1
+    for rows, cols, m, offset in [(37, 29, 101, 5), (64, 64, 5000, 16), (3, 7, 2, 12345678901), (128, 40, 640, 9),
+                                  (20, 33, 777, prime - 301), (9, 100, 4096, 2 * prime - 450)]:
         config = _map("hashednet", rows, cols, m, offset, use_sign=use_sign)
         M, g = torch.randn(m), torch.randn(rows, cols)
         results = {}
@@ -152,6 +155,31 @@ def test_cpu_scatter_bitwise_reproducible_across_thread_counts(kind):
     assert torch.equal(one, two)
     # Sequential element order: equal to the reference's in-order index_add_ on one thread.
     assert torch.equal(one, reference_rps_scatter(g, config, rows, cols, 0.1))
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hashednet_scatter_rounds_bitwise_across_threads_and_isas(dtype, monkeypatch):
+    """The HashedNet scatter buckets (index, value) pairs per slice of M in rounds of 2^19
+    elements: 600000 elements take two rounds. Every thread count and ISA path must give the
+    reference's sequential index_add_ bit for bit (each slot summed in element order)."""
+    import importlib
+    import os
+
+    rows, cols, m = 300, 2000, 60001
+    config = _map("hashednet", rows, cols, m, 7)
+    g = torch.randn(rows, cols, dtype=dtype)
+    ref = reference_rps_scatter(g, config, rows, cols, 0.37)
+    module = importlib.import_module("osmos.ops.rps_gather")
+    isas = ["scalar"] + (["avx512"] if _native.C.detected_isa() == "avx512" else [])
+    for isa in isas:
+        _native.C.set_cpu_isa(isa)
+        try:
+            for threads in (1, 2, 3):
+                monkeypatch.setattr(module, "num_threads", lambda: threads)
+                assert torch.equal(rps_scatter(g, config, 0.37), ref), (isa, threads)
+        finally:
+            _native.C.set_cpu_isa(os.environ.get("OSMOS_CPU_ISA") or _native.C.detected_isa())
 
 
 @pytest.mark.parametrize("kind", KINDS)
