@@ -97,21 +97,79 @@ struct SignTable {
 };
 const SignTable kSigns;
 
+// The sign bits of groups of 16 elements (rps::sign_bits, bit for bit), cheap when groups are
+// visited in order: the sign hash is a cubic polynomial mod P in the group number, so along
+// consecutive groups its values follow from three forward differences by additions mod P. A jump
+// to a non-adjacent group costs one direct hash; a second step in order restarts the differences.
+class SignGroups {
+ public:
+  explicit SignGroups(const Map& p) : p_(p) {}
+
+  // Bits 0..15: the signs of elements 16 g .. 16 g + 15 (1: negative); bits 16..30 are not signs.
+  uint32_t group(int64_t g) {
+    if (g == g_) return uint32_t(d_[0]);
+    if (g == g_ + 1 && stepping_) {
+      for (int k = 0; k < 3; ++k) d_[k] = add(d_[k], d_[k + 1]);
+    } else if (g == g_ + 1) {
+      start(g);
+    } else {
+      d_[0] = rps::sign_bits(p_, g);
+      stepping_ = false;
+    }
+    g_ = g;
+    return uint32_t(d_[0]);
+  }
+
+  // Bit k (k < count <= 16): the sign of the element with global index i + k; 0 without signs.
+  uint32_t negative(int64_t i, int64_t count) {
+    if (!p_.use_sign) return 0;
+    const int shift = int(i & 15);
+    uint32_t bits = (group(i >> 4) & 0xffff) >> shift;
+    if (shift + count > 16) bits |= group((i >> 4) + 1) << (16 - shift);
+    return bits & ((uint32_t(1) << count) - 1);
+  }
+
+ private:
+  static int64_t add(int64_t a, int64_t b) { return a + b >= rps::kPrime ? a + b - rps::kPrime : a + b; }
+  static int64_t sub(int64_t a, int64_t b) { return a >= b ? a - b : a - b + rps::kPrime; }
+
+  void start(int64_t g) {
+    int64_t v[4];
+    for (int k = 0; k < 4; ++k) v[k] = rps::sign_bits(p_, g + k);
+    d_[0] = v[0];
+    d_[1] = sub(v[1], v[0]);
+    d_[2] = sub(sub(v[2], v[1]), d_[1]);
+    d_[3] = sub(sub(sub(v[3], v[2]), sub(v[2], v[1])), d_[2]);
+    stepping_ = true;
+  }
+
+  const Map& p_;
+  int64_t g_ = -2;          // the group d_[0] belongs to
+  int64_t d_[4] = {};       // its sign hash and, when stepping_, the forward differences there
+  bool stepping_ = false;
+};
+
 // Splits the elements with global indices [i, i + len) into pieces within one group of 16 and
 // calls fn(k, count, sign): elements i + k .. i + k + count - 1 have the signs sign[0 .. count)
-// (one sign hash per group; sign is a contiguous array, so the loops over it vectorise).
+// (sign is a contiguous array, so the loops over it vectorise).
 template <class C, class F>
-inline void for_each_sign_group(const Map& p, int64_t i, int64_t len, F&& fn) {
+inline void for_each_sign_group(SignGroups& signs, int64_t i, int64_t len, F&& fn) {
   C sign[16];
   for (int64_t k = 0; k < len;) {
     int64_t shift = (i + k) & 15;
     int64_t count = std::min<int64_t>(16 - shift, len - k);
-    uint32_t bits = uint32_t(rps::sign_bits(p, (i + k) >> 4));
+    uint32_t bits = signs.group((i + k) >> 4);
     for (int q = 0; q < 8; ++q) sign[q] = C(kSigns.f[bits & 0xff][q]);
     for (int q = 0; q < 8; ++q) sign[8 + q] = C(kSigns.f[(bits >> 8) & 0xff][q]);
     fn(k, count, sign + shift);
     k += count;
   }
+}
+
+// The AVX-512 run kernels apply (float32 data at the avx512 level).
+template <class T>
+bool use_avx512_runs() {
+  return std::is_same_v<T, float> && isa() == Isa::avx512;
 }
 
 // The AVX-512 HashedNet kernels apply (float32 data, m < 2^31, an AVX-512 DQ CPU at the avx512 level).
@@ -141,7 +199,8 @@ void for_each_hashednet(const Map& p, int64_t from, int64_t to, F&& fn, V&& vect
     if (!p.use_sign) {
       for (int64_t k = 0; k < e - b; k += 16) piece(k, std::min<int64_t>(16, e - b - k), ones);
     } else {
-      for_each_sign_group<C>(p, p.offset + b, e - b, piece);
+      SignGroups signs(p);
+      for_each_sign_group<C>(signs, p.offset + b, e - b, piece);
     }
   };
   if (!use_vector) return scalar(from, to);
@@ -165,12 +224,23 @@ void gather_impl(const T* __restrict M, T* __restrict W, const Map& p, int64_t r
           use_avx512_hashednet<T>(p));
       return;
     }
+    SignGroups signs(p);
+    const bool vector = use_avx512_runs<T>();
     for_each_run(p, cols, b, e, [&](int64_t at, int64_t, int64_t, int64_t j, int64_t len) {
+      if constexpr (std::is_same_v<T, float>) {
+        if (vector) {
+          for (int64_t k = 0; k < len; k += 16) {
+            const int64_t count = std::min<int64_t>(16, len - k);
+            avx512::signed_scale_f32(M + j + k, W + at + k, count, scale, signs.negative(p.offset + at + k, count));
+          }
+          return;
+        }
+      }
       if (!p.use_sign) {
         for (int64_t k = 0; k < len; ++k) store(W, at + k, scale * load(M, j + k));
         return;
       }
-      for_each_sign_group<C>(p, p.offset + at, len, [&](int64_t k, int64_t count, const C* sign) {
+      for_each_sign_group<C>(signs, p.offset + at, len, [&](int64_t k, int64_t count, const C* sign) {
         T* __restrict w = W + at + k;
         const T* __restrict src = M + j + k;
         for (int64_t q = 0; q < count; ++q) store(w, q, sign[q] * scale * load(src, q));
@@ -245,15 +315,27 @@ void scatter_impl(const T* __restrict G, Acc* __restrict acc, const Map& p, int6
   int nt = threads_for(p.m, threads_for(n, threads, 1 << 14), 1 << 10);
   if (p.kind == rps::kHashedNet) return scatter_hashednet(G, acc, p, n, scale, nt);
   parallel_chunks(p.m, nt, [&](int, int64_t lo, int64_t hi) {
+    SignGroups signs(p);
+    const bool vector = use_avx512_runs<T>();
     for_each_run(p, cols, 0, n, [&](int64_t at, int64_t, int64_t, int64_t j, int64_t len) {
       int64_t k0 = std::max<int64_t>(0, lo - j), k1 = std::min<int64_t>(len, hi - j);
       if (k0 >= k1) return;
+      int64_t base = at + k0, jb = j + k0;
+      if constexpr (std::is_same_v<T, float>) {
+        if (vector) {
+          for (int64_t k = 0; k < k1 - k0; k += 16) {
+            const int64_t count = std::min<int64_t>(16, k1 - k0 - k);
+            avx512::signed_scale_add_f32(G + base + k, acc + jb + k, count, scale,
+                                         signs.negative(p.offset + base + k, count));
+          }
+          return;
+        }
+      }
       if (!p.use_sign) {
         for (int64_t k = k0; k < k1; ++k) acc[j + k] += scale * Acc(load(G, at + k));
         return;
       }
-      int64_t base = at + k0, jb = j + k0;
-      for_each_sign_group<Acc>(p, p.offset + base, k1 - k0, [&](int64_t k, int64_t count, const Acc* sign) {
+      for_each_sign_group<Acc>(signs, p.offset + base, k1 - k0, [&](int64_t k, int64_t count, const Acc* sign) {
         Acc* __restrict out = acc + jb + k;
         const T* __restrict g = G + base + k;
         for (int64_t q = 0; q < count; ++q) out[q] += sign[q] * (scale * Acc(load(g, q)));

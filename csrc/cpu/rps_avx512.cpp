@@ -1,6 +1,7 @@
-// AVX-512 HashedNet kernels for float32: sixteen index hashes per step by forward differences
-// (IndexStream), a hardware gather of M, and one sign hash per aligned group of 16 elements turned
-// into a lane mask that flips the sign bit. Results are bit-identical to the scalar kernels in
+// AVX-512 kernels for float32. Runs (STABLE-RPS, ROAST): masked loads and stores of up to 16
+// elements, the signs a lane mask that flips the sign bit. HashedNet: sixteen index hashes per
+// step by forward differences (IndexStream), a hardware gather of M, and one sign hash per
+// aligned group of 16 elements turned into such a mask. Results are bit-identical to the scalar kernels in
 // rps.cpp (same indices, same products, same order of adds).
 #include <immintrin.h>
 
@@ -68,6 +69,19 @@ inline __mmask16 negative_lanes(const Map& p, int64_t g) {
 }
 
 }  // namespace
+
+void signed_scale_f32(const float* src, float* dst, int64_t count, float scale, uint32_t negative) {
+  const __mmask16 lanes = __mmask16((uint32_t(1) << count) - 1);
+  const __m512 v = _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_maskz_loadu_ps(lanes, src));
+  _mm512_mask_storeu_ps(dst, lanes, _mm512_mask_xor_ps(v, __mmask16(negative), v, _mm512_set1_ps(-0.0f)));
+}
+
+void signed_scale_add_f32(const float* g, float* acc, int64_t count, float scale, uint32_t negative) {
+  const __mmask16 lanes = __mmask16((uint32_t(1) << count) - 1);
+  __m512 v = _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_maskz_loadu_ps(lanes, g));
+  v = _mm512_mask_xor_ps(v, __mmask16(negative), v, _mm512_set1_ps(-0.0f));
+  _mm512_mask_storeu_ps(acc, lanes, _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, acc), v));
+}
 
 int64_t hashednet_gather_f32(const float* M, float* W, const Map& p, int64_t begin, int64_t end, float scale) {
   int64_t at = begin;

@@ -90,11 +90,13 @@ def test_gather_and_scatter_match_reference(kind, shape, dtype):
 
 @needs_native
 @pytest.mark.skipif(_native.C is None or _native.C.detected_isa() != "avx512", reason="needs an AVX-512 CPU")
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("use_sign", [True, False])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_hashednet_avx512_is_bitwise_the_scalar_path(use_sign, threads, monkeypatch):
-    """The AVX-512 HashedNet gather / scatter (float32) against the scalar kernels and the reference,
-    with offsets that start mid-group of 16, sizes with tails, and M smaller and larger than W."""
+def test_avx512_is_bitwise_the_scalar_path(kind, use_sign, threads, monkeypatch):
+    """The AVX-512 gather / scatter (float32; HashedNet: hashing kernels, STABLE-RPS / ROAST: run
+    kernels) against the scalar kernels and the reference, with offsets that start mid-group of
+    16, sizes with tails, and M smaller and larger than W."""
     import importlib
     import os
 
@@ -103,7 +105,7 @@ def test_hashednet_avx512_is_bitwise_the_scalar_path(use_sign, threads, monkeypa
     prime = 2**31 - 1
     for rows, cols, m, offset in [(37, 29, 101, 5), (64, 64, 5000, 16), (3, 7, 2, 12345678901), (128, 40, 640, 9),
                                   (20, 33, 777, prime - 301), (9, 100, 4096, 2 * prime - 450)]:
-        config = _map("hashednet", rows, cols, m, offset, use_sign=use_sign)
+        config = _map(kind, rows, cols, m, offset, use_sign=use_sign)
         M, g = torch.randn(m), torch.randn(rows, cols)
         results = {}
         for isa in ("scalar", "avx512"):
