@@ -254,13 +254,15 @@ void gather_impl(const T* __restrict M, T* __restrict W, const Map& p, int64_t r
 constexpr int64_t kScatterRound = int64_t(1) << 19;
 constexpr int64_t kScatterRoundOneThread = int64_t(1) << 12;
 
-// HashedNet scatter over nt threads, in rounds of elements. In a round, thread t hashes its part
+// HashedNet scatter over nt threads, in rounds of elements (acc is written: each slice is zeroed
+// by its thread in the first round). In a round, thread t hashes its part
 // of the round once and appends (M index, value) pairs, in increasing element order, to one bucket
 // per slice of M (slice s: [m s / nt, m (s + 1) / nt)); then thread s adds the buckets of slice s,
 // thread 0's first. Every acc[j] so receives its contributions in increasing element order, as
 // with one thread: the result is bitwise the same for any thread count.
 template <class T, class Acc>
 void scatter_hashednet(const T* __restrict G, Acc* __restrict acc, const Map& p, int64_t n, Acc scale, int nt) {
+  if (n == 0) return std::fill(acc, acc + p.m, Acc(0));
   const int64_t round = std::min(n, nt == 1 ? kScatterRoundOneThread : kScatterRound);
   const int64_t capacity = (round + nt - 1) / nt + 16;  // a thread's part of a round, + vector-store slack
   const int buckets = nt * nt;                           // bucket t * nt + s: thread t's entries for slice s
@@ -297,6 +299,7 @@ void scatter_hashednet(const T* __restrict G, Acc* __restrict acc, const Map& p,
           vector);
     });
     parallel_chunks(nt, nt, [&](int s, int64_t, int64_t) {
+      if (r0 == 0) std::fill(acc + lo[s], acc + lo[s + 1], Acc(0));
       for (int t = 0; t < nt; ++t) {
         const uint32_t* __restrict idx = index_at[t * nt + s];
         const Acc* __restrict val = value_at[t * nt + s];
@@ -306,8 +309,9 @@ void scatter_hashednet(const T* __restrict G, Acc* __restrict acc, const Map& p,
   }
 }
 
-// acc[h(e)] += scale * sign(e) * G[e]. STABLE-RPS and ROAST: thread t walks every run and adds
-// the parts that land in its slice acc[lo, hi) (a run costs one index computation).
+// acc[j] = sum of scale * sign(e) * G[e] over the elements e with h(e) = j (acc is written, not
+// added to). STABLE-RPS and ROAST: thread t zeroes its slice acc[lo, hi), walks every run and adds
+// the parts that land in the slice (a run costs one index computation).
 template <class T, class Acc = typename Compute<T>::type>
 void scatter_impl(const T* __restrict G, Acc* __restrict acc, const Map& p, int64_t rows, int64_t cols, Acc scale,
                   int threads) {
@@ -315,6 +319,7 @@ void scatter_impl(const T* __restrict G, Acc* __restrict acc, const Map& p, int6
   int nt = threads_for(p.m, threads_for(n, threads, 1 << 14), 1 << 10);
   if (p.kind == rps::kHashedNet) return scatter_hashednet(G, acc, p, n, scale, nt);
   parallel_chunks(p.m, nt, [&](int, int64_t lo, int64_t hi) {
+    std::fill(acc + lo, acc + hi, Acc(0));
     SignGroups signs(p);
     const bool vector = use_avx512_runs<T>();
     for_each_run(p, cols, 0, n, [&](int64_t at, int64_t, int64_t, int64_t j, int64_t len) {

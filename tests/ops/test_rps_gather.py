@@ -157,6 +157,11 @@ def test_cpu_scatter_bitwise_reproducible_across_thread_counts(kind):
     assert torch.equal(one, two)
     # Sequential element order: equal to the reference's in-order index_add_ on one thread.
     assert torch.equal(one, reference_rps_scatter(g, config, rows, cols, 0.1))
+    # The kernel writes every entry of its output (the op passes torch.empty): stale values vanish.
+    for threads in (1, 2):
+        acc = torch.full((m,), float("nan"))
+        _native.C.rps_scatter(g.data_ptr(), 0, acc.data_ptr(), list(config), rows, cols, 0.1, threads)
+        assert torch.equal(acc, one), threads
 
 
 @needs_native
