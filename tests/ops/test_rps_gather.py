@@ -6,6 +6,7 @@ import torch
 
 from osmos import _native
 from osmos.ops import rps_gather, rps_indices, rps_scatter
+from osmos.ops._common import dtype_code
 from osmos.ops.rps_gather import reference_rps_gather, reference_rps_scatter
 from osmos.ops.rps_mapping import LayerMap
 
@@ -160,7 +161,7 @@ def test_cpu_scatter_bitwise_reproducible_across_thread_counts(kind):
     # The kernel writes every entry of its output (the op passes torch.empty): stale values vanish.
     for threads in (1, 2):
         acc = torch.full((m,), float("nan"))
-        _native.C.rps_scatter(g.data_ptr(), 0, acc.data_ptr(), list(config), rows, cols, 0.1, threads)
+        _native.C.rps_scatter(g.data_ptr(), dtype_code(g), acc.data_ptr(), list(config), rows, cols, 0.1, threads)
         assert torch.equal(acc, one), threads
 
 
