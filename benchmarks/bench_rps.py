@@ -7,7 +7,7 @@
    CPU) vs dense F.linear with a materialised W and vs gather + F.linear.
 
 Prints markdown tables (medians, ratios) and writes benchmarks/bench_rps.csv.
-Usage: python benchmarks/bench_rps.py [--quick]
+Usage: python benchmarks/bench_rps.py [--quick] [--threads N]
 """
 
 from __future__ import annotations
@@ -105,7 +105,11 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="small shapes, few repetitions")
     parser.add_argument("--ratio", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch.set_num_threads for osmos and torch alike (default: torch's own)")
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch threads: {torch.get_num_threads()}")
     reps = 5 if args.quick else 21
