@@ -39,25 +39,31 @@ inline void store(double* p, int64_t i, double v) { p[i] = v; }
 inline void store(F16* p, int64_t i, float v) { p[i].v = f32_to_f16(v); }
 inline void store(BF16* p, int64_t i, float v) { p[i].v = f32_to_bf16(v); }
 
-// ROAST's runs of [begin, end) without a division per run: the tile row's hash term is computed
-// once per row, each tile column's once per call, the tile column advances with the runs, and the
-// index is the header's (start + (r mod tile_r) * tile_c + c mod tile_c) mod m, a run ending at a
-// tile's last column or where the index wraps past m (the header's run_length).
+// ROAST's runs of [begin, end) without a division per run: each tile's hashed start is computed
+// once per tile row (for all its tile columns), and the index is the header's (start +
+// (r mod tile_r) * tile_c + c mod tile_c) mod m, a run ending at a tile's last column or where the
+// index wraps past m (the header's run_length).
 template <class F>
 void for_each_roast_run(const Map& p, int64_t cols, int64_t begin, int64_t end, F&& fn) {
   const int64_t z = p.tile_r * p.tile_c, span = p.m > z ? p.m - z : 1;
-  std::vector<int64_t> col_parts((cols + p.tile_c - 1) / p.tile_c);
-  for (size_t cb = 0; cb < col_parts.size(); ++cb)
-    col_parts[cb] = rps::mod_prime(rps::mod_prime(int64_t(cb)) * p.a[1]);
+  const int64_t tile_cols = (cols + p.tile_c - 1) / p.tile_c;
+  std::vector<int64_t> col_parts(tile_cols), starts(tile_cols);
+  for (int64_t cb = 0; cb < tile_cols; ++cb) col_parts[cb] = rps::mod_prime(rps::mod_prime(cb) * p.a[1]);
+  int64_t starts_rb = -1;  // the tile row `starts` belongs to
   int64_t r = begin / cols, c = begin % cols;
   for (int64_t e = begin; e < end;) {
     const int64_t rb = r / p.tile_r;
-    const int64_t row_part = rps::mod_prime(rps::mod_prime(rb) * p.a[2]);
+    if (rb != starts_rb) {
+      const int64_t row_part = rps::mod_prime(rps::mod_prime(rb) * p.a[2]);
+      for (int64_t cb = 0; cb < tile_cols; ++cb)
+        starts[cb] = rps::reduce(rps::mod_prime(row_part + col_parts[cb] + p.a[0]), span);
+      starts_rb = rb;
+    }
     const int64_t row_offset = (r - rb * p.tile_r) * p.tile_c;
     const int64_t row_end = std::min(cols, c + (end - e));
     int64_t cb = c / p.tile_c, cc = c - cb * p.tile_c;
     while (c < row_end) {
-      const int64_t h = rps::reduce(rps::mod_prime(row_part + col_parts[cb] + p.a[0]), span) + row_offset + cc;
+      const int64_t h = starts[cb] + row_offset + cc;
       const int64_t j = h < p.m ? h : h % p.m;
       const int64_t len = std::min({p.tile_c - cc, p.m - j, row_end - c});
       fn(e, r, c, j, len);
@@ -99,8 +105,9 @@ const SignTable kSigns;
 
 // The sign bits of groups of 16 elements (rps::sign_bits, bit for bit), cheap when groups are
 // visited in order: the sign hash is a cubic polynomial mod P in the group number, so along
-// consecutive groups its values follow from three forward differences by additions mod P. A jump
-// to a non-adjacent group costs one direct hash; a second step in order restarts the differences.
+// consecutive groups its values follow from three forward differences by additions mod P. Groups
+// out of order cost one direct hash each; the third group in a row in order starts the differences
+// (three more hashes, repaid when the order goes on: the gather's walk, not the scatter's jumps).
 class SignGroups {
  public:
   explicit SignGroups(const Map& p) : p_(p) {}
@@ -108,9 +115,10 @@ class SignGroups {
   // Bits 0..15: the signs of elements 16 g .. 16 g + 15 (1: negative); bits 16..30 are not signs.
   uint32_t group(int64_t g) {
     if (g == g_) return uint32_t(d_[0]);
-    if (g == g_ + 1 && stepping_) {
+    in_order_ = g == g_ + 1 ? in_order_ + 1 : 0;
+    if (in_order_ > 0 && stepping_) {
       for (int k = 0; k < 3; ++k) d_[k] = add(d_[k], d_[k + 1]);
-    } else if (g == g_ + 1) {
+    } else if (in_order_ >= 2) {
       start(g);
     } else {
       d_[0] = rps::sign_bits(p_, g);
@@ -146,6 +154,7 @@ class SignGroups {
   const Map& p_;
   int64_t g_ = -2;          // the group d_[0] belongs to
   int64_t d_[4] = {};       // its sign hash and, when stepping_, the forward differences there
+  int in_order_ = 0;        // groups asked for in order (each the previous one + 1) just before g_
   bool stepping_ = false;
 };
 
