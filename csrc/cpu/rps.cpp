@@ -175,10 +175,10 @@ inline void for_each_sign_group(SignGroups& signs, int64_t i, int64_t len, F&& f
   }
 }
 
-// The AVX-512 run kernels apply (float32 data at the avx512 level).
+// The AVX-512 run kernels apply (float32 data, an AVX-512 DQ CPU at the avx512 level).
 template <class T>
 bool use_avx512_runs() {
-  return std::is_same_v<T, float> && isa() == Isa::avx512;
+  return std::is_same_v<T, float> && isa() == Isa::avx512 && features().avx512dq;
 }
 
 // The AVX-512 HashedNet kernels apply (float32 data, m < 2^31, an AVX-512 DQ CPU at the avx512 level).

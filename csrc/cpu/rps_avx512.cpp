@@ -1,8 +1,8 @@
-// AVX-512 kernels for float32. Runs (STABLE-RPS, ROAST): masked loads and stores of up to 16
-// elements, the signs a lane mask that flips the sign bit. HashedNet: sixteen index hashes per
-// step by forward differences (IndexStream), a hardware gather of M, and one sign hash per
-// aligned group of 16 elements turned into such a mask. Results are bit-identical to the scalar kernels in
-// rps.cpp (same indices, same products, same order of adds).
+// AVX-512 (F + DQ) kernels for float32. Runs (STABLE-RPS, ROAST): masked loads and stores of up
+// to 16 elements, the signs a lane mask that flips the sign bit. HashedNet: sixteen index hashes
+// per step by forward differences (IndexStream), a hardware gather of M, and one sign hash per
+// aligned group of 16 elements turned into such a mask. Results are bit-identical to the scalar
+// kernels in rps.cpp (same indices, same products, same order of adds).
 #include <immintrin.h>
 
 #include "cpu/rps_avx512.h"

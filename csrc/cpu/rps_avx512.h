@@ -1,6 +1,7 @@
 // AVX-512 kernels of randomized parameter sharing for float32 (rps_avx512.cpp, built with
-// -mavx512f -mavx512dq): call only when osmos::cpu::isa() is avx512 (the HashedNet ones also need
-// AVX-512 DQ and m < 2^31, for 32-bit indices). Bit-identical to the scalar kernels in rps.cpp.
+// -mavx512f -mavx512dq): call only when osmos::cpu::isa() is avx512 and the CPU has AVX-512 DQ
+// (the HashedNet ones also need m < 2^31, for 32-bit indices). Bit-identical to the scalar kernels
+// in rps.cpp.
 #pragma once
 #include <cstdint>
 
