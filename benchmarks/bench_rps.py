@@ -6,8 +6,11 @@
 2. Hashed linear y = x @ W^T: osmos.ops.rps_linear (fused Triton on a GPU; gather + matmul on the
    CPU) vs dense F.linear with a materialised W and vs gather + F.linear.
 
-Prints markdown tables (medians, ratios) and writes benchmarks/bench_rps.csv.
-Usage: python benchmarks/bench_rps.py [--quick]
+3. With --ab OLD_C_SO: only an interleaved A/B of another osmos._C build (say the previous
+   commit's, copied aside) against this one, plus torch, for 1 and 2 threads.
+
+Prints markdown tables (medians, ratios) and writes benchmarks/bench_rps_<device>.csv.
+Usage: python benchmarks/bench_rps.py [--quick] [--threads N] [--reps N] [--ab OLD_C_SO [--ab-threads 1,2]]
 """
 
 from __future__ import annotations
@@ -101,14 +104,98 @@ def bench_linear(device, shapes, ratio, reps, rows_out):
                                  fused_triton_ms=t_fused * 1e3))
 
 
+def load_native(path: str):
+    """Another build of osmos._C (e.g. the previous commit's, copied aside), as its own module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("osmos_ab._C", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_ab(old_path, threads_list, reps, ratio):
+    """Old vs new osmos._C kernels and the torch baselines, interleaved call by call in one process
+    (a loaded machine shifts all three alike): minimum and median of reps calls. The scatter
+    output is zeroed outside the timed call (older kernels add into it)."""
+    from osmos import _native
+    from osmos.ops._common import dtype_code
+
+    old, new = load_native(old_path), _native.C
+    print(f"\n### A/B: {old_path} (old) vs this build (new), float32, compression {ratio}x, "
+          f"min (median) of {reps} interleaved calls\n")
+    print("| mapper | W shape | threads | op | old (ms) | new (ms) | torch (ms) | old / new | torch / new |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for rows, cols in [(1024, 1024), (4096, 1024)]:
+        n = rows * cols
+        m = n // ratio
+        M, G = torch.randn(m), torch.randn(rows, cols)
+        for kind in MAPPERS:
+            config = LayerMap(kind, m, 0, rows, cols, seed=1).config()
+            idx, sign = rps_indices(config, rows, cols)
+            signf, flat_idx = sign.float(), idx.reshape(-1)
+            for threads in threads_list:
+                torch.set_num_threads(threads)
+                out = {id(old): (torch.empty(rows, cols), torch.zeros(m)), id(new): (torch.empty(rows, cols), torch.zeros(m))}
+
+                def gather(mod):
+                    W = out[id(mod)][0]
+                    mod.rps_gather(M.data_ptr(), W.data_ptr(), dtype_code(M), config, rows, cols, 0.5, threads)
+                    return W
+
+                def scatter(mod):
+                    acc = out[id(mod)][1]
+                    mod.rps_scatter(G.data_ptr(), dtype_code(G), acc.data_ptr(), config, rows, cols, 0.5, threads)
+                    return acc
+
+                def reset():
+                    out[id(old)][1].zero_()
+                    out[id(new)][1].zero_()
+
+                reset()
+                if not (torch.equal(gather(old), gather(new)) and torch.equal(scatter(old), scatter(new))):
+                    raise AssertionError(f"old and new kernels differ ({kind}, {rows}x{cols}, {threads} threads)")
+                calls = {
+                    "gather": (lambda: gather(old), lambda: gather(new), lambda: M[idx] * signf * 0.5),
+                    "scatter": (lambda: scatter(old), lambda: scatter(new),
+                                lambda: torch.zeros(m).index_add_(0, flat_idx, (G * 0.5 * signf).reshape(-1))),
+                }
+                for op, fns in calls.items():
+                    times = [[], [], []]
+                    for _ in range(3):
+                        for f in fns:
+                            f()
+                    for _ in range(reps):
+                        for k, f in enumerate(fns):
+                            reset()
+                            t0 = time.perf_counter()
+                            f()
+                            times[k].append(time.perf_counter() - t0)
+                    lo = [min(t) * 1e3 for t in times]
+                    med = [statistics.median(t) * 1e3 for t in times]
+                    print(f"| {kind} | {rows}x{cols} | {threads} | {op} | {lo[0]:.3f} ({med[0]:.3f}) | "
+                          f"{lo[1]:.3f} ({med[1]:.3f}) | {lo[2]:.3f} ({med[2]:.3f}) | {lo[0]/lo[1]:.2f}x | "
+                          f"{lo[2]/lo[1]:.2f}x ({med[2]/med[1]:.2f}x) |", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="small shapes, few repetitions")
     parser.add_argument("--ratio", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch.set_num_threads for osmos and torch alike (default: torch's own)")
+    parser.add_argument("--ab", metavar="OLD_C_SO", help="only the A/B of this other osmos._C build vs this one")
+    parser.add_argument("--ab-threads", default="1,2", help="thread counts of the A/B (comma-separated)")
+    parser.add_argument("--reps", type=int, default=21)
     args = parser.parse_args()
+    if args.ab:
+        bench_ab(args.ab, [int(t) for t in args.ab_threads.split(",")], args.reps, args.ratio)
+        return
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch threads: {torch.get_num_threads()}")
-    reps = 5 if args.quick else 21
+    reps = 5 if args.quick else args.reps
     if device.type == "cuda":
         gshapes = [(4096, 4096), (8192, 8192)]
         lshapes = [(4096, 4096, 4096), (8192, 4096, 4096), (16384, 8192, 8192)]

@@ -26,7 +26,8 @@ OSMOS_BIND(rps) {
     const int64_t* c = checked_config(config);
     py::gil_scoped_release release;
     osmos::cpu::rps_scatter(as_ptr<const void>(G), osmos::DType(dtype), as_ptr<void>(acc), c, rows, cols, scale, threads);
-  }, "acc[h] += scale * sign * G, race-free and in element order (bitwise reproducible)");
+  }, "acc[j] = sum of scale * sign * G over the elements mapped to j (acc is overwritten), race-free and in "
+     "element order (bitwise reproducible)");
   m.def("rps_indices", [](uintptr_t index, uintptr_t sign, const std::vector<int64_t>& config, int64_t rows,
                           int64_t cols, int threads) {
     const int64_t* c = checked_config(config);

@@ -4,10 +4,12 @@
 // Rows are walked run by run (a run: consecutive elements whose M indices are consecutive), so
 // STABLE-RPS and ROAST pay one index computation per run, not per element.
 // The scatter is race-free and bitwise reproducible for any thread count: thread t owns a slice
-// of M and adds, in increasing element order, every contribution that lands in its slice.
+// of M and adds, in increasing element order, every contribution that lands in its slice
+// (HashedNet: hashed once, into per-slice buckets; see scatter_hashednet).
 #include "cpu/rps.h"
 
 #include <algorithm>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -37,25 +39,31 @@ inline void store(double* p, int64_t i, double v) { p[i] = v; }
 inline void store(F16* p, int64_t i, float v) { p[i].v = f32_to_f16(v); }
 inline void store(BF16* p, int64_t i, float v) { p[i].v = f32_to_bf16(v); }
 
-// ROAST's runs of [begin, end) without a division per run: the tile row's hash term is computed
-// once per row, each tile column's once per call, the tile column advances with the runs, and the
-// index is the header's (start + (r mod tile_r) * tile_c + c mod tile_c) mod m, a run ending at a
-// tile's last column or where the index wraps past m (the header's run_length).
+// ROAST's runs of [begin, end) without a division per run: each tile's hashed start is computed
+// once per tile row (for all its tile columns), and the index is the header's (start +
+// (r mod tile_r) * tile_c + c mod tile_c) mod m, a run ending at a tile's last column or where the
+// index wraps past m (the header's run_length).
 template <class F>
 void for_each_roast_run(const Map& p, int64_t cols, int64_t begin, int64_t end, F&& fn) {
   const int64_t z = p.tile_r * p.tile_c, span = p.m > z ? p.m - z : 1;
-  std::vector<int64_t> col_parts((cols + p.tile_c - 1) / p.tile_c);
-  for (size_t cb = 0; cb < col_parts.size(); ++cb)
-    col_parts[cb] = rps::mod_prime(rps::mod_prime(int64_t(cb)) * p.a[1]);
+  const int64_t tile_cols = (cols + p.tile_c - 1) / p.tile_c;
+  std::vector<int64_t> col_parts(tile_cols), starts(tile_cols);
+  for (int64_t cb = 0; cb < tile_cols; ++cb) col_parts[cb] = rps::mod_prime(rps::mod_prime(cb) * p.a[1]);
+  int64_t starts_rb = -1;  // the tile row `starts` belongs to
   int64_t r = begin / cols, c = begin % cols;
   for (int64_t e = begin; e < end;) {
     const int64_t rb = r / p.tile_r;
-    const int64_t row_part = rps::mod_prime(rps::mod_prime(rb) * p.a[2]);
+    if (rb != starts_rb) {
+      const int64_t row_part = rps::mod_prime(rps::mod_prime(rb) * p.a[2]);
+      for (int64_t cb = 0; cb < tile_cols; ++cb)
+        starts[cb] = rps::reduce(rps::mod_prime(row_part + col_parts[cb] + p.a[0]), span);
+      starts_rb = rb;
+    }
     const int64_t row_offset = (r - rb * p.tile_r) * p.tile_c;
     const int64_t row_end = std::min(cols, c + (end - e));
     int64_t cb = c / p.tile_c, cc = c - cb * p.tile_c;
     while (c < row_end) {
-      const int64_t h = rps::reduce(rps::mod_prime(row_part + col_parts[cb] + p.a[0]), span) + row_offset + cc;
+      const int64_t h = starts[cb] + row_offset + cc;
       const int64_t j = h < p.m ? h : h % p.m;
       const int64_t len = std::min({p.tile_c - cc, p.m - j, row_end - c});
       fn(e, r, c, j, len);
@@ -95,16 +103,71 @@ struct SignTable {
 };
 const SignTable kSigns;
 
+// The sign bits of groups of 16 elements (rps::sign_bits, bit for bit), cheap when groups are
+// visited in order: the sign hash is a cubic polynomial mod P in the group number, so along
+// consecutive groups its values follow from three forward differences by additions mod P. Groups
+// out of order cost one direct hash each; the third group in a row in order starts the differences
+// (three more hashes, repaid when the order goes on: the gather's walk, not the scatter's jumps).
+class SignGroups {
+ public:
+  explicit SignGroups(const Map& p) : p_(p) {}
+
+  // Bits 0..15: the signs of elements 16 g .. 16 g + 15 (1: negative); bits 16..30 are not signs.
+  uint32_t group(int64_t g) {
+    if (g == g_) return uint32_t(d_[0]);
+    in_order_ = g == g_ + 1 ? in_order_ + 1 : 0;
+    if (in_order_ > 0 && stepping_) {
+      for (int k = 0; k < 3; ++k) d_[k] = add(d_[k], d_[k + 1]);
+    } else if (in_order_ >= 2) {
+      start(g);
+    } else {
+      d_[0] = rps::sign_bits(p_, g);
+      stepping_ = false;
+    }
+    g_ = g;
+    return uint32_t(d_[0]);
+  }
+
+  // Bit k (k < count <= 16): the sign of the element with global index i + k; 0 without signs.
+  uint32_t negative(int64_t i, int64_t count) {
+    if (!p_.use_sign) return 0;
+    const int shift = int(i & 15);
+    uint32_t bits = (group(i >> 4) & 0xffff) >> shift;
+    if (shift + count > 16) bits |= group((i >> 4) + 1) << (16 - shift);
+    return bits & ((uint32_t(1) << count) - 1);
+  }
+
+ private:
+  static int64_t add(int64_t a, int64_t b) { return a + b >= rps::kPrime ? a + b - rps::kPrime : a + b; }
+  static int64_t sub(int64_t a, int64_t b) { return a >= b ? a - b : a - b + rps::kPrime; }
+
+  void start(int64_t g) {
+    int64_t v[4];
+    for (int k = 0; k < 4; ++k) v[k] = rps::sign_bits(p_, g + k);
+    d_[0] = v[0];
+    d_[1] = sub(v[1], v[0]);
+    d_[2] = sub(sub(v[2], v[1]), d_[1]);
+    d_[3] = sub(sub(sub(v[3], v[2]), sub(v[2], v[1])), d_[2]);
+    stepping_ = true;
+  }
+
+  const Map& p_;
+  int64_t g_ = -2;          // the group d_[0] belongs to
+  int64_t d_[4] = {};       // its sign hash and, when stepping_, the forward differences there
+  int in_order_ = 0;        // groups asked for in order (each the previous one + 1) just before g_
+  bool stepping_ = false;
+};
+
 // Splits the elements with global indices [i, i + len) into pieces within one group of 16 and
 // calls fn(k, count, sign): elements i + k .. i + k + count - 1 have the signs sign[0 .. count)
-// (one sign hash per group; sign is a contiguous array, so the loops over it vectorise).
+// (sign is a contiguous array, so the loops over it vectorise).
 template <class C, class F>
-inline void for_each_sign_group(const Map& p, int64_t i, int64_t len, F&& fn) {
+inline void for_each_sign_group(SignGroups& signs, int64_t i, int64_t len, F&& fn) {
   C sign[16];
   for (int64_t k = 0; k < len;) {
     int64_t shift = (i + k) & 15;
     int64_t count = std::min<int64_t>(16 - shift, len - k);
-    uint32_t bits = uint32_t(rps::sign_bits(p, (i + k) >> 4));
+    uint32_t bits = signs.group((i + k) >> 4);
     for (int q = 0; q < 8; ++q) sign[q] = C(kSigns.f[bits & 0xff][q]);
     for (int q = 0; q < 8; ++q) sign[8 + q] = C(kSigns.f[(bits >> 8) & 0xff][q]);
     fn(k, count, sign + shift);
@@ -112,10 +175,17 @@ inline void for_each_sign_group(const Map& p, int64_t i, int64_t len, F&& fn) {
   }
 }
 
-// The AVX-512 HashedNet kernels apply (float32 data, an AVX-512 DQ CPU at the avx512 level).
+// The AVX-512 run kernels apply (float32 data, an AVX-512 DQ CPU at the avx512 level).
+template <class T>
+bool use_avx512_runs() {
+  return std::is_same_v<T, float> && isa() == Isa::avx512 && features().avx512dq;
+}
+
+// The AVX-512 HashedNet kernels apply (float32 data, m < 2^31, an AVX-512 DQ CPU at the avx512 level).
 template <class T>
 bool use_avx512_hashednet(const Map& p) {
-  return std::is_same_v<T, float> && p.kind == rps::kHashedNet && isa() == Isa::avx512 && features().avx512dq;
+  return std::is_same_v<T, float> && p.kind == rps::kHashedNet && p.m < (int64_t(1) << 31) && isa() == Isa::avx512 &&
+         features().avx512dq;
 }
 
 // First element at or after `at` (and at most `end`) whose global index starts a group of 16.
@@ -138,7 +208,8 @@ void for_each_hashednet(const Map& p, int64_t from, int64_t to, F&& fn, V&& vect
     if (!p.use_sign) {
       for (int64_t k = 0; k < e - b; k += 16) piece(k, std::min<int64_t>(16, e - b - k), ones);
     } else {
-      for_each_sign_group<C>(p, p.offset + b, e - b, piece);
+      SignGroups signs(p);
+      for_each_sign_group<C>(signs, p.offset + b, e - b, piece);
     }
   };
   if (!use_vector) return scalar(from, to);
@@ -162,12 +233,23 @@ void gather_impl(const T* __restrict M, T* __restrict W, const Map& p, int64_t r
           use_avx512_hashednet<T>(p));
       return;
     }
+    SignGroups signs(p);
+    const bool vector = use_avx512_runs<T>();
     for_each_run(p, cols, b, e, [&](int64_t at, int64_t, int64_t, int64_t j, int64_t len) {
+      if constexpr (std::is_same_v<T, float>) {
+        if (vector) {
+          for (int64_t k = 0; k < len; k += 16) {
+            const int64_t count = std::min<int64_t>(16, len - k);
+            avx512::signed_scale_f32(M + j + k, W + at + k, count, scale, signs.negative(p.offset + at + k, count));
+          }
+          return;
+        }
+      }
       if (!p.use_sign) {
         for (int64_t k = 0; k < len; ++k) store(W, at + k, scale * load(M, j + k));
         return;
       }
-      for_each_sign_group<C>(p, p.offset + at, len, [&](int64_t k, int64_t count, const C* sign) {
+      for_each_sign_group<C>(signs, p.offset + at, len, [&](int64_t k, int64_t count, const C* sign) {
         T* __restrict w = W + at + k;
         const T* __restrict src = M + j + k;
         for (int64_t q = 0; q < count; ++q) store(w, q, sign[q] * scale * load(src, q));
@@ -176,36 +258,98 @@ void gather_impl(const T* __restrict M, T* __restrict W, const Map& p, int64_t r
   });
 }
 
-// acc[h(e)] += scale * sign(e) * G[e]; thread t only touches acc[lo, hi).
+// Elements per round of the HashedNet scatter: with several threads, large enough that a round
+// amortises starting them; with one, small enough that its buckets stay in the L1 cache.
+constexpr int64_t kScatterRound = int64_t(1) << 19;
+constexpr int64_t kScatterRoundOneThread = int64_t(1) << 12;
+
+// HashedNet scatter over nt threads, in rounds of elements (acc is written: each slice is zeroed
+// by its thread in the first round). In a round, thread t hashes its part
+// of the round once and appends (M index, value) pairs, in increasing element order, to one bucket
+// per slice of M (slice s: [m s / nt, m (s + 1) / nt)); then thread s adds the buckets of slice s,
+// thread 0's first. Every acc[j] so receives its contributions in increasing element order, as
+// with one thread: the result is bitwise the same for any thread count.
+template <class T, class Acc>
+void scatter_hashednet(const T* __restrict G, Acc* __restrict acc, const Map& p, int64_t n, Acc scale, int nt) {
+  if (n == 0) return std::fill(acc, acc + p.m, Acc(0));
+  const int64_t round = std::min(n, nt == 1 ? kScatterRoundOneThread : kScatterRound);
+  const int64_t capacity = (round + nt - 1) / nt + 16;  // a thread's part of a round, + vector-store slack
+  const int buckets = nt * nt;                           // bucket t * nt + s: thread t's entries for slice s
+  std::unique_ptr<uint32_t[]> index(new uint32_t[size_t(buckets * capacity)]);
+  std::unique_ptr<Acc[]> value(new Acc[size_t(buckets * capacity)]);
+  std::vector<uint32_t*> index_at(buckets);
+  std::vector<Acc*> value_at(buckets);
+  for (int b = 0; b < buckets; ++b) {
+    index_at[b] = index.get() + b * capacity;
+    value_at[b] = value.get() + b * capacity;
+  }
+  std::vector<int64_t> lo(nt + 1), count(buckets);
+  for (int s = 0; s <= nt; ++s) lo[s] = p.m * s / nt;
+  const bool vector = use_avx512_hashednet<T>(p);
+  for (int64_t r0 = 0; r0 < n; r0 += round) {
+    std::fill(count.begin(), count.end(), 0);
+    parallel_chunks(std::min(round, n - r0), nt, [&](int t, int64_t b, int64_t e) {
+      uint32_t* const* idx = index_at.data() + t * nt;
+      Acc* const* val = value_at.data() + t * nt;
+      int64_t* cnt = count.data() + t * nt;
+      for_each_hashednet<Acc>(
+          p, r0 + b, r0 + e,
+          [&](int64_t at, int64_t j, Acc sign) {
+            int s = 0;
+            while (s + 1 < nt && j >= lo[s + 1]) ++s;
+            idx[s][cnt[s]] = uint32_t(j);
+            val[s][cnt[s]++] = sign * (scale * Acc(load(G, at)));
+          },
+          [&](int64_t from, int64_t to) {
+            if constexpr (std::is_same_v<T, float>)
+              return avx512::hashednet_bucket_f32(G, p, from, to, scale, avx512::Buckets{lo.data(), nt, idx, val, cnt});
+            return from;
+          },
+          vector);
+    });
+    parallel_chunks(nt, nt, [&](int s, int64_t, int64_t) {
+      if (r0 == 0) std::fill(acc + lo[s], acc + lo[s + 1], Acc(0));
+      for (int t = 0; t < nt; ++t) {
+        const uint32_t* __restrict idx = index_at[t * nt + s];
+        const Acc* __restrict val = value_at[t * nt + s];
+        for (int64_t k = 0, c = count[t * nt + s]; k < c; ++k) acc[idx[k]] += val[k];
+      }
+    });
+  }
+}
+
+// acc[j] = sum of scale * sign(e) * G[e] over the elements e with h(e) = j (acc is written, not
+// added to). STABLE-RPS and ROAST: thread t zeroes its slice acc[lo, hi), walks every run and adds
+// the parts that land in the slice (a run costs one index computation).
 template <class T, class Acc = typename Compute<T>::type>
 void scatter_impl(const T* __restrict G, Acc* __restrict acc, const Map& p, int64_t rows, int64_t cols, Acc scale,
                   int threads) {
   int64_t n = rows * cols;
   int nt = threads_for(p.m, threads_for(n, threads, 1 << 14), 1 << 10);
+  if (p.kind == rps::kHashedNet) return scatter_hashednet(G, acc, p, n, scale, nt);
   parallel_chunks(p.m, nt, [&](int, int64_t lo, int64_t hi) {
-    if (p.kind == rps::kHashedNet) {
-      for_each_hashednet<Acc>(
-          p, 0, n,
-          [&](int64_t at, int64_t j, Acc sign) {
-            if (j >= lo && j < hi) acc[j] += sign * (scale * Acc(load(G, at)));
-          },
-          [&](int64_t from, int64_t to) {
-            if constexpr (std::is_same_v<T, float>)
-              return avx512::hashednet_scatter_f32(G, acc, p, from, to, scale, lo, hi);
-            return from;
-          },
-          use_avx512_hashednet<T>(p));
-      return;
-    }
+    std::fill(acc + lo, acc + hi, Acc(0));
+    SignGroups signs(p);
+    const bool vector = use_avx512_runs<T>();
     for_each_run(p, cols, 0, n, [&](int64_t at, int64_t, int64_t, int64_t j, int64_t len) {
       int64_t k0 = std::max<int64_t>(0, lo - j), k1 = std::min<int64_t>(len, hi - j);
       if (k0 >= k1) return;
+      int64_t base = at + k0, jb = j + k0;
+      if constexpr (std::is_same_v<T, float>) {
+        if (vector) {
+          for (int64_t k = 0; k < k1 - k0; k += 16) {
+            const int64_t count = std::min<int64_t>(16, k1 - k0 - k);
+            avx512::signed_scale_add_f32(G + base + k, acc + jb + k, count, scale,
+                                         signs.negative(p.offset + base + k, count));
+          }
+          return;
+        }
+      }
       if (!p.use_sign) {
         for (int64_t k = k0; k < k1; ++k) acc[j + k] += scale * Acc(load(G, at + k));
         return;
       }
-      int64_t base = at + k0, jb = j + k0;
-      for_each_sign_group<Acc>(p, p.offset + base, k1 - k0, [&](int64_t k, int64_t count, const Acc* sign) {
+      for_each_sign_group<Acc>(signs, p.offset + base, k1 - k0, [&](int64_t k, int64_t count, const Acc* sign) {
         Acc* __restrict out = acc + jb + k;
         const T* __restrict g = G + base + k;
         for (int64_t q = 0; q < count; ++q) out[q] += sign[q] * (scale * Acc(load(g, q)));

@@ -1,7 +1,8 @@
-// AVX-512 (F + DQ) HashedNet gather and scatter for float32: eight 64-bit index hashes per
-// instruction (vpmullq + the Mersenne folds of osmos/rps_hash.h), a hardware gather of M, and one
-// sign hash per aligned group of 16 elements turned into a lane mask that flips the sign bit.
-// Results are bit-identical to the scalar kernels in rps.cpp (same products, same order of adds).
+// AVX-512 (F + DQ) kernels for float32. Runs (STABLE-RPS, ROAST): masked loads and stores of up
+// to 16 elements, the signs a lane mask that flips the sign bit. HashedNet: sixteen index hashes
+// per step by forward differences (IndexStream), a hardware gather of M, and one sign hash per
+// aligned group of 16 elements turned into such a mask. Results are bit-identical to the scalar
+// kernels in rps.cpp (same indices, same products, same order of adds).
 #include <immintrin.h>
 
 #include "cpu/rps_avx512.h"
@@ -11,24 +12,56 @@ namespace {
 
 using rps::Map;
 
-inline __m512i mod_prime(__m512i x) {
-  const __m512i prime = _mm512_set1_epi64(rps::kPrime);
-  __m512i y = _mm512_add_epi64(_mm512_and_si512(x, prime), _mm512_srli_epi64(x, 31));
-  y = _mm512_add_epi64(_mm512_and_si512(y, prime), _mm512_srli_epi64(y, 31));
-  const __mmask8 ge = _mm512_cmpge_epi64_mask(y, prime);
-  return _mm512_mask_sub_epi64(y, ge, y, prime);
+// (a + b) mod P for 32-bit lanes a, b in [0, P): the sum is below 2^32, and when it is below P,
+// sum - P wraps around above it, so the unsigned minimum picks the reduced value.
+inline __m512i add_mod_prime(__m512i a, __m512i b) {
+  const __m512i sum = _mm512_add_epi32(a, b);
+  return _mm512_min_epu32(sum, _mm512_sub_epi32(sum, _mm512_set1_epi32(int(rps::kPrime))));
 }
 
-// M indices of the eight elements with global indices i .. i + 7.
-inline __m512i hashednet_index8(const Map& p, int64_t i) {
-  const __m512i lanes = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
-  const __m512i x = mod_prime(_mm512_add_epi64(_mm512_set1_epi64(i), lanes));
-  __m512i acc = _mm512_set1_epi64(p.a[3]);
-  acc = mod_prime(_mm512_add_epi64(_mm512_mullo_epi64(acc, x), _mm512_set1_epi64(p.a[2])));
-  acc = mod_prime(_mm512_add_epi64(_mm512_mullo_epi64(acc, x), _mm512_set1_epi64(p.a[1])));
-  acc = mod_prime(_mm512_add_epi64(_mm512_mullo_epi64(acc, x), _mm512_set1_epi64(p.a[0])));
-  return _mm512_srli_epi64(_mm512_mullo_epi64(acc, _mm512_set1_epi64(p.m)), 31);
-}
+inline int64_t sub_mod_prime(int64_t a, int64_t b) { return a >= b ? a - b : a - b + rps::kPrime; }
+
+// HashedNet's M indices of 16 consecutive elements, then of the next 16, and so on. The index
+// hash is a cubic polynomial over the integers mod P, so along each lane (global index i + l +
+// 16 k, k = 0, 1, ...) its values follow from three forward differences by additions mod P alone
+// (the polynomial's value at an integer equals its value at that integer mod P, so i mod P
+// wrapping around needs no care). Each lane then maps its hash h to (h * m) >> 31 (rps::reduce).
+// Exact integer arithmetic: the indices are rps::hashednet_index's, bit for bit.
+class IndexStream {
+ public:
+  // i: global index of the first element (lane 0).
+  IndexStream(const Map& p, int64_t i) : m_(_mm512_set1_epi64(p.m)) {
+    alignas(64) int32_t d[4][16];
+    for (int l = 0; l < 16; ++l) {
+      int64_t v[4];  // the hash at i + l, i + l + 16, i + l + 32, i + l + 48
+      for (int k = 0; k < 4; ++k) v[k] = rps::poly_hash(rps::mod_prime(i + l + 16 * k), p.a);
+      const int64_t d1 = sub_mod_prime(v[1], v[0]), d1b = sub_mod_prime(v[2], v[1]), d1c = sub_mod_prime(v[3], v[2]);
+      const int64_t d2 = sub_mod_prime(d1b, d1), d2b = sub_mod_prime(d1c, d1b);
+      d[0][l] = int32_t(v[0]);
+      d[1][l] = int32_t(d1);
+      d[2][l] = int32_t(d2);
+      d[3][l] = int32_t(sub_mod_prime(d2b, d2));
+    }
+    for (int k = 0; k < 4; ++k) diff_[k] = _mm512_load_si512(d[k]);
+  }
+
+  // The 16 current M indices (32-bit lanes, element order); advances by 16 elements.
+  __m512i next() {
+    const __m512i h = diff_[0];
+    diff_[0] = add_mod_prime(diff_[0], diff_[1]);
+    diff_[1] = add_mod_prime(diff_[1], diff_[2]);
+    diff_[2] = add_mod_prime(diff_[2], diff_[3]);
+    // (h * m) >> 31 per 32-bit lane: even lanes from the low halves of the 64-bit lanes, odd
+    // lanes from the high halves; bits 31..62 of each product land in the lane's place.
+    const __m512i even = _mm512_srli_epi64(_mm512_mul_epu32(h, m_), 31);
+    const __m512i odd = _mm512_slli_epi64(_mm512_mul_epu32(_mm512_srli_epi64(h, 32), m_), 1);
+    return _mm512_mask_blend_epi32(0xAAAA, even, odd);
+  }
+
+ private:
+  __m512i diff_[4];  // the hash and its first, second and third forward differences (step 16)
+  __m512i m_;
+};
 
 // Lanes whose sign is -1 among the 16 elements with global indices 16 g .. 16 g + 15.
 inline __mmask16 negative_lanes(const Map& p, int64_t g) {
@@ -37,45 +70,58 @@ inline __mmask16 negative_lanes(const Map& p, int64_t g) {
 
 }  // namespace
 
+void signed_scale_f32(const float* src, float* dst, int64_t count, float scale, uint32_t negative) {
+  const __mmask16 lanes = __mmask16((uint32_t(1) << count) - 1);
+  const __m512 v = _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_maskz_loadu_ps(lanes, src));
+  _mm512_mask_storeu_ps(dst, lanes, _mm512_mask_xor_ps(v, __mmask16(negative), v, _mm512_set1_ps(-0.0f)));
+}
+
+void signed_scale_add_f32(const float* g, float* acc, int64_t count, float scale, uint32_t negative) {
+  const __mmask16 lanes = __mmask16((uint32_t(1) << count) - 1);
+  __m512 v = _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_maskz_loadu_ps(lanes, g));
+  v = _mm512_mask_xor_ps(v, __mmask16(negative), v, _mm512_set1_ps(-0.0f));
+  _mm512_mask_storeu_ps(acc, lanes, _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, acc), v));
+}
+
 int64_t hashednet_gather_f32(const float* M, float* W, const Map& p, int64_t begin, int64_t end, float scale) {
   int64_t at = begin;
-  const int64_t head = (16 - ((p.offset + at) & 15)) & 15;  // elements before the first group of 16
-  if (head > 0) return at;  // the caller handles them, then calls again from an aligned index
+  if (((p.offset + at) & 15) != 0) return at;  // the caller handles the head, then calls from a group start
+  if (end - at < 16) return at;
+  IndexStream index(p, p.offset + at);
   const __m512 factor = _mm512_set1_ps(scale);
   const __m512 sign_bit = _mm512_set1_ps(-0.0f);
   for (; at + 16 <= end; at += 16) {
     const int64_t i = p.offset + at;
-    const __m256 lo = _mm512_i64gather_ps(hashednet_index8(p, i), M, 4);
-    const __m256 hi = _mm512_i64gather_ps(hashednet_index8(p, i + 8), M, 4);
-    __m512 v = _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
-    v = _mm512_mul_ps(factor, v);
+    __m512 v = _mm512_mul_ps(factor, _mm512_i32gather_ps(index.next(), M, 4));
     v = _mm512_mask_xor_ps(v, negative_lanes(p, i >> 4), v, sign_bit);
     _mm512_storeu_ps(W + at, v);
   }
   return at;
 }
 
-int64_t hashednet_scatter_f32(const float* G, float* acc, const Map& p, int64_t begin, int64_t end, float scale,
-                              int64_t lo, int64_t hi) {
+int64_t hashednet_bucket_f32(const float* G, const Map& p, int64_t begin, int64_t end, float scale,
+                             const Buckets& out) {
   int64_t at = begin;
   if (((p.offset + at) & 15) != 0) return at;
-  const __m512i lo_v = _mm512_set1_epi64(lo), hi_v = _mm512_set1_epi64(hi);
-  alignas(64) int64_t index[16];
+  if (end - at < 16) return at;
+  IndexStream index(p, p.offset + at);
+  const __m512 factor = _mm512_set1_ps(scale);
+  const __m512 sign_bit = _mm512_set1_ps(-0.0f);
   for (; at + 16 <= end; at += 16) {
     const int64_t i = p.offset + at;
-    const __m512i j0 = hashednet_index8(p, i), j1 = hashednet_index8(p, i + 8);
-    const __mmask8 in0 = _mm512_cmpge_epi64_mask(j0, lo_v) & _mm512_cmplt_epi64_mask(j0, hi_v);
-    const __mmask8 in1 = _mm512_cmpge_epi64_mask(j1, lo_v) & _mm512_cmplt_epi64_mask(j1, hi_v);
-    unsigned mine = unsigned(in0) | (unsigned(in1) << 8);
-    if (!mine) continue;
-    _mm512_store_si512(index, j0);
-    _mm512_store_si512(index + 8, j1);
-    const unsigned negative = negative_lanes(p, i >> 4);
-    while (mine) {  // increasing element order, as the scalar kernel adds
-      const int q = __builtin_ctz(mine);
-      mine &= mine - 1;
-      const float v = scale * G[at + q];
-      acc[index[q]] += (negative >> q) & 1 ? -v : v;
+    const __m512i j = index.next();
+    __m512 v = _mm512_mul_ps(factor, _mm512_loadu_ps(G + at));
+    v = _mm512_mask_xor_ps(v, negative_lanes(p, i >> 4), v, sign_bit);
+    __mmask16 rest = 0xffff;  // lanes not yet placed, slices in decreasing order
+    for (int s = out.slices - 1; s >= 0 && rest; --s) {
+      const __mmask16 mine =
+          s == 0 ? rest : __mmask16(rest & _mm512_cmpge_epu32_mask(j, _mm512_set1_epi32(int(uint32_t(out.lo[s])))));
+      if (!mine) continue;
+      const int64_t c = out.count[s];
+      _mm512_storeu_si512(out.index[s] + c, _mm512_maskz_compress_epi32(mine, j));
+      _mm512_storeu_ps(out.value[s] + c, _mm512_maskz_compress_ps(mine, v));
+      out.count[s] = c + __builtin_popcount(mine);
+      rest &= __mmask16(~mine);
     }
   }
   return at;

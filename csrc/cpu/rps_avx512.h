@@ -1,8 +1,7 @@
-// AVX-512 HashedNet kernels for float32 (rps_avx512.cpp, built with -mavx512f -mavx512dq): call
-// only when osmos::cpu::isa() is avx512 and the CPU has AVX-512 DQ. Both start at `begin`, which
-// must be the first element of a group of 16 (global index p.offset + begin divisible by 16; they
-// return `begin` unchanged otherwise), handle whole groups of 16 and return where they stopped;
-// the caller finishes the rest with the scalar code.
+// AVX-512 kernels of randomized parameter sharing for float32 (rps_avx512.cpp, built with
+// -mavx512f -mavx512dq): call only when osmos::cpu::isa() is avx512 and the CPU has AVX-512 DQ
+// (the HashedNet ones also need m < 2^31, for 32-bit indices). Bit-identical to the scalar kernels
+// in rps.cpp.
 #pragma once
 #include <cstdint>
 
@@ -10,12 +9,34 @@
 
 namespace osmos::cpu::avx512 {
 
+// A run of STABLE-RPS / ROAST (consecutive M indices), up to 16 elements at a time; bit k of
+// `negative` is set where element k's sign is -1.
+// dst[k] = scale * src[k], negated where the bit is set, for k < count <= 16.
+void signed_scale_f32(const float* src, float* dst, int64_t count, float scale, uint32_t negative);
+// acc[k] += scale * g[k], negated where the bit is set, for k < count <= 16.
+void signed_scale_add_f32(const float* g, float* acc, int64_t count, float scale, uint32_t negative);
+
+// The HashedNet kernels start at `begin`, which must be the first element of a group of 16
+// (global index p.offset + begin divisible by 16; they return `begin` unchanged otherwise),
+// handle whole groups of 16 and return where they stopped; the caller finishes the rest.
+
 // W[e] = scale * sign(e) * M[h(e)] for e in [begin, returned).
 int64_t hashednet_gather_f32(const float* M, float* W, const rps::Map& p, int64_t begin, int64_t end, float scale);
 
-// acc[h(e)] += sign(e) * (scale * G[e]) for e in [begin, returned) whose h(e) is in [lo, hi), in
-// increasing e.
-int64_t hashednet_scatter_f32(const float* G, float* acc, const rps::Map& p, int64_t begin, int64_t end, float scale,
-                              int64_t lo, int64_t hi);
+// Per-slice buckets of (M index, value) pairs: slice s holds the indices [lo[s], lo[s + 1]) of M
+// (lo[0] = 0, lo[slices] = m); entries are appended at count[s] of index[s] / value[s], each of
+// which needs 15 entries of slack past its last entry (vector stores).
+struct Buckets {
+  const int64_t* lo;
+  int slices;
+  uint32_t* const* index;
+  float* const* value;
+  int64_t* count;
+};
+
+// Appends (h(e), sign(e) * (scale * G[e])) to the bucket of h(e)'s slice for e in [begin, returned),
+// in increasing e.
+int64_t hashednet_bucket_f32(const float* G, const rps::Map& p, int64_t begin, int64_t end, float scale,
+                             const Buckets& out);
 
 }  // namespace osmos::cpu::avx512

@@ -6,6 +6,7 @@ import torch
 
 from osmos import _native
 from osmos.ops import rps_gather, rps_indices, rps_scatter
+from osmos.ops._common import dtype_code
 from osmos.ops.rps_gather import reference_rps_gather, reference_rps_scatter
 from osmos.ops.rps_mapping import LayerMap
 
@@ -90,17 +91,22 @@ def test_gather_and_scatter_match_reference(kind, shape, dtype):
 
 @needs_native
 @pytest.mark.skipif(_native.C is None or _native.C.detected_isa() != "avx512", reason="needs an AVX-512 CPU")
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("use_sign", [True, False])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_hashednet_avx512_is_bitwise_the_scalar_path(use_sign, threads, monkeypatch):
-    """The AVX-512 HashedNet gather / scatter (float32) against the scalar kernels and the reference,
-    with offsets that start mid-group of 16, sizes with tails, and M smaller and larger than W."""
+def test_avx512_is_bitwise_the_scalar_path(kind, use_sign, threads, monkeypatch):
+    """The AVX-512 gather / scatter (float32; HashedNet: hashing kernels, STABLE-RPS / ROAST: run
+    kernels) against the scalar kernels and the reference, with offsets that start mid-group of
+    16, sizes with tails, and M smaller and larger than W."""
     import importlib
     import os
 
     monkeypatch.setattr(importlib.import_module("osmos.ops.rps_gather"), "num_threads", lambda: threads)
-    for rows, cols, m, offset in [(37, 29, 101, 5), (64, 64, 5000, 16), (3, 7, 2, 12345678901), (128, 40, 640, 9)]:
-        config = _map("hashednet", rows, cols, m, offset, use_sign=use_sign)
+    # The last two cross global index P = 2^31 - 1 and 2P inside the layer (the hash's argument wraps).
+    prime = 2**31 - 1
+    for rows, cols, m, offset in [(37, 29, 101, 5), (64, 64, 5000, 16), (3, 7, 2, 12345678901), (128, 40, 640, 9),
+                                  (20, 33, 777, prime - 301), (9, 100, 4096, 2 * prime - 450)]:
+        config = _map(kind, rows, cols, m, offset, use_sign=use_sign)
         M, g = torch.randn(m), torch.randn(rows, cols)
         results = {}
         for isa in ("scalar", "avx512"):
@@ -152,6 +158,36 @@ def test_cpu_scatter_bitwise_reproducible_across_thread_counts(kind):
     assert torch.equal(one, two)
     # Sequential element order: equal to the reference's in-order index_add_ on one thread.
     assert torch.equal(one, reference_rps_scatter(g, config, rows, cols, 0.1))
+    # The kernel writes every entry of its output (the op passes torch.empty): stale values vanish.
+    for threads in (1, 2):
+        acc = torch.full((m,), float("nan"))
+        _native.C.rps_scatter(g.data_ptr(), dtype_code(g), acc.data_ptr(), list(config), rows, cols, 0.1, threads)
+        assert torch.equal(acc, one), threads
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hashednet_scatter_rounds_bitwise_across_threads_and_isas(dtype, monkeypatch):
+    """The HashedNet scatter buckets (index, value) pairs per slice of M in rounds of 2^19
+    elements: 600000 elements take two rounds. Every thread count and ISA path must give the
+    reference's sequential index_add_ bit for bit (each slot summed in element order)."""
+    import importlib
+    import os
+
+    rows, cols, m = 300, 2000, 60001
+    config = _map("hashednet", rows, cols, m, 7)
+    g = torch.randn(rows, cols, dtype=dtype)
+    ref = reference_rps_scatter(g, config, rows, cols, 0.37)
+    module = importlib.import_module("osmos.ops.rps_gather")
+    isas = ["scalar"] + (["avx512"] if _native.C.detected_isa() == "avx512" else [])
+    for isa in isas:
+        _native.C.set_cpu_isa(isa)
+        try:
+            for threads in (1, 2, 3):
+                monkeypatch.setattr(module, "num_threads", lambda: threads)
+                assert torch.equal(rps_scatter(g, config, 0.37), ref), (isa, threads)
+        finally:
+            _native.C.set_cpu_isa(os.environ.get("OSMOS_CPU_ISA") or _native.C.detected_isa())
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -120,7 +120,7 @@ def _scatter_cpu(grad, config, rows, cols, scale):
         from osmos.triton_kernels.rps_gather import rps_scatter as kernel
 
         return kernel(grad, config, rows, cols, scale)
-    acc = torch.zeros(config[1], dtype=_acc_dtype(grad.dtype))
+    acc = torch.empty(config[1], dtype=_acc_dtype(grad.dtype))  # the kernel writes every entry
     _native.C.rps_scatter(grad.data_ptr(), dtype_code(grad), acc.data_ptr(), list(config), rows, cols, scale, num_threads())
     return acc.to(grad.dtype)
 
