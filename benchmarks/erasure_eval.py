@@ -151,10 +151,11 @@ def attack_states(pipe, encoding, gram, input_map, concept_words, value_word, la
 
 
 def evaluate_concept(word: str, s: Settings, figures: Path, log, spm_out: Path | None = None,
-                     spm_only: bool = False) -> list[dict]:
+                     spm_only: bool = False, original_only: bool = False) -> list[dict]:
     """The table rows of one concept (see the module docstring). With spm_only: only the
     original and the Latent-Anchoring SPM (from / into `spm_out`, see train_zoo_spm) with and
-    without Facilitated Transport."""
+    without Facilitated Transport; with original_only: only the original (does the model follow
+    the concept at all?)."""
     kind, value = concept_of(word)
     sets = prompt_sets(kind, value, s)
     pipe = osmos.zoo.load("shapes-unet")
@@ -203,6 +204,8 @@ def evaluate_concept(word: str, s: Settings, figures: Path, log, spm_out: Path |
         grid_rows.append(torch.cat([images["train"][::per][:n_other], firsts]))
 
     record("original", base, time.perf_counter() - t0, base_attack)
+    if original_only:
+        return rows
 
     # SPM without Latent Anchoring, then with it (alone and with Facilitated Transport)
     pairs = erasure_prompt_pairs(kind, value) if s.spm_targets == "captions" else None
@@ -451,6 +454,7 @@ def main(argv=None) -> None:
     parser.add_argument("--multi", action="store_true",
                         help=f"instead: erase 1, 3 and 5 of {', '.join(MULTI_CONCEPTS)} at once (UCE, RECE, SPM)")
     parser.add_argument("--closed-form-only", action="store_true", help="--multi with UCE and RECE only (no SPM training)")
+    parser.add_argument("--original-only", action="store_true", help="only the original model's row per concept")
     parser.add_argument("--spm-only", action="store_true",
                         help="only the original and the LA SPM (from --spm-cache if there) with and without FT: "
                              "--multi without UCE / RECE, single concepts without SPM no-LA, ESD-x, UCE, RECE")
@@ -477,7 +481,8 @@ def main(argv=None) -> None:
     else:
         rows = []
         for word in args.concepts:
-            rows += evaluate_concept(word, s, Path(args.figures), log, spm_out=cache, spm_only=args.spm_only)
+            rows += evaluate_concept(word, s, Path(args.figures), log, spm_out=cache, spm_only=args.spm_only,
+                                     original_only=args.original_only)
             if args.transfer and args.transfer in osmos.zoo.available():
                 rows += evaluate_transfer(word, args.transfer, s, cache, log)
             elif args.transfer:
