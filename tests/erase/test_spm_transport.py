@@ -134,3 +134,19 @@ def test_for_spms_uses_the_stored_wordings():
     ft = FacilitatedTransport.for_spms(enc, [Stub(["red", "scarlet"]), Stub(["cat"])], factor=0.5)
     assert ft.concepts == [["red", "scarlet"], ["cat"]] and ft.factor == 0.5
     assert torch.allclose(ft.gammas(["a scarlet cat"]), torch.tensor([[0.5, 0.5]]))
+
+
+def test_token_all_rule_needs_every_token_of_a_wording():
+    from osmos.erase.spm.transport import similarity_token_all
+
+    enc = CountingEncoder()
+    full, partial, wording = enc(["a red round shape", "a red star shape", "round shape"])
+    assert similarity_token_all(full, wording) == pytest.approx(1.0)
+    assert similarity_token_max(partial, wording) > 0.5  # "shape" alone is close to the mean state
+    assert similarity_token_all(partial, wording) < similarity_token_max(partial, wording) - 0.2
+    c = wording.content_states()  # by hand: min over wording tokens of the best prompt-token cosine
+    p = partial.content_states()
+    expected = min(max(float(torch.nn.functional.cosine_similarity(q, w, dim=0)) for q in p) for w in c)
+    assert similarity_token_all(partial, wording) == pytest.approx(expected, abs=1e-6)
+    ft = FacilitatedTransport(enc, [["circle", "round shape"]], rule="token_all", use_token_overlap=False)
+    assert ft.gammas(["a red round shape"]).item() == pytest.approx(1.0)

@@ -10,6 +10,9 @@ positions flattened, padding included, which makes unrelated prompts look simila
 measures similarity on content tokens only. Rules (`rule=`):
   "token_max"  max over the prompt's tokens of cos(token state, concept's mean state) (default)
   "pooled"     cos(mean prompt state, mean concept state)
+  "token_all"  min over the concept's tokens of the max over the prompt's tokens of cos: every
+               token of a multi-word wording must be matched ("round shape" does not match
+               "a star shape" through "shape" alone)
   "flattened"  cos of all positions flattened, padding included (the reference's rule, kept
                only to measure what it does)
 or a callable(prompt: PromptEncoding, concept: PromptEncoding) -> float.
@@ -62,6 +65,13 @@ def similarity_pooled(prompt: PromptEncoding, concept: PromptEncoding) -> float:
     return float(_cos(p.mean(0), c.mean(0)))
 
 
+def similarity_token_all(prompt: PromptEncoding, concept: PromptEncoding) -> float:
+    p, c = prompt.content_states(), concept.content_states()
+    if len(p) == 0 or len(c) == 0:
+        return 0.0
+    return float(_cos(p[:, None], c[None]).max(0).values.min())  # [P, C] -> best prompt token per concept token
+
+
 def similarity_flattened(prompt: PromptEncoding, concept: PromptEncoding) -> float:
     return float(_cos(prompt.states.float().reshape(-1), concept.states.float().reshape(-1)))
 
@@ -69,6 +79,7 @@ def similarity_flattened(prompt: PromptEncoding, concept: PromptEncoding) -> flo
 RULES: dict[str, Callable[[PromptEncoding, PromptEncoding], float]] = {
     "token_max": similarity_token_max,
     "pooled": similarity_pooled,
+    "token_all": similarity_token_all,
     "flattened": similarity_flattened,
 }
 
