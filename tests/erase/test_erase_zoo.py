@@ -145,6 +145,16 @@ def test_spm_cli_trains_saves_and_erases(tmp_path):
     assert any(float(u.detach().abs().sum()) > 0 for u in spm.up)
 
 
+
+def test_spm_cli_stores_the_concepts_training_wordings(tmp_path):
+    """On captions (the default), the SPM file records every training wording of the concept, for
+    Facilitated Transport; a file path as --out skips the grid."""
+    out = tmp_path / "disc.safetensors"
+    assert osmos_cmd(["erase", "spm", "--concept", "disc", "--steps", "1", "--sampling-steps", "2",
+                      "--out", str(out), "--threads", "1"]) == 0
+    spm = SPM.load(out)
+    assert spm.concept == "disc" and spm.wordings == ["circle", "disc", "round shape"]
+
 def test_generate_cli_with_a_neutral_spm_matches_the_base_model(tmp_path, pipe):
     spm = SPM.for_unet(pipe.unet, "circle")  # u = 0: changes nothing
     spm.save(tmp_path / "zero.safetensors")
