@@ -63,10 +63,10 @@ import torch
 import osmos.zoo
 from osmos.erase.closed_form import cross_attention_kv, original_gram, regenerating_embeddings, rece_edit, uce_edit
 from osmos.erase.esd import train_esd
-from osmos.erase.spm import SPM, FacilitatedTransport, apply_spm, train_spm
+from osmos.erase.spm import SPM, apply_spm, train_spm
 from osmos.erase.text_encoding import token_rows
 from osmos.erase.zoo import SPMTrainingPipe, anchor_prompts, caption_naming, concept_of, erasure_prompt_pairs, generate, \
-    other_kind_of, training_wordings, zoo_prompt_encoder, zoo_text_encoding
+    other_kind_of, training_wordings, zoo_text_encoding, zoo_transport
 from osmos.zoo import data as D
 from osmos.zoo.pipeline import save_grid
 
@@ -150,7 +150,12 @@ def attack_states(pipe, encoding, gram, input_map, concept_words, value_word, la
     return states, mask
 
 
-def evaluate_concept(word: str, s: Settings, figures: Path, log, spm_out: Path | None = None) -> list[dict]:
+def evaluate_concept(word: str, s: Settings, figures: Path, log, spm_out: Path | None = None,
+                     spm_only: bool = False, original_only: bool = False) -> list[dict]:
+    """The table rows of one concept (see the module docstring). With spm_only: only the
+    original and the Latent-Anchoring SPM (from / into `spm_out`, see train_zoo_spm) with and
+    without Facilitated Transport; with original_only: only the original (does the model follow
+    the concept at all?)."""
     kind, value = concept_of(word)
     sets = prompt_sets(kind, value, s)
     pipe = osmos.zoo.load("shapes-unet")
@@ -183,8 +188,8 @@ def evaluate_concept(word: str, s: Settings, figures: Path, log, spm_out: Path |
     base_attack = (attack(), attack(eye))
     seed_gap = float((base["others"][:-1] - base["others"][1:]).abs().mean()) if len(base["others"]) > 1 else 0.0
 
-    def record(method: str, images: dict, seconds: float, attack_rates: tuple[float | None, float | None]):
-        row = {"concept": word, "kind": kind, "method": method, "seconds": round(seconds, 1)}
+    def record(method: str, images: dict, seconds: float | None, attack_rates: tuple[float | None, float | None]):
+        row = {"concept": word, "kind": kind, "method": method, "seconds": None if seconds is None else round(seconds, 1)}
         for name in ("train", "tmpl", "syn"):
             row[f"rate_{name}"] = scorer.target_rate(images[name])
         row["others_pair_acc"] = scorer.pair_acc(images["others"])
@@ -199,6 +204,8 @@ def evaluate_concept(word: str, s: Settings, figures: Path, log, spm_out: Path |
         grid_rows.append(torch.cat([images["train"][::per][:n_other], firsts]))
 
     record("original", base, time.perf_counter() - t0, base_attack)
+    if original_only:
+        return rows
 
     # SPM without Latent Anchoring, then with it (alone and with Facilitated Transport)
     pairs = erasure_prompt_pairs(kind, value) if s.spm_targets == "captions" else None
@@ -208,19 +215,26 @@ def evaluate_concept(word: str, s: Settings, figures: Path, log, spm_out: Path |
         spm = spm_for(pipe, value, s, la_strength)
         return spm, time.perf_counter() - t0
 
-    spm, train_s = train(0.0)
-    with apply_spm(pipe.unet, [spm]) as handle:
-        record("SPM, no LA", run_all(handle), train_s, (attack(handle=handle), None))
-    spm, train_s = train(s.la_strength)
-    if spm_out is not None:
-        spm_out.mkdir(parents=True, exist_ok=True)
-        spm.save(spm_out / f"spm_{value}.safetensors")
+    if spm_only:  # time None (shown "cached") when the SPM was read from spm_out
+        cached = spm_out is not None and (spm_out / f"spm_{value}.safetensors").is_file()
+        t0 = time.perf_counter()
+        spm = train_zoo_spm(pipe, value, s, spm_out)
+        train_s = None if cached else time.perf_counter() - t0
+    else:
+        spm, train_s = train(0.0)
+        with apply_spm(pipe.unet, [spm]) as handle:
+            record("SPM, no LA", run_all(handle), train_s, (attack(handle=handle), None))
+        spm, train_s = train(s.la_strength)
+        if spm_out is not None:
+            spm_out.mkdir(parents=True, exist_ok=True)
+            spm.save(spm_out / f"spm_{value}.safetensors")
     with apply_spm(pipe.unet, [spm]) as handle:
         record(f"SPM, LA {s.la_strength:g}", run_all(handle), train_s, (attack(handle=handle), None))
-    ft = FacilitatedTransport(zoo_prompt_encoder(pipe), [value], factor=1.0,
-                              overlap_ignore_ids=pipe.text_encoder.tokenizer.convert_tokens_to_ids(["a", "an", "of"]))
-    with apply_spm(pipe.unet, [spm], transport=ft) as handle:
+    with apply_spm(pipe.unet, [spm], transport=zoo_transport(pipe, [spm])) as handle:
         record(f"SPM, LA {s.la_strength:g}, FT", run_all(handle), train_s, (None, None))
+    if spm_only:
+        _save_rows_grid(grid_rows, figures / f"erasure_{value}_spm.png")
+        return rows
 
     # ESD-x: full fine-tune of the cross-attention weights with the same loss and prompts
     t0 = time.perf_counter()
@@ -242,10 +256,14 @@ def evaluate_concept(word: str, s: Settings, figures: Path, log, spm_out: Path |
     record(f"RECE ({s.rece_epochs} ep)", run_all(), rece_s, (attack(), attack(edit.input_map)))
     edit.undo(pipe.unet)
 
-    figures.mkdir(parents=True, exist_ok=True)
-    grid = torch.cat(grid_rows)
-    save_grid(grid, figures / f"erasure_{value}.png", nrow=len(grid_rows[0]), scale=4)
+    _save_rows_grid(grid_rows, figures / f"erasure_{value}.png")
     return rows
+
+
+def _save_rows_grid(rows: list[torch.Tensor], path: Path) -> None:
+    """One grid row per method (each a [N, 3, S, S] batch of images)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_grid(torch.cat(rows), path, nrow=len(rows[0]), scale=4)
 
 
 MULTI_CONCEPTS = ("circle", "red", "star", "blue", "heart")
@@ -257,7 +275,8 @@ def spm_for(pipe, value: str, s: Settings, la_strength: float) -> SPM:
     concepts' wordings (and captions) plus s.spm_fixed_anchors, when la_strength > 0)."""
     kind = concept_of(value)[0]
     pairs = erasure_prompt_pairs(kind, value) if s.spm_targets == "captions" else None
-    return train_spm(SPMTrainingPipe.of(pipe), value, surrogate="", steps=s.spm_steps, lr=s.spm_lr,
+    return train_spm(SPMTrainingPipe.of(pipe), value, surrogate="", wordings=training_wordings(kind, value),
+                     steps=s.spm_steps, lr=s.spm_lr,
                      la_strength=la_strength, anchors=anchor_prompts(kind, value, s.anchor_captions) if la_strength else None,
                      anchors_per_step=4, sampling_steps=s.steps, seed=0, progress=False, prompts=pairs,
                      targets_per_step=s.spm_targets_per_step if pairs else 1, fixed_anchors=s.spm_fixed_anchors,
@@ -277,12 +296,13 @@ def train_zoo_spm(pipe, value: str, s: Settings, cache: Path | None) -> SPM:
 
 
 def evaluate_multi(s: Settings, counts: tuple[int, ...], log, cache: Path | None, figures: Path,
-                   with_spm: bool = True) -> list[dict]:
+                   with_spm: bool = True, with_closed_form: bool = True) -> list[dict]:
     """Erase the first n of MULTI_CONCEPTS at once (n in counts) with UCE, RECE and composed SPMs
     (with and without Facilitated Transport). Erased: the mean target rate over the n concepts on
     their training captions (each with the 6 values of the other kind, seeds s.seeds). Remaining:
     pair accuracy on the prompts that name none of the 5 concepts (3 shapes x 4 colours, 3 seeds),
-    the same set for every n, so erosion (original minus edited accuracy) is comparable across n."""
+    the same set for every n, so erosion (original minus edited accuracy) is comparable across n.
+    with_spm / with_closed_form: include the SPM / the UCE and RECE rows."""
     pipe = osmos.zoo.load("shapes-unet")
     clf = osmos.zoo.load("classifier")
     encoding = zoo_text_encoding(pipe)
@@ -333,8 +353,9 @@ def evaluate_multi(s: Settings, counts: tuple[int, ...], log, cache: Path | None
     for n in counts:
         words = [w for k, v in erased_all[:n] for w in training_wordings(k, v)]
         common = dict(erase=words, guide=" ", preserve=rest_words(n), lambda_=0.5, eta_e=1.0, eta_p=1.0, tokens="all")
-        for name, edit_fn, extra in (("UCE", uce_edit, {}),
-                                     (f"RECE ({s.rece_epochs} ep)", rece_edit, dict(epochs=s.rece_epochs, lambda_reg=s.lambda_reg))):
+        closed_form = (("UCE", uce_edit, {}),
+                       (f"RECE ({s.rece_epochs} ep)", rece_edit, dict(epochs=s.rece_epochs, lambda_reg=s.lambda_reg)))
+        for name, edit_fn, extra in closed_form if with_closed_form else ():
             t0 = time.perf_counter()
             edit = edit_fn(pipe.unet, encoding, **common, **extra)
             seconds = time.perf_counter() - t0
@@ -343,17 +364,15 @@ def evaluate_multi(s: Settings, counts: tuple[int, ...], log, cache: Path | None
             edit.undo(pipe.unet)
         if not with_spm:
             continue
-        concepts = [v for _, v in erased_all[:n]]
         with apply_spm(pipe.unet, spms[:n]) as handle:
             rates, acc, images = measure(handle)
         record("SPM composed", n, rates, acc, spm_s * n / max(counts), images)
-        ft = FacilitatedTransport(zoo_prompt_encoder(pipe), concepts, factor=1.0,
-                                  overlap_ignore_ids=pipe.text_encoder.tokenizer.convert_tokens_to_ids(["a", "an", "of"]))
-        with apply_spm(pipe.unet, spms[:n], transport=ft) as handle:
+        with apply_spm(pipe.unet, spms[:n], transport=zoo_transport(pipe, spms[:n])) as handle:
             rates, acc, images = measure(handle)
         record("SPM composed, FT", n, rates, acc, spm_s * n / max(counts), images)
     figures.mkdir(parents=True, exist_ok=True)
-    name = "erasure_multi.png" if with_spm else "erasure_multi_closed_form.png"
+    name = "erasure_multi.png" if with_spm and with_closed_form else \
+        "erasure_multi_spm.png" if with_spm else "erasure_multi_closed_form.png"
     save_grid(torch.cat([base_images, *grid_rows]), figures / name, nrow=len(base_images), scale=4)
     for row in rows:
         row["original_rates"] = base_rates
@@ -370,8 +389,7 @@ def evaluate_transfer(word: str, model: str, s: Settings, cache: Path, log) -> l
     pipe = osmos.zoo.load(model)
     spm.check_compatible(pipe.unet)
     scorer = Scorer(kind, value, sets, s.seeds)
-    ft = FacilitatedTransport(zoo_prompt_encoder(pipe), [value], factor=1.0,
-                              overlap_ignore_ids=pipe.text_encoder.tokenizer.convert_tokens_to_ids(["a", "an", "of"]))
+    ft = zoo_transport(pipe, [spm])
     rows, base = [], None
     for method, transport in ((f"{model}: original", None), (f"{model}: SPM from shapes-unet", None),
                               (f"{model}: SPM from shapes-unet, FT", ft)):
@@ -417,7 +435,8 @@ def table(rows: list[dict]) -> str:
         attack = f"{rate(r['attack_vs_uce'])} | {rate(r['attack_rederived'])}"
         out.append(f"| {r['concept']} ({r['kind']}) | {r['method']} | {r['rate_train']:.2f} | {r['rate_tmpl']:.2f} | "
                    f"{r['rate_syn']:.2f} | {attack} | {r['others_pair_acc']:.2f} | "
-                   f"{r['others_pixel_change']:.3f} ({r['seed_gap']:.3f}) | {r['seconds']:.1f} |")
+                   f"{r['others_pixel_change']:.3f} ({r['seed_gap']:.3f}) | "
+                   f"{'cached' if r['seconds'] is None else format(r['seconds'], '.1f')} |")
     return "\n".join(out)
 
 
@@ -435,6 +454,10 @@ def main(argv=None) -> None:
     parser.add_argument("--multi", action="store_true",
                         help=f"instead: erase 1, 3 and 5 of {', '.join(MULTI_CONCEPTS)} at once (UCE, RECE, SPM)")
     parser.add_argument("--closed-form-only", action="store_true", help="--multi with UCE and RECE only (no SPM training)")
+    parser.add_argument("--original-only", action="store_true", help="only the original model's row per concept")
+    parser.add_argument("--spm-only", action="store_true",
+                        help="only the original and the LA SPM (from --spm-cache if there) with and without FT: "
+                             "--multi without UCE / RECE, single concepts without SPM no-LA, ESD-x, UCE, RECE")
     parser.add_argument("--spm-cache", default=None,
                         help="folder for the trained SPMs (LA): --multi and --transfer reuse them from here")
     parser.add_argument("--transfer", default=None, metavar="MODEL",
@@ -452,12 +475,14 @@ def main(argv=None) -> None:
     log = lambda m: print(m, flush=True)  # noqa: E731
     t0 = time.perf_counter()
     if args.multi:
-        rows = evaluate_multi(s, (1, 3, 5), log, cache, Path(args.figures), with_spm=not args.closed_form_only)
+        rows = evaluate_multi(s, (1, 3, 5), log, cache, Path(args.figures), with_spm=not args.closed_form_only,
+                              with_closed_form=not args.spm_only)
         text = multi_table(rows)
     else:
         rows = []
         for word in args.concepts:
-            rows += evaluate_concept(word, s, Path(args.figures), log, spm_out=cache)
+            rows += evaluate_concept(word, s, Path(args.figures), log, spm_out=cache, spm_only=args.spm_only,
+                                     original_only=args.original_only)
             if args.transfer and args.transfer in osmos.zoo.available():
                 rows += evaluate_transfer(word, args.transfer, s, cache, log)
             elif args.transfer:

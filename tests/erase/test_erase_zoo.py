@@ -145,6 +145,16 @@ def test_spm_cli_trains_saves_and_erases(tmp_path):
     assert any(float(u.detach().abs().sum()) > 0 for u in spm.up)
 
 
+
+def test_spm_cli_stores_the_concepts_training_wordings(tmp_path):
+    """On captions (the default), the SPM file records every training wording of the concept, for
+    Facilitated Transport; a file path as --out skips the grid."""
+    out = tmp_path / "disc.safetensors"
+    assert osmos_cmd(["erase", "spm", "--concept", "disc", "--steps", "1", "--sampling-steps", "2",
+                      "--out", str(out), "--threads", "1"]) == 0
+    spm = SPM.load(out)
+    assert spm.concept == "disc" and spm.wordings == ["circle", "disc", "round shape"]
+
 def test_generate_cli_with_a_neutral_spm_matches_the_base_model(tmp_path, pipe):
     spm = SPM.for_unet(pipe.unet, "circle")  # u = 0: changes nothing
     spm.save(tmp_path / "zero.safetensors")
@@ -200,3 +210,27 @@ def test_erasure_prompt_pairs_and_captions():
     assert ("a red circle", "a red") in erasure_prompt_pairs("shape", "circle")
     assert ("a striped red circle", "a red circle") in erasure_prompt_pairs("style", "striped")
     assert "a dotted red circle" in anchor_prompts("style", "striped")
+
+
+@pytest.mark.parametrize("kind, value", [("shape", "circle"), ("colour", "red")])
+def test_transport_gives_every_trained_wording_full_strength(pipe, kind, value):
+    """Facilitated Transport over an SPM's stored wordings: captions with any training wording
+    ("disc", "round shape", "scarlet") get gamma 1 as the concept word does; prompts naming the
+    kind's other values with their first wording stay weak, and prompts with the concept word
+    itself get the same gamma as with the concept alone."""
+    from osmos.erase.zoo import caption_naming, other_kind_of, training_wordings, zoo_transport
+
+    D = osmos.zoo.data
+    other = other_kind_of(kind)
+    templates = D.TEMPLATES["train"] + D.TEMPLATES["heldout"]
+    caption = lambda word: [caption_naming(t, kind, word, D.WORDS[other][o][0][0], i)  # noqa: E731
+                            for t in templates for i, o in enumerate(D.CONCEPTS[other])]
+    spm = SPM.for_unet(pipe.unet, value, wordings=training_wordings(kind, value))
+    single = SPM.for_unet(pipe.unet, value)
+    ft, ft_single = zoo_transport(pipe, [spm]), zoo_transport(pipe, [single])
+    for word in training_wordings(kind, value):
+        assert torch.allclose(ft.gammas(caption(word)), torch.ones(len(caption(word)), 1), atol=1e-6), word
+    assert float(ft_single.gammas(caption(training_wordings(kind, value)[1])).max()) < 0.5  # before: weak
+    unrelated = [p for v in D.CONCEPTS[kind] if v != value for p in caption(D.WORDS[kind][v][0][0])]
+    assert float(ft.gammas(unrelated).max()) < 0.5
+    assert torch.equal(ft.gammas(caption(value)), ft_single.gammas(caption(value)))

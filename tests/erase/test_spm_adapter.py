@@ -161,6 +161,29 @@ def test_file_round_trip_and_transfer_to_finetuned_variant(kind, tmp_path):
     assert torch.equal(x1, x2)
 
 
+
+def test_wordings_round_trip_and_files_without_them_load(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    unet = tiny_unet("sd15")
+    spm = randomized(SPM.for_unet(unet, "circle", wordings=["circle", "disc", "round shape", "disc"]), 2)
+    assert spm.wordings == ["circle", "disc", "round shape"]  # duplicates dropped, order kept
+    assert SPM.for_unet(unet, "cat").wordings == ["cat"]
+    spm.save(tmp_path / "new.safetensors")
+    assert SPM.load(tmp_path / "new.safetensors", unet=unet).wordings == ["circle", "disc", "round shape"]
+    # a file written before wordings were stored: same tensors, metadata without "wordings"
+    with safe_open(str(tmp_path / "new.safetensors"), framework="pt") as f:
+        meta = json.loads(f.metadata()[METADATA_KEY])
+    del meta["wordings"]
+    save_file(spm.state_tensors(), str(tmp_path / "old.safetensors"), metadata={METADATA_KEY: json.dumps(meta)})
+    old = SPM.load(tmp_path / "old.safetensors", unet=unet)
+    assert old.wordings == ["circle"]
+    for p, q in zip(spm.parameters(), old.parameters()):
+        assert torch.equal(p, q)
+    with pytest.raises(TypeError, match="sequence of strings"):
+        SPM.for_unet(unet, "circle", wordings="circle")
+
 def test_architecture_mismatch_is_a_clear_error(tmp_path):
     spm = SPM.for_unet(tiny_unet("sd15"), "cat")
     other = tiny_unet("sd21")

@@ -105,3 +105,48 @@ def test_overlap_ignore_ids_drop_stop_words():
     ignoring = FacilitatedTransport(enc, ["a cat"], rule=lambda p, c: 0.0, overlap_ignore_ids=[enc.words.ids("a")])
     assert ignoring.gammas(["a red car"]).item() == 0.0
     assert ignoring.gammas(["a cat on a mat"]).item() == 1.0
+
+
+def test_gamma_is_the_best_match_over_an_spms_wordings():
+    enc = CountingEncoder()
+    words = ["circle", "disc", "round shape"]
+    many = FacilitatedTransport(enc, [words, "dog"], overlap_ignore_ids=[enc.words.ids(w) for w in ("a", "of")])
+    prompts = ["a red circle", "a picture of a red disc", "a red round shape", "a green dog", "a blue square box"]
+    g = many.gammas(prompts)
+    assert g.shape == (5, 2)
+    assert torch.allclose(g[:3, 0], torch.ones(3))  # every trained wording: full strength
+    for k, p in enumerate(prompts):  # column i = the maximum of the single-wording transports
+        singles = [FacilitatedTransport(enc, [w], overlap_ignore_ids=[enc.words.ids(w) for w in ("a", "of")]).gammas([p])[0, 0]
+                   for w in words]
+        assert g[k, 0] == pytest.approx(float(max(singles)))
+    assert torch.equal(g[:, 1], FacilitatedTransport(enc, ["dog"]).gammas(prompts)[:, 0])  # a plain string as before
+    assert g[4, 0] < 0.8 and g[3, 0] < 0.8  # unrelated prompts stay weak
+    with pytest.raises(ValueError, match="at least one wording"):
+        FacilitatedTransport(enc, [[]])
+
+
+def test_for_spms_uses_the_stored_wordings():
+    class Stub:
+        def __init__(self, wordings):
+            self.wordings = wordings
+
+    enc = CountingEncoder()
+    ft = FacilitatedTransport.for_spms(enc, [Stub(["red", "scarlet"]), Stub(["cat"])], factor=0.5)
+    assert ft.concepts == [["red", "scarlet"], ["cat"]] and ft.factor == 0.5
+    assert torch.allclose(ft.gammas(["a scarlet cat"]), torch.tensor([[0.5, 0.5]]))
+
+
+def test_token_all_rule_needs_every_token_of_a_wording():
+    from osmos.erase.spm.transport import similarity_token_all
+
+    enc = CountingEncoder()
+    full, partial, wording = enc(["a red round shape", "a red star shape", "round shape"])
+    assert similarity_token_all(full, wording) == pytest.approx(1.0)
+    assert similarity_token_max(partial, wording) > 0.5  # "shape" alone is close to the mean state
+    assert similarity_token_all(partial, wording) < similarity_token_max(partial, wording) - 0.2
+    c = wording.content_states()  # by hand: min over wording tokens of the best prompt-token cosine
+    p = partial.content_states()
+    expected = min(max(float(torch.nn.functional.cosine_similarity(q, w, dim=0)) for q in p) for w in c)
+    assert similarity_token_all(partial, wording) == pytest.approx(expected, abs=1e-6)
+    ft = FacilitatedTransport(enc, [["circle", "round shape"]], rule="token_all", use_token_overlap=False)
+    assert ft.gammas(["a red round shape"]).item() == pytest.approx(1.0)

@@ -195,9 +195,9 @@ def _run_spm(args) -> int:
 
     model = load_model(args.model, args.device)
     weights, folder = _outputs(args.out, "spm", args.concept)
-    anchors, pairs = args.anchors, None
+    anchors, pairs, wordings = args.anchors, None, None
     if model.zoo:
-        from osmos.erase.zoo import anchor_prompts, concept_of, erasure_prompt_pairs
+        from osmos.erase.zoo import anchor_prompts, concept_of, erasure_prompt_pairs, training_wordings
 
         try:
             kind_value = concept_of(args.concept)
@@ -207,13 +207,14 @@ def _run_spm(args) -> int:
             anchors = anchor_prompts(*kind_value)
         if kind_value is not None and args.targets == "captions":
             pairs = erasure_prompt_pairs(*kind_value)
+            wordings = training_wordings(*kind_value)
     train_pipe = model.spm_pipe()
     grid = _Grid(model, args.concept, folder, args)
     spm = train_spm(train_pipe, args.concept, surrogate=args.surrogate, steps=args.steps, lr=args.lr,
                     la_strength=args.la_strength if anchors else 0.0, anchors=anchors or None,
                     sampling_steps=args.sampling_steps, seed=args.seed, checkpoint=args.checkpoint, checkpoint_every=50,
                     prompts=pairs, targets_per_step=2 if pairs else 1, fixed_anchors=[""] if pairs else [],
-                    anchor_norm_range=None if pairs else (0.8, 1.2))
+                    anchor_norm_range=None if pairs else (0.8, 1.2), wordings=wordings)
     spm.save(weights)
     summary = None
     if grid.active:
@@ -276,8 +277,8 @@ def _run_generate(args) -> int:
 
     from osmos.erase.edit_file import load_edit
     from osmos.erase.models import load_model
-    from osmos.erase.spm import FacilitatedTransport, SPM, apply_spm
-    from osmos.erase.zoo import generate, zoo_prompt_encoder
+    from osmos.erase.spm import SPM, apply_spm
+    from osmos.erase.zoo import generate, zoo_transport
     from osmos.zoo.pipeline import save_grid
 
     model = load_model(args.model)
@@ -286,8 +287,7 @@ def _run_generate(args) -> int:
     if args.edit:
         load_edit(model.unet, args.edit)
     spms = [SPM.load(p, unet=model.unet) for p in args.spm]
-    transport = FacilitatedTransport(zoo_prompt_encoder(model.pipe), [s.concept for s in spms]) \
-        if spms and args.transport else None
+    transport = zoo_transport(model.pipe, spms) if spms and args.transport else None
     ctx = apply_spm(model.unet, spms, transport=transport) if spms else contextlib.nullcontext()
     with ctx as handle, tqdm(total=len(args.prompt) * len(args.seeds), desc="images", unit="img") as bar:
         images = generate(model.pipe, args.prompt, args.seeds, num_inference_steps=args.steps, spm_handle=handle,

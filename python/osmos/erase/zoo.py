@@ -3,6 +3,7 @@ and RECE run on a zoo ``ShapesPipeline`` exactly as on a diffusers Stable Diffus
 
 * :func:`zoo_text_encoding`   the MiniLM encoder as UCE / RECE see it (masked token states)
 * :func:`zoo_prompt_encoder`  the same encoder as Facilitated Transport sees it
+* :func:`zoo_transport`       Facilitated Transport over SPMs' stored wordings on a zoo model
 * :class:`SPMTrainingPipe`    what ``train_spm`` needs (states + attention mask, latent shape)
 * :func:`concept_of`          which concept kind ("shape", "colour", ...) a word names
 * :func:`anchor_prompts`      the vocabulary of other concepts, for Latent Anchoring
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from osmos.erase.spm.transport import PromptEncoding
+from osmos.erase.spm.transport import FacilitatedTransport, PromptEncoding
 from osmos.erase.text_encoding import TextEncoding
 from osmos.zoo import data as D
 
@@ -53,6 +54,17 @@ def zoo_prompt_encoder(pipe):
         return [PromptEncoding(states[i].cpu(), ids[i], content[i]) for i in range(len(prompts))]
 
     return encode
+
+
+STOP_WORDS = ("a", "an", "of")  # left out of Facilitated Transport's token overlap ("a red square" vs "a red")
+
+
+def zoo_transport(pipe, spms: Sequence, factor: float = 1.0, rule: str = "token_max") -> FacilitatedTransport:
+    """Facilitated Transport on a zoo model over each SPM's wordings (`SPM.wordings`), with the
+    stop words STOP_WORDS left out of the token-overlap term."""
+    ignore = pipe.text_encoder.tokenizer.convert_tokens_to_ids(list(STOP_WORDS))
+    return FacilitatedTransport.for_spms(zoo_prompt_encoder(pipe), spms, factor=factor, rule=rule,
+                                         overlap_ignore_ids=ignore)
 
 
 @dataclass

@@ -6,13 +6,16 @@ per-prompt strength (1, or Facilitated Transport's value).
 
 File: safetensors with tensors "<layer>.down" [in] and "<layer>.up" [out] and one metadata
 entry "osmos_spm", a JSON object: format version, concept, surrogate, scale, architecture_hash,
-layers {name: [kind, in, out]} and the training settings.
+layers {name: [kind, in, out]}, the training settings and the concept's wordings (the texts
+Facilitated Transport compares prompts with; files written before wordings were stored load
+with wordings [concept]).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -26,6 +29,13 @@ FORMAT_VERSION = 1
 METADATA_KEY = "osmos_spm"
 
 
+def _wordings(concept: str, wordings: Sequence[str] | None) -> list[str]:
+    """The concept's wordings: `wordings` (order kept, duplicates dropped) or [concept]."""
+    if isinstance(wordings, str):
+        raise TypeError("wordings must be a sequence of strings, not one string")
+    return list(dict.fromkeys(str(w) for w in (wordings or [concept])))
+
+
 class SPM(nn.Module):
     """Rank-1 adapters for one concept on every adapted layer of a UNet architecture.
 
@@ -36,16 +46,20 @@ class SPM(nn.Module):
         scale: the strength s multiplying every u.
         settings: training settings, stored in the file as they are (JSON-serialisable).
         generator: seeds the Kaiming-uniform init of the d's.
+        wordings: every text that names the concept (e.g. "circle", "disc", "round shape");
+            Facilitated Transport gives a prompt the strength of its closest wording. Default [concept].
     """
 
     def __init__(self, layers: dict[str, LayerSpec], concept: str, surrogate: str = "", scale: float = 1.0,
-                 settings: dict | None = None, generator: torch.Generator | None = None):
+                 settings: dict | None = None, generator: torch.Generator | None = None,
+                 wordings: Sequence[str] | None = None):
         super().__init__()
         self.layers = dict(layers)
         self.layer_names = list(layers)
         self.index = {name: i for i, name in enumerate(self.layer_names)}
         self.concept, self.surrogate, self.scale = concept, surrogate, float(scale)
         self.settings = dict(settings or {})
+        self.wordings = _wordings(concept, wordings)
         self.architecture_hash = architecture_hash(self.layers)
         downs, ups = [], []
         for spec in self.layers.values():
@@ -57,8 +71,9 @@ class SPM(nn.Module):
 
     @classmethod
     def for_unet(cls, unet: nn.Module, concept: str, surrogate: str = "", scale: float = 1.0,
-                 settings: dict | None = None, generator: torch.Generator | None = None) -> "SPM":
-        return cls(adapted_layers(unet), concept, surrogate, scale, settings, generator)
+                 settings: dict | None = None, generator: torch.Generator | None = None,
+                 wordings: Sequence[str] | None = None) -> "SPM":
+        return cls(adapted_layers(unet), concept, surrogate, scale, settings, generator, wordings)
 
     def check_compatible(self, unet: nn.Module) -> None:
         """Raise ArchitectureMismatch (naming the differing layers) unless unet has this SPM's layers."""
@@ -78,7 +93,7 @@ class SPM(nn.Module):
             "version": FORMAT_VERSION, "concept": self.concept, "surrogate": self.surrogate, "scale": self.scale,
             "architecture_hash": self.architecture_hash,
             "layers": {name: spec.as_list() for name, spec in self.layers.items()},
-            "settings": self.settings,
+            "settings": self.settings, "wordings": self.wordings,
         }
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -96,7 +111,8 @@ class SPM(nn.Module):
         if meta.get("version") != FORMAT_VERSION:
             raise ValueError(f"unsupported SPM format version {meta.get('version')!r} (this osmos reads {FORMAT_VERSION})")
         layers = {name: LayerSpec(*spec) for name, spec in meta["layers"].items()}
-        spm = cls(layers, meta["concept"], meta.get("surrogate", ""), meta.get("scale", 1.0), meta.get("settings"))
+        spm = cls(layers, meta["concept"], meta.get("surrogate", ""), meta.get("scale", 1.0), meta.get("settings"),
+                  wordings=meta.get("wordings"))
         if spm.architecture_hash != meta["architecture_hash"]:
             raise ValueError("SPM file is corrupt: its layer list does not match its architecture hash")
         with torch.no_grad():
@@ -121,4 +137,5 @@ class SPM(nn.Module):
         return spm
 
     def extra_repr(self) -> str:
-        return f"concept={self.concept!r}, surrogate={self.surrogate!r}, layers={len(self.layer_names)}, scale={self.scale}"
+        return (f"concept={self.concept!r}, wordings={self.wordings}, surrogate={self.surrogate!r}, "
+                f"layers={len(self.layer_names)}, scale={self.scale}")

@@ -221,7 +221,8 @@ def train_spm(pipe, concept: str, surrogate: str = "", steps: int = 1000, lr: fl
               scale: float = 1.0, sampling_steps: int = 30, seed: int = 0, checkpoint: str | Path | None = None,
               checkpoint_every: int = 100, progress: bool = True, callback=None,
               prompts: Sequence[tuple[str, str]] | None = None, targets_per_step: int = 1,
-              fixed_anchors: Sequence[str] = (), anchor_norm_range: tuple[float, float] | None = (0.8, 1.2)) -> SPM:
+              fixed_anchors: Sequence[str] = (), anchor_norm_range: tuple[float, float] | None = (0.8, 1.2),
+              wordings: Sequence[str] | None = None) -> SPM:
     """Train an SPM that erases `concept` (mapping it to `surrogate`) from pipe.unet.
 
     Each step: draw `targets_per_step` (target, surrogate) prompt pairs (by default the one pair
@@ -241,6 +242,8 @@ def train_spm(pipe, concept: str, surrogate: str = "", steps: int = 1000, lr: fl
         fixed_anchors: prompts anchored at every step (e.g. "" for the unconditional branch of
             classifier-free guidance), on the x_t of the targets.
         anchor_norm_range: rescaling of vocabulary anchors to the concept's norm (None: keep).
+        wordings: every text naming the concept in `prompts` (e.g. "circle", "disc", "round
+            shape"), stored in the SPM for Facilitated Transport. Default [concept].
         checkpoint: a file to resume from (if present) and to save to every checkpoint_every
             steps and at the end (safetensors: SPM, optimizer state, RNG, step).
         callback: called as callback(step, {"loss", "erasure", "anchoring"}) after each step.
@@ -258,7 +261,8 @@ def train_spm(pipe, concept: str, surrogate: str = "", steps: int = 1000, lr: fl
                              extra={"prompts": len(pairs), "targets_per_step": k, "fixed_anchors": list(fixed_anchors),
                                     "anchor_norm_range": anchor_norm_range})
     generator = torch.Generator().manual_seed(seed)
-    spm = SPM.for_unet(unet, concept, surrogate, scale, settings=settings.__dict__, generator=generator).to(device)
+    spm = SPM.for_unet(unet, concept, surrogate, scale, settings=settings.__dict__, generator=generator,
+                       wordings=wordings).to(device)
     unet.requires_grad_(False)
     opt = torch.optim.Adam(spm.parameters(), lr=lr)
 

@@ -1,13 +1,18 @@
 """Facilitated Transport: per-prompt, per-SPM strength gamma from text similarity.
 
-    gamma_i(p) = clamp( factor * max( sim(E(p), E(c_i)), |T(p) & T(c_i)| / |T(c_i)| ), 0, 1 )
+    gamma_i(p) = clamp( factor * max over w in W_i of max( sim(E(p), E(w)), |T(p) & T(w)| / |T(w)| ), 0, 1 )
 
 E: text-encoder states of the content tokens (special and padding tokens excluded), T: the set
-of content token ids, c_i: SPM i's concept. The reference implementation compares all 77
+of content token ids, W_i: SPM i's wordings (every text it was trained to erase: "circle",
+"disc", "round shape"; by default just its concept), so a prompt using any of them gets the
+strength of a prompt using the concept word. The reference implementation compares all 77
 positions flattened, padding included, which makes unrelated prompts look similar; osmos
 measures similarity on content tokens only. Rules (`rule=`):
   "token_max"  max over the prompt's tokens of cos(token state, concept's mean state) (default)
   "pooled"     cos(mean prompt state, mean concept state)
+  "token_all"  min over the concept's tokens of the max over the prompt's tokens of cos: every
+               token of a multi-word wording must be matched ("round shape" does not match
+               "a star shape" through "shape" alone)
   "flattened"  cos of all positions flattened, padding included (the reference's rule, kept
                only to measure what it does)
 or a callable(prompt: PromptEncoding, concept: PromptEncoding) -> float.
@@ -60,6 +65,13 @@ def similarity_pooled(prompt: PromptEncoding, concept: PromptEncoding) -> float:
     return float(_cos(p.mean(0), c.mean(0)))
 
 
+def similarity_token_all(prompt: PromptEncoding, concept: PromptEncoding) -> float:
+    p, c = prompt.content_states(), concept.content_states()
+    if len(p) == 0 or len(c) == 0:
+        return 0.0
+    return float(_cos(p[:, None], c[None]).max(0).values.min())  # [P, C] -> best prompt token per concept token
+
+
 def similarity_flattened(prompt: PromptEncoding, concept: PromptEncoding) -> float:
     return float(_cos(prompt.states.float().reshape(-1), concept.states.float().reshape(-1)))
 
@@ -67,6 +79,7 @@ def similarity_flattened(prompt: PromptEncoding, concept: PromptEncoding) -> flo
 RULES: dict[str, Callable[[PromptEncoding, PromptEncoding], float]] = {
     "token_max": similarity_token_max,
     "pooled": similarity_pooled,
+    "token_all": similarity_token_all,
     "flattened": similarity_flattened,
 }
 
@@ -82,7 +95,8 @@ class FacilitatedTransport:
 
     Args:
         encode: maps prompts to PromptEncodings (see `transformers_encoder`).
-        concepts: the SPMs' concept texts, in apply_spm's order.
+        concepts: per SPM, in apply_spm's order, its concept text or the list of its wordings
+            (gamma is the maximum over them); `for_spms` takes them from the SPMs.
         factor: the facilitate factor f.
         rule: a name in RULES or a callable.
         use_token_overlap: include the token-overlap term.
@@ -90,7 +104,7 @@ class FacilitatedTransport:
             them, every "a ..." prompt shares half of the concept "a cat").
     """
 
-    def __init__(self, encode: Encoder, concepts: Sequence[str], factor: float = 1.0,
+    def __init__(self, encode: Encoder, concepts: Sequence[str | Sequence[str]], factor: float = 1.0,
                  rule: str | Callable[[PromptEncoding, PromptEncoding], float] = "token_max",
                  use_token_overlap: bool = True, overlap_ignore_ids: Sequence[int] = ()):
         if isinstance(rule, str):
@@ -99,17 +113,31 @@ class FacilitatedTransport:
             rule = RULES[rule]
         self.encode, self.factor, self.rule, self.use_token_overlap = encode, float(factor), rule, use_token_overlap
         self.concepts = list(concepts)
+        self.wordings = [[c] if isinstance(c, str) else list(c) for c in self.concepts]
+        if not all(self.wordings):
+            raise ValueError("every concept needs at least one wording")
         self.overlap_ignore_ids = frozenset(int(i) for i in overlap_ignore_ids)
-        self._concept_encodings = list(encode(self.concepts))
+        encoded = iter(encode([w for ws in self.wordings for w in ws]))
+        self._concept_encodings = [[next(encoded) for _ in ws] for ws in self.wordings]
         self._cache: dict[str, Tensor] = {}
 
+    @classmethod
+    def for_spms(cls, encode: Encoder, spms: Sequence, **kwargs) -> "FacilitatedTransport":
+        """Facilitated Transport over the wordings stored in each SPM (`SPM.wordings`)."""
+        return cls(encode, [list(spm.wordings) for spm in spms], **kwargs)
+
+    def similarity(self, prompt: PromptEncoding, wording: PromptEncoding) -> float:
+        """The rule's similarity, or the token overlap if that is larger (before factor and clamping)."""
+        score = self.rule(prompt, wording)
+        if self.use_token_overlap:
+            score = max(score, token_overlap(prompt, wording, self.overlap_ignore_ids))
+        return score
+
     def strengths(self, prompt: PromptEncoding) -> Tensor:
-        """gamma [C] for one encoded prompt."""
+        """gamma [C] for one encoded prompt: per SPM, the best match over its wordings."""
         values = []
-        for concept in self._concept_encodings:
-            score = self.rule(prompt, concept)
-            if self.use_token_overlap:
-                score = max(score, token_overlap(prompt, concept, self.overlap_ignore_ids))
+        for wordings in self._concept_encodings:
+            score = max(self.similarity(prompt, w) for w in wordings)
             values.append(min(1.0, max(0.0, self.factor * score)))
         return torch.tensor(values, dtype=torch.float32)
 
