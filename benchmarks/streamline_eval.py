@@ -35,6 +35,8 @@ CONFIGS = {
     "osmos slices 4/4": {"spatial": 4, "temporal": 4},
     "osmos slices 8/16": {"spatial": 8, "temporal": 16},
     "osmos slices 16/16": {"spatial": 16, "temporal": 16},
+    "osmos slices 8/16 adaptive": {"spatial": 8, "temporal": 16, "adaptive": True},
+    "osmos slices 16/16 adaptive": {"spatial": 16, "temporal": 16, "adaptive": True},
 }
 MODELS = ("motion", "svd", "shapes-video")
 TITLES = {"motion": "UNetMotionModel (AnimateDiff), random weights, 64/128 channels",
@@ -111,7 +113,8 @@ def configure(unet, cfg: dict, frames: int, size: int):
         Holder(unet).enable_free_noise_split_inference(spatial_split_size=256, temporal_split_size=2)
         return None
     if cfg:
-        return streamline(unet, spatial_slices=min(cfg["spatial"], frames), temporal_slices=cfg["temporal"])
+        return streamline(unet, spatial_slices=min(cfg["spatial"], frames), temporal_slices=cfg["temporal"],
+                          adaptive=cfg.get("adaptive", False))
     return None
 
 

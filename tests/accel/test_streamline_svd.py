@@ -36,14 +36,15 @@ def has_svd_wrappers(unet) -> bool:
     return SlicedSpatioTemporalResBlock in kinds and SlicedSpatioTemporalTransformer in kinds
 
 
-@pytest.mark.parametrize("spatial,temporal", [(1, 5), (3, 1), (4, 7), (10, 63)])
-def test_sliced_svd_unet_is_exact(spatial, temporal):
+@pytest.mark.parametrize("spatial,temporal,adaptive", [(1, 5, False), (3, 1, False), (4, 7, False), (10, 63, False),
+                                                        (10, 63, True)])
+def test_sliced_svd_unet_is_exact(spatial, temporal, adaptive):
     unet = tiny_svd_unet()
 
     def check(sliced):
         assert has_svd_wrappers(sliced)
 
-    assert_exact_and_removable(unet, lambda: run(unet), spatial, temporal, on_sliced=check)
+    assert_exact_and_removable(unet, lambda: run(unet), spatial, temporal, on_sliced=check, adaptive=adaptive)
     assert not has_svd_wrappers(unet)
 
 
