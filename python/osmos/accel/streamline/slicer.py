@@ -240,9 +240,9 @@ def streamline(unet: nn.Module, spatial_slices: int = 1, temporal_slices: int = 
     docstrings). Exact: outputs equal the unsliced model's to float rounding. With `adaptive`,
     the counts apply to the top level (the full-resolution activations, which set the peak) and
     each operator runs in fewer slices in proportion to its smaller input (`SizeScale`): about the
-    same peak, fewer kernel calls. `rehash` adds Step
-    Rehash (not exact: the deep blocks' output is reused at non-key steps; see
-    osmos.accel.streamline.rehash). Returns a handle whose remove() undoes everything."""
+    same peak, fewer kernel calls (the results may differ from the non-adaptive slicing's in float
+    rounding). `rehash` adds Step Rehash (not exact: the deep blocks' output is reused at non-key
+    steps; see osmos.accel.streamline.rehash). Returns a handle whose remove() undoes everything."""
     for name, v in (("spatial_slices", spatial_slices), ("temporal_slices", temporal_slices)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
