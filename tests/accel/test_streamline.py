@@ -26,16 +26,51 @@ def run(unet, frames=4, batch=1, size=8, seed=1, t=500):
         return unet(x, torch.tensor(t), encoder_hidden_states=ctx).sample
 
 
-@pytest.mark.parametrize("spatial,temporal", [(2, 1), (1, 5), (3, 7), (4, 64)])
-def test_sliced_unet_is_exact(spatial, temporal):
-    unet = tiny_motion_unet()
-    want = run(unet)
-    handle = streamline(unet, spatial_slices=spatial, temporal_slices=temporal)
+def assert_exact_and_removable(unet, call, spatial: int, temporal: int, on_sliced=None, adaptive: bool = False):
+    """streamline(unet, spatial, temporal, adaptive=adaptive) changes call()'s output by at most
+    1e-5, and remove() restores the original modules: the output is bitwise identical again.
+    `on_sliced(unet)` runs while the UNet is streamlined (extra checks of its structure)."""
+    want = call()
+    handle = streamline(unet, spatial_slices=spatial, temporal_slices=temporal, adaptive=adaptive)
     assert handle.wrapped > 0
-    got = run(unet)
-    assert (got - want).abs().max().item() <= 1e-5
+    if on_sliced is not None:
+        on_sliced(unet)
+    got = call()
     handle.remove()
-    assert torch.equal(run(unet), want)  # detached cleanly: bitwise identical again
+    assert (got - want).abs().max().item() <= 1e-5
+    assert handle.wrapped == 0 and not any("forward" in m.__dict__ for m in unet.modules())
+    assert torch.equal(call(), want)
+
+
+@pytest.mark.parametrize("spatial,temporal,adaptive", [(2, 1, False), (1, 5, False), (3, 7, False), (4, 64, False),
+                                                        (4, 64, True), (3, 7, True)])
+def test_sliced_unet_is_exact(spatial, temporal, adaptive):
+    unet = tiny_motion_unet()
+    assert_exact_and_removable(unet, lambda: run(unet), spatial, temporal, adaptive=adaptive)
+
+
+def test_adaptive_slices_deep_levels_in_fewer_slices():
+    # top level: 4 frames x 32 channels x 8x8 = 8192 elements per activation; down_blocks[1]'s
+    # resnet sees 32 channels at 4x4 (2048: a quarter, 1 slice instead of 4), its motion module
+    # 64 channels at 4x4 (4096: half, 4 spatial slices instead of 8)
+    unet = tiny_motion_unet()
+    handle = streamline(unet, spatial_slices=4, temporal_slices=8, adaptive=True)
+    calls = {}
+
+    def count(name):
+        def hook(module, args, kwargs):
+            calls[name] = calls.get(name, 0) + 1
+        return hook
+
+    spies = {"top resnet": unet.down_blocks[0].resnets[0].inner, "deep resnet": unet.down_blocks[1].resnets[0].inner,
+             "top motion": unet.down_blocks[0].motion_modules[0].inner.proj_in,
+             "deep motion": unet.down_blocks[1].motion_modules[0].inner.proj_in}
+    hooks = [m.register_forward_pre_hook(count(k), with_kwargs=True) for k, m in spies.items()]
+    run(unet)
+    for h in hooks:
+        h.remove()
+    handle.remove()
+    assert calls == {"top resnet": 4, "deep resnet": 1, "top motion": 8, "deep motion": 4}
 
 
 def test_naive_spatial_slicing_of_motion_norm_would_be_wrong():
@@ -60,6 +95,8 @@ def test_errors():
     unet = tiny_motion_unet()
     with pytest.raises(ValueError, match="spatial_slices"):
         streamline(unet, spatial_slices=0)
+    with pytest.raises(TypeError, match="adaptive"):
+        streamline(unet, spatial_slices=2, adaptive="yes")
     with pytest.raises(TypeError, match="UNetMotionModel"):
         streamline(torch.nn.Linear(2, 2), spatial_slices=2)
     h = streamline(unet, spatial_slices=2)
@@ -87,12 +124,25 @@ def run_odd(unet):
 
 def test_sliced_unet_is_exact_at_odd_sizes():
     unet = tiny_motion_unet()
-    want = run_odd(unet)
-    handle = streamline(unet, spatial_slices=3, temporal_slices=10)
-    got = run_odd(unet)
-    handle.remove()
-    assert (got - want).abs().max().item() <= 1e-5
-    assert torch.equal(run_odd(unet), want)
+    assert_exact_and_removable(unet, lambda: run_odd(unet), 3, 10)
+
+
+@pytest.mark.parametrize("frames,spatial,temporal", [(8, 8, 16), (12, 5, 7)])
+def test_zoo_shapes_video_is_exact(frames, spatial, temporal):
+    # the trained zoo model (3 levels, cross-attention in the two deeper ones, motion mid block),
+    # one classifier-free-guidance step as its pipeline runs it, at and beyond its 8 training frames
+    from osmos import zoo
+    from osmos.zoo.models import predict_noise
+
+    pipe = zoo.load("shapes-video")
+    states, mask = pipe.encode_prompt(["", "a blue square"])
+    x = torch.randn(2, 3, frames, 8, 8, generator=torch.Generator().manual_seed(3))
+
+    def call():
+        with torch.no_grad():
+            return predict_noise(pipe.unet, x, torch.tensor(700), states, mask)
+
+    assert_exact_and_removable(pipe.unet, call, spatial, temporal)
 
 
 def full_res_shapes(unet, call):

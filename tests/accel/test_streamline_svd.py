@@ -7,6 +7,7 @@ from diffusers import UNetSpatioTemporalConditionModel  # noqa: E402
 from osmos.accel.streamline import streamline  # noqa: E402
 from osmos.accel.streamline.spatiotemporal import (SlicedSpatioTemporalResBlock,  # noqa: E402
                                                    SlicedSpatioTemporalTransformer)
+from tests.accel.test_streamline import assert_exact_and_removable  # noqa: E402
 
 
 def tiny_svd_unet():
@@ -30,19 +31,21 @@ def run(unet, batch=2, frames=5, height=7, width=9, seed=1):
         return unet(x, torch.tensor(500), encoder_hidden_states=ctx, added_time_ids=ids).sample
 
 
-@pytest.mark.parametrize("spatial,temporal", [(1, 5), (3, 1), (4, 7), (10, 63)])
-def test_sliced_svd_unet_is_exact(spatial, temporal):
-    unet = tiny_svd_unet()
-    want = run(unet)
-    handle = streamline(unet, spatial_slices=spatial, temporal_slices=temporal)
+def has_svd_wrappers(unet) -> bool:
     kinds = {type(m) for m in unet.modules()}
-    assert SlicedSpatioTemporalResBlock in kinds and SlicedSpatioTemporalTransformer in kinds
-    got = run(unet)
-    assert (got - want).abs().max().item() <= 1e-5
-    handle.remove()
-    assert not any(isinstance(m, (SlicedSpatioTemporalResBlock, SlicedSpatioTemporalTransformer))
-                   for m in unet.modules())
-    assert torch.equal(run(unet), want)  # detached cleanly: bitwise identical again
+    return SlicedSpatioTemporalResBlock in kinds and SlicedSpatioTemporalTransformer in kinds
+
+
+@pytest.mark.parametrize("spatial,temporal,adaptive", [(1, 5, False), (3, 1, False), (4, 7, False), (10, 63, False),
+                                                        (10, 63, True)])
+def test_sliced_svd_unet_is_exact(spatial, temporal, adaptive):
+    unet = tiny_svd_unet()
+
+    def check(sliced):
+        assert has_svd_wrappers(sliced)
+
+    assert_exact_and_removable(unet, lambda: run(unet), spatial, temporal, on_sliced=check, adaptive=adaptive)
+    assert not has_svd_wrappers(unet)
 
 
 def test_temporal_res_block_norm_needs_all_positions():

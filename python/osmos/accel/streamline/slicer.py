@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from osmos.accel.streamline.rehash import RehashConfig, RehashHandle, deep_blocks
 from osmos.accel.streamline.rehash import rehash as install_rehash
 from osmos.accel.streamline.spatiotemporal import SlicedSpatioTemporalResBlock, SlicedSpatioTemporalTransformer
-from osmos.accel.streamline.slices import BatchSliced, bounds, frame_group_stats, take, write
+from osmos.accel.streamline.slices import BatchSliced, SizeScale, bounds, frame_group_stats, scaled, take, write
 from osmos.ops.group_norm import group_norm_apply
 
 
@@ -41,14 +41,15 @@ def _upsample_size(hidden: Tensor, skip: Tensor):
 
 
 def _sliced_cat_resnet(resnet: nn.Module, hidden: Tensor, skip: Tensor, temb, slices: int,
-                       upsamplers=()) -> Tensor:
+                       upsamplers=(), scale: SizeScale | None = None) -> Tensor:
     """resnet(cat([up(hidden), skip], 1), temb) slice by slice along batch x frames, where `up`
     is the previous up block's deferred upsamplers (none when `hidden` already has skip's size)."""
     inner = _inner(resnet)
     size = _upsample_size(hidden, skip) if upsamplers else None
     n = hidden.shape[0]
     out = None
-    for a, b in bounds(n, slices):
+    cat_numel = skip.numel() // max(skip.shape[1], 1) * (skip.shape[1] + hidden.shape[1])
+    for a, b in bounds(n, scaled(slices, cat_numel, scale)):
         part = hidden[a:b]
         for upsampler in upsamplers:
             part = _inner(upsampler)(hidden_states=part, output_size=size)
@@ -59,7 +60,7 @@ def _sliced_cat_resnet(resnet: nn.Module, hidden: Tensor, skip: Tensor, temb, sl
 
 
 def sliced_up_block_forward(block: nn.Module, slices: int, previous: nn.Module | None = None,
-                            defer_upsample: bool = False):
+                            defer_upsample: bool = False, scale: SizeScale | None = None):
     """A forward for a diffusers motion (UpBlockMotion, CrossAttnUpBlockMotion) or SVD
     (UpBlockSpatioTemporal, CrossAttnUpBlockSpatioTemporal) up block that builds each skip
     concatenation slice by slice inside the first (spatial) resnet's slice loop (same
@@ -91,10 +92,10 @@ def sliced_up_block_forward(block: nn.Module, slices: int, previous: nn.Module |
             pending = previous.upsamplers if (i == 0 and previous is not None and previous.upsamplers
                                               and hidden.shape[2:] != skip.shape[2:]) else ()
             if isinstance(resnet, SlicedSpatioTemporalResBlock):
-                hidden = _sliced_cat_resnet(resnet.inner.spatial_res_block, hidden, skip, temb, slices, pending)
+                hidden = _sliced_cat_resnet(resnet.inner.spatial_res_block, hidden, skip, temb, slices, pending, scale)
                 hidden = resnet.temporal_stage(hidden, temb, indicator)
             else:
-                hidden = _sliced_cat_resnet(resnet, hidden, skip, temb, slices, pending)
+                hidden = _sliced_cat_resnet(resnet, hidden, skip, temb, slices, pending, scale)
             if attn is not None and indicator is not None:
                 hidden = attn(hidden, encoder_hidden_states=a.get("encoder_hidden_states"),
                               image_only_indicator=indicator, return_dict=False)[0]
@@ -116,10 +117,11 @@ def sliced_up_block_forward(block: nn.Module, slices: int, previous: nn.Module |
 class SpatiallySlicedMotion(nn.Module):
     """An AnimateDiffTransformer3D run over spatial slices with an exact two-pass GroupNorm."""
 
-    def __init__(self, inner: nn.Module, slices: int):
+    def __init__(self, inner: nn.Module, slices: int, scale: SizeScale | None = None):
         super().__init__()
         self.inner = inner
         self.slices = slices
+        self.scale = scale
 
     def forward(self, hidden_states: Tensor, encoder_hidden_states=None, timestep=None, class_labels=None,
                 num_frames: int = 1, cross_attention_kwargs=None) -> Tensor:
@@ -133,7 +135,7 @@ class SpatiallySlicedMotion(nn.Module):
         out = torch.empty_like(x)
         weight = m.norm.weight.float() if m.norm.weight is not None else None
         bias = m.norm.bias.float() if m.norm.bias is not None else None
-        for s0, s1 in bounds(hw, self.slices):
+        for s0, s1 in bounds(hw, scaled(self.slices, x.numel(), self.scale)):
             part = group_norm_apply(x[:, :, s0:s1], stats_bf, weight, bias, m.norm.eps)  # [B*F, C, S]
             s = s1 - s0
             tokens = part.view(b, num_frames, c, s).permute(0, 3, 1, 2).reshape(b * s, num_frames, c)
@@ -193,14 +195,14 @@ def _blocks(unet: nn.Module):
 
 
 def _slice_up_blocks(unet: nn.Module, slices: int, handle: StreamlineHandle,
-                     keep_upsample: nn.Module | None = None) -> None:
+                     keep_upsample: nn.Module | None = None, scale: SizeScale | None = None) -> None:
     """Give every up block the sliced forward; an up block followed by another defers its
     upsamplers to that block's first resnet loop (except `keep_upsample`)."""
     ups = list(unet.up_blocks)
     for i, block in enumerate(ups):
         previous = ups[i - 1] if i > 0 and ups[i - 1] is not keep_upsample else None
         defer = i + 1 < len(ups) and block is not keep_upsample
-        block.forward = sliced_up_block_forward(block, slices, previous=previous, defer_upsample=defer)
+        block.forward = sliced_up_block_forward(block, slices, previous=previous, defer_upsample=defer, scale=scale)
         handle._forwards.append(block)
 
 
@@ -214,32 +216,38 @@ _SPATIOTEMPORAL = {"SpatioTemporalResBlock": SlicedSpatioTemporalResBlock,
 _WRAPPERS = (BatchSliced, SpatiallySlicedMotion, SlicedSpatioTemporalResBlock, SlicedSpatioTemporalTransformer)
 
 
-def _wrap_block(block: nn.Module, spatial: int, temporal: int, handle: StreamlineHandle) -> None:
+def _wrap_block(block: nn.Module, spatial: int, temporal: int, handle: StreamlineHandle,
+                scale: SizeScale | None) -> None:
     for group in ("resnets", "attentions", "downsamplers", "upsamplers", "motion_modules"):
         mods = getattr(block, group, None)
         for i in range(len(mods) if mods is not None else 0):
             kind = _SPATIOTEMPORAL.get(type(mods[i]).__name__)
             if kind is not None:
-                wrapper = kind(mods[i], spatial, temporal) if spatial > 1 or temporal > 1 else None
+                wrapper = kind(mods[i], spatial, temporal, scale) if spatial > 1 or temporal > 1 else None
             elif group == "motion_modules":
-                wrapper = SpatiallySlicedMotion(mods[i], temporal) if temporal > 1 else None
+                wrapper = SpatiallySlicedMotion(mods[i], temporal, scale) if temporal > 1 else None
             else:
-                wrapper = BatchSliced(mods[i], spatial) if spatial > 1 else None
+                wrapper = BatchSliced(mods[i], spatial, scale) if spatial > 1 else None
             if wrapper is not None:
                 handle._wrap(mods, str(i), wrapper)
 
 
 def streamline(unet: nn.Module, spatial_slices: int = 1, temporal_slices: int = 1,
-               rehash: RehashConfig | None = None) -> StreamlineHandle:
+               rehash: RehashConfig | None = None, adaptive: bool = False) -> StreamlineHandle:
     """Slice the operators of a diffusers UNetMotionModel (AnimateDiff) or
     UNetSpatioTemporalConditionModel (SVD): spatial operators over `spatial_slices` slices of
     batch x frames, temporal ones over `temporal_slices` slices of space (see the module
-    docstrings). Exact: outputs equal the unsliced model's to float rounding. `rehash` adds Step
-    Rehash (not exact: the deep blocks' output is reused at non-key steps; see
-    osmos.accel.streamline.rehash). Returns a handle whose remove() undoes everything."""
+    docstrings). Exact: outputs equal the unsliced model's to float rounding. With `adaptive`,
+    the counts apply to the top level (the full-resolution activations, which set the peak) and
+    each operator runs in fewer slices in proportion to its smaller input (`SizeScale`): about the
+    same peak, fewer kernel calls (the results may differ from the non-adaptive slicing's in float
+    rounding). `rehash` adds Step Rehash (not exact: the deep blocks' output is reused at non-key
+    steps; see osmos.accel.streamline.rehash). Returns a handle whose remove() undoes everything."""
     for name, v in (("spatial_slices", spatial_slices), ("temporal_slices", temporal_slices)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    if not isinstance(adaptive, bool):
+        raise TypeError(f"adaptive must be a bool, got {type(adaptive).__name__}")
     if rehash is not None and not isinstance(rehash, RehashConfig):
         raise TypeError(f"rehash must be a RehashConfig or None, got {type(rehash).__name__}")
     if type(unet).__name__ not in _SUPPORTED:
@@ -252,10 +260,13 @@ def streamline(unet: nn.Module, spatial_slices: int = 1, temporal_slices: int = 
     if unknown and spatial_slices > 1:
         raise TypeError(f"streamline cannot slice the up block class(es) {', '.join(unknown)}")
     handle = StreamlineHandle()
+    scale = SizeScale() if adaptive else None
 
     def check_slices(module, args, kwargs):
         sample = args[0] if args else kwargs.get("sample")
         b, f, h, w = sample.shape[0], sample.shape[frame_axis], sample.shape[-2], sample.shape[-1]
+        if scale is not None:
+            scale.top = b * f * unet.conv_in.out_channels * h * w
         if spatial_slices > b * f:
             raise ValueError(f"spatial_slices={spatial_slices} is larger than batch x frames = {b * f}")
         if temporal_slices > h * w:
@@ -263,12 +274,12 @@ def streamline(unet: nn.Module, spatial_slices: int = 1, temporal_slices: int = 
 
     handle._hooks.append(unet.register_forward_pre_hook(check_slices, with_kwargs=True))
     for block in _blocks(unet):
-        _wrap_block(block, spatial_slices, temporal_slices, handle)
+        _wrap_block(block, spatial_slices, temporal_slices, handle, scale)
     if spatial_slices > 1:
         # Step Rehash replays its feature block's output: keep that block's upsampling inside it,
         # so non-key steps do not redo it
         feature = deep_blocks(unet, rehash.depth)[1] if rehash is not None else None
-        _slice_up_blocks(unet, spatial_slices, handle, keep_upsample=feature)
+        _slice_up_blocks(unet, spatial_slices, handle, keep_upsample=feature, scale=scale)
     if rehash is not None:
         handle.rehash = install_rehash(unet, rehash)
     return handle

@@ -1,6 +1,6 @@
-"""Slicing primitives shared by the Feature Slicer's wrappers: slice bounds, taking a slice of
-every argument, assembling per-slice results, and `BatchSliced` (any per-frame operator run on
-slices of the batch x frames axis)."""
+"""Slicing primitives shared by the Feature Slicer's wrappers: slice bounds, slice counts scaled
+to activation sizes (`SizeScale`), taking a slice of every argument, assembling per-slice
+results, and `BatchSliced` (any per-frame operator run on slices of the batch x frames axis)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,28 @@ def bounds(n: int, slices: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
+class SizeScale:
+    """Slice counts in proportion to activation size (streamline(adaptive=True)). `top` is the
+    element count of the UNet's top-level activation in the current forward (batch x frames x
+    conv_in's channels x H x W, set by a forward pre-hook). An operator whose input holds `numel`
+    elements runs in ceil(slices * numel / top) slices (at most `slices`): every slice holds about
+    as many elements as a top-level slice, so the deeper, smaller levels (which do not set the
+    peak) run in fewer, larger slices, with fewer and larger kernel calls."""
+
+    def __init__(self):
+        self.top = 0
+
+    def count(self, slices: int, numel: int) -> int:
+        if self.top <= 0:
+            return slices
+        return max(1, min(slices, -(-slices * numel // self.top)))
+
+
+def scaled(slices: int, numel: int, scale: SizeScale | None) -> int:
+    """The slice count for an input of `numel` elements: `slices`, scaled when `scale` is given."""
+    return slices if scale is None else scale.count(slices, numel)
+
+
 def take(value, n: int, a: int, b: int):
     """Slice rows a:b of every tensor whose first axis is the sliced one (length n)."""
     if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n:
@@ -28,17 +50,19 @@ def take(value, n: int, a: int, b: int):
 class BatchSliced(nn.Module):
     """Runs `inner` on slices of the leading (batch x frames) axis of its tensor arguments."""
 
-    def __init__(self, inner: nn.Module, slices: int):
+    def __init__(self, inner: nn.Module, slices: int, scale: SizeScale | None = None):
         super().__init__()
         self.inner = inner
         self.slices = slices
+        self.scale = scale
 
     def forward(self, *args, **kwargs):
         lead = next((v for v in list(args) + list(kwargs.values()) if isinstance(v, Tensor) and v.dim() >= 4), None)
-        if lead is None or self.slices <= 1:
+        count = scaled(self.slices, lead.numel(), self.scale) if lead is not None else 1
+        if count <= 1:
             return self.inner(*args, **kwargs)
         n = lead.shape[0]
-        parts = bounds(n, self.slices)
+        parts = bounds(n, count)
         out = None
         for a, b in parts:
             piece = self.inner(*[take(v, n, a, b) for v in args], **{k: take(v, n, a, b) for k, v in kwargs.items()})

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from osmos.accel.streamline.slices import bounds, frame_group_stats, take, write
+from osmos.accel.streamline.slices import SizeScale, bounds, frame_group_stats, scaled, take, write
 from osmos.ops.group_norm import group_norm_apply, group_norm_stats
 
 
@@ -44,18 +44,19 @@ class SlicedSpatioTemporalResBlock(nn.Module):
     """A SpatioTemporalResBlock whose spatial part runs on batch x frames slices and whose
     temporal part runs on spatial slices with exact two-pass GroupNorms."""
 
-    def __init__(self, inner: nn.Module, spatial_slices: int, temporal_slices: int):
+    def __init__(self, inner: nn.Module, spatial_slices: int, temporal_slices: int, scale: SizeScale | None = None):
         super().__init__()
         self.inner = inner
         self.spatial_slices = spatial_slices
         self.temporal_slices = temporal_slices
+        self.scale = scale
 
     def forward(self, hidden_states: Tensor, temb: Tensor | None = None,
                 image_only_indicator: Tensor | None = None) -> Tensor:
         spatial = self.inner.spatial_res_block
         n = hidden_states.shape[0]
         out = None
-        for a, b in bounds(n, self.spatial_slices):
+        for a, b in bounds(n, scaled(self.spatial_slices, hidden_states.numel(), self.scale)):
             out = write(out, spatial(hidden_states[a:b], take(temb, n, a, b)), n, a, b)
         return self.temporal_stage(out, temb, image_only_indicator)
 
@@ -78,7 +79,8 @@ class SlicedSpatioTemporalResBlock(nn.Module):
         parked = out.view(batch, frames, c_out, hw)
         g2 = block.norm2.num_groups
         stats2 = None
-        for s0, s1 in bounds(hw, self.temporal_slices):  # pass 1: conv1 per slice, norm2 statistics
+        parts = bounds(hw, scaled(self.temporal_slices, x.numel(), self.scale))
+        for s0, s1 in parts:  # pass 1: conv1 per slice, norm2 statistics
             part = group_norm_apply(xs[:, :, s0:s1], stats1, w1, b1, block.norm1.eps, silu=True)
             hidden = block.conv1(_to_video(part, batch, frames))
             if tproj is not None:
@@ -87,7 +89,7 @@ class SlicedSpatioTemporalResBlock(nn.Module):
             stats2 = part_stats if stats2 is None else stats2 + part_stats
             parked[..., s0:s1] = _from_video(hidden)
         stats2 = stats2[:, None].expand(-1, frames, -1, -1).reshape(bf, g2, 3).contiguous()
-        for s0, s1 in bounds(hw, self.temporal_slices):  # pass 2: norm2 -> conv2 -> residual -> blend
+        for s0, s1 in parts:  # pass 2: norm2 -> conv2 -> residual -> blend
             part = group_norm_apply(out[:, :, s0:s1], stats2, w2, b2, block.norm2.eps, silu=True)
             hidden = block.conv2(block.dropout(_to_video(part, batch, frames)))
             spatial = _to_video(xs[:, :, s0:s1], batch, frames)
@@ -101,11 +103,12 @@ class SlicedSpatioTemporalTransformer(nn.Module):
     """A TransformerSpatioTemporalModel run spatial layers on batch x frames slices and
     temporal layers on spatial slices."""
 
-    def __init__(self, inner: nn.Module, spatial_slices: int, temporal_slices: int):
+    def __init__(self, inner: nn.Module, spatial_slices: int, temporal_slices: int, scale: SizeScale | None = None):
         super().__init__()
         self.inner = inner
         self.spatial_slices = spatial_slices
         self.temporal_slices = temporal_slices
+        self.scale = scale
 
     def forward(self, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
                 image_only_indicator: Tensor | None = None, return_dict: bool = True):
@@ -124,9 +127,11 @@ class SlicedSpatioTemporalTransformer(nn.Module):
         out = None
         tokens = None
         layers = list(zip(m.transformer_blocks, m.temporal_transformer_blocks))
+        spatial_parts = bounds(bf, scaled(self.spatial_slices, hidden_states.numel(), self.scale))
+        temporal_parts = bounds(hw, scaled(self.temporal_slices, hidden_states.numel(), self.scale))
         for k, (block, temporal) in enumerate(layers):
             new = None
-            for a, b in bounds(bf, self.spatial_slices):
+            for a, b in spatial_parts:
                 if k == 0:
                     part = m.norm(hidden_states[a:b])
                     part = m.proj_in(part.permute(0, 2, 3, 1).reshape(b - a, hw, part.shape[1]))
@@ -137,7 +142,7 @@ class SlicedSpatioTemporalTransformer(nn.Module):
             tokens = new
             del new
             last = k == len(layers) - 1
-            for s0, s1 in bounds(hw, self.temporal_slices):
+            for s0, s1 in temporal_parts:
                 spatial = tokens[:, s0:s1]
                 ctx = context[:, None].broadcast_to(batch, s1 - s0, *context.shape[1:]).reshape(-1, *context.shape[1:])
                 mixed = temporal(spatial + emb, num_frames=frames, encoder_hidden_states=ctx)
