@@ -27,7 +27,7 @@ import torch
 
 import osmos.zoo
 from osmos.replication.denoisers import as_denoiser
-from osmos.replication.memorization import trace_guidance
+from osmos.replication.memorization import highpass, trace_guidance
 from osmos.replication.metrics import roc_auc
 from osmos.zoo import data as D
 from osmos.zoo.train import CaptionPool
@@ -61,14 +61,6 @@ def _pairwise_cosine(v: torch.Tensor) -> torch.Tensor:
     return (gram.sum(dim=(1, 2)) - n) / (n * (n - 1))
 
 
-def _highpass(v: torch.Tensor) -> torch.Tensor:
-    """v [..., C, H, W] minus its 3x3 box blur (reflect padding)."""
-    shape = v.shape
-    flat = v.reshape(-1, 1, *shape[-2:])
-    blur = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(flat, (1, 1, 1, 1), mode="reflect"), 3, stride=1)
-    return (flat - blur).view(shape)
-
-
 def _laplacian(v: torch.Tensor) -> torch.Tensor:
     """v [..., C, H, W] -> its 4-neighbour Laplacian (reflect padding)."""
     shape = v.shape
@@ -85,29 +77,31 @@ def _fft_high(v: torch.Tensor, cutoff: float = 0.25) -> torch.Tensor:
     return torch.fft.irfft2(torch.fft.rfft2(v) * keep, s=(h, w))
 
 
+def prefixes(steps: int, samples: int):
+    """The trace prefixes every variant is read at: (s steps, n latents, index into [P, N, S], cost in
+    denoiser calls per prompt) for s in {1, 2, 3, 5, steps} and n in {1, 2, samples}, within the trace."""
+    for s in sorted({1, 2, 3, 5, steps}):
+        for n in sorted({1, 2, samples}):
+            if s <= steps and n <= samples:
+                yield s, n, (slice(None), slice(0, n), slice(0, s)), 2 * s * n
+
+
 def refined(trace, steps: int, samples: int) -> dict[str, tuple[torch.Tensor, int]]:
     """Second round: kernels and step weightings of the high-pass conditional noise."""
     d = trace.conditional
     a = trace.alphas_cumprod.view(1, 1, -1)
     x0_scale = ((1 - a) / a).sqrt()  # |x0(c) - x0(empty)| = x0_scale * |d|
-    kernels = {"box3": _highpass(d), "laplacian": _laplacian(d), "fft>0.25": _fft_high(d, 0.25),
+    kernels = {"box3": highpass(d), "laplacian": _laplacian(d), "fft>0.25": _fft_high(d, 0.25),
                "fft>0.125": _fft_high(d, 0.125)}
     out = {}
     for kname, hp in kernels.items():
         e = hp.flatten(3).norm(dim=3)  # [P, N, S]
-        for s in sorted({1, 2, 3, 5, steps}):
-            if s > steps:
-                continue
-            for n in sorted({1, 2, samples}):
-                if n > samples:
-                    continue
-                sl = (slice(None), slice(0, n), slice(0, s))
-                cost = 2 * s * n
-                out[f"hp[{kname}] s{s} n{n}"] = (e[sl].mean(dim=(1, 2)), cost)
-                out[f"hp[{kname}] x0-scaled s{s} n{n}"] = ((e * x0_scale)[sl].mean(dim=(1, 2)), cost)
-                out[f"hp[{kname}] step-normalised s{s} n{n}"] = ((e / e.median(dim=0).values.median(dim=0).values)[sl]
-                                                                 .mean(dim=(1, 2)), cost)
-                out[f"hp[{kname}] last step s{s} n{n}"] = (e[:, :n, s - 1].mean(dim=1), cost)
+        step_normalised = e / e.median(dim=0).values.median(dim=0).values
+        for s, n, sl, cost in prefixes(steps, samples):
+            out[f"hp[{kname}] s{s} n{n}"] = (e[sl].mean(dim=(1, 2)), cost)
+            out[f"hp[{kname}] x0-scaled s{s} n{n}"] = ((e * x0_scale)[sl].mean(dim=(1, 2)), cost)
+            out[f"hp[{kname}] step-normalised s{s} n{n}"] = (step_normalised[sl].mean(dim=(1, 2)), cost)
+            out[f"hp[{kname}] last step s{s} n{n}"] = (e[:, :n, s - 1].mean(dim=1), cost)
     return out
 
 
@@ -119,26 +113,19 @@ def variants(trace, steps: int, samples: int) -> dict[str, tuple[torch.Tensor, i
     c_norms = trace.eps_cond.flatten(3).norm(dim=3)
     a = trace.alphas_cumprod.view(1, 1, -1, 1, 1, 1)
     x0_c = (trace.latents - (1 - a).sqrt() * trace.eps_cond) / a.sqrt()
-    hp = _highpass(d).flatten(3).norm(dim=3)
+    hp = highpass(d).flatten(3).norm(dim=3)
     out = {}
-    for s in sorted({1, 2, 3, 5, steps}):
-        if s > steps:
-            continue
-        for n in sorted({1, 2, samples}):
-            if n > samples:
-                continue
-            cost = 2 * s * n
-            sl = (slice(None), slice(0, n), slice(0, s))
-            out[f"wen |d| s{s} n{n}"] = (norms[sl].mean(dim=(1, 2)), cost)
-            out[f"|d|/|eps_u| s{s} n{n}"] = ((norms / u_norms)[sl].mean(dim=(1, 2)), cost)
-            out[f"|d|/|eps_c| s{s} n{n}"] = ((norms / c_norms)[sl].mean(dim=(1, 2)), cost)
-            out[f"highpass |d| s{s} n{n}"] = (hp[sl].mean(dim=(1, 2)), cost)
-            out[f"highpass fraction s{s} n{n}"] = ((hp / norms)[sl].mean(dim=(1, 2)), cost)
-            out[f"last-step |d| s{s} n{n}"] = (norms[:, :n, s - 1].mean(dim=1), cost)
-            if n > 1:
-                out[f"seed agreement of d s{s} n{n}"] = (_pairwise_cosine(d[:, :n, s - 1].flatten(2)), cost)
-                x0 = x0_c[:, :n, s - 1].flatten(2)
-                out[f"seed agreement of x0(c) s{s} n{n}"] = (_pairwise_cosine(x0 - x0.mean(dim=2, keepdim=True)), cost)
+    for s, n, sl, cost in prefixes(steps, samples):
+        out[f"wen |d| s{s} n{n}"] = (norms[sl].mean(dim=(1, 2)), cost)
+        out[f"|d|/|eps_u| s{s} n{n}"] = ((norms / u_norms)[sl].mean(dim=(1, 2)), cost)
+        out[f"|d|/|eps_c| s{s} n{n}"] = ((norms / c_norms)[sl].mean(dim=(1, 2)), cost)
+        out[f"highpass |d| s{s} n{n}"] = (hp[sl].mean(dim=(1, 2)), cost)
+        out[f"highpass fraction s{s} n{n}"] = ((hp / norms)[sl].mean(dim=(1, 2)), cost)
+        out[f"last-step |d| s{s} n{n}"] = (norms[:, :n, s - 1].mean(dim=1), cost)
+        if n > 1:
+            out[f"seed agreement of d s{s} n{n}"] = (_pairwise_cosine(d[:, :n, s - 1].flatten(2)), cost)
+            x0 = x0_c[:, :n, s - 1].flatten(2)
+            out[f"seed agreement of x0(c) s{s} n{n}"] = (_pairwise_cosine(x0 - x0.mean(dim=2, keepdim=True)), cost)
     return out
 
 

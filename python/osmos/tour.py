@@ -1,5 +1,6 @@
 """`osmos demo`: a short tour of what osmos does, on the embedded default, in about a minute
-per part on a laptop CPU. Each part returns a row for the summary table (and may write PNGs)."""
+per part on a laptop CPU. Each part returns a row for the summary table: "part", "result" and,
+when it wrote PNGs, "pngs" (their paths), linked from the table relative to summary.md."""
 
 from __future__ import annotations
 
@@ -29,8 +30,42 @@ def part_zoo(out_dir: Path) -> dict:
     r = run_demo(out_dir)
     return {
         "part": f"Text-to-image on the embedded default ({r['model']}, {r['images']} images, {r['steps']} steps)",
-        "result": f"{r['seconds']:.1f} s; classifier agrees on shape {r['shape_acc']:.0%}, colour {r['colour_acc']:.0%}; "
-        f"grid: {r['grid']}",
+        "result": f"{r['seconds']:.1f} s; classifier agrees on shape {r['shape_acc']:.0%}, colour {r['colour_acc']:.0%}",
+        "pngs": [r["grid"]],
+    }
+
+
+def part_erase(out_dir: Path) -> dict:
+    """Concept erasure: a closed-form UCE edit removes "red" from shapes-unet; same prompts and
+    latents before and after, read by the zoo classifier."""
+    from osmos.zoo.demo import run_erase_demo
+
+    r = run_erase_demo(out_dir)
+    n_target = r["images"] // 2 - r["others_images"]
+    return {
+        "part": f"Concept erasure, UCE closed form: \"{r['concept']}\" out of {r['model']} ({r['layers']} K/V layers)",
+        "result": f"edit {r['edit_seconds']:.2f} s; classifier sees {r['concept']} in {r['target_rate_before']:.0%} -> "
+        f"{r['target_rate_after']:.0%} of {n_target} images of its prompts (chance {r['chance']:.0%}); "
+        f"other prompts' (shape, colour) accuracy {r['others_acc_before']:.0%} -> {r['others_acc_after']:.0%} "
+        f"({r['others_images']} images); undo exact: {r['undo_exact']}",
+        "pngs": [r["grid"]],
+    }
+
+
+def part_replication(out_dir: Path) -> dict:
+    """Replication: shapes-memorized's generations for memorized captions and for normal prompts,
+    scanned against its training set, and the prompts' memorization scores (no reference set)."""
+    from osmos.zoo.demo import run_replication_demo
+
+    r = run_replication_demo(out_dir)
+    m, n = r["memorized"], r["normal"]
+    return {
+        "part": f"Replication scan, {r['model']}: {r['images']} generations vs {r['reference']} training images",
+        "result": f"scan ({r['descriptor']}, threshold {r['threshold']:.3f}) flags memorized captions {m['flagged']:.0%} "
+        f"vs normal prompts {n['flagged']:.0%} (top-1 similarity mean {m['top1_mean']:.3f} vs {n['top1_mean']:.3f}, "
+        f"max {m['top1_max']:.3f} vs {n['top1_max']:.3f}; top-1 is the caption's own image {m['top1_is_own']:.0%}); "
+        f"memorization score ({r['score_method']}) flags {m['score_flagged']:.0%} vs {n['score_flagged']:.0%}",
+        "pngs": [r["grid"]],
     }
 
 
@@ -200,8 +235,18 @@ def part_step_rehash(out_dir: Path) -> dict:
     }
 
 
-PARTS: list[Part] = [part_zoo, part_topk, part_erasure_coding, part_similarity, part_parameter_sharing, part_ef21, part_streamline,
-                     part_step_rehash]
+PARTS: list[Part] = [part_zoo, part_erase, part_replication, part_topk, part_erasure_coding, part_similarity,
+                     part_parameter_sharing, part_ef21, part_streamline, part_step_rehash]
+
+
+def _links(paths: list[str], base: Path) -> str:
+    """Markdown links to the PNGs, relative to `base` (the folder of summary.md) where they lie under it."""
+    links = []
+    for p in paths:
+        path = Path(p).resolve()
+        target = path.relative_to(base.resolve()) if path.is_relative_to(base.resolve()) else path
+        links.append(f"[{path.name}]({target.as_posix()})")
+    return ", ".join(links)
 
 
 def run(out_dir: str | Path = "out/demo") -> list[dict]:
@@ -216,9 +261,10 @@ def run(out_dir: str | Path = "out/demo") -> list[dict]:
             row = {"part": part.__name__, "result": f"FAILED: {type(exc).__name__}: {exc}"}
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
-        print(f"[{row['seconds']:5.1f} s] {row['part']}: {row['result']}", flush=True)
-    lines = ["| part | result | time |", "|---|---|---|"]
-    lines += [f"| {r['part']} | {r['result']} | {r['seconds']:.1f} s |" for r in rows]
+        pngs = "; " + ", ".join(row["pngs"]) if row.get("pngs") else ""
+        print(f"[{row['seconds']:5.1f} s] {row['part']}: {row['result']}{pngs}", flush=True)
+    lines = ["| part | result | PNG | time |", "|---|---|---|---|"]
+    lines += [f"| {r['part']} | {r['result']} | {_links(r.get('pngs', []), out)} | {r['seconds']:.1f} s |" for r in rows]
     table = "\n".join(lines)
     (out / "summary.md").write_text(table + "\n")
     print("\n" + table + f"\n\nwritten to {out.resolve()}")

@@ -8,12 +8,12 @@ published (a barrier), rank 0 SIGKILLs itself; torchrun then restarts the whole 
 """
 
 import os
-import signal
 import sys
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from _training_loop import deterministic, kill_self, train
 from osmos.ft.restore import restore_or_init
 from osmos.ft.snapshot import Snapshotter
 from torch.nn.parallel import DistributedDataParallel
@@ -25,9 +25,7 @@ def main():
     with open(os.path.join(out, f"pid_a{attempt}_r{rank}"), "w") as f:
         f.write(str(os.getpid()))
     dist.init_process_group("gloo", timeout=timedelta(seconds=150))
-    torch.manual_seed(0)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
+    deterministic()
     model = DistributedDataParallel(torch.nn.Sequential(
         torch.nn.Linear(16, 32), torch.nn.Dropout(0.1), torch.nn.ReLU(), torch.nn.Linear(32, 1)))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -37,23 +35,17 @@ def main():
         f.write(str(start))
     pos = {"data_pos": start - 1}
     snap = Snapshotter(model, opt, extra_state=lambda: dict(pos))
-    with open(os.path.join(out, f"losses_r{rank}.txt"), "a") as f:
-        for step in range(start, steps):
-            g = torch.Generator().manual_seed(1000 * rank + step)  # each rank's data depends only on the step
-            x, y = torch.randn(8, 16, generator=g), torch.randn(8, 1, generator=g)
-            opt.zero_grad()
-            loss = torch.nn.functional.mse_loss(model(x), y)
-            loss.backward()
-            opt.step()
-            f.write(f"{step} {loss.item().hex()}\n")
-            f.flush()
-            pos["data_pos"] = step
-            snap.step(step)
-            if step == kill_at and attempt == 0:
-                snap.wait()
-                dist.barrier()
-                if rank == 0:
-                    os.kill(os.getpid(), signal.SIGKILL)
+
+    def after_step(step):
+        if step == kill_at and attempt == 0:
+            snap.wait()
+            dist.barrier()
+            if rank == 0:
+                kill_self()
+
+    # each rank's data depends only on the step
+    train(model, opt, snap, pos, start, steps, os.path.join(out, f"losses_r{rank}.txt"), lambda step: 1000 * rank + step,
+          after_step)
     snap.close()
     dist.destroy_process_group()
 

@@ -7,19 +7,17 @@ snapshot is published; "during": SIGKILL itself inside the step-kill_at copy, be
 """
 
 import os
-import signal
 import sys
 
 import torch
+from _training_loop import deterministic, kill_self, train
 
 from osmos.ft.restore import restore_or_init
 from osmos.ft.snapshot import Snapshotter
 
 
 def build():
-    torch.manual_seed(0)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
+    deterministic()
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Dropout(0.1), torch.nn.ReLU(),
                                 torch.nn.BatchNorm1d(32), torch.nn.Linear(32, 1))
     return model, torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -38,22 +36,14 @@ def main():
     pos = {"data_pos": start - 1}
     snap = Snapshotter(model, opt, extra_state=lambda: dict(pos), every=every)
     if mode == "during":
-        snap._before_publish = lambda buf: os.kill(os.getpid(), signal.SIGKILL) if pos["data_pos"] == kill_at else None
-    with open(os.path.join(out, "losses.txt"), "a") as f:
-        for step in range(start, steps):
-            g = torch.Generator().manual_seed(1000 + step)  # the data depends only on the step
-            x, y = torch.randn(8, 16, generator=g), torch.randn(8, 1, generator=g)
-            opt.zero_grad()
-            loss = torch.nn.functional.mse_loss(model(x), y)
-            loss.backward()
-            opt.step()
-            f.write(f"{step} {loss.item().hex()}\n")
-            f.flush()
-            pos["data_pos"] = step
-            snap.step(step)
-            if step == kill_at:
-                snap.wait()
-                os.kill(os.getpid(), signal.SIGKILL)
+        snap._before_publish = lambda buf: kill_self() if pos["data_pos"] == kill_at else None
+
+    def after_step(step):
+        if step == kill_at:
+            snap.wait()
+            kill_self()
+
+    train(model, opt, snap, pos, start, steps, os.path.join(out, "losses.txt"), lambda step: 1000 + step, after_step)
     snap.close()
 
 

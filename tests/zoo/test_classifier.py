@@ -12,9 +12,9 @@ def clf():
 
 def test_accuracy_on_fresh_renders(clf):
     acc = accuracy(clf, n=256, seed=424242)  # seeds never used in training
-    # measured on 2048 renders: shape 0.980, colour / style / background 1.000
+    # measured: shape 0.996 on these 256 (0.998 on 2048 others), colour / style / background 1.000
     assert acc["colour"] >= 0.99 and acc["style"] >= 0.99 and acc["background"] >= 0.99, acc
-    assert acc["shape"] >= 0.95, acc
+    assert acc["shape"] >= 0.98, acc
 
 
 def test_frechet_distance_separates_real_from_noise(clf):

@@ -90,8 +90,11 @@ def accuracy(model: ShapesClassifier, n: int = 1024, seed: int = 12345, size: in
 
 def train_classifier(seed: int, minutes: float, max_steps: int, out: Path, pool_size: int = 8192,
                      batch_size: int = 64, lr: float = 3e-3, resume: bool = False) -> dict:
-    """Train on a pool of 16x16 renders (with horizontal flips); write weights + card.
-    ``resume`` continues from the weights in ``out`` (a new cosine cycle, lr/3)."""
+    """Train on a pool of `pool_size` 16x16 renders (with horizontal flips); write weights + card.
+    ``resume`` continues from the weights in ``out`` (a new cosine cycle, lr/3). The shipped
+    weights: 3 rounds on 8192-render pools, then a 4th of 1500 steps on 24576, which lifted the
+    shape head from 0.980 to 0.997 on held-out renders (its errors had been dotted or rotated
+    circles vs squares and stars vs crosses; no ablation of pool size vs steps was run)."""
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -140,7 +143,7 @@ def train_classifier(seed: int, minutes: float, max_steps: int, out: Path, pool_
         "train_minutes": round((time.time() - t_start) / 60, 2), "metrics": metrics,
         "history": history,
         "command": f"python -m osmos.zoo.train classifier --seed {seed} --steps {max_steps}"
-        + (" --resume" if history else ""),
+        + (f" --pool-size {pool_size}" if pool_size != 8192 else "") + (" --resume" if history else ""),
     }
     save_file(model.state_dict(), str(out / "classifier.safetensors"))
     (out / "classifier.json").write_text(json.dumps({"card": card}, indent=2))

@@ -237,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=100_000, help="stop after this many optimizer steps")
     p.add_argument("--out", type=Path, default=None, help="work folder (checkpoints); default out/zoo/<name>")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument("--pool-size", type=int, default=8192, help="classifier only: renders in its training pool")
     p.add_argument("--install", action="store_true", help="copy the exported weights into osmos/zoo/weights")
     p.add_argument("--install-dtype", choices=["float32", "float16"], default="float32",
                    help="dtype of the installed weights (float16 halves the package size; loading upcasts)")
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         from osmos.zoo.classifier import train_classifier
 
         card = train_classifier(seed=args.seed, minutes=args.minutes, max_steps=args.steps, out=out,
-                                resume=args.resume)
+                                pool_size=args.pool_size, resume=args.resume)
     else:
         card = train_denoiser(recipe(args.name), args.seed, args.minutes, args.steps, out, args.resume)
     print(json.dumps(card, indent=2))
