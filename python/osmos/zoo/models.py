@@ -106,10 +106,12 @@ RECIPES: dict[str, Recipe] = {
     # text-to-video: shapes-unet's spatial weights plus motion modules, trained on moving-shape clips
     "shapes-video": Recipe("shapes-video", "UNetMotionModel", 16, _motion_config(16), batch_size=4, lr=5e-4,
                            warmup_steps=20, extra={"frames": 8, "init_from": "shapes-unet"}),
-    # min-SNR-5 weighting: plain epsilon MSE spends the DiT's updates on the low-noise steps (pixel noise)
-    # and it never learned shapes (0.26 after 3866 steps); capping those steps' weight moves it to the
-    # mid/high-noise steps where the shape is decided
-    "shapes-dit": Recipe("shapes-dit", "PixArtTransformer2DModel", 16, _dit_config(16), lr=1e-3, snr_gamma=5.0),
+    # v-prediction with min-SNR-5 weighting: with plain epsilon MSE the DiT's updates went to the
+    # low-noise steps (pixel noise) and it never learned shapes (0.26 after 3866 steps, its output
+    # barely changed with the shape word); v puts weight on the high-noise steps where the shape is
+    # decided, and min-SNR caps the low-noise ones (benchmarks/RESULTS.md, "Zoo model shapes-dit")
+    "shapes-dit": Recipe("shapes-dit", "PixArtTransformer2DModel", 16, _dit_config(16), lr=1e-3,
+                         prediction_type="v_prediction", snr_gamma=5.0),
 }
 
 
