@@ -52,3 +52,22 @@ def test_install_casts_to_float16_and_the_loader_upcasts(tmp_path):
     back.load_state_dict({"weight": got["weight"], "bias": got["bias"]})
     assert back.weight.dtype == torch.float32
     torch.testing.assert_close(back.weight, lin.weight, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("prediction_type, offset", [("epsilon", 0.0), ("v_prediction", 1.0)])
+def test_min_snr_weights_cap_the_implicit_x0_weight(prediction_type, offset):
+    import dataclasses
+
+    from osmos.zoo.models import build_scheduler, recipe
+    from osmos.zoo.train import loss_weights
+
+    r = dataclasses.replace(recipe("shapes-dit"), prediction_type=prediction_type, snr_gamma=5.0)
+    sched = build_scheduler(r, "ddpm")
+    assert sched.config.prediction_type == prediction_type
+    assert build_scheduler(r, "ddim").config.prediction_type == prediction_type
+    t = torch.arange(0, 1000, 37)
+    a = sched.alphas_cumprod[t].float()
+    x0_weight = a / (1 - a) + offset  # what MSE on epsilon (v) weighs the x0 error with
+    w = loss_weights(r, sched, t)
+    torch.testing.assert_close(w * x0_weight, torch.clamp(x0_weight, max=5.0))
+    assert w.max() <= 1.0 and w[0] < 0.01 and w[-1] == 1.0  # low noise down-weighted, high noise untouched

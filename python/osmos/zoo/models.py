@@ -24,6 +24,10 @@ class Recipe:
     cfg_dropout: float = 0.1  # probability of training on the empty prompt (classifier-free guidance)
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "epsilon"  # what the model predicts: "epsilon" or "v_prediction" (diffusers' names)
+    # min-SNR loss weighting (Hang et al. 2023): every sample's loss is scaled so that its implicit weight on
+    # the x0 error (SNR for epsilon, SNR + 1 for v) is capped at snr_gamma; None = plain MSE on the target
+    snr_gamma: float | None = None
     default_guidance: float = 3.0
     extra: dict = field(default_factory=dict)
 
@@ -102,7 +106,12 @@ RECIPES: dict[str, Recipe] = {
     # text-to-video: shapes-unet's spatial weights plus motion modules, trained on moving-shape clips
     "shapes-video": Recipe("shapes-video", "UNetMotionModel", 16, _motion_config(16), batch_size=4, lr=5e-4,
                            warmup_steps=20, extra={"frames": 8, "init_from": "shapes-unet"}),
-    "shapes-dit": Recipe("shapes-dit", "PixArtTransformer2DModel", 16, _dit_config(16), lr=1e-3),
+    # v-prediction with min-SNR-5 weighting: with plain epsilon MSE the DiT's updates went to the
+    # low-noise steps (pixel noise) and it never learned shapes (0.26 after 3866 steps, its output
+    # barely changed with the shape word); v puts weight on the high-noise steps where the shape is
+    # decided, and min-SNR caps the low-noise ones (benchmarks/RESULTS.md, "Zoo model shapes-dit")
+    "shapes-dit": Recipe("shapes-dit", "PixArtTransformer2DModel", 16, _dit_config(16), lr=1e-3,
+                         prediction_type="v_prediction", snr_gamma=5.0),
 }
 
 
@@ -142,7 +151,8 @@ def build_scheduler(r: Recipe, kind: str = "ddpm"):
     """
     import diffusers
 
-    common = dict(num_train_timesteps=r.num_train_timesteps, beta_schedule=r.beta_schedule, prediction_type="epsilon")
+    common = dict(num_train_timesteps=r.num_train_timesteps, beta_schedule=r.beta_schedule,
+                  prediction_type=r.prediction_type)
     if kind == "ddpm":
         return diffusers.DDPMScheduler(**common, clip_sample=True)
     if kind == "ddim":

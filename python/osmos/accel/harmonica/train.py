@@ -6,7 +6,8 @@ Per iteration, for a fresh batch of noise and conditions, every sampling step t 
  * the student: unit output = r * fresh + (1 - r) * cache, r = sigmoid(router logits[t]);
 and minimises lambda(t) * MSE(eps_teacher, eps_student) + beta * sum_k r[t, k]. The trajectory
 advances with the student's (detached) output, so training sees the cache errors inference
-will see. lambda(t) (IEPO) is refreshed every `refresh_every` iterations by gradient-free
+will see. The same loop with the teacher's trajectory and cache and lambda = 1 is the
+Learning-to-Cache baseline (`osmos.accel.harmonica.l2c`). lambda(t) (IEPO) is refreshed every `refresh_every` iterations by gradient-free
 sampling:
  * "leave_one_out" (the paper): lambda(t) = ||x0 - x0^(t)||^2, x0 sampled with the current hard
    router, x0^(t) the same with step t fully computed;
@@ -28,7 +29,8 @@ from osmos.accel.harmonica.router import Router
 
 
 class _SoftBranch(nn.Module):
-    """Training-time unit: teacher mode passes through; student mode mixes with the cache."""
+    """Training-time unit: "teacher" passes through; "fill" computes and caches; "student" mixes
+    the fresh output with the cache (and caches the mix); "hard" computes or reuses."""
 
     def __init__(self, inner: nn.Module):
         super().__init__()
@@ -41,6 +43,9 @@ class _SoftBranch(nn.Module):
     def forward(self, *args, **kwargs):
         if self.mode == "teacher":
             return self.inner(*args, **kwargs)
+        if self.mode == "fill":
+            self.cache = self.inner(*args, **kwargs)
+            return self.cache
         if self.mode == "hard":
             if self.hard or self.cache is None:
                 self.cache = self.inner(*args, **kwargs)
@@ -132,8 +137,9 @@ def train_router(
     beta: float,
     iterations: int = 200,
     lr: float = 0.01,
-    lambda_mode: str = "leave_one_out",
+    lambda_mode: str | None = "leave_one_out",
     refresh_every: int = 50,
+    trajectory: str = "student",
     threshold: float = 0.1,
     init_logit: float = 3.0,
     seed: int = 0,
@@ -146,11 +152,21 @@ def train_router(
     denoise(transformer, x_t, t, conditioning) -> the model output scheduler.step consumes
     (apply classifier-free guidance there if the pipeline uses it). Returns the router and a
     record of losses, cache usage and lambda(t) per refresh.
+
+    lambda_mode: "leave_one_out" or "sequential" (IEPO, refreshed every `refresh_every`
+    iterations), or None: every step weighs 1. trajectory: "student" (Step-Wise Denoising
+    Training: the trajectory advances with the student's output and the cache holds the student's
+    own outputs, as at inference) or "teacher" (Learning-to-Cache: trajectory and cache are the
+    fully computed teacher's; see `osmos.accel.harmonica.l2c`).
     """
     if num_steps < 2:
         raise ValueError(f"num_steps must be >= 2, got {num_steps}")
     if beta < 0 or iterations < 1 or refresh_every < 1:
         raise ValueError("beta must be >= 0, iterations and refresh_every >= 1")
+    if lambda_mode not in ("leave_one_out", "sequential", None):
+        raise ValueError(f"lambda_mode must be 'leave_one_out', 'sequential' or None, got {lambda_mode!r}")
+    if trajectory not in ("student", "teacher"):
+        raise ValueError(f"trajectory must be 'student' or 'teacher', got {trajectory!r}")
     from tqdm.auto import tqdm
 
     scheduler.set_timesteps(num_steps)
@@ -165,30 +181,39 @@ def train_router(
     att = _Attached(transformer)
     record = TrainRecord()
     lam = torch.ones(num_steps)
+    # the teacher either leaves the cache to the student ("teacher" mode) or refills it ("fill")
+    teacher_mode = "teacher" if trajectory == "student" else "fill"
+    desc = "HarmoniCa router" if trajectory == "student" else "L2C router"
     try:
-        for it in tqdm(range(iterations), desc="HarmoniCa router", disable=not progress):
+        for it in tqdm(range(iterations), desc=desc, disable=not progress):
             x, cond = sample_batch(gen)
-            if it % refresh_every == 0:
+            if lambda_mode is not None and it % refresh_every == 0:
                 lam = _iepo_lambdas(att, transformer, scheduler, x, cond, denoise, router.compute_mask(threshold), lambda_mode)
                 record.lambdas.append(lam.tolist())
             att.clear()
             total = 0.0
             for i, t in enumerate(scheduler.timesteps):
+                if i == 0:  # the first step always computes: student = teacher, nothing to learn
+                    with torch.no_grad():
+                        att.set("fill")
+                        eps_student = eps_teacher = denoise(transformer, x, t, cond)
+                else:
+                    r = router.probabilities()[i]
+                    att.set("student", r=r)
+                    eps_student = denoise(transformer, x, t, cond)
+                    with torch.no_grad():
+                        att.set(teacher_mode)
+                        eps_teacher = denoise(transformer, x, t, cond)
+                    loss = lam[i] * torch.nn.functional.mse_loss(eps_student, eps_teacher) + beta * r.sum()
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    router.clamp_()
+                    total += float(loss.detach())
                 with torch.no_grad():
-                    att.set("teacher")
-                    eps_teacher = denoise(transformer, x, t, cond)
-                r = router.probabilities()[i]
-                att.set("student", r=torch.ones_like(r) if i == 0 else r)
-                eps_student = denoise(transformer, x, t, cond)
-                loss = lam[i] * torch.nn.functional.mse_loss(eps_student, eps_teacher) + beta * r.sum() * (i > 0)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                router.clamp_()
-                total += float(loss.detach())
-                with torch.no_grad():
-                    x = scheduler.step(eps_student.detach(), t, x).prev_sample
-            record.losses.append(total / num_steps)
+                    eps_next = eps_student.detach() if trajectory == "student" else eps_teacher
+                    x = scheduler.step(eps_next, t, x).prev_sample
+            record.losses.append(total / (num_steps - 1))
             record.cache_usage.append(router.cache_usage(threshold))
     finally:
         att.detach()
