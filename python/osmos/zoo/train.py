@@ -131,7 +131,7 @@ def _training_batch(r: Recipe, step: int, pool: CaptionPool, memorized: CaptionP
 def loss_weights(r: Recipe, sched, t: Tensor) -> Tensor:
     """Per-sample min-SNR weights [B] of the MSE loss at timesteps t [B]: they cap the implicit
     x0-error weight of the recipe's objective (SNR for epsilon, SNR + 1 for v) at ``r.snr_gamma``."""
-    a = sched.alphas_cumprod[t].float()
+    a = sched.alphas_cumprod.to(t.device)[t].float()
     x0_weight = a / (1 - a) + (1.0 if r.prediction_type == "v_prediction" else 0.0)
     return torch.clamp(r.snr_gamma / x0_weight, max=1.0)
 
@@ -145,17 +145,22 @@ def _ema_update(ema: dict, model: torch.nn.Module, decay: float) -> None:
 def export(r: Recipe, ema: dict, card: dict, out: Path) -> None:
     """Write ``<name>.safetensors`` (EMA weights) and ``<name>.json`` (recipe + model card)."""
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in ema.items()}, str(out / f"{r.name}.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, str(out / f"{r.name}.safetensors"))
     (out / f"{r.name}.json").write_text(json.dumps({"recipe": r.to_dict(), "card": card}, indent=2))
 
 
-def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Path, resume: bool) -> dict:
+def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Path, resume: bool,
+                   device: str = "cpu") -> dict:
+    """Train recipe r's denoiser; `device` "cuda" trains on a GPU (data, noise and timesteps are
+    still drawn on the CPU from the same seeded generator, so only the arithmetic differs)."""
     torch.set_num_threads(1)  # deterministic, and fastest on a shared 2-core machine
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
+    dev = torch.device(device)
     model = build_model(r)
     if "init_from" in r.extra:  # a fine-tuned variant starts from a shipped model's weights
         model.load_state_dict(_initial_weights(r, model))
+    model.to(dev)
     sched = build_scheduler(r, "ddpm")
     opt = torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=0.0)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -163,7 +168,7 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
     step, seconds, losses = 0, 0.0, []
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.is_file():
-        state = torch.load(ckpt, weights_only=True)
+        state = torch.load(ckpt, weights_only=True, map_location=dev)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         ema = state["ema"]
@@ -187,8 +192,10 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
                           + (f", min-SNR-{r.snr_gamma:g} loss weighting" if r.snr_gamma is not None else "")),
             "steps": step, "batch_size": r.batch_size, "train_minutes": round(seconds / 60, 2), "seed": seed,
             "final_loss_ema": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 5),
-            "command": f"python -m osmos.zoo.train {r.name} --seed {seed} --minutes {minutes:g}",
-            "machine": "shared 2-core Xeon CPU (1 torch thread)",
+            "command": (f"python -m osmos.zoo.train {r.name} --seed {seed} --minutes {minutes:g}"
+                        + (f" --device {device}" if dev.type != "cpu" else "")),
+            "machine": ("shared 2-core Xeon CPU (1 torch thread)" if dev.type == "cpu"
+                        else torch.cuda.get_device_name(dev)),
             **({"memorized_captions": memorized.texts} if memorized else {}),
             **({k: r.extra[k] for k in ("init_from", "pin", "frames", "pure_steps", "fresh_fraction")
                 if k in r.extra}),
@@ -204,6 +211,9 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
         x0, states, mask = _training_batch(r, step, pool, memorized, g)
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, r.num_train_timesteps, (r.batch_size,), generator=g)
+        if dev.type != "cpu":
+            x0, states, mask, noise, t = (v.to(dev, non_blocking=True) if v is not None else None
+                                          for v in (x0, states, mask, noise, t))
         xt = sched.add_noise(x0, noise, t)
         pred = predict_noise(model, xt, t, states, mask)
         target = sched.get_velocity(x0, noise, t) if r.prediction_type == "v_prediction" else noise
@@ -253,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=100_000, help="stop after this many optimizer steps")
     p.add_argument("--out", type=Path, default=None, help="work folder (checkpoints); default out/zoo/<name>")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda to train a denoiser on a GPU (the classifier trains on the CPU)")
     p.add_argument("--pool-size", type=int, default=8192, help="classifier only: renders in its training pool")
     p.add_argument("--install", action="store_true", help="copy the exported weights into osmos/zoo/weights")
     p.add_argument("--install-dtype", choices=["float32", "float16"], default="float32",
@@ -265,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         card = train_classifier(seed=args.seed, minutes=args.minutes, max_steps=args.steps, out=out,
                                 pool_size=args.pool_size, resume=args.resume)
     else:
-        card = train_denoiser(recipe(args.name), args.seed, args.minutes, args.steps, out, args.resume)
+        card = train_denoiser(recipe(args.name), args.seed, args.minutes, args.steps, out, args.resume, args.device)
     print(json.dumps(card, indent=2))
     if args.install:
         install(out, args.name, getattr(torch, args.install_dtype))
