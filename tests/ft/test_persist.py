@@ -62,12 +62,24 @@ def _train(m, o, snap, steps):
     return states
 
 
+def _train_flushed(m, o, snap, client, steps, every):
+    """`_train`, waiting after each snapshot that makes a flush due (every `every`-th) until it is
+    written: the flush thread writes the newest snapshot when it gets to it, so without the wait a
+    slow flush could write a later step and the persisted steps would depend on timing."""
+    states = []
+    for i, step in enumerate(steps):
+        states += _train(m, o, snap, [step])
+        if (i + 1) % every == 0:
+            wait_flushed(client, 0)
+    return states
+
+
 def test_flush_writes_safetensors_and_json_every_n_and_keeps_the_newest(managed, tmp_path):
     h = managed(persist_every=2, persist_keep=2)
     c = h.client()
     m, o = _tiny()
     snap = Snapshotter(m, o, client=c, extra_state={"pos": 7})
-    states = _train(m, o, snap, range(6))
+    states = _train_flushed(m, o, snap, c, range(6), 2)
     snap.close()
     ckpt = str(tmp_path / "ckpt")
     assert wait_flushed(c, 0) == [5, 3]  # publications 2, 4, 6 were due; the step-1 one was pruned
@@ -167,7 +179,7 @@ def test_checksum_failure_without_redundancy_falls_back_loudly(managed, caplog):
     c = h.client()
     m, o = _tiny()
     snap = Snapshotter(m, o, client=c)
-    states = _train(m, o, snap, range(5))
+    states = _train_flushed(m, o, snap, c, range(5), 2)
     snap.close()
     assert wait_flushed(c, 0) == [3, 1]
     held = c.request("complete", rank=0)["snapshots"]
