@@ -40,9 +40,9 @@ def _from_video(x: Tensor) -> Tensor:
     return x.squeeze(-1).permute(0, 2, 1, 3)
 
 
-class SlicedSpatioTemporalResBlock(nn.Module):
-    """A SpatioTemporalResBlock whose spatial part runs on batch x frames slices and whose
-    temporal part runs on spatial slices with exact two-pass GroupNorms."""
+class _SpatioTemporalSliced(nn.Module):
+    """Wraps an SVD module run in `spatial_slices` (batch x frames) and `temporal_slices` (space);
+    with a SizeScale, the counts shrink with the activation size (adaptive slicing)."""
 
     def __init__(self, inner: nn.Module, spatial_slices: int, temporal_slices: int, scale: SizeScale | None = None):
         super().__init__()
@@ -50,6 +50,11 @@ class SlicedSpatioTemporalResBlock(nn.Module):
         self.spatial_slices = spatial_slices
         self.temporal_slices = temporal_slices
         self.scale = scale
+
+
+class SlicedSpatioTemporalResBlock(_SpatioTemporalSliced):
+    """A SpatioTemporalResBlock whose spatial part runs on batch x frames slices and whose
+    temporal part runs on spatial slices with exact two-pass GroupNorms."""
 
     def forward(self, hidden_states: Tensor, temb: Tensor | None = None,
                 image_only_indicator: Tensor | None = None) -> Tensor:
@@ -99,16 +104,9 @@ class SlicedSpatioTemporalResBlock(nn.Module):
         return out.view(bf, c_out, h, w)
 
 
-class SlicedSpatioTemporalTransformer(nn.Module):
+class SlicedSpatioTemporalTransformer(_SpatioTemporalSliced):
     """A TransformerSpatioTemporalModel run spatial layers on batch x frames slices and
     temporal layers on spatial slices."""
-
-    def __init__(self, inner: nn.Module, spatial_slices: int, temporal_slices: int, scale: SizeScale | None = None):
-        super().__init__()
-        self.inner = inner
-        self.spatial_slices = spatial_slices
-        self.temporal_slices = temporal_slices
-        self.scale = scale
 
     def forward(self, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
                 image_only_indicator: Tensor | None = None, return_dict: bool = True):
