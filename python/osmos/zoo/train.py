@@ -201,7 +201,7 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
                           + (f", min-SNR-{r.snr_gamma:g} loss weighting" if r.snr_gamma is not None else "")),
             "steps": step, "batch_size": r.batch_size, "train_minutes": round(seconds / 60, 2), "seed": seed,
             "final_loss_ema": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 5),
-            "command": (f"python -m osmos.zoo.train {r.name} --seed {seed} --minutes {minutes:g}"
+            "command": (f"python -m osmos.zoo.train {r.name} --seed {seed} --steps {step} --minutes 600"
                         + (f" --device {device}" if dev.type != "cpu" else "")),
             "machine": ("shared 2-core Xeon CPU (1 torch thread)" if dev.type == "cpu"
                         else torch.cuda.get_device_name(dev)),
