@@ -109,8 +109,9 @@ def test_uce_cli_erases_a_colour_and_keeps_the_rest(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["preserve"][:2] == ["green", "emerald"]
     assert summary["concept_rate_before"] >= 0.8  # the original model paints "red" prompts red
-    assert summary["concept_rate_after"] <= 0.2  # after UCE the classifier rarely sees red
-    assert summary["unrelated_pixel_change"] < 0.05  # other colours' images barely move (seed gap ~0.08)
+    assert summary["concept_rate_after"] <= 0.2  # after UCE the classifier rarely sees red (chance 1/6)
+    # other colours' images barely move: far less than the same model's images move with another seed
+    assert summary["unrelated_pixel_change"] < 0.3 * summary["unrelated_seed_gap"]
     assert (out / "grid.png").is_file() and "wrote" in capsys.readouterr().out
     fresh = osmos.zoo.load("shapes-unet")
     before = {n: l.weight.detach().clone() for n, l in cross_attention_kv(fresh.unet).items()}
@@ -126,7 +127,7 @@ def test_rece_cli_erases_a_colour(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["concept_rate_before"] >= 0.8
     assert summary["concept_rate_after"] <= summary["concept_rate_before"] - 0.5
-    assert summary["unrelated_pixel_change"] < 0.05
+    assert summary["unrelated_pixel_change"] < 0.3 * summary["unrelated_seed_gap"]
     assert (out / "rece_red-scarlet.safetensors").is_file()
 
 
@@ -138,7 +139,7 @@ def test_spm_cli_trains_saves_and_erases(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["concept_rate_before"] >= 0.8
     assert summary["concept_rate_after"] <= summary["concept_rate_before"] - 0.5  # 12 steps already erase red
-    assert summary["unrelated_pixel_change"] < 0.05
+    assert summary["unrelated_pixel_change"] < 0.3 * summary["unrelated_seed_gap"]
     fresh = osmos.zoo.load("shapes-unet")
     spm = SPM.load(out / "spm_red.safetensors", unet=fresh.unet)
     assert spm.concept == "red" and spm.settings["steps"] == 12
