@@ -70,6 +70,17 @@ def test_unknown_model_name():
         osmos.zoo.load("shapes-gan")
 
 
+def test_load_from_a_training_folder(tmp_path, pipe):
+    import shutil
+
+    for ext in ("safetensors", "json"):
+        shutil.copy(osmos.zoo.WEIGHTS_DIR / f"shapes-unet.{ext}", tmp_path / f"shapes-unet.{ext}")
+    other = osmos.zoo.load("shapes-unet", weights_dir=tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(other.unet.state_dict().values(), pipe.unet.state_dict().values()))
+    with pytest.raises(FileNotFoundError, match="shapes-dit.safetensors"):
+        osmos.zoo.load("shapes-dit", weights_dir=tmp_path)
+
+
 def test_dit_recipe_runs_through_the_same_pipeline(pipe):
     from diffusers import PixArtTransformer2DModel
 
