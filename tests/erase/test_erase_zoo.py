@@ -137,7 +137,7 @@ def test_rece_cli_erases_a_colour(tmp_path):
 def test_spm_cli_trains_saves_and_erases(tmp_path):
     """The CLI's defaults (captions, Latent Anchoring, 150 steps; about 75 s of CPU). On the retrained
     shapes-unet the cheap settings this test used before (12 steps on the bare word, lr 3e-2) no
-    longer erase red (0.92 -> 0.92), nor do 12-40 caption steps at lr 3e-2."""
+    longer erase red (0.92 -> 0.92), nor did 40 caption steps at lr 3e-2."""
     out = tmp_path / "spm"
     assert osmos_cmd(["erase", "spm", "--concept", "red", "--out", str(out), "--grid-seeds", "0", "1",
                       "--grid-steps", "15", "--threads", "1"]) == 0
