@@ -5,10 +5,12 @@ fresh copy of shapes-unet; the same prompts and seeds then go through the origin
 edited model (DDIM, CFG at the model card's 3.0) and the zoo classifier reads the images:
 
 * target rate: fraction of images from prompts naming the concept in which the classifier sees
-  it (chance is 1/6; lower = more erased), for three prompt sets:
+  it (chance is 1/6; lower = more erased), for up to four prompt sets (`--sets`):
     train     the training templates and wordings ("a red circle", "a picture of a red disc")
+    para      the paraphrases: held-out templates with held-out wordings of both named concepts
+              ("there is a crimson orb here"), never used for tuning any method
     tmpl      held-out templates with training wordings ("there is a red circle here")
-    syn       training templates with held-out synonyms ("a red orb"), never used for tuning
+    syn       training templates with held-out synonyms ("a red orb")
 * others: prompts naming every other value of the concept's kind, crossed with the other kind
   (for "circle": the 5 other shapes x 6 colours): pair accuracy (shape and colour both seen) and
   the mean absolute pixel change against the original model's image of the same prompt and seed
@@ -45,6 +47,8 @@ before: that is what left circle unerased under Latent Anchoring.)
     PYTHONPATH=python python benchmarks/erasure_eval.py --multi --spm-cache DIR   # 1, 3, 5 at once
     PYTHONPATH=python python benchmarks/erasure_eval.py --transfer shapes-unet-ft --spm-cache DIR
     PYTHONPATH=python python benchmarks/erasure_eval.py --quick               # smaller and faster
+    PYTHONPATH=python python benchmarks/erasure_eval.py --concepts circle --sets train para \
+        --methods spm spm-ft uce rece --spm-cache DIR --transfer shapes-unet-ft   # the short run
 Writes benchmarks/figures/erasure_<concept>.png (rows: methods; columns: the concept with each
 value of the other kind, then unrelated prompts) or erasure_multi.png, and prints the markdown table.
 """
@@ -71,6 +75,12 @@ from osmos.zoo import data as D
 from osmos.zoo.pipeline import save_grid
 
 FIGURES = Path(__file__).resolve().parent / "figures"
+TARGET_SETS = ("train", "para", "tmpl", "syn")
+SET_TITLES = {"train": "train wordings", "para": "paraphrases", "tmpl": "held-out templates",
+              "syn": "held-out synonyms"}
+# the edited models evaluated besides the original: SPM without / with Latent Anchoring, the latter
+# also with Facilitated Transport, the ESD-x fine-tune, UCE and RECE
+METHODS = ("spm-nola", "spm", "spm-ft", "esd", "uce", "rece")
 
 
 @dataclass
@@ -91,6 +101,8 @@ class Settings:
     spm_fixed_anchors: tuple[str, ...] = ("",)  # anchored every step: CFG's unconditional branch
     esd_steps: int = 150
     esd_lr: float = 1e-3
+    target_sets: tuple[str, ...] = TARGET_SETS
+    methods: tuple[str, ...] = METHODS
 
 
 FULL = Settings(seeds=(0, 1), variants=3, other_values=6, steps=15, spm_steps=150)
@@ -98,20 +110,32 @@ QUICK = Settings(seeds=(0,), variants=1, other_values=2, steps=10, spm_steps=25,
 
 
 def prompt_sets(kind: str, value: str, s: Settings) -> dict[str, list[str]]:
-    """Prompts per evaluation set (see the module docstring)."""
+    """Prompts per evaluation set (see the module docstring): the target sets s.target_sets (each
+    naming the concept with every value of the other kind, s.variants wordings / templates each),
+    "others" and their (value, other value) labels "others_labels"."""
     other_kind = other_kind_of(kind)
     others = D.CONCEPTS[other_kind]
     train_words, held_words = D.WORDS[kind][value]
     other_word = lambda o: D.WORDS[other_kind][o][0][0]  # noqa: E731
+    other_held = lambda o: D.WORDS[other_kind][o][1][0]  # noqa: E731
     t_train, t_held = D.TEMPLATES["train"], D.TEMPLATES["heldout"]
-    sets = {
-        "train": [caption_naming(t_train[k % len(t_train)], kind, train_words[k % len(train_words)], other_word(o), i)
-                  for i, o in enumerate(others) for k in range(s.variants)],
-        "tmpl": [caption_naming(t_held[k], kind, train_words[0], other_word(o), i)
-                 for i, o in enumerate(others) for k in range(min(s.variants, len(t_held)))],
-        "syn": [caption_naming(t_train[k % len(t_train)], kind, held_words[k % len(held_words)], other_word(o), i)
-                for i, o in enumerate(others) for k in range(s.variants)],
+    # paraphrase k: held-out template k, held-out wording k shifted every full round of templates,
+    # so 3 variants cover (t0, w0), (t1, w1), (t0, w1)
+    para_word = lambda k: held_words[(k + k // len(t_held)) % len(held_words)]  # noqa: E731
+    every = {
+        "train": lambda: [caption_naming(t_train[k % len(t_train)], kind, train_words[k % len(train_words)],
+                                         other_word(o), i) for i, o in enumerate(others) for k in range(s.variants)],
+        "para": lambda: [caption_naming(t_held[k % len(t_held)], kind, para_word(k), other_held(o), i, split="heldout")
+                         for i, o in enumerate(others) for k in range(s.variants)],
+        "tmpl": lambda: [caption_naming(t_held[k], kind, train_words[0], other_word(o), i)
+                         for i, o in enumerate(others) for k in range(min(s.variants, len(t_held)))],
+        "syn": lambda: [caption_naming(t_train[k % len(t_train)], kind, held_words[k % len(held_words)], other_word(o), i)
+                        for i, o in enumerate(others) for k in range(s.variants)],
     }
+    unknown = set(s.target_sets) - set(every)
+    if unknown or not s.target_sets:
+        raise ValueError(f"target sets must be some of {TARGET_SETS}, got {s.target_sets}")
+    sets = {name: every[name]() for name in s.target_sets}
     rest = [v for v in D.CONCEPTS[kind] if v != value]
     sets["others"] = [caption_naming(t_train[0], kind, D.WORDS[kind][v][0][0], other_word(o), i)
                       for v in rest for i, o in enumerate(others[: s.other_values])]
@@ -150,14 +174,17 @@ def attack_states(pipe, encoding, gram, input_map, concept_words, value_word, la
     return states, mask
 
 
-def evaluate_concept(word: str, s: Settings, figures: Path, log, spm_out: Path | None = None,
-                     spm_only: bool = False, original_only: bool = False) -> list[dict]:
-    """The table rows of one concept (see the module docstring). With spm_only: only the
-    original and the Latent-Anchoring SPM (from / into `spm_out`, see train_zoo_spm) with and
-    without Facilitated Transport; with original_only: only the original (does the model follow
-    the concept at all?)."""
+def evaluate_concept(word: str, s: Settings, figures: Path, log, spm_cache: Path | None = None,
+                     original_only: bool = False) -> list[dict]:
+    """The table rows of one concept (see the module docstring): the original, then the methods
+    s.methods. The Latent-Anchoring SPM ("spm", "spm-ft") comes from / goes into `spm_cache`
+    (see train_zoo_spm). With original_only: only the original (does the model follow the
+    concept at all?)."""
     kind, value = concept_of(word)
     sets = prompt_sets(kind, value, s)
+    unknown = set(s.methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"methods must be some of {METHODS}, got {s.methods}")
     pipe = osmos.zoo.load("shapes-unet")
     scorer = Scorer(kind, value, sets, s.seeds)
     encoding = zoo_text_encoding(pipe)
@@ -169,7 +196,7 @@ def evaluate_concept(word: str, s: Settings, figures: Path, log, spm_out: Path |
 
     def run_all(handle=None) -> dict[str, torch.Tensor]:
         return {name: generate(pipe, sets[name], s.seeds, num_inference_steps=s.steps, spm_handle=handle)
-                for name in ("train", "tmpl", "syn", "others")}
+                for name in (*s.target_sets, "others")}
 
     def attack(input_map=None, handle=None) -> float:
         st, m = uce_attack if input_map is None else \
@@ -190,7 +217,7 @@ def evaluate_concept(word: str, s: Settings, figures: Path, log, spm_out: Path |
 
     def record(method: str, images: dict, seconds: float | None, attack_rates: tuple[float | None, float | None]):
         row = {"concept": word, "kind": kind, "method": method, "seconds": None if seconds is None else round(seconds, 1)}
-        for name in ("train", "tmpl", "syn"):
+        for name in s.target_sets:
             row[f"rate_{name}"] = scorer.target_rate(images[name])
         row["others_pair_acc"] = scorer.pair_acc(images["others"])
         row["others_pixel_change"] = float((images["others"] - base["others"]).abs().mean())
@@ -201,62 +228,52 @@ def evaluate_concept(word: str, s: Settings, figures: Path, log, spm_out: Path |
         n_other = len(D.CONCEPTS[other_kind_of(kind)])
         per = s.variants * len(s.seeds)
         firsts = images["others"][:: s.other_values * len(s.seeds)][:4]  # one image of each of 4 other values
-        grid_rows.append(torch.cat([images["train"][::per][:n_other], firsts]))
+        grid_rows.append(torch.cat([images["train"][::per][:n_other], firsts]) if "train" in images else firsts)
 
     record("original", base, time.perf_counter() - t0, base_attack)
     if original_only:
         return rows
 
-    # SPM without Latent Anchoring, then with it (alone and with Facilitated Transport)
-    pairs = erasure_prompt_pairs(kind, value) if s.spm_targets == "captions" else None
-
-    def train(la_strength: float):
+    if "spm-nola" in s.methods:
         t0 = time.perf_counter()
-        spm = spm_for(pipe, value, s, la_strength)
-        return spm, time.perf_counter() - t0
-
-    if spm_only:  # time None (shown "cached") when the SPM was read from spm_out
-        cached = spm_out is not None and (spm_out / f"spm_{value}.safetensors").is_file()
-        t0 = time.perf_counter()
-        spm = train_zoo_spm(pipe, value, s, spm_out)
-        train_s = None if cached else time.perf_counter() - t0
-    else:
-        spm, train_s = train(0.0)
+        spm = spm_for(pipe, value, s, 0.0)
+        train_s = time.perf_counter() - t0
         with apply_spm(pipe.unet, [spm]) as handle:
             record("SPM, no LA", run_all(handle), train_s, (attack(handle=handle), None))
-        spm, train_s = train(s.la_strength)
-        if spm_out is not None:
-            spm_out.mkdir(parents=True, exist_ok=True)
-            spm.save(spm_out / f"spm_{value}.safetensors")
-    with apply_spm(pipe.unet, [spm]) as handle:
-        record(f"SPM, LA {s.la_strength:g}", run_all(handle), train_s, (attack(handle=handle), None))
-    with apply_spm(pipe.unet, [spm], transport=zoo_transport(pipe, [spm])) as handle:
-        record(f"SPM, LA {s.la_strength:g}, FT", run_all(handle), train_s, (None, None))
-    if spm_only:
-        _save_rows_grid(grid_rows, figures / f"erasure_{value}_spm.png")
-        return rows
+    if "spm" in s.methods or "spm-ft" in s.methods:  # time None (shown "cached") when read from spm_cache
+        cached = spm_cache is not None and (spm_cache / f"spm_{value}.safetensors").is_file()
+        t0 = time.perf_counter()
+        spm = train_zoo_spm(pipe, value, s, spm_cache)
+        train_s = None if cached else time.perf_counter() - t0
+        if "spm" in s.methods:
+            with apply_spm(pipe.unet, [spm]) as handle:
+                record(f"SPM, LA {s.la_strength:g}", run_all(handle), train_s, (attack(handle=handle), None))
+        if "spm-ft" in s.methods:
+            with apply_spm(pipe.unet, [spm], transport=zoo_transport(pipe, [spm])) as handle:
+                record(f"SPM, LA {s.la_strength:g}, FT", run_all(handle), train_s, (None, None))
 
-    # ESD-x: full fine-tune of the cross-attention weights with the same loss and prompts
-    t0 = time.perf_counter()
-    esd = train_esd(SPMTrainingPipe.of(pipe), value, steps=s.esd_steps, lr=s.esd_lr, sampling_steps=s.steps, seed=0,
-                    prompts=pairs, targets_per_step=s.spm_targets_per_step if pairs else 1, progress=False)
-    esd_s = time.perf_counter() - t0
-    record("ESD-x", run_all(), esd_s, (attack(), None))
-    esd.undo(pipe.unet)
+    if "esd" in s.methods:  # ESD-x: full fine-tune of the cross-attention weights with the same loss and prompts
+        pairs = erasure_prompt_pairs(kind, value) if s.spm_targets == "captions" else None
+        t0 = time.perf_counter()
+        esd = train_esd(SPMTrainingPipe.of(pipe), value, steps=s.esd_steps, lr=s.esd_lr, sampling_steps=s.steps, seed=0,
+                        prompts=pairs, targets_per_step=s.spm_targets_per_step if pairs else 1, progress=False)
+        esd_s = time.perf_counter() - t0
+        record("ESD-x", run_all(), esd_s, (attack(), None))
+        esd.undo(pipe.unet)
 
-    # UCE and RECE
-    t0 = time.perf_counter()
-    edit = uce_edit(pipe.unet, encoding, **common)
-    uce_s = time.perf_counter() - t0
-    record("UCE", run_all(), uce_s, (attack(), attack(edit.input_map)))
-    edit.undo(pipe.unet)
-    t0 = time.perf_counter()
-    edit = rece_edit(pipe.unet, encoding, **common, epochs=s.rece_epochs, lambda_reg=s.lambda_reg)
-    rece_s = time.perf_counter() - t0
-    record(f"RECE ({s.rece_epochs} ep)", run_all(), rece_s, (attack(), attack(edit.input_map)))
-    edit.undo(pipe.unet)
+    closed_form = (("uce", "UCE", uce_edit, {}),
+                   ("rece", f"RECE ({s.rece_epochs} ep)", rece_edit, dict(epochs=s.rece_epochs, lambda_reg=s.lambda_reg)))
+    for key, name, edit_fn, extra in closed_form:
+        if key not in s.methods:
+            continue
+        t0 = time.perf_counter()
+        edit = edit_fn(pipe.unet, encoding, **common, **extra)
+        seconds = time.perf_counter() - t0
+        record(name, run_all(), seconds, (attack(), attack(edit.input_map)))
+        edit.undo(pipe.unet)
 
-    _save_rows_grid(grid_rows, figures / f"erasure_{value}.png")
+    only_spm = set(s.methods) <= {"spm", "spm-ft"}
+    _save_rows_grid(grid_rows, figures / (f"erasure_{value}_spm.png" if only_spm else f"erasure_{value}.png"))
     return rows
 
 
@@ -284,10 +301,18 @@ def spm_for(pipe, value: str, s: Settings, la_strength: float) -> SPM:
 
 
 def train_zoo_spm(pipe, value: str, s: Settings, cache: Path | None) -> SPM:
-    """spm_for(..., s.la_strength), read from / written to `cache` (spm_<value>.safetensors) when given."""
+    """spm_for(..., s.la_strength), read from / written to `cache` (spm_<value>.safetensors) when given.
+    A cached SPM trained with other settings (steps, lr, Latent Anchoring, sampling steps) is an
+    error, not silently reused; the file does not record which weights it was trained on, so use
+    one folder per base model."""
     path = None if cache is None else cache / f"spm_{value}.safetensors"
     if path is not None and path.is_file():
-        return SPM.load(path, pipe.unet)
+        spm = SPM.load(path, pipe.unet)
+        want = {"steps": s.spm_steps, "lr": s.spm_lr, "la_strength": s.la_strength, "sampling_steps": s.steps}
+        got = {k: spm.settings.get(k) for k in want}
+        if got != want:
+            raise ValueError(f"{path} was trained with {got}, this run wants {want}: use another --spm-cache folder")
+        return spm
     spm = spm_for(pipe, value, s, s.la_strength)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -398,12 +423,12 @@ def evaluate_transfer(word: str, model: str, s: Settings, cache: Path, log) -> l
         else:
             handle = apply_spm(pipe.unet, [spm], transport=transport)
         images = {n: generate(pipe, sets[n], s.seeds, num_inference_steps=s.steps, spm_handle=handle)
-                  for n in ("train", "tmpl", "syn", "others")}
+                  for n in (*s.target_sets, "others")}
         if handle is not None:
             handle.remove()
         base = base or images
         row = {"concept": word, "kind": kind, "method": method, "seconds": 0.0,
-               **{f"rate_{n}": scorer.target_rate(images[n]) for n in ("train", "tmpl", "syn")},
+               **{f"rate_{n}": scorer.target_rate(images[n]) for n in s.target_sets},
                "others_pair_acc": scorer.pair_acc(images["others"]),
                "others_pixel_change": float((images["others"] - base["others"]).abs().mean()),
                "attack_vs_uce": None, "attack_rederived": None,
@@ -426,21 +451,24 @@ def multi_table(rows: list[dict]) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| concept | method | target rate: train wordings | held-out templates | held-out synonyms | "
+    """The markdown table of evaluate_concept / evaluate_transfer rows: one target-rate column per
+    target set the rows have."""
+    names = [n for n in TARGET_SETS if any(f"rate_{n}" in r for r in rows)]
+    out = ["| concept | method | " + " | ".join(f"target rate: {SET_TITLES[n]}" for n in names) + " | "
            "attack: c' vs UCE | attack: c' re-derived | others: pair acc | others: pixel change (seed gap) | "
            "edit / train time (s) |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|" + "---|" * len(names) + "---|---|---|---|---|"]
     rate = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
     for r in rows:
+        rates = " | ".join(rate(r.get(f"rate_{n}")) for n in names)
         attack = f"{rate(r['attack_vs_uce'])} | {rate(r['attack_rederived'])}"
-        out.append(f"| {r['concept']} ({r['kind']}) | {r['method']} | {r['rate_train']:.2f} | {r['rate_tmpl']:.2f} | "
-                   f"{r['rate_syn']:.2f} | {attack} | {r['others_pair_acc']:.2f} | "
+        out.append(f"| {r['concept']} ({r['kind']}) | {r['method']} | {rates} | {attack} | {r['others_pair_acc']:.2f} | "
                    f"{r['others_pixel_change']:.3f} ({r['seed_gap']:.3f}) | "
                    f"{'cached' if r['seconds'] is None else format(r['seconds'], '.1f')} |")
     return "\n".join(out)
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="1 seed, 1 wording, 25 SPM steps, 10 DDIM steps (about 90 s of CPU time)")
@@ -451,26 +479,53 @@ def main(argv=None) -> None:
     parser.add_argument("--spm-targets", choices=("captions", "word"), default="captions",
                         help="SPM / ESD training targets: caption pairs naming the concept, each with the "
                              "concept dropped as surrogate (default), or the bare concept word vs ''")
+    parser.add_argument("--sets", nargs="+", choices=TARGET_SETS, default=None,
+                        help=f"target prompt sets to generate (default all: {' '.join(TARGET_SETS)})")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=None,
+                        help=f"edited models besides the original (default all: {' '.join(METHODS)})")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds per prompt (default 0 1)")
+    parser.add_argument("--spm-steps", type=int, default=None, help="SPM training steps (default 150)")
     parser.add_argument("--multi", action="store_true",
                         help=f"instead: erase 1, 3 and 5 of {', '.join(MULTI_CONCEPTS)} at once (UCE, RECE, SPM)")
     parser.add_argument("--closed-form-only", action="store_true", help="--multi with UCE and RECE only (no SPM training)")
     parser.add_argument("--original-only", action="store_true", help="only the original model's row per concept")
     parser.add_argument("--spm-only", action="store_true",
                         help="only the original and the LA SPM (from --spm-cache if there) with and without FT: "
-                             "--multi without UCE / RECE, single concepts without SPM no-LA, ESD-x, UCE, RECE")
+                             "--multi without UCE / RECE, single concepts as --methods spm spm-ft")
     parser.add_argument("--spm-cache", default=None,
-                        help="folder for the trained SPMs (LA): --multi and --transfer reuse them from here")
+                        help="folder for the trained SPMs (LA), one per base model: reused from here when there")
     parser.add_argument("--transfer", default=None, metavar="MODEL",
                         help="also apply each concept's SPM, unchanged, to this zoo model (e.g. shapes-unet-ft) "
                              "if its weights are installed")
     parser.add_argument("--figures", default=str(FIGURES), help="folder for the PNG grids")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    if args.spm_only and args.methods:
+        parser.error("--spm-only and --methods exclude each other")
+    return args
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """FULL or QUICK with the command line's overrides."""
     s = QUICK if args.quick else FULL
+    change = dict(anchor_captions=args.anchors == "words+captions", spm_targets=args.spm_targets)
     if args.la_strength is not None:
-        s = dataclasses.replace(s, la_strength=args.la_strength)
-    s = dataclasses.replace(s, anchor_captions=args.anchors == "words+captions", spm_targets=args.spm_targets)
+        change["la_strength"] = args.la_strength
+    if args.sets:
+        change["target_sets"] = tuple(n for n in TARGET_SETS if n in args.sets)
+    if args.methods or args.spm_only:
+        change["methods"] = tuple(m for m in METHODS if m in (args.methods or ("spm", "spm-ft")))
+    if args.seeds:
+        change["seeds"] = tuple(args.seeds)
+    if args.spm_steps is not None:
+        change["spm_steps"] = args.spm_steps
+    return dataclasses.replace(s, **change)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    s = settings_from(args)
     cache = Path(args.spm_cache) if args.spm_cache else None
     log = lambda m: print(m, flush=True)  # noqa: E731
     t0 = time.perf_counter()
@@ -481,8 +536,7 @@ def main(argv=None) -> None:
     else:
         rows = []
         for word in args.concepts:
-            rows += evaluate_concept(word, s, Path(args.figures), log, spm_out=cache, spm_only=args.spm_only,
-                                     original_only=args.original_only)
+            rows += evaluate_concept(word, s, Path(args.figures), log, spm_cache=cache, original_only=args.original_only)
             if args.transfer and args.transfer in osmos.zoo.available():
                 rows += evaluate_transfer(word, args.transfer, s, cache, log)
             elif args.transfer:

@@ -9,7 +9,8 @@
 --out is a .safetensors file, or a folder that receives `<method>_<concept>.safetensors` and, for
 zoo models, `grid.png` (rows: original and erased model per seed; columns: prompts naming the
 concept, then unrelated prompts) and `summary.json` (the zoo classifier's concept rate on the
-grid's concept images before and after, the image change on the unrelated ones).
+grid's concept images before and after, the image change on the unrelated ones and, for scale,
+between the original's unrelated images of consecutive seeds).
 SPM files load with `osmos.erase.spm.SPM.load`; UCE / RECE files with
 `osmos.erase.edit_file.load_edit(unet, FILE)` (the edited cross-attention K/V weights).
 """
@@ -150,6 +151,13 @@ class _Grid:
         n, s = len(self.prompts), len(self.args.grid_seeds)
         return images.view(n, s, *images.shape[1:]).transpose(0, 1).reshape(n * s, *images.shape[1:])
 
+    def _seed_gap(self, images) -> float | None:
+        """Mean |pixel| change between the original model's images of the same prompts with the
+        next seed (seed-major [seeds * P, 3, S, S]): the scale a change by the edit is read against.
+        None with one seed."""
+        p = len(images) // len(self.args.grid_seeds)
+        return float((images[p:] - images[:-p]).abs().mean()) if len(self.args.grid_seeds) > 1 else None
+
     def finish(self, handle=None, extra: dict | None = None) -> dict | None:
         if not self.active:
             return None
@@ -171,6 +179,7 @@ class _Grid:
             "concept_rate_before": concept_rate(named(self.before), self.concept),
             "concept_rate_after": concept_rate(named(after), self.concept),
             "unrelated_pixel_change": float((unrelated(after) - unrelated(self.before)).abs().mean()),
+            "unrelated_seed_gap": self._seed_gap(unrelated(self.before)),
             "grid": str(self.folder / "grid.png"),
             "grid_layout": "per seed: a row from the original model, then a row from the erased one",
             **(extra or {}),
@@ -185,7 +194,8 @@ def _report(method: str, concept: str, weights: Path, summary: dict | None) -> N
         rate = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
         print(f"  grid {summary['grid']}: zoo classifier sees {concept!r} in {rate(summary['concept_rate_before'])} "
               f"of the concept images before, {rate(summary['concept_rate_after'])} after; unrelated images "
-              f"change by {summary['unrelated_pixel_change']:.3f} (mean |pixel|)")
+              f"change by {summary['unrelated_pixel_change']:.3f} (mean |pixel|; another seed: "
+              f"{rate(summary['unrelated_seed_gap'])})")
 
 
 def _run_spm(args) -> int:

@@ -111,17 +111,20 @@ def other_kind_of(kind: str) -> str:
     return "shape" if kind == "colour" else "colour"
 
 
-def caption_naming(template: str, kind: str, word: str | None, other: str, index: int = 0) -> str:
+def caption_naming(template: str, kind: str, word: str | None, other: str, index: int = 0, split: str = "train") -> str:
     """A caption from a data template naming `word` (of `kind`; None leaves it out) and `other`
     (a word of other_kind_of(kind)); style and background concepts are shown on the shape
-    SHAPES[index % 6]. E.g. ("a {style}{colour} {shape}{bg}", "shape", "disc", "red") -> "a red disc"."""
-    fill = {"style": "", "bg": "", "colour": "", "shape": D.SHAPES[index % len(D.SHAPES)]}
+    SHAPES[index % 6]. E.g. ("a {style}{colour} {shape}{bg}", "shape", "disc", "red") -> "a red disc".
+    split: "train" or "heldout" (the paraphrases): which wording of that cycled shape and which
+    background phrase ("on a dark background" / "against a midnight backdrop") the caption uses."""
+    k = D.SPLITS.index(split)
+    fill = {"style": "", "bg": "", "colour": "", "shape": D.WORDS["shape"][D.SHAPES[index % len(D.SHAPES)]][k][0]}
     fill[other_kind_of(kind)] = other
     if word is not None:
         if kind == "style":
             fill["style"] = word + " "
         elif kind == "background":
-            fill["bg"] = f" on a {word} background"
+            fill["bg"] = D.BG_PHRASES[split][0].format(word)
         else:
             fill[kind] = word
     elif kind in ("shape", "colour"):

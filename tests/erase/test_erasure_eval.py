@@ -1,0 +1,108 @@
+"""benchmarks/erasure_eval.py's logic: the prompt sets (training wordings vs paraphrases), the
+command-line settings that shorten a run, and the SPM cache that must not reuse an SPM trained
+with other settings."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+import osmos.zoo
+from osmos.erase.spm import SPM
+from osmos.erase.zoo import caption_naming
+from osmos.zoo import data as D
+
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "erasure_eval.py"
+_spec = importlib.util.spec_from_file_location("erasure_eval", _PATH)
+E = sys.modules.setdefault("erasure_eval", importlib.util.module_from_spec(_spec))  # dataclasses look it up
+_spec.loader.exec_module(E)
+
+
+def _names(prompt: str, wording: str) -> bool:
+    return re.search(rf"(^| ){re.escape(wording)}( |$)", prompt) is not None
+
+
+def _template_of(prompt: str, split: str) -> int:
+    """Index of the `split` template the prompt was made from (the words between its slots)."""
+    for i, t in enumerate(D.TEMPLATES[split]):
+        fixed = [w for w in re.split(r"\{[a-z]+\}", t) if w.strip()]
+        if all(w.strip() in prompt for w in fixed) and (not fixed or prompt.startswith(fixed[0].strip())):
+            return i
+    raise AssertionError(f"{prompt!r} is from no {split} template")
+
+
+@pytest.mark.parametrize("kind, value", [("shape", "circle"), ("colour", "red"), ("style", "striped")])
+def test_paraphrase_set_uses_only_held_out_wordings_and_templates(kind, value):
+    s = E.settings_from(E.parse_args(["--sets", "para", "train"]))
+    sets = E.prompt_sets(kind, value, s)
+    assert set(sets) == {"train", "para", "others", "others_labels"}  # only the sets asked for
+    other = "shape" if kind == "colour" else "colour"
+    train_words, held_words = D.WORDS[kind][value]
+    n_other = len(D.CONCEPTS[other])
+    assert len(sets["para"]) == len(sets["train"]) == n_other * s.variants
+    used_words, used_templates = set(), set()
+    for i, o in enumerate(D.CONCEPTS[other]):
+        for prompt in sets["para"][i * s.variants:(i + 1) * s.variants]:
+            assert not any(_names(prompt, w) for w in train_words), prompt  # never a tuning wording
+            held = [w for w in held_words if _names(prompt, w)]
+            assert len(held) == 1, prompt
+            used_words.add(held[0])
+            assert any(_names(prompt, w) for w in D.WORDS[other][o][1]), prompt  # the other kind paraphrased too
+            assert not any(_names(prompt, w) for w in D.WORDS[other][o][0]), prompt
+            used_templates.add(_template_of(prompt, "heldout"))
+    assert used_words == set(held_words) and used_templates == set(range(len(D.TEMPLATES["heldout"])))
+    for prompt in sets["train"]:
+        assert any(_names(prompt, w) for w in train_words) and not any(_names(prompt, w) for w in held_words)
+        _template_of(prompt, "train")
+    with pytest.raises(ValueError, match="target sets"):
+        E.prompt_sets(kind, value, E.dataclasses.replace(s, target_sets=("paraphrase",)))
+
+
+def test_caption_naming_paraphrase_split():
+    t = D.TEMPLATES["heldout"][1]
+    assert caption_naming(t, "shape", "orb", "crimson", split="heldout") == "there is a crimson orb here"
+    assert caption_naming(t, "style", "banded", "crimson", 1, split="heldout") == "there is a banded crimson block here"
+    assert caption_naming(t, "background", "midnight", "lime", 0, split="heldout") == \
+        "there is a lime orb here against a midnight backdrop"
+    assert caption_naming(t, "style", "striped", "red", 1) == "there is a striped red square here"  # train: unchanged
+
+
+def test_command_line_settings():
+    s = E.settings_from(E.parse_args(["--sets", "para", "train", "--methods", "uce", "spm-ft", "spm",
+                                      "--seeds", "3", "--spm-steps", "80"]))
+    assert s.target_sets == ("train", "para") and s.methods == ("spm", "spm-ft", "uce")  # canonical order
+    assert s.seeds == (3,) and s.spm_steps == 80
+    assert s.steps == E.FULL.steps and s.la_strength == E.FULL.la_strength  # the rest untouched
+    full = E.settings_from(E.parse_args([]))
+    assert full.target_sets == E.TARGET_SETS and full.methods == E.METHODS and full.seeds == E.FULL.seeds
+    assert E.settings_from(E.parse_args(["--spm-only"])).methods == ("spm", "spm-ft")
+    with pytest.raises(SystemExit):
+        E.parse_args(["--spm-only", "--methods", "uce"])
+
+
+def test_table_has_a_column_per_target_set():
+    row = {"concept": "circle", "kind": "shape", "method": "UCE", "seconds": 0.1, "rate_train": 0.5, "rate_para": 0.25,
+           "attack_vs_uce": None, "attack_rederived": 0.5, "others_pair_acc": 0.75, "others_pixel_change": 0.01,
+           "seed_gap": 0.1}
+    lines = E.table([row]).splitlines()
+    assert "train wordings" in lines[0] and "paraphrases" in lines[0] and "synonyms" not in lines[0]
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+    assert "| 0.50 | 0.25 | n/a | 0.50 | 0.75 |" in lines[2]
+
+
+def test_spm_cache_is_reused_only_with_the_same_settings(tmp_path):
+    pipe = osmos.zoo.load("shapes-unet")
+    s = E.dataclasses.replace(E.FULL, spm_steps=7)
+    settings = {"steps": 7, "lr": s.spm_lr, "la_strength": s.la_strength, "sampling_steps": s.steps}
+    cached = SPM.for_unet(pipe.unet, "circle", settings=settings)
+    for u in cached.up:
+        u.data.fill_(0.5)  # not what a fresh SPM or 7 steps of training would give
+    cached.save(tmp_path / "spm_circle.safetensors")
+    got = E.train_zoo_spm(pipe, "circle", s, tmp_path)
+    assert all(bool((u == 0.5).all()) for u in got.up)  # read back, not retrained
+    with pytest.raises(ValueError, match="was trained with"):
+        E.train_zoo_spm(pipe, "circle", E.dataclasses.replace(s, spm_steps=150), tmp_path)
