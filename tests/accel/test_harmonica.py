@@ -189,6 +189,10 @@ def test_iepo_warmup_and_the_bound_in_training():
     _, rec = _train(beta=0.0, iterations=3, iepo_warmup=0)
     assert len(rec.lambdas) == 2  # iterations 0 and 2
     assert rec.lambdas[0][1:] != [1.0] * (T - 1)  # at r = 0.5 the proxy already caches half the units
+    # a router that caches nothing yet: leave-one-out still measures every step (toggles it whole)
+    _, rec = _train(beta=0.0, iterations=1, iepo_warmup=0, init_logit=5.0)
+    lam = torch.tensor(rec.lambdas[0][1:])
+    assert lam.mean().item() == pytest.approx(1.0) and lam.std() > 0.05 and (lam > 0).all()
     router, _ = _train(beta=1.0, iterations=2, max_reuse_run=1)
     m = router.compute_mask()
     assert router.max_reuse_run == 1 and m[0].all() and not (~m[1:] & ~m[:-1]).any()

@@ -97,8 +97,9 @@ def test_budget_router_on_a_larger_router_hits_the_budget_within_the_bound():
     # at the bound's tightest budget there is one schedule: FORA-(bound + 1)
     assert budget_router(r, 0.5, 1).compute_mask().equal(Router.fora(20, 12, 2).compute_mask())
     assert max_reuse_fraction(20, 2) == pytest.approx(13 / 20) and max_reuse_fraction(20, None) == pytest.approx(19 / 20)
-    # the bound defaults to the router's own and is kept
-    assert budget_router(random_router(20, 12, 3, bound=2), 0.5).max_reuse_run == 2
+    # the bound is kept with the result; None is no bound, whatever the router's own
+    assert budget_router(r, 0.5, 2).max_reuse_run == 2
+    assert budget_router(random_router(20, 12, 3, bound=2), 0.2).max_reuse_run is None
 
 
 def test_save_load_keeps_the_bound(tmp_path):

@@ -216,8 +216,8 @@ class Router(torch.nn.Module):
 
 
 def budget_router(router: Router, compute_fraction: float, max_reuse_run: int | None = None) -> Router:
-    """A fixed router computing `budget_mask(router.probabilities(), compute_fraction, bound)`,
-    bound = `max_reuse_run` if given, else the router's own; the result keeps that bound."""
-    bound = router.max_reuse_run if max_reuse_run is None else max_reuse_run
-    mask = budget_mask(router.probabilities(), compute_fraction, bound)
-    return Router.from_mask(mask, router.scheduler, max_reuse_run=bound)
+    """A fixed router computing `budget_mask(router.probabilities(), compute_fraction,
+    max_reuse_run)` (None: no bound; pass `router.max_reuse_run` to keep the router's own);
+    the result carries that bound."""
+    mask = budget_mask(router.probabilities(), compute_fraction, max_reuse_run)
+    return Router.from_mask(mask, router.scheduler, max_reuse_run=max_reuse_run)

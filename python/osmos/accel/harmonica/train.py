@@ -9,19 +9,23 @@ advances with the student's (detached) output, so training sees the cache errors
 will see. The same loop with the teacher's trajectory and cache and lambda = 1 is the
 Learning-to-Cache baseline (`osmos.accel.harmonica.l2c`).
 
-IEPO: lambda(t) is estimated by gradient-free sampling with a hard "proxy" mask, first after
-`iepo_warmup` iterations and then every `refresh_every`:
- * "leave_one_out" (the paper): lambda(t) = ||x0 - x0^(t)||^2, x0 sampled with the proxy mask,
-   x0^(t) the same with step t fully computed;
- * "sequential" (the reference code): enable the proxy mask's caching one step at a time from
-   the last step backwards; lambda(t) is the change of the final latent when step t is enabled.
-The proxy mask is the router's most probable (step, unit) pairs at its *expected* compute
-fraction, mean(r) (`budget_mask`), not its threshold mask: early in training, when every r is
-still above the threshold, the threshold mask caches nothing and lambda carried no information
-(all ones), and once a few probabilities crossed it, the steps without a cached unit got
-lambda = 0, i.e. no quality term at all (seen on shapes-dit: lambda was 19 at one step and 0
-at the other 18). Steps the proxy mask still caches nothing at get the neutral weight 1.
-lambda is normalised to mean 1 over the other steps, so beta keeps its scale.
+IEPO: lambda(t) is estimated by gradient-free sampling with the router's current hard mask (its
+inference schedule: threshold and reuse-run bound), first after `iepo_warmup` iterations and then
+every `refresh_every`:
+ * "leave_one_out" (the paper's idea): lambda(t) = ||x0^(t,on) - x0^(t,off)||^2, the final latent
+   sampled with the router's mask except step t fully computed (on) or fully reused (off). The
+   paper compares the mask with "step t computed" only, which gives 0 to every step the mask
+   does not cache: early in training, when every r is still above the threshold, lambda carried
+   no information at all (all ones after normalisation), and later the uncached steps lost their
+   quality term exactly when the router decides whether to start caching them. On shapes-dit
+   the step the router then got most wrong, step 1 (reused by every unit), is the one that
+   matters most: reusing all units at step 1 alone moved the image ~1000x more than at step 5.
+   Toggling the whole step measures every step (2 samplings per step; 1 where the mask row
+   already is all-on or all-off).
+ * "sequential" (the reference code): enable the mask's caching one step at a time from the last
+   step backwards; lambda(t) is the change of the final latent when step t is enabled; steps
+   the mask does not cache get the neutral weight 1.
+lambda is normalised to mean 1 over the measured steps, so beta keeps its scale.
 
 Reuse-run bound (`max_reuse_run`, see `Router`): training uses the mask inference will use.
 When the router's hard decisions (r <= threshold) have reused a unit `max_reuse_run` steps in a
@@ -42,7 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from osmos.accel.harmonica.hooks import cache_units
-from osmos.accel.harmonica.router import Router, budget_mask, max_reuse_fraction
+from osmos.accel.harmonica.router import Router
 
 
 class _SoftBranch(nn.Module):
@@ -129,16 +133,6 @@ def _bound_reuse_run(r: Tensor, run: Tensor, threshold: float, bound: int | None
     return r, torch.where(r.detach() > threshold, 0, run + 1)
 
 
-def _proxy_mask(router: Router) -> Tensor:
-    """The IEPO proxy: the router's most probable pairs at its expected compute fraction (the
-    first step computes; later steps compute with probability r), within its reuse-run bound."""
-    r = router.probabilities().detach()
-    steps = r.shape[0]
-    fraction = (1.0 + r[1:].sum(dim=0).mean().item()) / steps
-    fraction = max(fraction, 1.0 - max_reuse_fraction(steps, router.max_reuse_run))
-    return budget_mask(r, fraction, router.max_reuse_run)
-
-
 def _iepo_lambdas(att, transformer, scheduler, x, cond, denoise, mask: Tensor, mode: str) -> Tensor:
     steps = mask.shape[0]
     rows = mask.tolist()
@@ -146,10 +140,11 @@ def _iepo_lambdas(att, transformer, scheduler, x, cond, denoise, mask: Tensor, m
     if mode == "leave_one_out":
         base = _sample(att, transformer, scheduler, x, cond, denoise, rows)
         for t in range(1, steps):
-            if all(rows[t]):
-                continue
-            alt = [r if i != t else [True] * len(r) for i, r in enumerate(rows)]
-            lam[t] = (base - _sample(att, transformer, scheduler, x, cond, denoise, alt)).pow(2).mean()
+            ends = []
+            for value in (True, False):  # step t fully computed / fully reused, the rest as the mask
+                alt = [r if i != t else [value] * len(r) for i, r in enumerate(rows)]
+                ends.append(base if alt[t] == rows[t] else _sample(att, transformer, scheduler, x, cond, denoise, alt))
+            lam[t] = (ends[0] - ends[1]).pow(2).mean()
     elif mode == "sequential":
         current = [[True] * len(r) for r in rows]
         prev = _sample(att, transformer, scheduler, x, cond, denoise, current)
@@ -162,11 +157,11 @@ def _iepo_lambdas(att, transformer, scheduler, x, cond, denoise, mask: Tensor, m
             prev = now
     else:
         raise ValueError(f"lambda_mode must be 'leave_one_out' or 'sequential', got {mode!r}")
-    cached = ~mask[1:].all(dim=1)  # steps where the proxy reuses something: lambda measured
-    mean = lam[1:][cached].mean() if cached.any() else torch.tensor(0.0)
+    measured = torch.ones(steps - 1, dtype=torch.bool) if mode == "leave_one_out" else ~mask[1:].all(dim=1)
+    mean = lam[1:][measured].mean() if measured.any() else torch.tensor(0.0)
     out = torch.ones(steps)
     if mean > 0:  # else caching changed nothing measurable: weigh the steps equally
-        out[1:][cached] = lam[1:][cached] / mean
+        out[1:][measured] = lam[1:][measured] / mean
     out[0] = 0.0  # the first step always computes: student and teacher agree there
     return out
 
@@ -240,7 +235,7 @@ def train_router(
         for it in tqdm(range(iterations), desc=desc, disable=not progress):
             x, cond = sample_batch(gen)
             if lambda_mode is not None and it >= iepo_warmup and (it - iepo_warmup) % refresh_every == 0:
-                lam = _iepo_lambdas(att, transformer, scheduler, x, cond, denoise, _proxy_mask(router), lambda_mode)
+                lam = _iepo_lambdas(att, transformer, scheduler, x, cond, denoise, router.compute_mask(threshold), lambda_mode)
                 record.lambdas.append(lam.tolist())
             att.clear()
             total = 0.0
