@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--init-logit", type=float, default=0.0, help="initial router logits (0: r = 0.5)")
-    p.add_argument("--refresh-every", type=int, default=8, help="IEPO refresh interval (iterations)")
+    p.add_argument("--refresh-every", type=int, default=10, help="IEPO refresh interval (iterations)")
     p.add_argument("--iepo-warmup", type=int, default=2, help="iterations before the first IEPO refresh")
     p.add_argument("--max-reuse-run", type=int, default=0,
                    help="learned routers reuse a unit at most this many steps in a row (0: no bound)")
