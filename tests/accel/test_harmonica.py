@@ -176,10 +176,12 @@ def test_train_router_beta_trades_compute_for_quality(mode):
     lazy, rec = _train(beta=1.0, mode=mode)
     eager, _ = _train(beta=0.0, mode=mode)
     assert all(torch.isfinite(torch.tensor(rec.losses)))
-    # IEPO: first refresh after the 2-iteration warm-up, lambda measured (not all ones)
+    # IEPO: first refresh after the 2-iteration warm-up, normalised to mean 1; leave-one-out
+    # measures every step (sequential only the steps the router already caches: maybe none yet)
     assert len(rec.lambdas) == 1 and rec.lambdas[0][0] == 0.0
     lam = torch.tensor(rec.lambdas[0][1:])
-    assert lam.mean().item() == pytest.approx(1.0) and lam.std() > 0.05
+    assert lam.mean().item() == pytest.approx(1.0)
+    assert mode == "sequential" or lam.std() > 0.05
     # a large compute penalty drives the probabilities of computing down, none drives them less
     assert lazy.probabilities()[1:].mean() < eager.probabilities()[1:].mean()
     assert lazy.logits.abs().max() <= 5.0
