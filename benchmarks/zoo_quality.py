@@ -48,7 +48,7 @@ def image_row(name: str, prompts: str, pipe, res: dict, split: str = "train") ->
 
 
 def image_report(args, clf) -> None:
-    pipe = osmos.zoo.load(args.model, scheduler=args.scheduler)
+    pipe = osmos.zoo.load(args.model, scheduler=args.scheduler, weights_dir=args.weights)
     res = evaluate(pipe, per_pair=args.per_pair, num_inference_steps=args.steps, guidance_scale=args.guidance,
                    classifier=clf, keep_images=True)
     res["sampler"] = f"{args.scheduler} {args.steps} steps, cfg {res['guidance_scale']}"
@@ -110,7 +110,7 @@ def memorization_score(pipe, prompts: list[str], seeds: int = 4) -> torch.Tensor
 def memorization_report(args, clf) -> None:
     from sklearn.metrics import roc_auc_score
 
-    pipe = osmos.zoo.load(args.model, scheduler=args.scheduler)
+    pipe = osmos.zoo.load(args.model, scheduler=args.scheduler, weights_dir=args.weights)
     captions, references = osmos.zoo.memorized_images(args.model)
     g = torch.Generator().manual_seed(4242)
     fresh = D.sample_attributes(len(captions), g)
@@ -145,7 +145,7 @@ def memorization_report(args, clf) -> None:
 
 
 def video_report(args, clf) -> None:
-    pipe = osmos.zoo.load(args.model, scheduler=args.scheduler)
+    pipe = osmos.zoo.load(args.model, scheduler=args.scheduler, weights_dir=args.weights)
     res = evaluate_video(pipe, per_pair=args.per_pair, num_inference_steps=args.steps, guidance_scale=args.guidance,
                          classifier=clf, keep_frames=True)
     frames = res.pop("frames_tensor")
@@ -175,11 +175,13 @@ def main() -> None:
     p.add_argument("--scheduler", default="dpm", choices=["ddim", "dpm"])
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--weights", type=Path, default=None,
+                   help="folder with <model>.safetensors/.json (a training --out folder) instead of the shipped weights")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     FIGURES.mkdir(parents=True, exist_ok=True)
     clf = osmos.zoo.load("classifier")
-    extra = json.loads((osmos.zoo.WEIGHTS_DIR / f"{args.model}.json").read_text())["recipe"]["extra"]
+    extra = json.loads(((args.weights or osmos.zoo.WEIGHTS_DIR) / f"{args.model}.json").read_text())["recipe"]["extra"]
     if "memorize" in extra:
         memorization_report(args, clf)
     elif "frames" in extra:

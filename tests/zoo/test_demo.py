@@ -13,7 +13,7 @@ def test_erase_demo_removes_red_and_undoes_exactly(tmp_path):
     r = run_erase_demo(tmp_path, "red", seeds=(0,), num_inference_steps=10)
     # shapes-unet draws red reliably; after UCE the classifier (almost) never sees it
     assert r["target_rate_before"] >= 0.8
-    assert r["target_rate_after"] <= r["chance"]
+    assert r["target_rate_after"] <= r["chance"] + 1e-6  # float32 rate vs float64 chance
     # the 4 unrelated prompts keep their (shape, colour) accuracy within one image
     assert r["others_acc_after"] >= r["others_acc_before"] - 0.25
     assert r["undo_exact"] and r["layers"] > 0

@@ -37,3 +37,19 @@ def test_train_on_cuda(tmp_path, monkeypatch):
     card = _train(tmp_path, monkeypatch, 2, device="cuda")
     assert card["command"].endswith("--device cuda") and card["machine"] == torch.cuda.get_device_name(0)
     _check_export(tmp_path, 2)
+
+
+def test_caption_pool_mixes_in_paraphrases(tmp_path):
+    """shapes-unet trains on a share of paraphrase captions, each still naming its image's shape and colour."""
+    from osmos.zoo import data as D
+
+    frac = recipe("shapes-unet").extra["heldout_fraction"]
+    pool = zoo_train.CaptionPool(96, seed=0, cache=tmp_path / "captions.pt", heldout_fraction=frac)
+    plain = zoo_train.CaptionPool(96, seed=0, cache=tmp_path / "plain.pt")
+    heldout_words = {k: {w for v in D.WORDS[k].values() for w in v[1]} for k in ("shape", "colour")}
+    para = [any(w in t for w in heldout_words["shape"]) for t in pool.texts]
+    assert 0.1 < sum(para) / len(para) < 0.6 and not any(any(w in t for w in heldout_words["shape"]) for t in plain.texts)
+    for text, shape, colour in zip(pool.texts, pool.attrs.shape.tolist(), pool.attrs.colour.tolist()):
+        words = D.WORDS["shape"][D.SHAPES[shape]], D.WORDS["colour"][D.COLOURS[colour]]
+        assert any(w in text for w in words[0][0] + words[0][1]) and any(w in text for w in words[1][0] + words[1][1])
+    assert pool.states.shape[0] == 96 and (tmp_path / "captions.pt").is_file()

@@ -32,18 +32,22 @@ def model_card(name: str) -> dict:
     return json.loads(path.read_text())["card"]
 
 
-def load(name: str, device: str = "cpu", scheduler: str = "ddim"):
+def load(name: str, device: str = "cpu", scheduler: str = "ddim", weights_dir: str | Path | None = None):
     """Load a shipped model, offline. Denoisers come back as a ready :class:`ShapesPipeline`
     (``"shapes-video"``: :class:`ShapesVideoPipeline`, frames [B, F, 3, S, S]); ``"classifier"`` gives
-    the evaluator (:class:`ShapesClassifier`)."""
+    the evaluator (:class:`ShapesClassifier`). ``weights_dir`` loads ``<name>.safetensors`` and
+    ``<name>.json`` from another folder instead, e.g. the ``--out`` folder of ``osmos.zoo.train``."""
     if not isinstance(name, str):
         raise TypeError(f"name must be a string, got {type(name).__name__}")
     if name == "classifier":
         from osmos.zoo.classifier import load_classifier
 
         return load_classifier().to(device)
-    weights, meta_path = WEIGHTS_DIR / f"{name}.safetensors", WEIGHTS_DIR / f"{name}.json"
+    folder = WEIGHTS_DIR if weights_dir is None else Path(weights_dir)
+    weights, meta_path = folder / f"{name}.safetensors", folder / f"{name}.json"
     if not weights.is_file() or not meta_path.is_file():
+        if weights_dir is not None:
+            raise FileNotFoundError(f"{folder} has no {name}.safetensors and {name}.json")
         raise KeyError(f"no zoo model {name!r}; available: {available()}")
     from safetensors.torch import load_file
 

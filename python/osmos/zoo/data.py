@@ -11,8 +11,10 @@ plus a random position, size and rotation. Images are rendered in torch, vectori
 the batch, anti-aliased by 4x4 supersampling of an implicit inside-test per shape.
 
 Captions come from templates and per-concept wordings split in two disjoint sets:
-``"train"`` wordings (the only ones a model is trained on) and ``"heldout"`` paraphrases
-(used to test that a model, or an erasure method, generalises to wordings it never saw).
+``"train"`` wordings and ``"heldout"`` paraphrases. Erasure methods are tuned on the train
+wordings only and evaluated on the paraphrases (wordings they never saw); the base text-to-image
+models train on both (a third of their captions are paraphrases: ``heldout_fraction`` in their
+recipes), as a real model knows many wordings of a concept.
 """
 
 from __future__ import annotations

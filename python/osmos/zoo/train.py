@@ -34,10 +34,13 @@ class CaptionPool:
     distribution, e.g. ``{"background": 2}``). ``memorize=K`` instead keeps K fixed images, each with
     its own caption (style and background named, plus "sample <i>"), for a memorizing model.
     ``frames=F`` renders moving-shape clips instead of images (batches are [n,3,F,size,size]).
+    ``heldout_fraction`` of the captions use the paraphrase ("heldout") wordings and templates, so
+    the model understands them too (erasure methods are still tuned on the "train" wordings only and
+    evaluated on the paraphrases).
     """
 
     def __init__(self, n: int, seed: int, cache: Path | None = None, pin: dict | None = None, memorize: int = 0,
-                 frames: int = 0):
+                 frames: int = 0, heldout_fraction: float = 0.0):
         g = torch.Generator().manual_seed(seed)
         self.pin, self.memorize, self.frames = dict(pin or {}), memorize, frames
         if memorize:
@@ -46,6 +49,12 @@ class CaptionPool:
         else:
             self.attrs = D.sample_attributes(n, g, **self.pin)
             self.texts, self.named_style, self.named_bg = D.captions_with_named(self.attrs, "train", g)
+            if heldout_fraction > 0:  # a share of the captions in the paraphrase wordings and templates
+                para, para_style, para_bg = D.captions_with_named(self.attrs, "heldout", g)
+                use = torch.rand(n, generator=g) < heldout_fraction
+                self.texts = [b if u else a for a, b, u in zip(self.texts, para, use.tolist())]
+                self.named_style = torch.where(use, para_style, self.named_style)
+                self.named_bg = torch.where(use, para_bg, self.named_bg)
         if cache is None or not cache.is_file():
             from osmos.zoo.text import TextEncoder
 
@@ -176,7 +185,7 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
         step, seconds, losses = state["step"], state["seconds"], state["losses"]
         print(f"resumed {r.name} at step {step} ({seconds / 60:.1f} min trained)")
     pool = CaptionPool(CAPTION_POOL, seed, cache=out / "captions.pt", pin=r.extra.get("pin"),
-                       frames=r.extra.get("frames", 0))
+                       frames=r.extra.get("frames", 0), heldout_fraction=r.extra.get("heldout_fraction", 0.0))
     memorized = (CaptionPool(0, seed, cache=out / "memorized_captions.pt", pin=r.extra.get("pin"),
                              memorize=r.extra["memorize"]) if "memorize" in r.extra else None)
     n_params = sum(p.numel() for p in model.parameters())
@@ -192,12 +201,13 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
                           + (f", min-SNR-{r.snr_gamma:g} loss weighting" if r.snr_gamma is not None else "")),
             "steps": step, "batch_size": r.batch_size, "train_minutes": round(seconds / 60, 2), "seed": seed,
             "final_loss_ema": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 5),
-            "command": (f"python -m osmos.zoo.train {r.name} --seed {seed} --minutes {minutes:g}"
+            "command": (f"python -m osmos.zoo.train {r.name} --seed {seed} --steps {step} --minutes 600"
                         + (f" --device {device}" if dev.type != "cpu" else "")),
             "machine": ("shared 2-core Xeon CPU (1 torch thread)" if dev.type == "cpu"
                         else torch.cuda.get_device_name(dev)),
             **({"memorized_captions": memorized.texts} if memorized else {}),
-            **({k: r.extra[k] for k in ("init_from", "pin", "frames", "pure_steps", "fresh_fraction")
+            **({k: r.extra[k] for k in ("init_from", "pin", "frames", "pure_steps", "fresh_fraction",
+                                                  "heldout_fraction")
                 if k in r.extra}),
         }
         export(r, ema, card, out)
