@@ -14,11 +14,20 @@ latents:
 * ``<method>@fora-N``: the method's best-quality router restricted to FORA-N's compute budget
   (its most probable (step, unit) pairs), i.e. the same cache usage as FORA-N.
 
+``--max-reuse-run K`` bounds the learned routers (training and threshold) to at most K
+consecutive reuses of a unit (`Router.max_reuse_run`; 0 = no bound); ``--budget-bounds K ...``
+restricts them to each budget under each bound (rows ``<method>@fora-N K=k``; default: K).
+FORA-N has K = N - 1, and at FORA-N's own budget that bound leaves no other schedule
+(at most N - 1 reuses per computation), so useful bounds are K >= N. ``--usages u ...`` adds
+budgets (rows ``<method>@u=..``) between FORA's. A budget a bound cannot reach is skipped.
+A scatter of MSE to the uncached images against speed-up goes to ``..._pareto.png``.
+
 Columns: cache usage (fraction of attention/MLP evaluations served from the cache), wall-clock
 speed-up over ``none`` (median of interleaved repeats, generating one fixed batch), classifier
 accuracy (shape and colour both right, per (shape, colour) prompt), Frechet distance of classifier
 features to real renders, and MSE / PSNR of the images to the uncached images from the same latents.
-Writes benchmarks/figures/harmonica_eval_<T>.{json,png} (table, grid: one row per method).
+Writes benchmarks/figures/harmonica_eval_<T><tag>.{json,png} (table, grid: one row per method)
+and harmonica_eval_<T><tag>_pareto.png (MSE to the uncached images against speed-up).
 Without shipped weights or --weights the DiT is untrained: the numbers then only test plumbing.
 """
 
@@ -35,6 +44,7 @@ import torch
 import osmos.zoo
 from osmos.accel.harmonica import HarmonicaConfig, Router, apply_harmonica, cache_units
 from osmos.accel.harmonica.pipeline import budget_router, train_pipeline_router
+from osmos.accel.harmonica.router import max_reuse_fraction
 from osmos.zoo import data as D
 from osmos.zoo.evaluate import evaluate
 from osmos.zoo.pipeline import ShapesPipeline, save_grid
@@ -103,22 +113,24 @@ def run(args, pipe, clf, steps: int) -> dict:
     routers: dict[str, Router | None] = {"none": None}
     for n in args.fora:
         routers[f"fora-{n}"] = Router.fora(steps, n_units, n, sched)
-    train_info: dict = {}
+    bound = args.max_reuse_run or None
+    train_info: dict = {"max_reuse_run": bound}
     trained: dict[str, dict[str, Router]] = {m: {} for m in args.methods}
     for method in args.methods:
         for beta in args.betas:
             name = f"{method} b={beta:g}"
-            extra = {"refresh_every": args.refresh_every, "lambda_mode": args.lambda_mode} if method == "harmonica" else {}
+            extra = {"refresh_every": args.refresh_every, "iepo_warmup": args.iepo_warmup,
+                     "lambda_mode": args.lambda_mode} if method == "harmonica" else {}
             t0 = time.time()
             router, rec = train_pipeline_router(
                 pipe, steps, beta, router_prompts(), batch_size=args.router_batch, method=method,
-                iterations=args.iterations, lr=args.lr, init_logit=args.init_logit, threshold=THRESHOLD, seed=args.seed, progress=not args.quiet,
-                **extra)
+                iterations=args.iterations, lr=args.lr, init_logit=args.init_logit, threshold=THRESHOLD,
+                max_reuse_run=bound, seed=args.seed, progress=not args.quiet, **extra)
             trained[method][name] = router
             routers[name] = router
             train_info[name] = {"seconds": round(time.time() - t0, 1), "final_loss": rec.losses[-1],
                                 "cache_usage": rec.cache_usage[-1], "probabilities": router.probabilities().tolist(),
-                                **({"lambdas_last": rec.lambdas[-1]} if rec.lambdas else {})}
+                                **({"lambdas": rec.lambdas} if rec.lambdas else {})}
 
     results = {name: quality(pipe, r, steps, args.per_pair, clf) for name, r in routers.items()}
     ref = results["none"]["images"]["train"]
@@ -126,16 +138,23 @@ def run(args, pipe, clf, steps: int) -> dict:
     def mse(name: str) -> float:
         return float((results[name]["images"]["train"] - ref).pow(2).mean())
 
-    # each trainer at FORA's budgets: its most accurate router (ties: lowest MSE), most probable pairs only
+    # each trainer at fixed budgets: its most accurate router (ties: lowest MSE), most probable pairs only
+    budgets = {f"fora-{n}": routers[f"fora-{n}"].cache_usage(THRESHOLD) for n in args.fora}
+    budgets.update({f"u={u:g}": u for u in args.usages})
+    bounds = args.budget_bounds if args.budget_bounds is not None else [args.max_reuse_run]
     for method, family in trained.items():
         if not family:
             continue
         best = min(family, key=lambda k: (-results[k]["train"]["mean"], mse(k)))
         train_info[f"{method}@budget source"] = best
-        for n in args.fora:
-            name = f"{method}@fora-{n}"
-            routers[name] = budget_router(family[best], 1.0 - routers[f"fora-{n}"].cache_usage(THRESHOLD))
-            results[name] = quality(pipe, routers[name], steps, args.per_pair, clf)
+        for label, usage in budgets.items():
+            for k in bounds:
+                name = f"{method}@{label}" + (f" K={k}" if len(bounds) > 1 or k else "")
+                if usage > max_reuse_fraction(steps, k or None) + 1e-9:
+                    train_info[name] = f"skipped: with K={k} at most {max_reuse_fraction(steps, k or None):.2f} can be reused"
+                    continue
+                routers[name] = budget_router(family[best], 1.0 - usage, k or None)
+                results[name] = quality(pipe, routers[name], steps, args.per_pair, clf)
     seconds = time_methods(pipe, routers, steps, args.time_batch, args.repeats)
 
     rows = []
@@ -156,10 +175,39 @@ def run(args, pipe, clf, steps: int) -> dict:
     pairs = [s * n_col + (s + k) % n_col for k in (0, 3) for s in range(len(D.SHAPES))]
     picks = torch.tensor(pairs) * args.per_pair
     grid = torch.cat([results[name]["images"]["train"][picks] for name in routers])
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    save_grid(grid, FIGURES / f"harmonica_eval_{steps}.png", nrow=len(picks), scale=4)
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_grid(grid, args.out / f"harmonica_eval_{steps}{args.tag}.png", nrow=len(picks), scale=4)
+    plot_pareto(rows, args.out / f"harmonica_eval_{steps}{args.tag}_pareto.png", f"shapes-dit, DDIM {steps} steps")
     return {"steps": steps, "guidance": pipe.recipe.default_guidance, "rows": rows, "training": train_info,
             "frechet_real_vs_real": results["none"]["frechet_real_vs_real"]}
+
+
+def plot_pareto(rows: list[dict], path: Path, title: str) -> None:
+    """MSE to the uncached images (log) against speed-up, one marker per method family."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {"fora": ("k", "s"), "harmonica": ("tab:blue", "o"), "l2c": ("tab:orange", "^")}
+    for family, (colour, marker) in styles.items():
+        pts = [r for r in rows if r["method"].startswith(family) and r["mse_vs_none"] > 0]
+        if not pts:
+            continue
+        ax.scatter([r["speedup"] for r in pts], [r["mse_vs_none"] for r in pts], c=colour, marker=marker, label=family)
+        for r in pts:
+            ax.annotate(r["method"].split("@")[-1] if "@" in r["method"] else r["method"], (r["speedup"], r["mse_vs_none"]),
+                        fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("speed-up over no cache (wall clock)")
+    ax.set_ylabel("MSE to the uncached images")
+    ax.set_yscale("log")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def print_table(out: dict, source: str) -> None:
@@ -172,10 +220,19 @@ def print_table(out: dict, source: str) -> None:
               f"{r['shape_acc']:.3f} | {r['colour_acc']:.3f} | {r['frechet']:.2f} | {r['mse_vs_none']:.2e} | "
               f"{r['psnr_vs_none']:.1f} |")
     for name, info in out["training"].items():
-        if isinstance(info, dict):
-            print(f"- {name}: trained in {info['seconds']} s, cache usage {info['cache_usage']:.2f}, final loss {info['final_loss']:.3g}")
-        else:
+        if name == "max_reuse_run":
+            print(f"- learned routers bounded to {info} consecutive reuses" if info else "- no reuse-run bound")
+        elif isinstance(info, dict):
+            lam = ""
+            if "lambdas" in info:
+                last = info["lambdas"][-1][1:]
+                lam = f", IEPO lambda(t) at the last of {len(info['lambdas'])} refreshes in [{min(last):.2f}, {max(last):.2f}]"
+            print(f"- {name}: trained in {info['seconds']} s, cache usage {info['cache_usage']:.2f}, "
+                  f"final loss {info['final_loss']:.3g}{lam}")
+        elif name.endswith("budget source"):
             print(f"- {name.split('@')[0]}@fora-N: {info} restricted to FORA-N's compute budget")
+        else:
+            print(f"- {name}: {info}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -188,8 +245,15 @@ def main(argv: list[str] | None = None) -> None:
                    help="router trainers: HarmoniCa (SDT + IEPO) and the Learning-to-Cache-style baseline")
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--init-logit", type=float, default=2.0, help="initial router logits (sigmoid(2) = 0.88)")
-    p.add_argument("--refresh-every", type=int, default=10)
+    p.add_argument("--init-logit", type=float, default=0.0, help="initial router logits (0: r = 0.5)")
+    p.add_argument("--refresh-every", type=int, default=10, help="IEPO refresh interval (iterations)")
+    p.add_argument("--iepo-warmup", type=int, default=2, help="iterations before the first IEPO refresh")
+    p.add_argument("--max-reuse-run", type=int, default=0,
+                   help="learned routers reuse a unit at most this many steps in a row (0: no bound)")
+    p.add_argument("--budget-bounds", type=int, nargs="*", default=None,
+                   help="reuse-run bounds K for the budget restrictions (one row each; 0: none); default: --max-reuse-run")
+    p.add_argument("--usages", type=float, nargs="*", default=[],
+                   help="extra cache-usage budgets for the learned routers, besides FORA's")
     p.add_argument("--lambda-mode", default="leave_one_out", choices=["leave_one_out", "sequential"])
     p.add_argument("--router-batch", type=int, default=4)
     p.add_argument("--per-pair", type=int, default=1)
@@ -197,12 +261,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=FIGURES, help="folder for the JSON and grid")
+    p.add_argument("--tag", default="", help="suffix of the output names: harmonica_eval_<T><tag>.{json,png}")
     p.add_argument("--quick", action="store_true", help="10 steps, tiny router training: under 2 minutes")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.fora, args.betas = [10], [2], [3e-4]
-        args.iterations, args.refresh_every, args.router_batch = 3, 3, 2
+        args.iterations, args.refresh_every, args.iepo_warmup, args.router_batch = 3, 3, 1, 2
         args.per_pair, args.time_batch, args.repeats = 1, 4, 3
     torch.set_num_threads(args.threads)
     pipe, source = load_pipe(args.weights)
@@ -210,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     for steps in args.steps:
         out = run(args, pipe, clf, steps)
         out["source"], out["args"] = source, {k: str(v) for k, v in vars(args).items()}
-        (FIGURES / f"harmonica_eval_{steps}.json").write_text(json.dumps(out, indent=2))
+        (args.out / f"harmonica_eval_{steps}{args.tag}.json").write_text(json.dumps(out, indent=2))
         print_table(out, source)
 
 

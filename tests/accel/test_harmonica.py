@@ -148,7 +148,7 @@ def test_compiles_fullgraph_with_a_fixed_router():
     torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-4)
 
 
-def _train(beta, mode="leave_one_out", iterations=3):
+def _train(beta, mode="leave_one_out", iterations=3, **kw):
     from diffusers import DDIMScheduler
 
     from osmos.accel.harmonica import train_router
@@ -164,7 +164,7 @@ def _train(beta, mode="leave_one_out", iterations=3):
     before = [p.clone() for p in model.parameters()]
     router, rec = train_router(
         model, DDIMScheduler(), num_steps=T, sample_batch=sample_batch, denoise=denoise, beta=beta,
-        iterations=iterations, lr=0.5, lambda_mode=mode, refresh_every=2, progress=False,
+        iterations=iterations, lr=0.5, lambda_mode=mode, refresh_every=2, progress=False, **kw,
     )
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # model untouched
     assert all(type(getattr(b, a)).__name__ != "_SoftBranch" for _, b, a in cache_units(model))
@@ -176,7 +176,25 @@ def test_train_router_beta_trades_compute_for_quality(mode):
     lazy, rec = _train(beta=1.0, mode=mode)
     eager, _ = _train(beta=0.0, mode=mode)
     assert all(torch.isfinite(torch.tensor(rec.losses)))
-    assert len(rec.lambdas) == 2 and rec.lambdas[0][0] == 0.0
+    # IEPO: first refresh after the 2-iteration warm-up, normalised to mean 1; leave-one-out
+    # measures every step (sequential only the steps the router already caches: maybe none yet)
+    assert len(rec.lambdas) == 1 and rec.lambdas[0][0] == 0.0
+    lam = torch.tensor(rec.lambdas[0][1:])
+    assert lam.mean().item() == pytest.approx(1.0)
+    assert mode == "sequential" or lam.std() > 0.05
     # a large compute penalty drives the probabilities of computing down, none drives them less
     assert lazy.probabilities()[1:].mean() < eager.probabilities()[1:].mean()
     assert lazy.logits.abs().max() <= 5.0
+
+
+def test_iepo_warmup_and_the_bound_in_training():
+    _, rec = _train(beta=0.0, iterations=3, iepo_warmup=0)
+    assert len(rec.lambdas) == 2  # iterations 0 and 2
+    assert rec.lambdas[0][1:] != [1.0] * (T - 1)  # at r = 0.5 the proxy already caches half the units
+    # a router that caches nothing yet: leave-one-out still measures every step (toggles it whole)
+    _, rec = _train(beta=0.0, iterations=1, iepo_warmup=0, init_logit=5.0)
+    lam = torch.tensor(rec.lambdas[0][1:])
+    assert lam.mean().item() == pytest.approx(1.0) and lam.std() > 0.05 and (lam > 0).all()
+    router, _ = _train(beta=1.0, iterations=2, max_reuse_run=1)
+    m = router.compute_mask()
+    assert router.max_reuse_run == 1 and m[0].all() and not (~m[1:] & ~m[:-1]).any()

@@ -32,7 +32,8 @@ def train_l2c_router(
     iterations: int = 200,
     lr: float = 0.01,
     threshold: float = 0.1,
-    init_logit: float = 3.0,
+    init_logit: float = 0.0,
+    max_reuse_run: int | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[Router, TrainRecord]:
@@ -40,4 +41,5 @@ def train_l2c_router(
     every step weighted 1 (arguments as `train_router`, no lambda ones)."""
     return train_router(transformer, scheduler, num_steps=num_steps, sample_batch=sample_batch, denoise=denoise,
                         beta=beta, iterations=iterations, lr=lr, lambda_mode=None, trajectory="teacher",
-                        threshold=threshold, init_logit=init_logit, seed=seed, progress=progress)
+                        threshold=threshold, init_logit=init_logit, max_reuse_run=max_reuse_run, seed=seed,
+                        progress=progress)

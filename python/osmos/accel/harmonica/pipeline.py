@@ -3,8 +3,9 @@
 `train_pipeline_router(pipe, num_steps, beta, prompts)` trains a router for ``pipe.unet`` sampled by
 ``pipe.scheduler`` with classifier-free guidance, exactly as ``pipe`` samples (one transformer call
 per step on the stacked unconditional + conditional batch). `budget_router` turns a trained router
-into one that computes a given fraction of the unit evaluations (its most probable ones), for
-comparisons against fixed schedules at the same compute.
+into one that computes a given fraction of the unit evaluations (its most probable ones, within
+an optional bound on consecutive reuses), for comparisons against fixed schedules at the same
+compute (defined in `osmos.accel.harmonica.router`, re-exported here).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from osmos.accel.harmonica.router import Router
+from osmos.accel.harmonica.router import Router, budget_router
 from osmos.accel.harmonica.train import TrainRecord, train_router
+
+__all__ = ["budget_router", "guided_denoiser", "prompt_sampler", "train_pipeline_router"]
 
 
 def guided_denoiser(pipe, guidance_scale: float | None = None) -> Callable:
@@ -55,7 +58,8 @@ def train_pipeline_router(pipe, num_steps: int, beta: float, prompts: Sequence[s
                           guidance_scale: float | None = None, method: str = "harmonica",
                           **kwargs) -> tuple[Router, TrainRecord]:
     """Train a router for ``pipe`` at ``num_steps`` sampling steps. method "harmonica": `train_router`
-    (kwargs: iterations, lr, lambda_mode, refresh_every, threshold, init_logit, seed, progress);
+    (kwargs: iterations, lr, lambda_mode, refresh_every, iepo_warmup, threshold, init_logit,
+    max_reuse_run, seed, progress);
     "l2c": the Learning-to-Cache-style baseline `train_l2c_router` (same kwargs, no lambda ones)."""
     from osmos.accel.harmonica.l2c import train_l2c_router
 
@@ -65,19 +69,3 @@ def train_pipeline_router(pipe, num_steps: int, beta: float, prompts: Sequence[s
     return trainers[method](pipe.unet, pipe.scheduler, num_steps=num_steps,
                             sample_batch=prompt_sampler(pipe, prompts, batch_size),
                             denoise=guided_denoiser(pipe, guidance_scale), beta=beta, **kwargs)
-
-
-def budget_router(router: Router, compute_fraction: float) -> Router:
-    """A fixed router computing the first step plus the most probable (step, unit) pairs of ``router``
-    so that round(compute_fraction * T * 2N) unit evaluations are computed in total (ties: earlier
-    step, lower unit first)."""
-    if not 0.0 <= compute_fraction <= 1.0:
-        raise ValueError(f"compute_fraction must be in [0, 1], got {compute_fraction}")
-    steps, units = router.num_steps, router.num_units
-    total = max(units, round(compute_fraction * steps * units))
-    probs = router.probabilities().detach()[1:].flatten()
-    order = torch.sort(-probs, stable=True).indices[: total - units]
-    rest = torch.zeros(probs.numel(), dtype=torch.bool)
-    rest[order] = True
-    mask = torch.cat([torch.ones(1, units, dtype=torch.bool), rest.view(steps - 1, units)])
-    return Router.from_mask(mask, router.scheduler)
