@@ -39,9 +39,8 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-
 import osmos.zoo
+import torch
 from osmos.accel.harmonica import HarmonicaConfig, Router, apply_harmonica, cache_units
 from osmos.accel.harmonica.pipeline import budget_router, train_pipeline_router
 from osmos.accel.harmonica.router import max_reuse_fraction
@@ -55,18 +54,13 @@ THRESHOLD = 0.1
 
 def load_pipe(weights: Path | None) -> tuple[ShapesPipeline, str]:
     """The DiT pipeline (DDIM) and where its weights came from."""
-    from safetensors.torch import load_file
+    from osmos.zoo.models import build_model, recipe
 
-    from osmos.zoo.models import Recipe, build_model, recipe
-
-    if weights is None and "shapes-dit" in osmos.zoo.available():
-        return osmos.zoo.load("shapes-dit", scheduler="ddim"), "shipped shapes-dit"
     if weights is not None:
-        meta = json.loads((weights / "shapes-dit.json").read_text())
-        r = Recipe(**meta["recipe"])
-        model = build_model(r)
-        model.load_state_dict(load_file(str(weights / "shapes-dit.safetensors")))
-        return ShapesPipeline(model, r, card=meta["card"], scheduler="ddim"), f"{weights} ({meta['card']['steps']} steps)"
+        pipe = osmos.zoo.load("shapes-dit", scheduler="ddim", weights_dir=weights)
+        return pipe, f"{weights} ({pipe.card['steps']} steps)"
+    if "shapes-dit" in osmos.zoo.available():
+        return osmos.zoo.load("shapes-dit", scheduler="ddim"), "shipped shapes-dit"
     torch.manual_seed(0)
     r = recipe("shapes-dit")
     return ShapesPipeline(build_model(r), r, scheduler="ddim"), "UNTRAINED shapes-dit (plumbing only)"
