@@ -97,11 +97,14 @@ def bench(n_params, steps, rounds, repeats, device, handle, tmp, batch):
     for _ in range(2):  # fill and map both slots: no first-touch page faults in the timing
         snap.step(0, block=True)
     times = {"base": [], 1: [], 10: []}
-    for _ in range(rounds):  # configurations alternate; median over rounds of each round's mean
-        times["base"].append(train(model, opt, width, steps, device, batch=batch))
-        for every in (1, 10):
-            snap.every = every
-            times[every].append(train(model, opt, width, steps, device, snap, batch))
+    orders = (("base", 1, 10), (10, 1, "base"))  # every other round reversed: no configuration always follows another
+    for r in range(rounds):  # configurations alternate; median over rounds of each round's mean
+        for every in orders[r % 2]:
+            if every == "base":
+                times["base"].append(train(model, opt, width, steps, device, batch=batch))
+            else:
+                snap.every = every
+                times[every].append(train(model, opt, width, steps, device, snap, batch))
     row = {"params": real}
     for key, name in (("base", "base"), (1, "every1"), (10, "every10")):
         row[f"{name}_s"] = statistics.median(w for w, _, _ in times[key])
