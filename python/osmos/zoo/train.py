@@ -158,10 +158,23 @@ def export(r: Recipe, ema: dict, card: dict, out: Path) -> None:
     (out / f"{r.name}.json").write_text(json.dumps({"recipe": r.to_dict(), "card": card}, indent=2))
 
 
+def lr_factor(r: Recipe, step: int, max_steps: int, decay_steps: int = 0) -> float:
+    """Learning-rate multiplier at optimizer step ``step`` (0-based): linear warm-up over
+    ``r.warmup_steps``, constant, then (``decay_steps`` > 0) a linear cool-down to zero over the last
+    ``decay_steps`` steps before ``max_steps``."""
+    f = min(1.0, (step + 1) / r.warmup_steps)
+    if decay_steps > 0:
+        f *= min(1.0, (max_steps - step) / decay_steps)
+    return f
+
+
 def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Path, resume: bool,
-                   device: str = "cpu") -> dict:
+                   device: str = "cpu", decay_steps: int = 0) -> dict:
     """Train recipe r's denoiser; `device` "cuda" trains on a GPU (data, noise and timesteps are
-    still drawn on the CPU from the same seeded generator, so only the arithmetic differs)."""
+    still drawn on the CPU from the same seeded generator, so only the arithmetic differs).
+    ``decay_steps`` > 0 cools the learning rate linearly to zero over the run's last steps."""
+    if not 0 <= decay_steps <= max_steps:
+        raise ValueError(f"decay_steps must be in [0, max_steps={max_steps}], got {decay_steps}")
     torch.set_num_threads(1)  # deterministic, and fastest on a shared 2-core machine
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -201,7 +214,11 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
                           + (f", min-SNR-{r.snr_gamma:g} loss weighting" if r.snr_gamma is not None else "")),
             "steps": step, "batch_size": r.batch_size, "train_minutes": round(seconds / 60, 2), "seed": seed,
             "final_loss_ema": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 5),
+            "lr_schedule": (f"warm-up {r.warmup_steps}, constant {r.lr:g}"
+                            + (f", linear cool-down to 0 over steps {max_steps - decay_steps}-{max_steps}"
+                               if decay_steps else "")),
             "command": (f"python -m osmos.zoo.train {r.name} --seed {seed} --steps {step} --minutes 600"
+                        + (f" --decay-steps {decay_steps}" if decay_steps else "")
                         + (f" --device {device}" if dev.type != "cpu" else "")),
             "machine": ("shared 2-core Xeon CPU (1 torch thread)" if dev.type == "cpu"
                         else torch.cuda.get_device_name(dev)),
@@ -233,7 +250,7 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
             per_sample = F.mse_loss(pred, target, reduction="none").flatten(1).mean(1)
             loss = (loss_weights(r, sched, t) * per_sample).mean()
         for group in opt.param_groups:
-            group["lr"] = r.lr * min(1.0, (step + 1) / r.warmup_steps)
+            group["lr"] = r.lr * lr_factor(r, step, max_steps, decay_steps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -273,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=100_000, help="stop after this many optimizer steps")
     p.add_argument("--out", type=Path, default=None, help="work folder (checkpoints); default out/zoo/<name>")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument("--decay-steps", type=int, default=0,
+                   help="cool the learning rate linearly to 0 over the last N steps before --steps (0: constant)")
     p.add_argument("--device", default="cpu", help="cpu, or cuda to train a denoiser on a GPU (the classifier trains on the CPU)")
     p.add_argument("--pool-size", type=int, default=8192, help="classifier only: renders in its training pool")
     p.add_argument("--install", action="store_true", help="copy the exported weights into osmos/zoo/weights")
@@ -286,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         card = train_classifier(seed=args.seed, minutes=args.minutes, max_steps=args.steps, out=out,
                                 pool_size=args.pool_size, resume=args.resume)
     else:
-        card = train_denoiser(recipe(args.name), args.seed, args.minutes, args.steps, out, args.resume, args.device)
+        card = train_denoiser(recipe(args.name), args.seed, args.minutes, args.steps, out, args.resume, args.device,
+                              args.decay_steps)
     print(json.dumps(card, indent=2))
     if args.install:
         install(out, args.name, getattr(torch, args.install_dtype))
