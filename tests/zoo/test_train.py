@@ -53,3 +53,23 @@ def test_caption_pool_mixes_in_paraphrases(tmp_path):
         words = D.WORDS["shape"][D.SHAPES[shape]], D.WORDS["colour"][D.COLOURS[colour]]
         assert any(w in text for w in words[0][0] + words[0][1]) and any(w in text for w in words[1][0] + words[1][1])
     assert pool.states.shape[0] == 96 and (tmp_path / "captions.pt").is_file()
+
+
+def test_lr_cooldown_schedule_and_card():
+    """Warm-up, constant, then a linear cool-down that reaches (almost) zero on the last step."""
+    r = recipe("shapes-unet")
+    f = [zoo_train.lr_factor(r, s, 200, 50) for s in range(200)]
+    assert f[0] == pytest.approx(1 / r.warmup_steps) and f[r.warmup_steps - 1] == 1.0
+    assert all(v == 1.0 for v in f[r.warmup_steps:150])
+    assert f[175] == pytest.approx(0.5) and f[199] == pytest.approx(1 / 50)
+    assert all(a > b for a, b in zip(f[150:], f[151:]))  # strictly falling during the cool-down
+    assert zoo_train.lr_factor(r, 150, 200) == 1.0  # no decay by default
+    with pytest.raises(ValueError, match="decay_steps"):
+        zoo_train.train_denoiser(r, 0, 1.0, 10, None, False, decay_steps=11)
+
+
+def test_cooldown_recorded_in_card(tmp_path, monkeypatch):
+    monkeypatch.setattr(zoo_train, "CAPTION_POOL", 64)
+    card = zoo_train.train_denoiser(recipe("shapes-unet"), 0, 10.0, 2, tmp_path, False, decay_steps=2)
+    assert card["command"].endswith("--steps 2 --minutes 600 --decay-steps 2")
+    assert "cool-down to 0 over steps 0-2" in card["lr_schedule"]
