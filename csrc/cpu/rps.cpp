@@ -39,26 +39,45 @@ inline void store(double* p, int64_t i, double v) { p[i] = v; }
 inline void store(F16* p, int64_t i, float v) { p[i].v = f32_to_f16(v); }
 inline void store(BF16* p, int64_t i, float v) { p[i].v = f32_to_bf16(v); }
 
-// ROAST's runs of [begin, end) without a division per run: each tile's hashed start is computed
-// once per tile row (for all its tile columns), and the index is the header's (start +
-// (r mod tile_r) * tile_c + c mod tile_c) mod m, a run ending at a tile's last column or where the
-// index wraps past m (the header's run_length).
+// The hashed starts in M of the tiles of one ROAST tile row, for all its tile columns (the header's
+// `start`), recomputed only when the tile row changes: no division per run.
+class RoastTileStarts {
+ public:
+  RoastTileStarts(const Map& p, int64_t cols)
+      : p_(p), span_(p.m > p.tile_r * p.tile_c ? p.m - p.tile_r * p.tile_c : 1),
+        col_parts_((cols + p.tile_c - 1) / p.tile_c), starts_(col_parts_.size()) {
+    for (size_t cb = 0; cb < col_parts_.size(); ++cb)
+      col_parts_[cb] = rps::mod_prime(rps::mod_prime(int64_t(cb)) * p.a[1]);
+  }
+
+  // starts[cb]: M index of element (0, 0) of tile (rb, cb).
+  const int64_t* row(int64_t rb) {
+    if (rb != rb_) {
+      const int64_t row_part = rps::mod_prime(rps::mod_prime(rb) * p_.a[2]);
+      for (size_t cb = 0; cb < col_parts_.size(); ++cb)
+        starts_[cb] = rps::reduce(rps::mod_prime(row_part + col_parts_[cb] + p_.a[0]), span_);
+      rb_ = rb;
+    }
+    return starts_.data();
+  }
+
+ private:
+  const Map& p_;
+  int64_t span_;
+  std::vector<int64_t> col_parts_, starts_;
+  int64_t rb_ = -1;  // the tile row `starts_` belongs to
+};
+
+// ROAST's runs of [begin, end): the index is the header's (start + (r mod tile_r) * tile_c +
+// c mod tile_c) mod m, a run ending at a tile's last column or where the index wraps past m (the
+// header's run_length).
 template <class F>
 void for_each_roast_run(const Map& p, int64_t cols, int64_t begin, int64_t end, F&& fn) {
-  const int64_t z = p.tile_r * p.tile_c, span = p.m > z ? p.m - z : 1;
-  const int64_t tile_cols = (cols + p.tile_c - 1) / p.tile_c;
-  std::vector<int64_t> col_parts(tile_cols), starts(tile_cols);
-  for (int64_t cb = 0; cb < tile_cols; ++cb) col_parts[cb] = rps::mod_prime(rps::mod_prime(cb) * p.a[1]);
-  int64_t starts_rb = -1;  // the tile row `starts` belongs to
+  RoastTileStarts tiles(p, cols);
   int64_t r = begin / cols, c = begin % cols;
   for (int64_t e = begin; e < end;) {
     const int64_t rb = r / p.tile_r;
-    if (rb != starts_rb) {
-      const int64_t row_part = rps::mod_prime(rps::mod_prime(rb) * p.a[2]);
-      for (int64_t cb = 0; cb < tile_cols; ++cb)
-        starts[cb] = rps::reduce(rps::mod_prime(row_part + col_parts[cb] + p.a[0]), span);
-      starts_rb = rb;
-    }
+    const int64_t* starts = tiles.row(rb);
     const int64_t row_offset = (r - rb * p.tile_r) * p.tile_c;
     const int64_t row_end = std::min(cols, c + (end - e));
     int64_t cb = c / p.tile_c, cc = c - cb * p.tile_c;
@@ -175,6 +194,16 @@ inline void for_each_sign_group(SignGroups& signs, int64_t i, int64_t len, F&& f
   }
 }
 
+// The signs of the elements with global indices i .. i + count - 1 as a bit stream: bit
+// (i & 15) + k of the little-endian uint16 words `out` is set when element i + k is negative, so a
+// kernel reads the signs of any 16 consecutive elements from two words. Writes
+// ((i & 15) + count + 15) / 16 words and one zero word after them.
+void sign_bit_stream(SignGroups& signs, int64_t i, int64_t count, uint16_t* out) {
+  const int64_t words = ((i & 15) + count + 15) / 16;
+  for (int64_t k = 0; k < words; ++k) out[k] = uint16_t(signs.group((i >> 4) + k));
+  out[words] = 0;
+}
+
 // The AVX-512 run kernels apply (float32 data, an AVX-512 DQ CPU at the avx512 level).
 template <class T>
 bool use_avx512_runs() {
@@ -218,11 +247,34 @@ void for_each_hashednet(const Map& p, int64_t from, int64_t to, F&& fn, V&& vect
   scalar(vector(aligned, to), to);
 }
 
+// ROAST gather of the rows [r0, r1), float32 with AVX-512, when M is larger than a tile (so no
+// index wraps past the end of M and every tile's part of a row is one run): row by row, the
+// row's signs as a bit stream, then avx512::roast_row_f32 copies its runs.
+void roast_gather_rows_avx512(const float* M, float* W, const Map& p, int64_t cols, int64_t r0, int64_t r1,
+                              float scale) {
+  RoastTileStarts tiles(p, cols);
+  SignGroups signs(p);
+  std::vector<uint16_t> negative(size_t(cols / 16 + 3));
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t rb = r / p.tile_r, i = p.offset + r * cols;
+    if (p.use_sign) sign_bit_stream(signs, i, cols, negative.data());
+    avx512::roast_row_f32(M, W + r * cols, tiles.row(rb), (r - rb * p.tile_r) * p.tile_c, p.tile_c, cols,
+                          p.use_sign ? negative.data() : nullptr, int(i & 15), scale);
+  }
+}
+
 template <class T, class C = typename Compute<T>::type>
 void gather_impl(const T* __restrict M, T* __restrict W, const Map& p, int64_t rows, int64_t cols, C scale,
                  int threads) {
   int64_t n = rows * cols;
-  parallel_chunks(n, threads_for(n, threads, 1 << 14), [&](int, int64_t b, int64_t e) {
+  const int nt = threads_for(n, threads, 1 << 14);
+  if constexpr (std::is_same_v<T, float>) {
+    if (p.kind == rps::kRoast && p.m > p.tile_r * p.tile_c && use_avx512_runs<T>())
+      return parallel_chunks(rows, nt, [&](int, int64_t r0, int64_t r1) {
+        roast_gather_rows_avx512(M, W, p, cols, r0, r1, scale);
+      });
+  }
+  parallel_chunks(n, nt, [&](int, int64_t b, int64_t e) {
     if (p.kind == rps::kHashedNet) {
       for_each_hashednet<C>(
           p, b, e, [&](int64_t at, int64_t j, C sign) { store(W, at, sign * scale * load(M, j)); },

@@ -5,6 +5,9 @@
 // kernels in rps.cpp (same indices, same products, same order of adds).
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include "cpu/rps_avx512.h"
 
 namespace osmos::cpu::avx512 {
@@ -81,6 +84,33 @@ void signed_scale_add_f32(const float* g, float* acc, int64_t count, float scale
   __m512 v = _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_maskz_loadu_ps(lanes, g));
   v = _mm512_mask_xor_ps(v, __mmask16(negative), v, _mm512_set1_ps(-0.0f));
   _mm512_mask_storeu_ps(acc, lanes, _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, acc), v));
+}
+
+void roast_row_f32(const float* M, float* w, const int64_t* starts, int64_t row_offset, int64_t tile_c, int64_t cols,
+                   const uint16_t* negative, int first, float scale) {
+  const __m512 factor = _mm512_set1_ps(scale);
+  const __m512 sign_bit = _mm512_set1_ps(-0.0f);
+  for (int64_t c0 = 0, cb = 0; c0 < cols; c0 += tile_c, ++cb) {
+    const float* src = M + starts[cb] + row_offset;
+    const int64_t len = std::min(tile_c, cols - c0);
+    for (int64_t k = 0; k < len; k += 16) {
+      __mmask16 neg = 0;
+      if (negative) {
+        const int64_t q = first + c0 + k;
+        uint32_t bits;
+        std::memcpy(&bits, negative + (q >> 4), sizeof bits);
+        neg = __mmask16(bits >> (q & 15));
+      }
+      if (len - k >= 16) {
+        const __m512 v = _mm512_mul_ps(factor, _mm512_loadu_ps(src + k));
+        _mm512_storeu_ps(w + c0 + k, _mm512_mask_xor_ps(v, neg, v, sign_bit));
+      } else {
+        const __mmask16 lanes = __mmask16((uint32_t(1) << (len - k)) - 1);
+        const __m512 v = _mm512_mul_ps(factor, _mm512_maskz_loadu_ps(lanes, src + k));
+        _mm512_mask_storeu_ps(w + c0 + k, lanes, _mm512_mask_xor_ps(v, neg, v, sign_bit));
+      }
+    }
+  }
 }
 
 int64_t hashednet_gather_f32(const float* M, float* W, const Map& p, int64_t begin, int64_t end, float scale) {

@@ -16,6 +16,13 @@ void signed_scale_f32(const float* src, float* dst, int64_t count, float scale, 
 // acc[k] += scale * g[k], negated where the bit is set, for k < count <= 16.
 void signed_scale_add_f32(const float* g, float* acc, int64_t count, float scale, uint32_t negative);
 
+// One row of a ROAST gather whose tiles' runs do not wrap past the end of M: for c < cols,
+// w[c] = scale * M[starts[c / tile_c] + row_offset + c mod tile_c], negated where bit first + c of
+// the little-endian uint16 words `negative` is set (nullptr: no signs; it needs one word past the
+// last bit used).
+void roast_row_f32(const float* M, float* w, const int64_t* starts, int64_t row_offset, int64_t tile_c, int64_t cols,
+                   const uint16_t* negative, int first, float scale);
+
 // The HashedNet kernels start at `begin`, which must be the first element of a group of 16
 // (global index p.offset + begin divisible by 16; they return `begin` unchanged otherwise),
 // handle whole groups of 16 and return where they stopped; the caller finishes the rest.
