@@ -251,7 +251,7 @@ void for_each_hashednet(const Map& p, int64_t from, int64_t to, F&& fn, V&& vect
 // index wraps past the end of M and every tile's part of a row is one run): row by row, the
 // row's signs as a bit stream, then avx512::roast_row_f32 copies its runs.
 void roast_gather_rows_avx512(const float* M, float* W, const Map& p, int64_t cols, int64_t r0, int64_t r1,
-                              float scale) {
+                              float scale, bool stream) {
   RoastTileStarts tiles(p, cols);
   SignGroups signs(p);
   std::vector<uint16_t> negative(size_t(cols / 16 + 3));
@@ -259,8 +259,34 @@ void roast_gather_rows_avx512(const float* M, float* W, const Map& p, int64_t co
     const int64_t rb = r / p.tile_r, i = p.offset + r * cols;
     if (p.use_sign) sign_bit_stream(signs, i, cols, negative.data());
     avx512::roast_row_f32(M, W + r * cols, tiles.row(rb), (r - rb * p.tile_r) * p.tile_c, p.tile_c, cols,
-                          p.use_sign ? negative.data() : nullptr, int(i & 15), scale);
+                          p.use_sign ? negative.data() : nullptr, int(i & 15), scale, stream);
   }
+}
+
+// Output sizes from which the float32 AVX-512 gathers write W with non-temporal stores (see
+// avx512::stream_fence): about half of a core's L2 cache, where writing W through the caches starts
+// to evict the M entries it reads.
+constexpr int64_t kStreamBytes = int64_t(1) << 20;
+
+// The float32 AVX-512 gather of the elements [b, e) for STABLE-RPS, and for HashedNet where its
+// AVX-512 kernel applies (ROAST: roast_gather_rows_avx512). Runs are cut at 16-element boundaries
+// of W, so a 64-byte aligned W is written in whole aligned lines.
+void gather_avx512(const float* M, float* W, const Map& p, int64_t cols, int64_t b, int64_t e, float scale,
+                   bool stream) {
+  if (p.kind == rps::kHashedNet) {
+    for_each_hashednet<float>(
+        p, b, e, [&](int64_t at, int64_t j, float sign) { W[at] = sign * scale * M[j]; },
+        [&](int64_t from, int64_t to) { return avx512::hashednet_gather_f32(M, W, p, from, to, scale, stream); }, true);
+    return;
+  }
+  SignGroups signs(p);
+  for_each_run(p, cols, b, e, [&](int64_t at, int64_t, int64_t, int64_t j, int64_t len) {
+    for (int64_t k = 0; k < len;) {
+      const int64_t count = std::min<int64_t>(16 - ((at + k) & 15), len - k);
+      avx512::signed_scale_f32(M + j + k, W + at + k, count, scale, signs.negative(p.offset + at + k, count), stream);
+      k += count;
+    }
+  });
 }
 
 template <class T, class C = typename Compute<T>::type>
@@ -269,34 +295,29 @@ void gather_impl(const T* __restrict M, T* __restrict W, const Map& p, int64_t r
   int64_t n = rows * cols;
   const int nt = threads_for(n, threads, 1 << 14);
   if constexpr (std::is_same_v<T, float>) {
-    if (p.kind == rps::kRoast && p.m > p.tile_r * p.tile_c && use_avx512_runs<T>())
-      return parallel_chunks(rows, nt, [&](int, int64_t r0, int64_t r1) {
-        roast_gather_rows_avx512(M, W, p, cols, r0, r1, scale);
-      });
+    if (use_avx512_runs<T>()) {
+      const bool stream = n * int64_t(sizeof(T)) >= kStreamBytes;
+      if (p.kind == rps::kRoast && p.m > p.tile_r * p.tile_c)
+        return parallel_chunks(rows, nt, [&](int, int64_t r0, int64_t r1) {
+          roast_gather_rows_avx512(M, W, p, cols, r0, r1, scale, stream);
+          avx512::stream_fence();
+        });
+      if (p.kind != rps::kHashedNet || use_avx512_hashednet<T>(p))
+        return parallel_chunks(n, nt, [&](int, int64_t b, int64_t e) {
+          gather_avx512(M, W, p, cols, b, e, scale, stream);
+          avx512::stream_fence();
+        });
+    }
   }
   parallel_chunks(n, nt, [&](int, int64_t b, int64_t e) {
     if (p.kind == rps::kHashedNet) {
       for_each_hashednet<C>(
           p, b, e, [&](int64_t at, int64_t j, C sign) { store(W, at, sign * scale * load(M, j)); },
-          [&](int64_t from, int64_t to) {
-            if constexpr (std::is_same_v<T, float>) return avx512::hashednet_gather_f32(M, W, p, from, to, scale);
-            return from;
-          },
-          use_avx512_hashednet<T>(p));
+          [&](int64_t from, int64_t) { return from; }, false);
       return;
     }
     SignGroups signs(p);
-    const bool vector = use_avx512_runs<T>();
     for_each_run(p, cols, b, e, [&](int64_t at, int64_t, int64_t, int64_t j, int64_t len) {
-      if constexpr (std::is_same_v<T, float>) {
-        if (vector) {
-          for (int64_t k = 0; k < len; k += 16) {
-            const int64_t count = std::min<int64_t>(16, len - k);
-            avx512::signed_scale_f32(M + j + k, W + at + k, count, scale, signs.negative(p.offset + at + k, count));
-          }
-          return;
-        }
-      }
       if (!p.use_sign) {
         for (int64_t k = 0; k < len; ++k) store(W, at + k, scale * load(M, j + k));
         return;

@@ -66,6 +66,14 @@ class IndexStream {
   __m512i m_;
 };
 
+// dst[0..16) = v: a non-temporal store when `stream` and dst is 64-byte aligned.
+inline void store16(float* dst, __m512 v, bool stream) {
+  if (stream && (reinterpret_cast<uintptr_t>(dst) & 63) == 0)
+    _mm512_stream_ps(dst, v);
+  else
+    _mm512_storeu_ps(dst, v);
+}
+
 // Lanes whose sign is -1 among the 16 elements with global indices 16 g .. 16 g + 15.
 inline __mmask16 negative_lanes(const Map& p, int64_t g) {
   return p.use_sign ? __mmask16(rps::sign_bits(p, g) & 0xffff) : __mmask16(0);
@@ -73,10 +81,16 @@ inline __mmask16 negative_lanes(const Map& p, int64_t g) {
 
 }  // namespace
 
-void signed_scale_f32(const float* src, float* dst, int64_t count, float scale, uint32_t negative) {
+void stream_fence() { _mm_sfence(); }
+
+void signed_scale_f32(const float* src, float* dst, int64_t count, float scale, uint32_t negative, bool stream) {
   const __mmask16 lanes = __mmask16((uint32_t(1) << count) - 1);
-  const __m512 v = _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_maskz_loadu_ps(lanes, src));
-  _mm512_mask_storeu_ps(dst, lanes, _mm512_mask_xor_ps(v, __mmask16(negative), v, _mm512_set1_ps(-0.0f)));
+  __m512 v = _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_maskz_loadu_ps(lanes, src));
+  v = _mm512_mask_xor_ps(v, __mmask16(negative), v, _mm512_set1_ps(-0.0f));
+  if (count == 16)
+    store16(dst, v, stream);
+  else
+    _mm512_mask_storeu_ps(dst, lanes, v);
 }
 
 void signed_scale_add_f32(const float* g, float* acc, int64_t count, float scale, uint32_t negative) {
@@ -87,7 +101,7 @@ void signed_scale_add_f32(const float* g, float* acc, int64_t count, float scale
 }
 
 void roast_row_f32(const float* M, float* w, const int64_t* starts, int64_t row_offset, int64_t tile_c, int64_t cols,
-                   const uint16_t* negative, int first, float scale) {
+                   const uint16_t* negative, int first, float scale, bool stream) {
   const __m512 factor = _mm512_set1_ps(scale);
   const __m512 sign_bit = _mm512_set1_ps(-0.0f);
   for (int64_t c0 = 0, cb = 0; c0 < cols; c0 += tile_c, ++cb) {
@@ -103,7 +117,7 @@ void roast_row_f32(const float* M, float* w, const int64_t* starts, int64_t row_
       }
       if (len - k >= 16) {
         const __m512 v = _mm512_mul_ps(factor, _mm512_loadu_ps(src + k));
-        _mm512_storeu_ps(w + c0 + k, _mm512_mask_xor_ps(v, neg, v, sign_bit));
+        store16(w + c0 + k, _mm512_mask_xor_ps(v, neg, v, sign_bit), stream);
       } else {
         const __mmask16 lanes = __mmask16((uint32_t(1) << (len - k)) - 1);
         const __m512 v = _mm512_mul_ps(factor, _mm512_maskz_loadu_ps(lanes, src + k));
@@ -113,7 +127,8 @@ void roast_row_f32(const float* M, float* w, const int64_t* starts, int64_t row_
   }
 }
 
-int64_t hashednet_gather_f32(const float* M, float* W, const Map& p, int64_t begin, int64_t end, float scale) {
+int64_t hashednet_gather_f32(const float* M, float* W, const Map& p, int64_t begin, int64_t end, float scale,
+                             bool stream) {
   int64_t at = begin;
   if (((p.offset + at) & 15) != 0) return at;  // the caller handles the head, then calls from a group start
   if (end - at < 16) return at;
@@ -123,8 +138,7 @@ int64_t hashednet_gather_f32(const float* M, float* W, const Map& p, int64_t beg
   for (; at + 16 <= end; at += 16) {
     const int64_t i = p.offset + at;
     __m512 v = _mm512_mul_ps(factor, _mm512_i32gather_ps(index.next(), M, 4));
-    v = _mm512_mask_xor_ps(v, negative_lanes(p, i >> 4), v, sign_bit);
-    _mm512_storeu_ps(W + at, v);
+    store16(W + at, _mm512_mask_xor_ps(v, negative_lanes(p, i >> 4), v, sign_bit), stream);
   }
   return at;
 }

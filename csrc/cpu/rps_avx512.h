@@ -9,10 +9,15 @@
 
 namespace osmos::cpu::avx512 {
 
+// The gather kernels' `stream`: write whole 64-byte lines of W (16 elements at a 64-byte aligned
+// address) with non-temporal stores, which skip reading the line first and leave M in the caches
+// instead of W. Each thread calls stream_fence() after its last such store.
+void stream_fence();
+
 // A run of STABLE-RPS / ROAST (consecutive M indices), up to 16 elements at a time; bit k of
 // `negative` is set where element k's sign is -1.
 // dst[k] = scale * src[k], negated where the bit is set, for k < count <= 16.
-void signed_scale_f32(const float* src, float* dst, int64_t count, float scale, uint32_t negative);
+void signed_scale_f32(const float* src, float* dst, int64_t count, float scale, uint32_t negative, bool stream);
 // acc[k] += scale * g[k], negated where the bit is set, for k < count <= 16.
 void signed_scale_add_f32(const float* g, float* acc, int64_t count, float scale, uint32_t negative);
 
@@ -21,14 +26,15 @@ void signed_scale_add_f32(const float* g, float* acc, int64_t count, float scale
 // the little-endian uint16 words `negative` is set (nullptr: no signs; it needs one word past the
 // last bit used).
 void roast_row_f32(const float* M, float* w, const int64_t* starts, int64_t row_offset, int64_t tile_c, int64_t cols,
-                   const uint16_t* negative, int first, float scale);
+                   const uint16_t* negative, int first, float scale, bool stream);
 
 // The HashedNet kernels start at `begin`, which must be the first element of a group of 16
 // (global index p.offset + begin divisible by 16; they return `begin` unchanged otherwise),
 // handle whole groups of 16 and return where they stopped; the caller finishes the rest.
 
 // W[e] = scale * sign(e) * M[h(e)] for e in [begin, returned).
-int64_t hashednet_gather_f32(const float* M, float* W, const rps::Map& p, int64_t begin, int64_t end, float scale);
+int64_t hashednet_gather_f32(const float* M, float* W, const rps::Map& p, int64_t begin, int64_t end, float scale,
+                             bool stream);
 
 // Per-slice buckets of (M index, value) pairs: slice s holds the indices [lo[s], lo[s + 1]) of M
 // (lo[0] = 0, lo[slices] = m); entries are appended at count[s] of index[s] / value[s], each of
