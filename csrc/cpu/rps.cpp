@@ -394,12 +394,35 @@ void scatter_hashednet(const T* __restrict G, Acc* __restrict acc, const Map& p,
 // acc[j] = sum of scale * sign(e) * G[e] over the elements e with h(e) = j (acc is written, not
 // added to). STABLE-RPS and ROAST: thread t zeroes its slice acc[lo, hi), walks every run and adds
 // the parts that land in the slice (a run costs one index computation).
+// ROAST scatter into the slice [lo, hi) of M (zeroed first), float32 with AVX-512, when M is larger
+// than a tile: every row in order, each tile run's part that lands in the slice added at once
+// (avx512::roast_row_add_f32); each entry so sums its contributions in element order.
+void roast_scatter_slice_avx512(const float* G, float* acc, const Map& p, int64_t rows, int64_t cols, int64_t lo,
+                                int64_t hi, float scale) {
+  std::fill(acc + lo, acc + hi, 0.0f);
+  RoastTileStarts tiles(p, cols);
+  SignGroups signs(p);
+  std::vector<uint16_t> negative(size_t(cols / 16 + 3));
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t rb = r / p.tile_r, i = p.offset + r * cols;
+    if (p.use_sign) sign_bit_stream(signs, i, cols, negative.data());
+    avx512::roast_row_add_f32(G + r * cols, acc, lo, hi, tiles.row(rb), (r - rb * p.tile_r) * p.tile_c, p.tile_c,
+                              cols, p.use_sign ? negative.data() : nullptr, int(i & 15), scale);
+  }
+}
+
 template <class T, class Acc = typename Compute<T>::type>
 void scatter_impl(const T* __restrict G, Acc* __restrict acc, const Map& p, int64_t rows, int64_t cols, Acc scale,
                   int threads) {
   int64_t n = rows * cols;
   int nt = threads_for(p.m, threads_for(n, threads, 1 << 14), 1 << 10);
   if (p.kind == rps::kHashedNet) return scatter_hashednet(G, acc, p, n, scale, nt);
+  if constexpr (std::is_same_v<T, float>) {
+    if (p.kind == rps::kRoast && p.m > p.tile_r * p.tile_c && use_avx512_runs<T>())
+      return parallel_chunks(p.m, nt, [&](int, int64_t lo, int64_t hi) {
+        roast_scatter_slice_avx512(G, acc, p, rows, cols, lo, hi, scale);
+      });
+  }
   parallel_chunks(p.m, nt, [&](int, int64_t lo, int64_t hi) {
     std::fill(acc + lo, acc + hi, Acc(0));
     SignGroups signs(p);

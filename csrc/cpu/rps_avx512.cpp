@@ -127,6 +127,29 @@ void roast_row_f32(const float* M, float* w, const int64_t* starts, int64_t row_
   }
 }
 
+void roast_row_add_f32(const float* g, float* acc, int64_t lo, int64_t hi, const int64_t* starts, int64_t row_offset,
+                       int64_t tile_c, int64_t cols, const uint16_t* negative, int first, float scale) {
+  const __m512 factor = _mm512_set1_ps(scale);
+  const __m512 sign_bit = _mm512_set1_ps(-0.0f);
+  for (int64_t c0 = 0, cb = 0; c0 < cols; c0 += tile_c, ++cb) {
+    const int64_t j = starts[cb] + row_offset;
+    const int64_t k0 = std::max<int64_t>(0, lo - j), k1 = std::min({tile_c, cols - c0, hi - j});
+    for (int64_t k = k0; k < k1; k += 16) {
+      __mmask16 neg = 0;
+      if (negative) {
+        const int64_t q = first + c0 + k;
+        uint32_t bits;
+        std::memcpy(&bits, negative + (q >> 4), sizeof bits);
+        neg = __mmask16(bits >> (q & 15));
+      }
+      const __mmask16 lanes = k1 - k >= 16 ? __mmask16(0xffff) : __mmask16((uint32_t(1) << (k1 - k)) - 1);
+      __m512 v = _mm512_mul_ps(factor, _mm512_maskz_loadu_ps(lanes, g + c0 + k));
+      v = _mm512_mask_xor_ps(v, neg, v, sign_bit);
+      _mm512_mask_storeu_ps(acc + j + k, lanes, _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, acc + j + k), v));
+    }
+  }
+}
+
 int64_t hashednet_gather_f32(const float* M, float* W, const Map& p, int64_t begin, int64_t end, float scale,
                              bool stream) {
   int64_t at = begin;

@@ -28,6 +28,12 @@ void signed_scale_add_f32(const float* g, float* acc, int64_t count, float scale
 void roast_row_f32(const float* M, float* w, const int64_t* starts, int64_t row_offset, int64_t tile_c, int64_t cols,
                    const uint16_t* negative, int first, float scale, bool stream);
 
+// One row of a ROAST scatter into the slice [lo, hi) of M, same layout as roast_row_f32: for the
+// c < cols whose index j = starts[c / tile_c] + row_offset + c mod tile_c is in [lo, hi),
+// acc[j] += scale * g[c], negated where bit first + c of `negative` is set.
+void roast_row_add_f32(const float* g, float* acc, int64_t lo, int64_t hi, const int64_t* starts, int64_t row_offset,
+                       int64_t tile_c, int64_t cols, const uint16_t* negative, int first, float scale);
+
 // The HashedNet kernels start at `begin`, which must be the first element of a group of 16
 // (global index p.offset + begin divisible by 16; they return `begin` unchanged otherwise),
 // handle whole groups of 16 and return where they stopped; the caller finishes the rest.
