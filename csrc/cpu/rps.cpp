@@ -9,6 +9,7 @@
 #include "cpu/rps.h"
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <type_traits>
 #include <vector>
@@ -194,15 +195,37 @@ inline void for_each_sign_group(SignGroups& signs, int64_t i, int64_t len, F&& f
   }
 }
 
-// The signs of the elements with global indices i .. i + count - 1 as a bit stream: bit
-// (i & 15) + k of the little-endian uint16 words `out` is set when element i + k is negative, so a
-// kernel reads the signs of any 16 consecutive elements from two words. Writes
-// ((i & 15) + count + 15) / 16 words and one zero word after them.
-void sign_bit_stream(SignGroups& signs, int64_t i, int64_t count, uint16_t* out) {
-  const int64_t words = ((i & 15) + count + 15) / 16;
-  for (int64_t k = 0; k < words; ++k) out[k] = uint16_t(signs.group((i >> 4) + k));
-  out[words] = 0;
-}
+// Elements per block of SignBlock in the float32 AVX-512 paths (2 KiB of sign words).
+constexpr int64_t kSignBlock = 16384;
+
+// The signs of the consecutive elements with global indices [i, i + count) as a bit stream, for
+// the float32 AVX-512 paths: bit (i & 15) + k of the little-endian uint16 words is set when element
+// i + k is negative; computed sixteen groups of 16 at a time (avx512::sign_words), with one zero
+// word past the last so that any 16 signs read as two words.
+class SignBlock {
+ public:
+  void fill(const Map& p, int64_t i, int64_t count) {
+    g0_ = i >> 4;
+    const int64_t words = ((i & 15) + count + 15) / 16;
+    words_.resize(size_t(words + 1));
+    avx512::sign_words(p, g0_, words, words_.data());
+    words_[size_t(words)] = 0;
+  }
+
+  // The stream from element i's group on: its bit (i & 15) + k is element i + k's sign.
+  const uint16_t* from(int64_t i) const { return words_.data() + ((i >> 4) - g0_); }
+
+  // Bit k (k < count <= 16): the sign of element i + k.
+  uint32_t negative(int64_t i, int64_t count) const {
+    uint32_t bits;
+    std::memcpy(&bits, from(i), sizeof bits);
+    return (bits >> (i & 15)) & ((uint32_t(1) << count) - 1);
+  }
+
+ private:
+  std::vector<uint16_t> words_;
+  int64_t g0_ = 0;
+};
 
 // The AVX-512 run kernels apply (float32 data, an AVX-512 DQ CPU at the avx512 level).
 template <class T>
@@ -249,17 +272,20 @@ void for_each_hashednet(const Map& p, int64_t from, int64_t to, F&& fn, V&& vect
 
 // ROAST gather of the rows [r0, r1), float32 with AVX-512, when M is larger than a tile (so no
 // index wraps past the end of M and every tile's part of a row is one run): row by row, the
-// row's signs as a bit stream, then avx512::roast_row_f32 copies its runs.
+// signs of blocks of rows as bit streams, then avx512::roast_row_f32 copies each row's runs.
 void roast_gather_rows_avx512(const float* M, float* W, const Map& p, int64_t cols, int64_t r0, int64_t r1,
                               float scale, bool stream) {
   RoastTileStarts tiles(p, cols);
-  SignGroups signs(p);
-  std::vector<uint16_t> negative(size_t(cols / 16 + 3));
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t rb = r / p.tile_r, i = p.offset + r * cols;
-    if (p.use_sign) sign_bit_stream(signs, i, cols, negative.data());
-    avx512::roast_row_f32(M, W + r * cols, tiles.row(rb), (r - rb * p.tile_r) * p.tile_c, p.tile_c, cols,
-                          p.use_sign ? negative.data() : nullptr, int(i & 15), scale, stream);
+  SignBlock signs;
+  const int64_t block_rows = std::max<int64_t>(1, kSignBlock / cols);
+  for (int64_t b0 = r0; b0 < r1; b0 += block_rows) {
+    const int64_t b1 = std::min(r1, b0 + block_rows);
+    if (p.use_sign) signs.fill(p, p.offset + b0 * cols, (b1 - b0) * cols);
+    for (int64_t r = b0; r < b1; ++r) {
+      const int64_t rb = r / p.tile_r, i = p.offset + r * cols;
+      avx512::roast_row_f32(M, W + r * cols, tiles.row(rb), (r - rb * p.tile_r) * p.tile_c, p.tile_c, cols,
+                            p.use_sign ? signs.from(i) : nullptr, int(i & 15), scale, stream);
+    }
   }
 }
 
@@ -279,14 +305,19 @@ void gather_avx512(const float* M, float* W, const Map& p, int64_t cols, int64_t
         [&](int64_t from, int64_t to) { return avx512::hashednet_gather_f32(M, W, p, from, to, scale, stream); }, true);
     return;
   }
-  SignGroups signs(p);
-  for_each_run(p, cols, b, e, [&](int64_t at, int64_t, int64_t, int64_t j, int64_t len) {
-    for (int64_t k = 0; k < len;) {
-      const int64_t count = std::min<int64_t>(16 - ((at + k) & 15), len - k);
-      avx512::signed_scale_f32(M + j + k, W + at + k, count, scale, signs.negative(p.offset + at + k, count), stream);
-      k += count;
-    }
-  });
+  SignBlock signs;
+  for (int64_t b0 = b; b0 < e; b0 += kSignBlock) {
+    const int64_t b1 = std::min(e, b0 + kSignBlock);
+    if (p.use_sign) signs.fill(p, p.offset + b0, b1 - b0);
+    for_each_run(p, cols, b0, b1, [&](int64_t at, int64_t, int64_t, int64_t j, int64_t len) {
+      for (int64_t k = 0; k < len;) {
+        const int64_t count = std::min<int64_t>(16 - ((at + k) & 15), len - k);
+        const uint32_t negative = p.use_sign ? signs.negative(p.offset + at + k, count) : 0;
+        avx512::signed_scale_f32(M + j + k, W + at + k, count, scale, negative, stream);
+        k += count;
+      }
+    });
+  }
 }
 
 template <class T, class C = typename Compute<T>::type>
@@ -401,13 +432,16 @@ void roast_scatter_slice_avx512(const float* G, float* acc, const Map& p, int64_
                                 int64_t hi, float scale) {
   std::fill(acc + lo, acc + hi, 0.0f);
   RoastTileStarts tiles(p, cols);
-  SignGroups signs(p);
-  std::vector<uint16_t> negative(size_t(cols / 16 + 3));
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t rb = r / p.tile_r, i = p.offset + r * cols;
-    if (p.use_sign) sign_bit_stream(signs, i, cols, negative.data());
-    avx512::roast_row_add_f32(G + r * cols, acc, lo, hi, tiles.row(rb), (r - rb * p.tile_r) * p.tile_c, p.tile_c,
-                              cols, p.use_sign ? negative.data() : nullptr, int(i & 15), scale);
+  SignBlock signs;
+  const int64_t block_rows = std::max<int64_t>(1, kSignBlock / cols);
+  for (int64_t b0 = 0; b0 < rows; b0 += block_rows) {
+    const int64_t b1 = std::min(rows, b0 + block_rows);
+    if (p.use_sign) signs.fill(p, p.offset + b0 * cols, (b1 - b0) * cols);
+    for (int64_t r = b0; r < b1; ++r) {
+      const int64_t rb = r / p.tile_r, i = p.offset + r * cols;
+      avx512::roast_row_add_f32(G + r * cols, acc, lo, hi, tiles.row(rb), (r - rb * p.tile_r) * p.tile_c, p.tile_c,
+                                cols, p.use_sign ? signs.from(i) : nullptr, int(i & 15), scale);
+    }
   }
 }
 

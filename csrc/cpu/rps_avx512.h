@@ -14,6 +14,10 @@ namespace osmos::cpu::avx512 {
 // instead of W. Each thread calls stream_fence() after its last such store.
 void stream_fence();
 
+// out[k] = bits 0..15 of rps::sign_bits(p, g + k) for k < count (the signs of the elements
+// 16 (g + k) .. 16 (g + k) + 15), sixteen groups per step by forward differences.
+void sign_words(const rps::Map& p, int64_t g, int64_t count, uint16_t* out);
+
 // A run of STABLE-RPS / ROAST (consecutive M indices), up to 16 elements at a time; bit k of
 // `negative` is set where element k's sign is -1.
 // dst[k] = scale * src[k], negated where the bit is set, for k < count <= 16.
