@@ -12,7 +12,7 @@
    commit's, copied aside) against this one, plus torch, for 1 and 2 threads.
 
 Prints markdown tables (medians, ratios) and writes benchmarks/bench_rps_<device>.csv.
-Usage: python benchmarks/bench_rps.py [--quick] [--threads N] [--reps N] [--gather-only]
+Usage: python benchmarks/bench_rps.py [--quick] [--threads N] [--reps N] [--gather-only] [--clock wall|cpu]
                                      [--ab OLD_C_SO [--ab-threads 1,2]]
 """
 
@@ -33,6 +33,11 @@ from osmos.ops.rps_mapping import LayerMap
 MAPPERS = ("stable", "roast", "hashednet")
 
 
+# The CPU timer: wall clock (time.perf_counter), or with --clock cpu the process's CPU time
+# (time.process_time, all threads summed), which a loaded machine's scheduling does not inflate.
+CLOCK = time.perf_counter
+
+
 def timeit(fn, device, reps: int) -> float:
     """Median seconds of fn() over reps runs after warm-up."""
     if device.type == "cuda":
@@ -43,9 +48,9 @@ def timeit(fn, device, reps: int) -> float:
         fn()
     times = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(CLOCK() - t0)
     return statistics.median(times)
 
 
@@ -60,9 +65,9 @@ def timeit_interleaved(fns, device, reps: int) -> list[float]:
     times = [[] for _ in fns]
     for _ in range(reps):
         for fn, t in zip(fns, times):
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             fn()
-            t.append(time.perf_counter() - t0)
+            t.append(CLOCK() - t0)
     return [statistics.median(t) for t in times]
 
 
@@ -191,9 +196,9 @@ def bench_ab(old_path, threads_list, reps, ratio):
                     for _ in range(reps):
                         for k, f in enumerate(fns):
                             reset()
-                            t0 = time.perf_counter()
+                            t0 = CLOCK()
                             f()
-                            times[k].append(time.perf_counter() - t0)
+                            times[k].append(CLOCK() - t0)
                     lo = [min(t) * 1e3 for t in times]
                     med = [statistics.median(t) * 1e3 for t in times]
                     print(f"| {kind} | {rows}x{cols} | {threads} | {op} | {lo[0]:.3f} ({med[0]:.3f}) | "
@@ -211,14 +216,19 @@ def main():
     parser.add_argument("--ab-threads", default="1,2", help="thread counts of the A/B (comma-separated)")
     parser.add_argument("--reps", type=int, default=21)
     parser.add_argument("--gather-only", action="store_true", help="skip the hashed linear part")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="CPU timings: wall clock, or process CPU time (all threads summed; for loaded machines)")
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.ab:
         bench_ab(args.ab, [int(t) for t in args.ab_threads.split(",")], args.reps, args.ratio)
         return
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch threads: {torch.get_num_threads()}")
+    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch threads: "
+          f"{torch.get_num_threads()}, clock: {args.clock}")
     reps = 5 if args.quick else args.reps
     if device.type == "cuda":
         gshapes = [(4096, 4096), (8192, 8192)]
