@@ -1,7 +1,9 @@
 """Benchmark of the randomized-parameter-sharing kernels (same process, same inputs).
 
 1. Hashed gather (materialise W [rows, cols] from M): osmos.ops.rps_gather vs torch indexing
-   `M[idx] * sign * scale` with idx / sign precomputed (the torch path's best case), per mapper.
+   `M[idx] * sign * scale` with idx / sign precomputed (the torch path's best case), per mapper,
+   timed interleaved call by call, beside a floor for any op that returns a fresh W:
+   `torch.empty(rows, cols).fill_(scale)` (allocation, first-touch page faults, writing W).
    Also the backward scatter vs torch `index_add_`.
 2. Hashed linear y = x @ W^T: osmos.ops.rps_linear (fused Triton on a GPU; gather + matmul on the
    CPU) vs dense F.linear with a materialised W and vs gather + F.linear.
@@ -10,7 +12,8 @@
    commit's, copied aside) against this one, plus torch, for 1 and 2 threads.
 
 Prints markdown tables (medians, ratios) and writes benchmarks/bench_rps_<device>.csv.
-Usage: python benchmarks/bench_rps.py [--quick] [--threads N] [--reps N] [--ab OLD_C_SO [--ab-threads 1,2]]
+Usage: python benchmarks/bench_rps.py [--quick] [--threads N] [--reps N] [--gather-only] [--clock wall|cpu]
+                                     [--ab OLD_C_SO [--ab-threads 1,2]]
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ from osmos.ops.rps_mapping import LayerMap
 MAPPERS = ("stable", "roast", "hashednet")
 
 
+# The CPU timer: wall clock (time.perf_counter), or with --clock cpu the process's CPU time
+# (time.process_time, all threads summed), which a loaded machine's scheduling does not inflate.
+CLOCK = time.perf_counter
+
+
 def timeit(fn, device, reps: int) -> float:
     """Median seconds of fn() over reps runs after warm-up."""
     if device.type == "cuda":
@@ -40,16 +48,34 @@ def timeit(fn, device, reps: int) -> float:
         fn()
     times = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(CLOCK() - t0)
     return statistics.median(times)
+
+
+def timeit_interleaved(fns, device, reps: int) -> list[float]:
+    """Median seconds of each fn over reps rounds, the fns called in turn within a round (CPU; on a
+    GPU each is timed alone with timeit)."""
+    if device.type == "cuda":
+        return [timeit(fn, device, reps) for fn in fns]
+    for _ in range(3):
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(reps):
+        for fn, t in zip(fns, times):
+            t0 = CLOCK()
+            fn()
+            t.append(CLOCK() - t0)
+    return [statistics.median(t) for t in times]
 
 
 def bench_gather(device, shapes, ratio, reps, rows_out):
     print(f"\n### Hashed gather and scatter ({device.type}, compression {ratio}x, float32, medians)\n")
-    print("| mapper | W shape | osmos gather (ms) | torch M[idx]*sign*scale (ms) | speed-up | osmos scatter (ms) | torch index_add_ (ms) | speed-up |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| mapper | W shape | osmos gather (ms) | torch M[idx]*sign*scale (ms) | speed-up | fresh-W floor (ms) | "
+          "osmos / floor | osmos scatter (ms) | torch index_add_ (ms) | speed-up |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for rows, cols in shapes:
         n = rows * cols
         m = max(1, n // ratio)
@@ -60,15 +86,17 @@ def bench_gather(device, shapes, ratio, reps, rows_out):
             idx, sign = rps_indices(config, rows, cols, device)
             signf = sign.float()
             flat_idx = idx.reshape(-1)
-            t_os = timeit(lambda: rps_gather(M, config, rows, cols, 0.5), device, reps)
-            t_tc = timeit(lambda: M[idx] * signf * 0.5, device, reps)
+            t_os, t_tc, t_floor = timeit_interleaved(
+                [lambda: rps_gather(M, config, rows, cols, 0.5), lambda: M[idx] * signf * 0.5,
+                 lambda: torch.empty(rows, cols, device=device).fill_(0.5)], device, reps)
             t_os_s = timeit(lambda: rps_scatter(G, config, 0.5), device, reps)
             t_tc_s = timeit(lambda: torch.zeros(m, device=device).index_add_(0, flat_idx, (G * 0.5 * signf).reshape(-1)),
                             device, reps)
-            print(f"| {kind} | {rows}x{cols} | {t_os*1e3:.3f} | {t_tc*1e3:.3f} | {t_tc/t_os:.2f}x | {t_os_s*1e3:.3f} "
-                  f"| {t_tc_s*1e3:.3f} | {t_tc_s/t_os_s:.2f}x |")
+            print(f"| {kind} | {rows}x{cols} | {t_os*1e3:.3f} | {t_tc*1e3:.3f} | {t_tc/t_os:.2f}x | {t_floor*1e3:.3f} | "
+                  f"{t_os/t_floor:.2f}x | {t_os_s*1e3:.3f} | {t_tc_s*1e3:.3f} | {t_tc_s/t_os_s:.2f}x |")
             rows_out.append(dict(bench="gather", device=device.type, mapper=kind, shape=f"{rows}x{cols}",
-                                 osmos_ms=t_os * 1e3, torch_ms=t_tc * 1e3, scatter_ms=t_os_s * 1e3,
+                                 osmos_ms=t_os * 1e3, torch_ms=t_tc * 1e3, fresh_fill_ms=t_floor * 1e3,
+                                 scatter_ms=t_os_s * 1e3,
                                  torch_scatter_ms=t_tc_s * 1e3))
 
 
@@ -168,9 +196,9 @@ def bench_ab(old_path, threads_list, reps, ratio):
                     for _ in range(reps):
                         for k, f in enumerate(fns):
                             reset()
-                            t0 = time.perf_counter()
+                            t0 = CLOCK()
                             f()
-                            times[k].append(time.perf_counter() - t0)
+                            times[k].append(CLOCK() - t0)
                     lo = [min(t) * 1e3 for t in times]
                     med = [statistics.median(t) * 1e3 for t in times]
                     print(f"| {kind} | {rows}x{cols} | {threads} | {op} | {lo[0]:.3f} ({med[0]:.3f}) | "
@@ -187,14 +215,20 @@ def main():
     parser.add_argument("--ab", metavar="OLD_C_SO", help="only the A/B of this other osmos._C build vs this one")
     parser.add_argument("--ab-threads", default="1,2", help="thread counts of the A/B (comma-separated)")
     parser.add_argument("--reps", type=int, default=21)
+    parser.add_argument("--gather-only", action="store_true", help="skip the hashed linear part")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="CPU timings: wall clock, or process CPU time (all threads summed; for loaded machines)")
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.ab:
         bench_ab(args.ab, [int(t) for t in args.ab_threads.split(",")], args.reps, args.ratio)
         return
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch threads: {torch.get_num_threads()}")
+    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch threads: "
+          f"{torch.get_num_threads()}, clock: {args.clock}")
     reps = 5 if args.quick else args.reps
     if device.type == "cuda":
         gshapes = [(4096, 4096), (8192, 8192)]
@@ -204,7 +238,8 @@ def main():
         lshapes = [(64, 256, 256)] if args.quick else [(256, 1024, 1024), (2048, 1024, 1024)]
     rows = []
     bench_gather(device, gshapes, args.ratio, reps, rows)
-    bench_linear(device, lshapes, args.ratio, reps, rows)
+    if not args.gather_only:
+        bench_linear(device, lshapes, args.ratio, reps, rows)
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"bench_rps_{device.type}.csv")
     keys = sorted({k for r in rows for k in r})
     with open(out, "w", newline="") as f:

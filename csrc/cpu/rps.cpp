@@ -9,6 +9,7 @@
 #include "cpu/rps.h"
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <type_traits>
 #include <vector>
@@ -39,26 +40,45 @@ inline void store(double* p, int64_t i, double v) { p[i] = v; }
 inline void store(F16* p, int64_t i, float v) { p[i].v = f32_to_f16(v); }
 inline void store(BF16* p, int64_t i, float v) { p[i].v = f32_to_bf16(v); }
 
-// ROAST's runs of [begin, end) without a division per run: each tile's hashed start is computed
-// once per tile row (for all its tile columns), and the index is the header's (start +
-// (r mod tile_r) * tile_c + c mod tile_c) mod m, a run ending at a tile's last column or where the
-// index wraps past m (the header's run_length).
+// The hashed starts in M of the tiles of one ROAST tile row, for all its tile columns (the header's
+// `start`), recomputed only when the tile row changes: no division per run.
+class RoastTileStarts {
+ public:
+  RoastTileStarts(const Map& p, int64_t cols)
+      : p_(p), span_(p.m > p.tile_r * p.tile_c ? p.m - p.tile_r * p.tile_c : 1),
+        col_parts_((cols + p.tile_c - 1) / p.tile_c), starts_(col_parts_.size()) {
+    for (size_t cb = 0; cb < col_parts_.size(); ++cb)
+      col_parts_[cb] = rps::mod_prime(rps::mod_prime(int64_t(cb)) * p.a[1]);
+  }
+
+  // starts[cb]: M index of element (0, 0) of tile (rb, cb).
+  const int64_t* row(int64_t rb) {
+    if (rb != rb_) {
+      const int64_t row_part = rps::mod_prime(rps::mod_prime(rb) * p_.a[2]);
+      for (size_t cb = 0; cb < col_parts_.size(); ++cb)
+        starts_[cb] = rps::reduce(rps::mod_prime(row_part + col_parts_[cb] + p_.a[0]), span_);
+      rb_ = rb;
+    }
+    return starts_.data();
+  }
+
+ private:
+  const Map& p_;
+  int64_t span_;
+  std::vector<int64_t> col_parts_, starts_;
+  int64_t rb_ = -1;  // the tile row `starts_` belongs to
+};
+
+// ROAST's runs of [begin, end): the index is the header's (start + (r mod tile_r) * tile_c +
+// c mod tile_c) mod m, a run ending at a tile's last column or where the index wraps past m (the
+// header's run_length).
 template <class F>
 void for_each_roast_run(const Map& p, int64_t cols, int64_t begin, int64_t end, F&& fn) {
-  const int64_t z = p.tile_r * p.tile_c, span = p.m > z ? p.m - z : 1;
-  const int64_t tile_cols = (cols + p.tile_c - 1) / p.tile_c;
-  std::vector<int64_t> col_parts(tile_cols), starts(tile_cols);
-  for (int64_t cb = 0; cb < tile_cols; ++cb) col_parts[cb] = rps::mod_prime(rps::mod_prime(cb) * p.a[1]);
-  int64_t starts_rb = -1;  // the tile row `starts` belongs to
+  RoastTileStarts tiles(p, cols);
   int64_t r = begin / cols, c = begin % cols;
   for (int64_t e = begin; e < end;) {
     const int64_t rb = r / p.tile_r;
-    if (rb != starts_rb) {
-      const int64_t row_part = rps::mod_prime(rps::mod_prime(rb) * p.a[2]);
-      for (int64_t cb = 0; cb < tile_cols; ++cb)
-        starts[cb] = rps::reduce(rps::mod_prime(row_part + col_parts[cb] + p.a[0]), span);
-      starts_rb = rb;
-    }
+    const int64_t* starts = tiles.row(rb);
     const int64_t row_offset = (r - rb * p.tile_r) * p.tile_c;
     const int64_t row_end = std::min(cols, c + (end - e));
     int64_t cb = c / p.tile_c, cc = c - cb * p.tile_c;
@@ -175,6 +195,38 @@ inline void for_each_sign_group(SignGroups& signs, int64_t i, int64_t len, F&& f
   }
 }
 
+// Elements per block of SignBlock in the float32 AVX-512 paths (2 KiB of sign words).
+constexpr int64_t kSignBlock = 16384;
+
+// The signs of the consecutive elements with global indices [i, i + count) as a bit stream, for
+// the float32 AVX-512 paths: bit (i & 15) + k of the little-endian uint16 words is set when element
+// i + k is negative; computed sixteen groups of 16 at a time (avx512::sign_words), with one zero
+// word past the last so that any 16 signs read as two words.
+class SignBlock {
+ public:
+  void fill(const Map& p, int64_t i, int64_t count) {
+    g0_ = i >> 4;
+    const int64_t words = ((i & 15) + count + 15) / 16;
+    words_.resize(size_t(words + 1));
+    avx512::sign_words(p, g0_, words, words_.data());
+    words_[size_t(words)] = 0;
+  }
+
+  // The stream from element i's group on: its bit (i & 15) + k is element i + k's sign.
+  const uint16_t* from(int64_t i) const { return words_.data() + ((i >> 4) - g0_); }
+
+  // Bit k (k < count <= 16): the sign of element i + k.
+  uint32_t negative(int64_t i, int64_t count) const {
+    uint32_t bits;
+    std::memcpy(&bits, from(i), sizeof bits);
+    return (bits >> (i & 15)) & ((uint32_t(1) << count) - 1);
+  }
+
+ private:
+  std::vector<uint16_t> words_;
+  int64_t g0_ = 0;
+};
+
 // The AVX-512 run kernels apply (float32 data, an AVX-512 DQ CPU at the avx512 level).
 template <class T>
 bool use_avx512_runs() {
@@ -218,33 +270,85 @@ void for_each_hashednet(const Map& p, int64_t from, int64_t to, F&& fn, V&& vect
   scalar(vector(aligned, to), to);
 }
 
+// ROAST gather of the rows [r0, r1), float32 with AVX-512, when M is larger than a tile (so no
+// index wraps past the end of M and every tile's part of a row is one run): row by row, the
+// signs of blocks of rows as bit streams, then avx512::roast_row_f32 copies each row's runs.
+void roast_gather_rows_avx512(const float* M, float* W, const Map& p, int64_t cols, int64_t r0, int64_t r1,
+                              float scale, bool stream) {
+  RoastTileStarts tiles(p, cols);
+  SignBlock signs;
+  const int64_t block_rows = std::max<int64_t>(1, kSignBlock / cols);
+  for (int64_t b0 = r0; b0 < r1; b0 += block_rows) {
+    const int64_t b1 = std::min(r1, b0 + block_rows);
+    if (p.use_sign) signs.fill(p, p.offset + b0 * cols, (b1 - b0) * cols);
+    for (int64_t r = b0; r < b1; ++r) {
+      const int64_t rb = r / p.tile_r, i = p.offset + r * cols;
+      avx512::roast_row_f32(M, W + r * cols, tiles.row(rb), (r - rb * p.tile_r) * p.tile_c, p.tile_c, cols,
+                            p.use_sign ? signs.from(i) : nullptr, int(i & 15), scale, stream);
+    }
+  }
+}
+
+// Output sizes from which the float32 AVX-512 gathers write W with non-temporal stores (see
+// avx512::stream_fence): about half of a core's L2 cache, where writing W through the caches starts
+// to evict the M entries it reads.
+constexpr int64_t kStreamBytes = int64_t(1) << 20;
+
+// The float32 AVX-512 gather of the elements [b, e) for STABLE-RPS, and for HashedNet where its
+// AVX-512 kernel applies (ROAST: roast_gather_rows_avx512). Runs are cut at 16-element boundaries
+// of W, so a 64-byte aligned W is written in whole aligned lines.
+void gather_avx512(const float* M, float* W, const Map& p, int64_t cols, int64_t b, int64_t e, float scale,
+                   bool stream) {
+  if (p.kind == rps::kHashedNet) {
+    for_each_hashednet<float>(
+        p, b, e, [&](int64_t at, int64_t j, float sign) { W[at] = sign * scale * M[j]; },
+        [&](int64_t from, int64_t to) { return avx512::hashednet_gather_f32(M, W, p, from, to, scale, stream); }, true);
+    return;
+  }
+  SignBlock signs;
+  for (int64_t b0 = b; b0 < e; b0 += kSignBlock) {
+    const int64_t b1 = std::min(e, b0 + kSignBlock);
+    if (p.use_sign) signs.fill(p, p.offset + b0, b1 - b0);
+    for_each_run(p, cols, b0, b1, [&](int64_t at, int64_t, int64_t, int64_t j, int64_t len) {
+      for (int64_t k = 0; k < len;) {
+        const int64_t count = std::min<int64_t>(16 - ((at + k) & 15), len - k);
+        const uint32_t negative = p.use_sign ? signs.negative(p.offset + at + k, count) : 0;
+        avx512::signed_scale_f32(M + j + k, W + at + k, count, scale, negative, stream);
+        k += count;
+      }
+    });
+  }
+}
+
 template <class T, class C = typename Compute<T>::type>
 void gather_impl(const T* __restrict M, T* __restrict W, const Map& p, int64_t rows, int64_t cols, C scale,
                  int threads) {
   int64_t n = rows * cols;
-  parallel_chunks(n, threads_for(n, threads, 1 << 14), [&](int, int64_t b, int64_t e) {
+  const int nt = threads_for(n, threads, 1 << 14);
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_avx512_runs<T>()) {
+      const bool stream = n * int64_t(sizeof(T)) >= kStreamBytes;
+      if (p.kind == rps::kRoast && p.m > p.tile_r * p.tile_c)
+        return parallel_chunks(rows, nt, [&](int, int64_t r0, int64_t r1) {
+          roast_gather_rows_avx512(M, W, p, cols, r0, r1, scale, stream);
+          avx512::stream_fence();
+        });
+      if (p.kind != rps::kHashedNet || use_avx512_hashednet<T>(p))
+        return parallel_chunks(n, nt, [&](int, int64_t b, int64_t e) {
+          gather_avx512(M, W, p, cols, b, e, scale, stream);
+          avx512::stream_fence();
+        });
+    }
+  }
+  parallel_chunks(n, nt, [&](int, int64_t b, int64_t e) {
     if (p.kind == rps::kHashedNet) {
       for_each_hashednet<C>(
           p, b, e, [&](int64_t at, int64_t j, C sign) { store(W, at, sign * scale * load(M, j)); },
-          [&](int64_t from, int64_t to) {
-            if constexpr (std::is_same_v<T, float>) return avx512::hashednet_gather_f32(M, W, p, from, to, scale);
-            return from;
-          },
-          use_avx512_hashednet<T>(p));
+          [&](int64_t from, int64_t) { return from; }, false);
       return;
     }
     SignGroups signs(p);
-    const bool vector = use_avx512_runs<T>();
     for_each_run(p, cols, b, e, [&](int64_t at, int64_t, int64_t, int64_t j, int64_t len) {
-      if constexpr (std::is_same_v<T, float>) {
-        if (vector) {
-          for (int64_t k = 0; k < len; k += 16) {
-            const int64_t count = std::min<int64_t>(16, len - k);
-            avx512::signed_scale_f32(M + j + k, W + at + k, count, scale, signs.negative(p.offset + at + k, count));
-          }
-          return;
-        }
-      }
       if (!p.use_sign) {
         for (int64_t k = 0; k < len; ++k) store(W, at + k, scale * load(M, j + k));
         return;
@@ -321,12 +425,38 @@ void scatter_hashednet(const T* __restrict G, Acc* __restrict acc, const Map& p,
 // acc[j] = sum of scale * sign(e) * G[e] over the elements e with h(e) = j (acc is written, not
 // added to). STABLE-RPS and ROAST: thread t zeroes its slice acc[lo, hi), walks every run and adds
 // the parts that land in the slice (a run costs one index computation).
+// ROAST scatter into the slice [lo, hi) of M (zeroed first), float32 with AVX-512, when M is larger
+// than a tile: every row in order, each tile run's part that lands in the slice added at once
+// (avx512::roast_row_add_f32); each entry so sums its contributions in element order.
+void roast_scatter_slice_avx512(const float* G, float* acc, const Map& p, int64_t rows, int64_t cols, int64_t lo,
+                                int64_t hi, float scale) {
+  std::fill(acc + lo, acc + hi, 0.0f);
+  RoastTileStarts tiles(p, cols);
+  SignBlock signs;
+  const int64_t block_rows = std::max<int64_t>(1, kSignBlock / cols);
+  for (int64_t b0 = 0; b0 < rows; b0 += block_rows) {
+    const int64_t b1 = std::min(rows, b0 + block_rows);
+    if (p.use_sign) signs.fill(p, p.offset + b0 * cols, (b1 - b0) * cols);
+    for (int64_t r = b0; r < b1; ++r) {
+      const int64_t rb = r / p.tile_r, i = p.offset + r * cols;
+      avx512::roast_row_add_f32(G + r * cols, acc, lo, hi, tiles.row(rb), (r - rb * p.tile_r) * p.tile_c, p.tile_c,
+                                cols, p.use_sign ? signs.from(i) : nullptr, int(i & 15), scale);
+    }
+  }
+}
+
 template <class T, class Acc = typename Compute<T>::type>
 void scatter_impl(const T* __restrict G, Acc* __restrict acc, const Map& p, int64_t rows, int64_t cols, Acc scale,
                   int threads) {
   int64_t n = rows * cols;
   int nt = threads_for(p.m, threads_for(n, threads, 1 << 14), 1 << 10);
   if (p.kind == rps::kHashedNet) return scatter_hashednet(G, acc, p, n, scale, nt);
+  if constexpr (std::is_same_v<T, float>) {
+    if (p.kind == rps::kRoast && p.m > p.tile_r * p.tile_c && use_avx512_runs<T>())
+      return parallel_chunks(p.m, nt, [&](int, int64_t lo, int64_t hi) {
+        roast_scatter_slice_avx512(G, acc, p, rows, cols, lo, hi, scale);
+      });
+  }
   parallel_chunks(p.m, nt, [&](int, int64_t lo, int64_t hi) {
     std::fill(acc + lo, acc + hi, Acc(0));
     SignGroups signs(p);

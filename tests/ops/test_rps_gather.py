@@ -122,6 +122,40 @@ def test_avx512_is_bitwise_the_scalar_path(kind, use_sign, threads, monkeypatch)
                                    atol=1e-5, rtol=1e-5)
 
 
+@needs_native
+@pytest.mark.skipif(_native.C is None or _native.C.detected_isa() != "avx512", reason="needs an AVX-512 CPU")
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("tile", [(16, 16), (3, 40)])
+def test_avx512_large_gather_scatter_are_bitwise_the_scalar_path(kind, tile, monkeypatch):
+    """Gathers of W >= 1 MiB, where the AVX-512 kernels write W with non-temporal stores (ROAST:
+    row by row, one copy per tile run), and the scatters of the same shapes (ROAST: row by row
+    into each thread's slice of M): bit for bit the scalar path (and the gather the reference)
+    for 1, 2 and 3 threads, with the default 16 x 16 tiles and with tiles 40 wide (two full
+    vectors and a masked tail per run, rows ending inside a tile), offsets starting mid-group of
+    16 and rows that are not a multiple of 16 long; M smaller than a tile takes the wrapping run
+    walker."""
+    import importlib
+    import os
+
+    module = importlib.import_module("osmos.ops.rps_gather")
+    for rows, cols, m, offset in [(300, 1000, 37501, 0), (257, 1021, 9000, 7), (200, 1400, 100, 3)]:
+        config = LayerMap(kind, m, offset, rows, cols, seed=5, layer=1, tile=tile).config()
+        M, g = torch.randn(m), torch.randn(rows, cols)
+        ref = reference_rps_gather(M, config, rows, cols, 0.37)
+        scatters = []
+        for isa in ("scalar", "avx512"):
+            _native.C.set_cpu_isa(isa)
+            try:
+                for threads in (1, 2, 3):
+                    monkeypatch.setattr(module, "num_threads", lambda: threads)
+                    assert torch.equal(rps_gather(M, config, rows, cols, 0.37), ref), (isa, threads, rows, cols, m)
+                    scatters.append(rps_scatter(g, config, 0.37))
+            finally:
+                _native.C.set_cpu_isa(os.environ.get("OSMOS_CPU_ISA") or "avx512")
+        assert all(torch.equal(s, scatters[0]) for s in scatters[1:]), (rows, cols, m)
+        torch.testing.assert_close(scatters[0], reference_rps_scatter(g, config, rows, cols, 0.37), atol=1e-4, rtol=1e-5)
+
+
 @pytest.mark.skipif(not TRITON, reason="needs triton >= 3.7 and TRITON_INTERPRET=1 or a GPU")
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])

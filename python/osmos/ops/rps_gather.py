@@ -102,9 +102,10 @@ def rps_indices(config: list[int], rows: int, cols: int, device="cpu", backend: 
 
 
 def _gather_cpu(M, config, rows, cols, scale):
-    if _cpu_backend() == "torch":
+    backend = _cpu_backend()
+    if backend == "torch":
         return reference_rps_gather(M, config, rows, cols, scale)
-    if _cpu_backend() == "triton":
+    if backend == "triton":
         from osmos.triton_kernels.rps_gather import rps_gather as kernel
 
         return kernel(M, config, rows, cols, scale)
@@ -114,9 +115,10 @@ def _gather_cpu(M, config, rows, cols, scale):
 
 
 def _scatter_cpu(grad, config, rows, cols, scale):
-    if _cpu_backend() == "torch":
+    backend = _cpu_backend()
+    if backend == "torch":
         return reference_rps_scatter(grad, config, rows, cols, scale)
-    if _cpu_backend() == "triton":
+    if backend == "triton":
         from osmos.triton_kernels.rps_gather import rps_scatter as kernel
 
         return kernel(grad, config, rows, cols, scale)
