@@ -143,6 +143,13 @@ void signed_scale_add_f32(const float* g, float* acc, int64_t count, float scale
   _mm512_mask_storeu_ps(acc, lanes, _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, acc), v));
 }
 
+// The sign bits (1 = negative) of the 16 elements from bit q on of a packed 16-bit-word bit stream.
+inline __mmask16 sign_mask16(const uint16_t* negative, int64_t q) {
+  uint32_t bits;
+  std::memcpy(&bits, negative + (q >> 4), sizeof bits);
+  return __mmask16(bits >> (q & 15));
+}
+
 void roast_row_f32(const float* M, float* w, const int64_t* starts, int64_t row_offset, int64_t tile_c, int64_t cols,
                    const uint16_t* negative, int first, float scale, bool stream) {
   const __m512 factor = _mm512_set1_ps(scale);
@@ -151,13 +158,7 @@ void roast_row_f32(const float* M, float* w, const int64_t* starts, int64_t row_
     const float* src = M + starts[cb] + row_offset;
     const int64_t len = std::min(tile_c, cols - c0);
     for (int64_t k = 0; k < len; k += 16) {
-      __mmask16 neg = 0;
-      if (negative) {
-        const int64_t q = first + c0 + k;
-        uint32_t bits;
-        std::memcpy(&bits, negative + (q >> 4), sizeof bits);
-        neg = __mmask16(bits >> (q & 15));
-      }
+      const __mmask16 neg = negative ? sign_mask16(negative, first + c0 + k) : __mmask16(0);
       if (len - k >= 16) {
         const __m512 v = _mm512_mul_ps(factor, _mm512_loadu_ps(src + k));
         store16(w + c0 + k, _mm512_mask_xor_ps(v, neg, v, sign_bit), stream);
@@ -178,13 +179,7 @@ void roast_row_add_f32(const float* g, float* acc, int64_t lo, int64_t hi, const
     const int64_t j = starts[cb] + row_offset;
     const int64_t k0 = std::max<int64_t>(0, lo - j), k1 = std::min({tile_c, cols - c0, hi - j});
     for (int64_t k = k0; k < k1; k += 16) {
-      __mmask16 neg = 0;
-      if (negative) {
-        const int64_t q = first + c0 + k;
-        uint32_t bits;
-        std::memcpy(&bits, negative + (q >> 4), sizeof bits);
-        neg = __mmask16(bits >> (q & 15));
-      }
+      const __mmask16 neg = negative ? sign_mask16(negative, first + c0 + k) : __mmask16(0);
       const __mmask16 lanes = k1 - k >= 16 ? __mmask16(0xffff) : __mmask16((uint32_t(1) << (k1 - k)) - 1);
       __m512 v = _mm512_mul_ps(factor, _mm512_maskz_loadu_ps(lanes, g + c0 + k));
       v = _mm512_mask_xor_ps(v, neg, v, sign_bit);
