@@ -103,6 +103,15 @@ class Settings:
     esd_lr: float = 1e-3
     target_sets: tuple[str, ...] = TARGET_SETS
     methods: tuple[str, ...] = METHODS
+    guidance: float | None = None  # classifier-free guidance of every generation; None: the model's default
+
+
+def load_model(name: str, s: Settings):
+    """The zoo pipeline `name`, generating at s.guidance when set (else the model's default)."""
+    pipe = osmos.zoo.load(name)
+    if s.guidance is not None:
+        pipe.recipe = dataclasses.replace(pipe.recipe, default_guidance=s.guidance)
+    return pipe
 
 
 FULL = Settings(seeds=(0, 1), variants=3, other_values=6, steps=15, spm_steps=150)
@@ -185,7 +194,7 @@ def evaluate_concept(word: str, s: Settings, figures: Path, log, spm_cache: Path
     unknown = set(s.methods) - set(METHODS)
     if unknown:
         raise ValueError(f"methods must be some of {METHODS}, got {s.methods}")
-    pipe = osmos.zoo.load("shapes-unet")
+    pipe = load_model("shapes-unet", s)
     scorer = Scorer(kind, value, sets, s.seeds)
     encoding = zoo_text_encoding(pipe)
     layers = cross_attention_kv(pipe.unet)
@@ -328,7 +337,7 @@ def evaluate_multi(s: Settings, counts: tuple[int, ...], log, cache: Path | None
     pair accuracy on the prompts that name none of the 5 concepts (3 shapes x 4 colours, 3 seeds),
     the same set for every n, so erosion (original minus edited accuracy) is comparable across n.
     with_spm / with_closed_form: include the SPM / the UCE and RECE rows."""
-    pipe = osmos.zoo.load("shapes-unet")
+    pipe = load_model("shapes-unet", s)
     clf = osmos.zoo.load("classifier")
     encoding = zoo_text_encoding(pipe)
     erased_all = [concept_of(c) for c in MULTI_CONCEPTS]
@@ -410,8 +419,8 @@ def evaluate_transfer(word: str, model: str, s: Settings, cache: Path, log) -> l
     then with the SPM (gamma 1) and with Facilitated Transport."""
     kind, value = concept_of(word)
     sets = prompt_sets(kind, value, s)
-    spm = train_zoo_spm(osmos.zoo.load("shapes-unet"), value, s, cache)
-    pipe = osmos.zoo.load(model)
+    spm = train_zoo_spm(load_model("shapes-unet", s), value, s, cache)
+    pipe = load_model(model, s)
     spm.check_compatible(pipe.unet)
     scorer = Scorer(kind, value, sets, s.seeds)
     ft = zoo_transport(pipe, [spm])
@@ -485,6 +494,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"edited models besides the original (default all: {' '.join(METHODS)})")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds per prompt (default 0 1)")
     parser.add_argument("--spm-steps", type=int, default=None, help="SPM training steps (default 150)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance scale of every generation (default: the model's, 3.0)")
     parser.add_argument("--multi", action="store_true",
                         help=f"instead: erase 1, 3 and 5 of {', '.join(MULTI_CONCEPTS)} at once (UCE, RECE, SPM)")
     parser.add_argument("--closed-form-only", action="store_true", help="--multi with UCE and RECE only (no SPM training)")
@@ -519,6 +530,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         change["seeds"] = tuple(args.seeds)
     if args.spm_steps is not None:
         change["spm_steps"] = args.spm_steps
+    if args.guidance is not None:
+        change["guidance"] = args.guidance
     return dataclasses.replace(s, **change)
 
 

@@ -84,6 +84,14 @@ def test_command_line_settings():
         E.parse_args(["--spm-only", "--methods", "uce"])
 
 
+def test_guidance_setting_reaches_the_pipeline():
+    assert E.settings_from(E.parse_args([])).guidance is None
+    s = E.settings_from(E.parse_args(["--guidance", "2"]))
+    assert s.guidance == 2.0
+    assert E.load_model("shapes-unet", s).recipe.default_guidance == 2.0
+    assert E.load_model("shapes-unet", E.FULL).recipe.default_guidance == osmos.zoo.load("shapes-unet").recipe.default_guidance
+
+
 def test_table_has_a_column_per_target_set():
     row = {"concept": "circle", "kind": "shape", "method": "UCE", "seconds": 0.1, "rate_train": 0.5, "rate_para": 0.25,
            "attack_vs_uce": None, "attack_rederived": 0.5, "others_pair_acc": 0.75, "others_pixel_change": 0.01,
