@@ -2,7 +2,7 @@
 
 For each erased concept (default: the shape "circle" and the colour "red") every method edits a
 fresh copy of shapes-unet; the same prompts and seeds then go through the original and the
-edited model (DDIM, CFG at the model card's 3.0) and the zoo classifier reads the images:
+edited model (DDIM, CFG at the model card's 3.0 or `--guidance`) and the zoo classifier reads the images:
 
 * target rate: fraction of images from prompts naming the concept in which the classifier sees
   it (chance is 1/6; lower = more erased), for up to four prompt sets (`--sets`):
