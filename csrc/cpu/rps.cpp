@@ -273,8 +273,12 @@ void for_each_hashednet(const Map& p, int64_t from, int64_t to, F&& fn, V&& vect
 // ROAST gather of the rows [r0, r1), float32 with AVX-512, when M is larger than a tile (so no
 // index wraps past the end of M and every tile's part of a row is one run): row by row, the
 // signs of blocks of rows as bit streams, then avx512::roast_row_f32 copies each row's runs.
-void roast_gather_rows_avx512(const float* M, float* W, const Map& p, int64_t cols, int64_t r0, int64_t r1,
-                              float scale, bool stream) {
+// The rows [r0, r1) of a ROAST layer in order, for the float32 AVX-512 row kernels:
+// fn(r, starts, row_offset, negative, first) with the row's tile starts, its offset inside its tile
+// row, and its signs as a bit stream from bit `first` of `negative` (nullptr without signs),
+// computed for blocks of rows at a time.
+template <class F>
+void for_each_roast_row(const Map& p, int64_t cols, int64_t r0, int64_t r1, F&& fn) {
   RoastTileStarts tiles(p, cols);
   SignBlock signs;
   const int64_t block_rows = std::max<int64_t>(1, kSignBlock / cols);
@@ -283,10 +287,17 @@ void roast_gather_rows_avx512(const float* M, float* W, const Map& p, int64_t co
     if (p.use_sign) signs.fill(p, p.offset + b0 * cols, (b1 - b0) * cols);
     for (int64_t r = b0; r < b1; ++r) {
       const int64_t rb = r / p.tile_r, i = p.offset + r * cols;
-      avx512::roast_row_f32(M, W + r * cols, tiles.row(rb), (r - rb * p.tile_r) * p.tile_c, p.tile_c, cols,
-                            p.use_sign ? signs.from(i) : nullptr, int(i & 15), scale, stream);
+      fn(r, tiles.row(rb), (r - rb * p.tile_r) * p.tile_c, p.use_sign ? signs.from(i) : nullptr, int(i & 15));
     }
   }
+}
+
+void roast_gather_rows_avx512(const float* M, float* W, const Map& p, int64_t cols, int64_t r0, int64_t r1,
+                              float scale, bool stream) {
+  for_each_roast_row(p, cols, r0, r1, [&](int64_t r, const int64_t* starts, int64_t row_offset,
+                                          const uint16_t* negative, int first) {
+    avx512::roast_row_f32(M, W + r * cols, starts, row_offset, p.tile_c, cols, negative, first, scale, stream);
+  });
 }
 
 // Output sizes from which the float32 AVX-512 gathers write W with non-temporal stores (see
@@ -431,18 +442,10 @@ void scatter_hashednet(const T* __restrict G, Acc* __restrict acc, const Map& p,
 void roast_scatter_slice_avx512(const float* G, float* acc, const Map& p, int64_t rows, int64_t cols, int64_t lo,
                                 int64_t hi, float scale) {
   std::fill(acc + lo, acc + hi, 0.0f);
-  RoastTileStarts tiles(p, cols);
-  SignBlock signs;
-  const int64_t block_rows = std::max<int64_t>(1, kSignBlock / cols);
-  for (int64_t b0 = 0; b0 < rows; b0 += block_rows) {
-    const int64_t b1 = std::min(rows, b0 + block_rows);
-    if (p.use_sign) signs.fill(p, p.offset + b0 * cols, (b1 - b0) * cols);
-    for (int64_t r = b0; r < b1; ++r) {
-      const int64_t rb = r / p.tile_r, i = p.offset + r * cols;
-      avx512::roast_row_add_f32(G + r * cols, acc, lo, hi, tiles.row(rb), (r - rb * p.tile_r) * p.tile_c, p.tile_c,
-                                cols, p.use_sign ? signs.from(i) : nullptr, int(i & 15), scale);
-    }
-  }
+  for_each_roast_row(p, cols, 0, rows, [&](int64_t r, const int64_t* starts, int64_t row_offset,
+                                           const uint16_t* negative, int first) {
+    avx512::roast_row_add_f32(G + r * cols, acc, lo, hi, starts, row_offset, p.tile_c, cols, negative, first, scale);
+  });
 }
 
 template <class T, class Acc = typename Compute<T>::type>
