@@ -2,7 +2,7 @@
 
 For each erased concept (default: the shape "circle" and the colour "red") every method edits a
 fresh copy of shapes-unet; the same prompts and seeds then go through the original and the
-edited model (DDIM, CFG at the model card's 3.0 or `--guidance`) and the zoo classifier reads the images:
+edited model (DDIM, CFG at the model card's default (2.0 for shapes-unet) or `--guidance`) and the zoo classifier reads the images:
 
 * target rate: fraction of images from prompts naming the concept in which the classifier sees
   it (chance is 1/6; lower = more erased), for up to four prompt sets (`--sets`):
@@ -495,7 +495,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds per prompt (default 0 1)")
     parser.add_argument("--spm-steps", type=int, default=None, help="SPM training steps (default 150)")
     parser.add_argument("--guidance", type=float, default=None,
-                        help="classifier-free guidance scale of every generation (default: the model's, 3.0)")
+                        help="classifier-free guidance scale of every generation (default: the model card's, 2.0 for shapes-unet)")
     parser.add_argument("--multi", action="store_true",
                         help=f"instead: erase 1, 3 and 5 of {', '.join(MULTI_CONCEPTS)} at once (UCE, RECE, SPM)")
     parser.add_argument("--closed-form-only", action="store_true", help="--multi with UCE and RECE only (no SPM training)")

@@ -86,9 +86,9 @@ def test_command_line_settings():
 
 def test_guidance_setting_reaches_the_pipeline():
     assert E.settings_from(E.parse_args([])).guidance is None
-    s = E.settings_from(E.parse_args(["--guidance", "2"]))
-    assert s.guidance == 2.0
-    assert E.load_model("shapes-unet", s).recipe.default_guidance == 2.0
+    s = E.settings_from(E.parse_args(["--guidance", "1.5"]))
+    assert s.guidance == 1.5
+    assert E.load_model("shapes-unet", s).recipe.default_guidance == 1.5
     assert E.load_model("shapes-unet", E.FULL).recipe.default_guidance == osmos.zoo.load("shapes-unet").recipe.default_guidance
 
 

@@ -22,7 +22,7 @@ def pipe():
 def test_score_prompts_flags_at_a_threshold(pipe):
     free = score_prompts(pipe, PROMPTS, **FAST)
     assert free.threshold is None and free.flagged == [False] * 3 and len(free.scores) == 3
-    assert free.denoiser_calls_per_prompt == 4 and free.guidance_scale == 3.0
+    assert free.denoiser_calls_per_prompt == 4 and free.guidance_scale == pipe.recipe.default_guidance == 2.0
     again = memorization_score(pipe, PROMPTS, steps=1, num_samples=2, num_inference_steps=10,
                                generator=torch.Generator().manual_seed(0))
     assert torch.allclose(torch.tensor(free.scores), again)  # same seed, same latents
