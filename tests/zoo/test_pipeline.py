@@ -35,17 +35,22 @@ def test_generation_is_deterministic_with_a_seed(pipe):
     assert pil[0].size == (pipe.size, pipe.size)
 
 
+@pytest.mark.parametrize("scheduler", ["ddim", "dpm"])
 @pytest.mark.parametrize("split", ["train", "heldout"])
-def test_generations_show_the_prompted_shape_and_colour(pipe, clf, split):
+def test_generations_show_the_prompted_shape_and_colour(pipe, clf, split, scheduler):
     # six pairs, every shape and every colour once, in training wordings or in paraphrases
+    pipe.set_scheduler(scheduler)
     prompts = [D.prompt_for(s, c, split) for s, c in zip(D.SHAPES, D.COLOURS)] * 2
-    images = pipe(prompts, num_inference_steps=25, generator=torch.Generator().manual_seed(0))
+    try:
+        images = pipe(prompts, num_inference_steps=25, generator=torch.Generator().manual_seed(0))
+    finally:
+        pipe.set_scheduler("ddim")
     pred = clf.predict(images)
     target = torch.arange(6).repeat(2)
     pair_hits = int(((pred["shape"] == target) & (pred["colour"] == target)).sum())
-    # measured mean pair accuracy of generations (DDIM 25 steps, 144 images per split): 0.81 with
-    # training wordings, 0.87 with paraphrases; these six pairs include the weakest (red circle); chance 1/36
-    assert pair_hits >= 8, pred
+    # measured at the default guidance 2.0: 12 of these 12 for both samplers and splits; mean pair accuracy
+    # 0.96-0.97 over 288 images per split (DDIM 20); DPM-Solver++ without x0 clipping scored 0.06. Chance 1/36
+    assert pair_hits >= 10, pred
     # and the prompt matters: the same noise under different prompts gives different pictures
     assert (images[0] - images[1]).abs().mean() > 0.05
 

@@ -164,5 +164,8 @@ def build_scheduler(r: Recipe, kind: str = "ddpm"):
     if kind == "ddim":
         return diffusers.DDIMScheduler(**common, clip_sample=True, set_alpha_to_one=True)
     if kind == "dpm":
-        return diffusers.DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
+        # thresholding at 1.0 clips the predicted x0 to the data range [-1, 1], as clip_sample does for DDPM and
+        # DDIM: without it the zoo models' DPM-Solver++ samples fall apart (pair accuracy 0.06 instead of 0.99)
+        return diffusers.DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
+                                                     thresholding=True, sample_max_value=1.0)
     raise ValueError(f"scheduler must be 'ddpm', 'ddim' or 'dpm', got {kind!r}")
