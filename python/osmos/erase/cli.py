@@ -53,7 +53,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--surrogate", default="", help="what the concept is mapped to ('' = the empty prompt)")
     p.add_argument("--steps", type=int, default=150, help="training steps (150)")
     p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (1e-2)")
-    p.add_argument("--la-strength", type=float, default=100.0, help="Latent Anchoring weight, 0 = off (100)")
+    p.add_argument("--la-strength", type=float, default=5.0, help="Latent Anchoring weight, 0 = off (5)")
     p.add_argument("--anchors", nargs="*", default=None,
                    help="anchor prompts (default on zoo models: the other concepts' wordings)")
     p.add_argument("--targets", choices=("captions", "word"), default="captions",
