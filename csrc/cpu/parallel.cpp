@@ -89,14 +89,14 @@ class Pool {
   void run(int nchunks, ChunkFn chunk, void* ctx) {
     grow(std::min(nchunks - 1, max_workers()));
     Job job{chunk, ctx, nchunks};
-    bool wake;
+    int wake;  // parked workers to wake: no more than there are chunks left for them
     {
       std::lock_guard<std::mutex> lock(m_);
       job_ = &job;
       published_.store(++epoch_, std::memory_order_release);
-      wake = sleeping_ > 0;
+      wake = std::min(sleeping_, nchunks - 1);
     }
-    if (wake) wake_.notify_all();
+    for (int i = 0; i < wake; ++i) wake_.notify_one();
     {
       InChunk guard;
       chunk(ctx, 0);
