@@ -190,6 +190,12 @@ class _Handler(socketserver.StreamRequestHandler):
         _, uid, _ = struct.unpack("3i", creds)
         if uid != os.getuid():
             return
+        try:
+            self._serve(state)
+        except (ConnectionResetError, BrokenPipeError):
+            return  # the trainer died mid-conversation: what this process outlives trainers for
+
+    def _serve(self, state: "_ManagerState") -> None:
         for line in self.rfile:
             try:
                 req = json.loads(line)
