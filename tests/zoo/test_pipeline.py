@@ -103,3 +103,11 @@ def test_dit_recipe_runs_through_the_same_pipeline(pipe):
     out = ShapesPipeline(dit, r, text_encoder=pipe.text_encoder)(["a red circle"], num_inference_steps=2,
                                                                    generator=torch.Generator().manual_seed(0))
     assert out.shape == (1, 3, r.size, r.size) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ["shapes-unet", "shapes-dit", "shapes-unet-ft", "shapes-memorized", "shapes-video"])
+def test_every_model_card_reports_how_good_the_model_is(name):
+    card = osmos.zoo.model_card(name)
+    assert card["metrics"]["command"].startswith("python benchmarks/zoo_quality.py --model " + name)
+    if "guidance_scale" in card["metrics"]:  # measured at the guidance the pipeline uses by default
+        assert card["metrics"]["guidance_scale"] == osmos.zoo.load(name).recipe.default_guidance
