@@ -11,16 +11,18 @@ import threading
 import pytest
 import torch
 
+import osmos
 from osmos import _native
 
 C = _native.C
 pytestmark = pytest.mark.skipif(not _native.has_cpu_kernel("_parallel_chunks_probe"), reason="osmos._C not built")
-PYTHON_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "python")
+OSMOS_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(osmos.__file__)))  # the osmos these tests import
 
 
 def run_fresh(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Runs code in a new interpreter (osmos from this checkout); fails the test on a non-zero exit."""
-    env = dict(os.environ, PYTHONPATH=os.path.abspath(PYTHON_DIR))
+    """Runs code in a new interpreter (the same osmos: in-place build or installed); fails the test on a
+    non-zero exit."""
+    env = dict(os.environ, PYTHONPATH=OSMOS_ROOT)
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True,
                           text=True, timeout=timeout)
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
