@@ -4,13 +4,15 @@ foreign tokens. Every test is bounded in time and leaves no process or /dev/shm 
 import os
 import random
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 from _helpers import assert_state_equal as _assert_state_equal
 from _helpers import losses as _losses
 from _helpers import run_trainer as _run
-from _helpers import segments
+from _helpers import PYROOT, segments
 from osmos.ft.manager import ManagerClient, start_manager
 from osmos.ft.restore import (
     SnapshotCorrupted,
@@ -222,3 +224,16 @@ def test_both_whole_snapshots_are_kept_and_keep_until_rolls_back(manager):
     assert c.request("begin", rank=0, nbytes=8)["slot"] != kept_slot  # the kept one is not rewritten
     assert [r["step"] for r in c.request("complete", rank=0)["snapshots"]] == [0]
     snap.close()
+
+
+def test_exiting_right_after_a_step_still_publishes_the_snapshot(manager):
+    """The copy runs on a daemon thread; a trainer returning right after its last step() must not
+    lose that snapshot (without the exit hook it was not published: 128 and 768 MiB models)."""
+    script = os.path.join(os.path.dirname(__file__), "_exit_after_step.py")
+    env = dict(os.environ, **manager.env, RANK="5", PYTHONPATH=PYROOT)
+    p = subprocess.run([sys.executable, script, "8"], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    c = manager.client()
+    snapshot = c.request("latest", rank=5)["snapshot"]
+    c.close()
+    assert snapshot is not None and snapshot["step"] == 0

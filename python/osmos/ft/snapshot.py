@@ -21,11 +21,13 @@ parameters and its state again, so a snapshot always holds the values of a singl
 
 from __future__ import annotations
 
+import atexit
 import mmap
 import os
 import pickle
 import random
 import threading
+import weakref
 from typing import Any, Callable
 
 import numpy as np
@@ -179,6 +181,18 @@ class _CudaStaging:
         return out, event
 
 
+EXIT_WAIT_S = 600.0  # longest wait at interpreter exit for a snapshot in flight
+
+
+def _finisher(ref: "weakref.ReferenceType[Snapshotter]") -> Callable[[], None]:
+    def finish() -> None:
+        snap = ref()
+        thread = None if snap is None else snap._thread
+        if thread is not None:
+            thread.join(EXIT_WAIT_S)
+    return finish
+
+
 class Snapshotter:
     """Asynchronous in-memory snapshots of ``model`` + ``optimizer`` into the node's manager.
 
@@ -215,6 +229,10 @@ class Snapshotter:
         self._error: BaseException | None = None
         self.published_step: int | None = None
         self._hook = optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.wait())
+        # a trainer that returns right after its last step() still publishes that snapshot: the copy
+        # runs on a daemon thread, which the interpreter would otherwise kill at exit
+        self._finish_at_exit = _finisher(weakref.ref(self))
+        atexit.register(self._finish_at_exit)
         # Test hook: called with the slot buffer after tensors are copied, before publishing.
         self._before_publish: Callable[[torch.Tensor], None] | None = None
 
@@ -285,6 +303,7 @@ class Snapshotter:
             raise RuntimeError("snapshot failed") from err
 
     def close(self) -> None:
+        atexit.unregister(self._finish_at_exit)
         self.wait()
         self._hook.remove()
         for m in self._maps.values():
