@@ -27,20 +27,7 @@ from osmos import _native
 from osmos.ops._common import dtype_code
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from bench_rps import load_native  # noqa: E402
-
-
-def interleaved(fns, reps: int) -> list[float]:
-    """Median wall seconds of each fn, the fns called in turn within each of reps rounds."""
-    for fn in fns:
-        fn()
-    times = [[] for _ in fns]
-    for _ in range(reps):
-        for fn, t in zip(fns, times):
-            t0 = time.perf_counter()
-            fn()
-            t.append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
+from bench_rps import load_native, timeit_interleaved  # noqa: E402
 
 
 def crc_case(nbytes: int, threads: int):
@@ -95,7 +82,7 @@ def bench_old_new(old_path: str, threads: int, reps: int) -> None:
         a, b = call(old), call(new)
         if not (a == b if isinstance(a, list) else torch.equal(a, b)):
             raise AssertionError(f"old and new builds differ: {name}")
-        t_old, t_new = interleaved([lambda: call(old), lambda: call(new)], reps)
+        t_old, t_new = timeit_interleaved([lambda: call(old), lambda: call(new)], torch.device("cpu"), reps)
         print(f"| {name} | {t_old*1e3:.3f} | {t_new*1e3:.3f} | {t_old/t_new:.2f}x |", flush=True)
 
 
