@@ -111,14 +111,14 @@ def run(args, pipe, clf, steps: int) -> dict:
     train_info: dict = {"max_reuse_run": bound}
     trained: dict[str, dict[str, Router]] = {m: {} for m in args.methods}
     for method in args.methods:
-        for beta in args.betas:
-            name = f"{method} b={beta:g}"
+        for beta, init in [(b, i) for i in args.init for b in args.betas]:
+            name = f"{method} b={beta:g}" + (f" init={init}" if init != 0.0 else "")
             extra = {"refresh_every": args.refresh_every, "iepo_warmup": args.iepo_warmup,
                      "lambda_mode": args.lambda_mode} if method == "harmonica" else {}
             t0 = time.time()
             router, rec = train_pipeline_router(
                 pipe, steps, beta, router_prompts(), batch_size=args.router_batch, method=method,
-                iterations=args.iterations, lr=args.lr, init_logit=args.init_logit, threshold=THRESHOLD,
+                iterations=args.iterations, lr=args.lr, init=init, error=args.error, threshold=THRESHOLD,
                 max_reuse_run=bound, seed=args.seed, progress=not args.quiet, **extra)
             trained[method][name] = router
             routers[name] = router
@@ -132,16 +132,18 @@ def run(args, pipe, clf, steps: int) -> dict:
     def mse(name: str) -> float:
         return float((results[name]["images"]["train"] - ref).pow(2).mean())
 
-    # each trainer at fixed budgets: its most accurate router (ties: lowest MSE), most probable pairs only
+    # each trainer at fixed budgets, most probable pairs only, from its most accurate router (ties: lowest
+    # MSE) or (--budget-source usage) the router whose own cache usage is closest to the budget
     budgets = {f"fora-{n}": routers[f"fora-{n}"].cache_usage(THRESHOLD) for n in args.fora}
     budgets.update({f"u={u:g}": u for u in args.usages})
     bounds = args.budget_bounds if args.budget_bounds is not None else [args.max_reuse_run]
     for method, family in trained.items():
         if not family:
             continue
-        best = min(family, key=lambda k: (-results[k]["train"]["mean"], mse(k)))
-        train_info[f"{method}@budget source"] = best
         for label, usage in budgets.items():
+            best = min(family, key=lambda k: ((abs(family[k].cache_usage(THRESHOLD) - usage) if args.budget_source
+                                               == "usage" else 0.0), -results[k]["train"]["mean"], mse(k)))
+            train_info[f"{method}@{label} source"] = best
             for k in bounds:
                 name = f"{method}@{label}" + (f" K={k}" if len(bounds) > 1 or k else "")
                 if usage > max_reuse_fraction(steps, k or None) + 1e-9:
@@ -223,10 +225,17 @@ def print_table(out: dict, source: str) -> None:
                 lam = f", IEPO lambda(t) at the last of {len(info['lambdas'])} refreshes in [{min(last):.2f}, {max(last):.2f}]"
             print(f"- {name}: trained in {info['seconds']} s, cache usage {info['cache_usage']:.2f}, "
                   f"final loss {info['final_loss']:.3g}{lam}")
-        elif name.endswith("budget source"):
-            print(f"- {name.split('@')[0]}@fora-N: {info} restricted to FORA-N's compute budget")
+        elif name.endswith(" source"):
+            print(f"- {name[:-len(' source')]}: {info} restricted to that compute budget")
         else:
             print(f"- {name}: {info}")
+
+
+def _init_arg(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -239,7 +248,11 @@ def main(argv: list[str] | None = None) -> None:
                    help="router trainers: HarmoniCa (SDT + IEPO) and the Learning-to-Cache-style baseline")
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--init-logit", type=float, default=0.0, help="initial router logits (0: r = 0.5)")
+    p.add_argument("--init", type=_init_arg, nargs="+", default=[0.0],
+                   help="router starting points (one router per init and beta): a logit (0: r = 0.5) or "
+                        "fora-N (warm start at FORA-N's schedule)")
+    p.add_argument("--error", default="x0", choices=["x0", "output"],
+                   help="space of the per-step student-teacher MSE: predicted clean sample or model output (the paper)")
     p.add_argument("--refresh-every", type=int, default=10, help="IEPO refresh interval (iterations)")
     p.add_argument("--iepo-warmup", type=int, default=2, help="iterations before the first IEPO refresh")
     p.add_argument("--max-reuse-run", type=int, default=0,
@@ -248,6 +261,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="reuse-run bounds K for the budget restrictions (one row each; 0: none); default: --max-reuse-run")
     p.add_argument("--usages", type=float, nargs="*", default=[],
                    help="extra cache-usage budgets for the learned routers, besides FORA's")
+    p.add_argument("--budget-source", default="accuracy", choices=["accuracy", "usage"],
+                   help="which trained router each budget row restricts: the method's most accurate one, or the "
+                        "one whose own cache usage is closest to the budget")
     p.add_argument("--lambda-mode", default="leave_one_out", choices=["leave_one_out", "sequential"])
     p.add_argument("--router-batch", type=int, default=4)
     p.add_argument("--per-pair", type=int, default=1)

@@ -148,7 +148,7 @@ def test_compiles_fullgraph_with_a_fixed_router():
     torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-4)
 
 
-def _train(beta, mode="leave_one_out", iterations=3, **kw):
+def _train(beta, mode="leave_one_out", iterations=3, lr=0.5, **kw):
     from diffusers import DDIMScheduler
 
     from osmos.accel.harmonica import train_router
@@ -164,7 +164,7 @@ def _train(beta, mode="leave_one_out", iterations=3, **kw):
     before = [p.clone() for p in model.parameters()]
     router, rec = train_router(
         model, DDIMScheduler(), num_steps=T, sample_batch=sample_batch, denoise=denoise, beta=beta,
-        iterations=iterations, lr=0.5, lambda_mode=mode, refresh_every=2, progress=False, **kw,
+        iterations=iterations, lr=lr, lambda_mode=mode, refresh_every=2, progress=False, **kw,
     )
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # model untouched
     assert all(type(getattr(b, a)).__name__ != "_SoftBranch" for _, b, a in cache_units(model))
@@ -192,9 +192,49 @@ def test_iepo_warmup_and_the_bound_in_training():
     assert len(rec.lambdas) == 2  # iterations 0 and 2
     assert rec.lambdas[0][1:] != [1.0] * (T - 1)  # at r = 0.5 the proxy already caches half the units
     # a router that caches nothing yet: leave-one-out still measures every step (toggles it whole)
-    _, rec = _train(beta=0.0, iterations=1, iepo_warmup=0, init_logit=5.0)
+    _, rec = _train(beta=0.0, iterations=1, iepo_warmup=0, init=5.0)
     lam = torch.tensor(rec.lambdas[0][1:])
     assert lam.mean().item() == pytest.approx(1.0) and lam.std() > 0.05 and (lam > 0).all()
     router, _ = _train(beta=1.0, iterations=2, max_reuse_run=1)
     m = router.compute_mask()
     assert router.max_reuse_run == 1 and m[0].all() and not (~m[1:] & ~m[:-1]).any()
+
+
+def test_train_router_warm_start_and_invalid_init():
+    # lr 0: the trained router is exactly the warm start, FORA-2's schedule
+    router, _ = _train(beta=1.0, iterations=1, lr=0.0, init="fora-2", mode=None)
+    assert router.compute_mask().equal(Router.fora(T, 4, 2).compute_mask())
+    # training moves it: a compute penalty lowers the logits of the pairs FORA-2 computes (step 2)
+    moved, _ = _train(beta=10.0, iterations=2, init="fora-2", mode=None)
+    assert (moved.logits[2] < 4.0).all() and moved.logits[0].eq(5.0).all()
+    with pytest.raises(ValueError, match="init"):
+        _train(beta=0.0, iterations=1, init="fora-zero")
+
+
+def test_step_error_weights():
+    from diffusers import DDIMScheduler
+
+    from osmos.accel.harmonica.train import step_error_weights
+
+    for prediction, factor in (("epsilon", lambda a: (1 - a) / a), ("v_prediction", lambda a: 1 - a)):
+        sched = DDIMScheduler(prediction_type=prediction)
+        sched.set_timesteps(6)
+        w = step_error_weights(sched, "x0")
+        a = sched.alphas_cumprod[sched.timesteps].double()
+        want = factor(a)[1:] / factor(a)[1:].mean()
+        assert w[0] == 0.0 and torch.allclose(w[1:].double(), want, rtol=1e-5)
+        assert w[1:].mean().item() == pytest.approx(1.0)
+        assert (w[1:-1] > w[2:]).all()  # an output error at lower noise moves the predicted image less
+    assert step_error_weights(sched, "output").equal(torch.ones(6))
+    with pytest.raises(ValueError, match="error"):
+        step_error_weights(sched, "pixels")
+    with pytest.raises(ValueError, match="error='output'"):
+        step_error_weights(type("NoSchedule", (), {"timesteps": sched.timesteps})(), "x0")
+
+
+def test_x0_error_stops_paying_for_the_last_step():
+    # the last step's output error barely changes the predicted image: under "x0" only the compute
+    # penalty acts there, so it is reused more than under the paper's output MSE
+    x0, _ = _train(beta=1e-3, iterations=3, error="x0", mode=None)
+    out, _ = _train(beta=1e-3, iterations=3, error="output", mode=None)
+    assert x0.probabilities()[-1].mean() < out.probabilities()[-1].mean()

@@ -79,7 +79,7 @@ def test_prompt_sampler_shapes_and_guidance_layout(pipe):
 def test_router_trained_to_always_refresh_reproduces_the_uncached_output_exactly(pipe):
     base = sample(pipe)
     router, rec = train_pipeline_router(pipe, T, beta=0.0, prompts=["a red circle"], batch_size=2, iterations=2,
-                                        lr=0.01, init_logit=5.0, refresh_every=2, progress=False)
+                                        lr=0.01, init=5.0, refresh_every=2, progress=False)
     assert router.compute_mask().all() and rec.cache_usage[-1] == 0.0
     assert all(type(getattr(b, a)).__name__ != "_SoftBranch" for _, b, a in cache_units(pipe.unet))
     handle = apply_harmonica(pipe.unet, HarmonicaConfig(router))
@@ -89,7 +89,7 @@ def test_router_trained_to_always_refresh_reproduces_the_uncached_output_exactly
 
 
 def test_a_large_compute_penalty_learns_to_reuse(pipe):
-    router, rec = train_pipeline_router(pipe, T, beta=10.0, prompts=["a red circle"], batch_size=2, iterations=3, init_logit=0.0,
+    router, rec = train_pipeline_router(pipe, T, beta=10.0, prompts=["a red circle"], batch_size=2, iterations=3, init=0.0,
                                         lr=1.0, refresh_every=3, progress=False)
     assert rec.cache_usage[-1] > 0.5
     mask = router.compute_mask()
@@ -146,7 +146,7 @@ def test_budget_router_keeps_the_most_probable_units_at_the_budget():
 @pytest.mark.parametrize("method", ["harmonica", "l2c"])
 def test_both_trainers_leave_the_model_untouched_and_respond_to_beta(pipe, method):
     before = [p.clone() for p in pipe.unet.parameters()]
-    kw = {"prompts": ["a red circle"], "batch_size": 2, "iterations": 2, "lr": 1.0, "init_logit": 0.0,
+    kw = {"prompts": ["a red circle"], "batch_size": 2, "iterations": 2, "lr": 1.0, "init": 0.0,
           "method": method, "progress": False}
     if method == "harmonica":
         kw["refresh_every"] = 2

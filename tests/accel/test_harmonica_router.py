@@ -132,3 +132,25 @@ def test_training_step_forces_the_refresh_the_bound_demands():
     assert logits.grad[0] == 0 and logits.grad[1] != 0  # a forced computation is no decision of the router
     same, run_same = _bound_reuse_run(r, run, 0.1, None)
     assert same is r and run_same is run
+
+
+@pytest.mark.parametrize("interval", [1, 2, 3, 5])
+def test_warm_start_is_the_fixed_schedule_before_training(interval):
+    steps, units = 11, 4
+    fora = Router.fora(steps, units, interval, "DDIMScheduler")
+    warm = Router.initial(steps, units, f"fora-{interval}", "DDIMScheduler", max_reuse_run=interval)
+    assert warm.compute_mask().equal(fora.compute_mask())
+    assert warm.max_reuse_run == interval and warm.scheduler == "DDIMScheduler"
+    # the logits sit at the training clamp, so the soft student starts as (nearly) the hard schedule
+    assert warm.logits.abs().eq(5.0).all()
+    # at FORA's own budget the exact restriction returns FORA's schedule
+    assert budget_mask(warm.probabilities(), 1.0 - fora.cache_usage()).equal(fora.compute_mask())
+
+
+def test_initial_logit_and_invalid_init():
+    r = Router.initial(6, 3, -1.5, max_reuse_run=2)
+    assert r.logits.eq(-1.5).all() and r.max_reuse_run == 2
+    assert Router.initial(6, 3, 0).probabilities().eq(0.5).all()
+    for bad in ("fora", "fora-0", "fora-x", "fora-2.5", "always", "FORA-2", True, None, [1.0]):
+        with pytest.raises(ValueError, match="init"):
+            Router.initial(6, 3, bad)

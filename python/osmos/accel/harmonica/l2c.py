@@ -2,8 +2,8 @@
 
 Same router, units and compute penalty as `train_router`, but trained the way Learning-to-Cache
 (Ma et al., 2024) trains: every step's objective is computed on the *teacher's* trajectory, with
-the cache filled by the teacher's (fully computed) previous step, and every step weighs the same
-(no image-error proxy). At inference, though, the cache holds what the router itself computed and
+the cache filled by the teacher's (fully computed) previous step, and no image-error proxy (IEPO's
+lambda(t) = 1; the per-step error is measured in the same space as HarmoniCa's, `error`). At inference, though, the cache holds what the router itself computed and
 the trajectory is the cached model's own: the training-inference mismatch that HarmoniCa's
 Step-Wise Denoising Training and IEPO remove. L2C samples one timestep per iteration; sweeping
 every step of one teacher trajectory per iteration, as here, has the same expected gradient and
@@ -32,14 +32,15 @@ def train_l2c_router(
     iterations: int = 200,
     lr: float = 0.01,
     threshold: float = 0.1,
-    init_logit: float = 0.0,
+    error: str = "x0",
+    init: float | str = 0.0,
     max_reuse_run: int | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[Router, TrainRecord]:
     """Train a Router L2C-style: `train_router`'s loop with the teacher's trajectory and cache and
-    every step weighted 1 (arguments as `train_router`, no lambda ones)."""
+    no IEPO (lambda = 1; arguments as `train_router`, no lambda ones)."""
     return train_router(transformer, scheduler, num_steps=num_steps, sample_batch=sample_batch, denoise=denoise,
-                        beta=beta, iterations=iterations, lr=lr, lambda_mode=None, trajectory="teacher",
-                        threshold=threshold, init_logit=init_logit, max_reuse_run=max_reuse_run, seed=seed,
+                        beta=beta, iterations=iterations, lr=lr, lambda_mode=None, trajectory="teacher", error=error,
+                        threshold=threshold, init=init, max_reuse_run=max_reuse_run, seed=seed,
                         progress=progress)

@@ -58,7 +58,7 @@ def train_pipeline_router(pipe, num_steps: int, beta: float, prompts: Sequence[s
                           guidance_scale: float | None = None, method: str = "harmonica",
                           **kwargs) -> tuple[Router, TrainRecord]:
     """Train a router for ``pipe`` at ``num_steps`` sampling steps. method "harmonica": `train_router`
-    (kwargs: iterations, lr, lambda_mode, refresh_every, iepo_warmup, threshold, init_logit,
+    (kwargs: iterations, lr, lambda_mode, refresh_every, iepo_warmup, threshold, error, init,
     max_reuse_run, seed, progress);
     "l2c": the Learning-to-Cache-style baseline `train_l2c_router` (same kwargs, no lambda ones)."""
     from osmos.accel.harmonica.l2c import train_l2c_router

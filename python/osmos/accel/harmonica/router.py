@@ -174,6 +174,22 @@ class Router(torch.nn.Module):
         return r
 
     @classmethod
+    def initial(cls, num_steps: int, num_units: int, init: float | str, scheduler: str = "",
+                max_reuse_run: int | None = None) -> "Router":
+        """A router to start training from. init: a number (every logit; 0: r = 0.5 everywhere) or
+        "fora-N" (a warm start at FORA-N's schedule: logits +5 where FORA-N computes, -5 where it
+        reuses; "fora-1" computes everything)."""
+        if isinstance(init, str):
+            prefix, _, interval = init.partition("-")
+            if prefix != "fora" or not interval.isdigit() or int(interval) < 1:
+                raise ValueError(f"init must be a number or 'fora-N' with N >= 1, got {init!r}")
+            warm = cls.fora(num_steps, num_units, int(interval), scheduler)
+            return cls.from_mask(warm.compute_mask(), scheduler, max_reuse_run)
+        if isinstance(init, bool) or not isinstance(init, (int, float)):
+            raise ValueError(f"init must be a number or 'fora-N', got {init!r}")
+        return cls(num_steps, num_units, scheduler, init=float(init), max_reuse_run=max_reuse_run)
+
+    @classmethod
     def fora(cls, num_steps: int, num_units: int, interval: int, scheduler: str = "") -> "Router":
         """FORA: recompute every unit every `interval` steps, reuse in between."""
         if interval < 1:
