@@ -165,6 +165,7 @@ def run(args, pipe, clf, steps: int) -> dict:
             "acc": res["train"]["mean"], "shape_acc": res["train"]["shape_acc"],
             "colour_acc": res["train"]["colour_acc"], "frechet": res["frechet"],
             "mse_vs_none": err, "psnr_vs_none": float("inf") if err == 0 else float(-10 * torch.log10(torch.tensor(err))),
+            "compute_mask": None if router is None else router.compute_mask(THRESHOLD).int().tolist(),
         })
     # grid: one row per method; columns: every shape in two colours (same latents in every row)
     n_col = len(D.COLOURS)
@@ -231,6 +232,21 @@ def print_table(out: dict, source: str) -> None:
             print(f"- {name}: {info}")
 
 
+def retime(args, pipe, path: Path) -> None:
+    """Re-measure the seconds / speed-up columns of a saved run (its rows' compute masks, same
+    timing protocol) and rewrite its JSON: for a quiet machine after a long run on a loaded one."""
+    out = json.loads(path.read_text())
+    routers = {r["method"]: None if r["compute_mask"] is None else
+               Router.from_mask(torch.tensor(r["compute_mask"], dtype=torch.bool), type(pipe.scheduler).__name__)
+               for r in out["rows"]}
+    seconds = time_methods(pipe, routers, out["steps"], args.time_batch, args.repeats)
+    for r in out["rows"]:
+        r["seconds"], r["speedup"] = seconds[r["method"]], seconds["none"] / seconds[r["method"]]
+    out["retimed"] = {"repeats": args.repeats, "time_batch": args.time_batch, "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    path.write_text(json.dumps(out, indent=2))
+    print_table(out, out.get("source", ""))
+
+
 def _init_arg(text: str) -> float | str:
     try:
         return float(text)
@@ -273,6 +289,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=FIGURES, help="folder for the JSON and grid")
     p.add_argument("--tag", default="", help="suffix of the output names: harmonica_eval_<T><tag>.{json,png}")
+    p.add_argument("--retime", type=Path, default=None,
+                   help="only re-measure the speed-ups of a saved run (its JSON, rewritten) with --repeats/--time-batch")
     p.add_argument("--quick", action="store_true", help="10 steps, tiny router training: under 2 minutes")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -283,6 +301,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     pipe, source = load_pipe(args.weights)
     clf = osmos.zoo.load("classifier")
+    if args.retime is not None:
+        retime(args, pipe, args.retime)
+        return
     for steps in args.steps:
         out = run(args, pipe, clf, steps)
         out["source"], out["args"] = source, {k: str(v) for k, v in vars(args).items()}
