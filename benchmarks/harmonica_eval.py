@@ -234,7 +234,8 @@ def print_table(out: dict, source: str) -> None:
 
 def retime(args, pipe, path: Path) -> None:
     """Re-measure the seconds / speed-up columns of a saved run (its rows' compute masks, same
-    timing protocol) and rewrite its JSON: for a quiet machine after a long run on a loaded one."""
+    timing protocol) and rewrite its JSON and MSE-vs-speed-up plot: for a quiet machine after a
+    long run on a loaded one."""
     out = json.loads(path.read_text())
     routers = {r["method"]: None if r["compute_mask"] is None else
                Router.from_mask(torch.tensor(r["compute_mask"], dtype=torch.bool), type(pipe.scheduler).__name__)
@@ -244,6 +245,7 @@ def retime(args, pipe, path: Path) -> None:
         r["seconds"], r["speedup"] = seconds[r["method"]], seconds["none"] / seconds[r["method"]]
     out["retimed"] = {"repeats": args.repeats, "time_batch": args.time_batch, "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     path.write_text(json.dumps(out, indent=2))
+    plot_pareto(out["rows"], path.with_name(path.stem + "_pareto.png"), f"shapes-dit, DDIM {out['steps']} steps")
     print_table(out, out.get("source", ""))
 
 
