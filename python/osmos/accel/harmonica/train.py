@@ -143,9 +143,9 @@ def step_error_weights(scheduler, error: str) -> Tensor:
     step) -- normalised to mean 1 over the steps after the first, so beta keeps its scale.
     On shapes-dit (v prediction) reusing the last step's units changes the output 100x more than
     elsewhere (MSE ~1 vs ~1e-2) but hardly the image (1 - a = 1e-4 there): with "output" the
-    router spent its compute on the last steps and reused early ones; across 29 fixed masks at 45-65%
+    router spent its compute on the last steps and reused early ones; across 28 fixed masks at 45-65%
     cache usage the per-step objective summed in x0 ranked them by final-image MSE with
-    Spearman 0.91 against 0.80 for the output MSE (benchmarks/RESULTS.md)."""
+    Spearman 0.91 against 0.79 for the output MSE (benchmarks/RESULTS.md)."""
     steps = len(scheduler.timesteps)
     if error == "output":
         return torch.ones(steps)
