@@ -46,7 +46,10 @@ def spearman(a: list[float], b: list[float]) -> float:
 def schedules(steps: int, units: int, routers_json: Path | None, n_random: int) -> dict[str, torch.Tensor]:
     """name -> bool mask [steps, units] (True = computed)."""
     t = torch.arange(steps)
-    every = lambda computed: computed[:, None].expand(steps, units).clone()  # noqa: E731
+
+    def every(computed: torch.Tensor) -> torch.Tensor:  # the same decision for every unit of a step
+        return computed[:, None].expand(steps, units).clone()
+
     out = {"fora-2": every(t % 2 == 0), "fora-3": every(t % 3 == 0),
            "fora-2 odd steps (0,1,3,5,..)": every((t % 2 == 1) | (t == 0)),
            "fora-2 odd steps from 3 (0,3,5,..)": every(((t % 2 == 1) & (t >= 3)) | (t == 0))}

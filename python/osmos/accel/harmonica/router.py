@@ -186,7 +186,7 @@ class Router(torch.nn.Module):
             warm = cls.fora(num_steps, num_units, int(interval), scheduler)
             return cls.from_mask(warm.compute_mask(), scheduler, max_reuse_run)
         if isinstance(init, bool) or not isinstance(init, (int, float)):
-            raise ValueError(f"init must be a number or 'fora-N', got {init!r}")
+            raise TypeError(f"init must be a number or 'fora-N', got {type(init).__name__}")
         return cls(num_steps, num_units, scheduler, init=float(init), max_reuse_run=max_reuse_run)
 
     @classmethod
