@@ -91,6 +91,7 @@ class Settings:
     steps: int  # DDIM steps
     spm_steps: int
     spm_lr: float = 1e-2
+    spm_seed: int = 0  # training seed of every SPM (initialisation, prompt and timestep draws)
     la_strength: float = 5.0  # measured on shapes-unet at CFG 2.0: 100 left paraphrases, 0 eroded other colours
     rece_epochs: int = 2
     lambda_reg: float = 1e-3
@@ -219,6 +220,7 @@ def evaluate_concept(word: str, s: Settings, figures: Path, log, spm_cache: Path
     uce_attack = attack_states(pipe, encoding, gram, dry.input_map, words, words[0], s.lambda_reg)
 
     rows, grid_rows = [], []
+    seed_label = f", seed {s.spm_seed}" if s.spm_seed else ""
     t0 = time.perf_counter()
     base = run_all()
     base_attack = (attack(), attack(eye))
@@ -248,18 +250,18 @@ def evaluate_concept(word: str, s: Settings, figures: Path, log, spm_cache: Path
         spm = spm_for(pipe, value, s, 0.0)
         train_s = time.perf_counter() - t0
         with apply_spm(pipe.unet, [spm]) as handle:
-            record("SPM, no LA", run_all(handle), train_s, (attack(handle=handle), None))
+            record(f"SPM, no LA{seed_label}", run_all(handle), train_s, (attack(handle=handle), None))
     if "spm" in s.methods or "spm-ft" in s.methods:  # time None (shown "cached") when read from spm_cache
-        cached = spm_cache is not None and (spm_cache / f"spm_{value}.safetensors").is_file()
+        cached = spm_cache is not None and spm_cache_path(spm_cache, value, s).is_file()
         t0 = time.perf_counter()
         spm = train_zoo_spm(pipe, value, s, spm_cache)
         train_s = None if cached else time.perf_counter() - t0
         if "spm" in s.methods:
             with apply_spm(pipe.unet, [spm]) as handle:
-                record(f"SPM, LA {s.la_strength:g}", run_all(handle), train_s, (attack(handle=handle), None))
+                record(f"SPM, LA {s.la_strength:g}{seed_label}", run_all(handle), train_s, (attack(handle=handle), None))
         if "spm-ft" in s.methods:
             with apply_spm(pipe.unet, [spm], transport=zoo_transport(pipe, [spm])) as handle:
-                record(f"SPM, LA {s.la_strength:g}, FT", run_all(handle), train_s, (None, None))
+                record(f"SPM, LA {s.la_strength:g}, FT{seed_label}", run_all(handle), train_s, (None, None))
 
     if "esd" in s.methods:  # ESD-x: full fine-tune of the cross-attention weights with the same loss and prompts
         pairs = erasure_prompt_pairs(kind, value) if s.spm_targets == "captions" else None
@@ -304,20 +306,27 @@ def spm_for(pipe, value: str, s: Settings, la_strength: float) -> SPM:
     return train_spm(SPMTrainingPipe.of(pipe), value, surrogate="", wordings=training_wordings(kind, value),
                      steps=s.spm_steps, lr=s.spm_lr,
                      la_strength=la_strength, anchors=anchor_prompts(kind, value, s.anchor_captions) if la_strength else None,
-                     anchors_per_step=4, sampling_steps=s.steps, seed=0, progress=False, prompts=pairs,
+                     anchors_per_step=4, sampling_steps=s.steps, seed=s.spm_seed, progress=False, prompts=pairs,
                      targets_per_step=s.spm_targets_per_step if pairs else 1, fixed_anchors=s.spm_fixed_anchors,
                      anchor_norm_range=None)
 
 
+def spm_cache_path(cache: Path, value: str, s: Settings) -> Path:
+    """The cache file of the SPM erasing `value`: spm_<value>.safetensors, spm_<value>_seed<N>.safetensors
+    for training seed s.spm_seed = N other than 0, so SPMs of different seeds never mix."""
+    return cache / (f"spm_{value}_seed{s.spm_seed}.safetensors" if s.spm_seed else f"spm_{value}.safetensors")
+
+
 def train_zoo_spm(pipe, value: str, s: Settings, cache: Path | None) -> SPM:
-    """spm_for(..., s.la_strength), read from / written to `cache` (spm_<value>.safetensors) when given.
-    A cached SPM trained with other settings (steps, lr, Latent Anchoring, sampling steps) is an
+    """spm_for(..., s.la_strength), read from / written to `cache` (spm_cache_path) when given.
+    A cached SPM trained with other settings (steps, lr, Latent Anchoring, sampling steps, seed) is an
     error, not silently reused; the file does not record which weights it was trained on, so use
     one folder per base model."""
-    path = None if cache is None else cache / f"spm_{value}.safetensors"
+    path = None if cache is None else spm_cache_path(cache, value, s)
     if path is not None and path.is_file():
         spm = SPM.load(path, pipe.unet)
-        want = {"steps": s.spm_steps, "lr": s.spm_lr, "la_strength": s.la_strength, "sampling_steps": s.steps}
+        want = {"steps": s.spm_steps, "lr": s.spm_lr, "la_strength": s.la_strength, "sampling_steps": s.steps,
+                "seed": s.spm_seed}
         got = {k: spm.settings.get(k) for k in want}
         if got != want:
             raise ValueError(f"{path} was trained with {got}, this run wants {want}: use another --spm-cache folder")
@@ -494,6 +503,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"edited models besides the original (default all: {' '.join(METHODS)})")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds per prompt (default 0 1)")
     parser.add_argument("--spm-steps", type=int, default=None, help="SPM training steps (default 150)")
+    parser.add_argument("--spm-seed", type=int, default=0,
+                        help="training seed of the SPMs (default 0); cached as spm_<concept>_seed<N> when not 0")
     parser.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance scale of every generation (default: the model card's, 2.0 for shapes-unet)")
     parser.add_argument("--multi", action="store_true",
@@ -532,6 +543,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         change["spm_steps"] = args.spm_steps
     if args.guidance is not None:
         change["guidance"] = args.guidance
+    change["spm_seed"] = args.spm_seed
     return dataclasses.replace(s, **change)
 
 

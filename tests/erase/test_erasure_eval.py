@@ -105,7 +105,7 @@ def test_table_has_a_column_per_target_set():
 def test_spm_cache_is_reused_only_with_the_same_settings(tmp_path):
     pipe = osmos.zoo.load("shapes-unet")
     s = E.dataclasses.replace(E.FULL, spm_steps=7)
-    settings = {"steps": 7, "lr": s.spm_lr, "la_strength": s.la_strength, "sampling_steps": s.steps}
+    settings = {"steps": 7, "lr": s.spm_lr, "la_strength": s.la_strength, "sampling_steps": s.steps, "seed": 0}
     cached = SPM.for_unet(pipe.unet, "circle", settings=settings)
     for u in cached.up:
         u.data.fill_(0.5)  # not what a fresh SPM or 7 steps of training would give
@@ -114,3 +114,28 @@ def test_spm_cache_is_reused_only_with_the_same_settings(tmp_path):
     assert all(bool((u == 0.5).all()) for u in got.up)  # read back, not retrained
     with pytest.raises(ValueError, match="was trained with"):
         E.train_zoo_spm(pipe, "circle", E.dataclasses.replace(s, spm_steps=150), tmp_path)
+
+
+def test_spm_seed_reaches_training_and_keeps_caches_apart(tmp_path, monkeypatch):
+    assert E.settings_from(E.parse_args([])).spm_seed == 0
+    s1 = E.settings_from(E.parse_args(["--spm-seed", "1", "--spm-steps", "7"]))
+    assert s1.spm_seed == 1
+    s0 = E.dataclasses.replace(s1, spm_seed=0)
+    assert E.spm_cache_path(tmp_path, "circle", s0).name == "spm_circle.safetensors"  # seed 0: the old name
+    names = {E.spm_cache_path(tmp_path, "circle", E.dataclasses.replace(s1, spm_seed=k)).name for k in range(4)}
+    assert len(names) == 4
+    pipe = osmos.zoo.load("shapes-unet")
+    seen = []
+    monkeypatch.setattr(E, "train_spm", lambda *a, **kw: seen.append(kw["seed"]) or SPM.for_unet(
+        pipe.unet, "circle", settings={"steps": 7, "lr": s1.spm_lr, "la_strength": s1.la_strength,
+                                       "sampling_steps": s1.steps, "seed": kw["seed"]}))
+    E.train_zoo_spm(pipe, "circle", s1, tmp_path)  # trained (seed 1) and cached under its own name
+    assert seen == [1] and E.spm_cache_path(tmp_path, "circle", s1).is_file()
+    assert not E.spm_cache_path(tmp_path, "circle", s0).exists()
+    E.train_zoo_spm(pipe, "circle", s1, tmp_path)  # read back, not retrained
+    assert seen == [1]
+    E.train_zoo_spm(pipe, "circle", s0, tmp_path)  # seed 0 does not pick up the seed-1 file
+    assert seen == [1, 0]
+    E.spm_cache_path(tmp_path, "circle", s0).rename(E.spm_cache_path(tmp_path, "circle", E.dataclasses.replace(s1, spm_seed=2)))
+    with pytest.raises(ValueError, match="was trained with"):  # a seed-0 SPM under a seed-2 name is refused
+        E.train_zoo_spm(pipe, "circle", E.dataclasses.replace(s1, spm_seed=2), tmp_path)
