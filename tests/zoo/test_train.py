@@ -73,3 +73,32 @@ def test_cooldown_recorded_in_card(tmp_path, monkeypatch):
     card = zoo_train.train_denoiser(recipe("shapes-unet"), 0, 10.0, 2, tmp_path, False, decay_steps=2)
     assert card["command"].endswith("--steps 2 --minutes 600 --decay-steps 2")
     assert "cool-down to 0 over steps 0-2" in card["lr_schedule"]
+
+
+def test_shape_weights_draw_weighted_shapes_more_often(tmp_path):
+    """shape_weights={"star": 3} makes star captions about 3x as frequent in batches; bad weights raise."""
+    from osmos.zoo import data as D
+
+    pool = zoo_train.CaptionPool(96, seed=0, cache=tmp_path / "captions.pt", shape_weights={"star": 3.0})
+    plain = zoo_train.CaptionPool(96, seed=0, cache=tmp_path / "captions.pt")
+    star = D.SHAPES.index("star")
+    assert pool.texts == plain.texts  # the same captions, only drawn with other frequencies
+
+    def star_share(p):
+        g = torch.Generator().manual_seed(1)
+        drawn = []
+        for _ in range(20):
+            _, states, _ = p.batch(64, 16, g, cfg_dropout=0.0)
+            # a caption is identified by its encoded states: map each row back to its pool index
+            match = (states.unsqueeze(1).half() == p.states.unsqueeze(0)).flatten(2).all(-1).float().argmax(1)
+            drawn.append(p.attrs.shape[match])
+        return (torch.cat(drawn) == star).float().mean().item()
+
+    base = (plain.attrs.shape == star).float().mean().item()
+    expected = 3 * base / (3 * base + (1 - base))
+    assert abs(star_share(plain) - base) < 0.05
+    assert abs(star_share(pool) - expected) < 0.06 and star_share(pool) > 2 * base
+    with pytest.raises(ValueError, match="shape_weights"):
+        zoo_train.CaptionPool(96, seed=0, cache=tmp_path / "captions.pt", shape_weights={"blob": 2.0})
+    with pytest.raises(ValueError, match="shape_weights"):
+        zoo_train.CaptionPool(96, seed=0, cache=tmp_path / "captions.pt", shape_weights={"star": 0.0})

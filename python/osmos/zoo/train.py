@@ -36,11 +36,12 @@ class CaptionPool:
     ``frames=F`` renders moving-shape clips instead of images (batches are [n,3,F,size,size]).
     ``heldout_fraction`` of the captions use the paraphrase ("heldout") wordings and templates, so
     the model understands them too (erasure methods are still tuned on the "train" wordings only and
-    evaluated on the paraphrases).
+    evaluated on the paraphrases). ``shape_weights`` ({"star": 2.0, ...}; unnamed shapes 1.0) makes
+    batches draw captions of those shapes that many times as often.
     """
 
     def __init__(self, n: int, seed: int, cache: Path | None = None, pin: dict | None = None, memorize: int = 0,
-                 frames: int = 0, heldout_fraction: float = 0.0):
+                 frames: int = 0, heldout_fraction: float = 0.0, shape_weights: dict | None = None):
         g = torch.Generator().manual_seed(seed)
         self.pin, self.memorize, self.frames = dict(pin or {}), memorize, frames
         if memorize:
@@ -68,10 +69,20 @@ class CaptionPool:
             blob = torch.load(cache, weights_only=True)
         self.states, self.mask = blob["states"], blob["mask"]
         self.empty_states, self.empty_mask = blob["empty_states"], blob["empty_mask"]
+        self.draw_weights = None
+        if shape_weights:
+            unknown = set(shape_weights) - set(D.SHAPES)
+            if unknown or min(shape_weights.values()) <= 0:
+                raise ValueError(f"shape_weights must map shapes of {D.SHAPES} to positive weights, got {shape_weights}")
+            if memorize:
+                raise ValueError("shape_weights does not apply to a memorizing pool")
+            per_shape = torch.tensor([float(shape_weights.get(s, 1.0)) for s in D.SHAPES])
+            self.draw_weights = per_shape[self.attrs.shape]
 
     def batch(self, n: int, size: int, g: torch.Generator, cfg_dropout: float):
         """(images in [-1, 1] [n,3,size,size] (clips: [n,3,F,size,size]), states [n,T,384], mask [n,T])."""
-        idx = torch.randint(len(self.texts), (n,), generator=g)
+        idx = (torch.randint(len(self.texts), (n,), generator=g) if self.draw_weights is None
+               else torch.multinomial(self.draw_weights, n, replacement=True, generator=g))
         if self.memorize:
             images = self.images[idx]
             if images.shape[-1] != size:
@@ -198,7 +209,8 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
         step, seconds, losses = state["step"], state["seconds"], state["losses"]
         print(f"resumed {r.name} at step {step} ({seconds / 60:.1f} min trained)")
     pool = CaptionPool(CAPTION_POOL, seed, cache=out / "captions.pt", pin=r.extra.get("pin"),
-                       frames=r.extra.get("frames", 0), heldout_fraction=r.extra.get("heldout_fraction", 0.0))
+                       frames=r.extra.get("frames", 0), heldout_fraction=r.extra.get("heldout_fraction", 0.0),
+                       shape_weights=r.extra.get("shape_weights"))
     memorized = (CaptionPool(0, seed, cache=out / "memorized_captions.pt", pin=r.extra.get("pin"),
                              memorize=r.extra["memorize"]) if "memorize" in r.extra else None)
     n_params = sum(p.numel() for p in model.parameters())
@@ -224,7 +236,7 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
                         else torch.cuda.get_device_name(dev)),
             **({"memorized_captions": memorized.texts} if memorized else {}),
             **({k: r.extra[k] for k in ("init_from", "pin", "frames", "pure_steps", "fresh_fraction",
-                                                  "heldout_fraction")
+                                                  "heldout_fraction", "shape_weights")
                 if k in r.extra}),
         }
         export(r, ema, card, out)
