@@ -42,6 +42,11 @@ class CaptionPool:
 
     def __init__(self, n: int, seed: int, cache: Path | None = None, pin: dict | None = None, memorize: int = 0,
                  frames: int = 0, heldout_fraction: float = 0.0, shape_weights: dict | None = None):
+        if shape_weights:  # checked before the text encoder runs
+            if set(shape_weights) - set(D.SHAPES) or min(shape_weights.values()) <= 0:
+                raise ValueError(f"shape_weights must map shapes of {D.SHAPES} to positive weights, got {shape_weights}")
+            if memorize:
+                raise ValueError("shape_weights does not apply to a memorizing pool")
         g = torch.Generator().manual_seed(seed)
         self.pin, self.memorize, self.frames = dict(pin or {}), memorize, frames
         if memorize:
@@ -71,11 +76,6 @@ class CaptionPool:
         self.empty_states, self.empty_mask = blob["empty_states"], blob["empty_mask"]
         self.draw_weights = None
         if shape_weights:
-            unknown = set(shape_weights) - set(D.SHAPES)
-            if unknown or min(shape_weights.values()) <= 0:
-                raise ValueError(f"shape_weights must map shapes of {D.SHAPES} to positive weights, got {shape_weights}")
-            if memorize:
-                raise ValueError("shape_weights does not apply to a memorizing pool")
             per_shape = torch.tensor([float(shape_weights.get(s, 1.0)) for s in D.SHAPES])
             self.draw_weights = per_shape[self.attrs.shape]
 

@@ -247,11 +247,10 @@ def train_router(
         raise ValueError(f"lambda_mode must be 'leave_one_out', 'sequential' or None, got {lambda_mode!r}")
     if trajectory not in ("student", "teacher"):
         raise ValueError(f"trajectory must be 'student' or 'teacher', got {trajectory!r}")
-    if error not in ("output", "x0"):
-        raise ValueError(f"error must be 'output' or 'x0', got {error!r}")
     from tqdm.auto import tqdm
 
     scheduler.set_timesteps(num_steps)
+    weights = step_error_weights(scheduler, error)  # also checks `error` before any work
     units = cache_units(transformer)
     router = router or Router.initial(num_steps, len(units), init, type(scheduler).__name__, max_reuse_run)
     router.check_compatible(num_steps, type(scheduler).__name__)
@@ -263,7 +262,6 @@ def train_router(
     att = _Attached(transformer)
     record = TrainRecord()
     lam = torch.ones(num_steps)
-    weights = step_error_weights(scheduler, error)
     # the teacher either leaves the cache to the student ("teacher" mode) or refills it ("fill")
     teacher_mode = "teacher" if trajectory == "student" else "fill"
     desc = "HarmoniCa router" if trajectory == "student" else "L2C router"
