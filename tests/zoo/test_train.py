@@ -53,6 +53,10 @@ def test_caption_pool_mixes_in_paraphrases(tmp_path):
         words = D.WORDS["shape"][D.SHAPES[shape]], D.WORDS["colour"][D.COLOURS[colour]]
         assert any(w in text for w in words[0][0] + words[0][1]) and any(w in text for w in words[1][0] + words[1][1])
     assert pool.states.shape[0] == 96 and (tmp_path / "captions.pt").is_file()
+    other = zoo_train.CaptionPool(96, seed=1, cache=tmp_path / "captions.pt", heldout_fraction=frac)
+    assert other.texts != pool.texts  # a cache written for another seed's captions is not reused
+    fresh = zoo_train.CaptionPool(96, seed=1, heldout_fraction=frac)
+    assert torch.equal(other.states, fresh.states.half())
 
 
 def test_lr_cooldown_schedule_and_card():
@@ -102,3 +106,56 @@ def test_shape_weights_draw_weighted_shapes_more_often(tmp_path):
         zoo_train.CaptionPool(96, seed=0, cache=tmp_path / "captions.pt", shape_weights={"blob": 2.0})
     with pytest.raises(ValueError, match="shape_weights"):
         zoo_train.CaptionPool(96, seed=0, cache=tmp_path / "captions.pt", shape_weights={"star": 0.0})
+
+
+def _two_phase_recipe():
+    import dataclasses
+
+    r = recipe("shapes-unet")
+    return dataclasses.replace(r, extra=dict(r.extra, phases=[
+        {"steps": 2},
+        {"steps": 2, "lr": 1e-12, "warmup_steps": 1, "decay_steps": 2, "shape_weights": {"star": 2.0},
+         "seed_offset": 1}]))
+
+
+def test_phased_recipe_trains_stage_by_stage(tmp_path, monkeypatch):
+    """Each phase starts from the previous phase's EMA weights (a phase at lr 1e-12 keeps them), the
+    exported card sums the phases, and --resume does not retrain finished phases."""
+    monkeypatch.setattr(zoo_train, "CAPTION_POOL", 64)
+    r = _two_phase_recipe()
+    card = zoo_train.train_phases(r, 0, 10.0, tmp_path, resume=False)
+    assert card["steps"] == 4 and card["seed"] == 0 and len(card["phases"]) == 2
+    assert [p["seed"] for p in card["phases"]] == [0, 1] and card["phases"][1]["shape_weights"] == {"star": 2.0}
+    assert card["command"] == "python -m osmos.zoo.train shapes-unet --seed 0"
+    first = load_file(str(tmp_path / "phase1" / "shapes-unet.safetensors"))
+    final = load_file(str(tmp_path / "shapes-unet.safetensors"))
+    assert set(first) == set(final)
+    assert max((first[k].float() - final[k].float()).abs().max().item() for k in first) < 1e-6
+    torch.manual_seed(1)  # what phase 2 (seed 1) would have started from without phase 1's weights
+    fresh = build_model(r).state_dict()
+    assert max((final[k] - fresh[k]).abs().max().item() for k in final) > 1e-2
+    meta = json.loads((tmp_path / "shapes-unet.json").read_text())
+    assert meta["recipe"]["extra"]["phases"] == r.extra["phases"]
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished phase was trained again")
+
+    monkeypatch.setattr(zoo_train, "train_denoiser", no_training)
+    assert zoo_train.train_phases(r, 0, 10.0, tmp_path, resume=True)["steps"] == 4
+
+
+def test_phased_recipe_validation_and_cli(tmp_path):
+    import dataclasses
+
+    r = recipe("shapes-unet")
+    stages = zoo_train.training_phases(r)
+    assert [s[1] for s in stages] == [9283, 4000, 2500] and [s[3] for s in stages] == [0, 0, 1]
+    assert stages[0][0].extra == {"heldout_fraction": 1 / 3} and stages[2][0].lr == 3e-4
+    assert stages[2][0].extra["shape_weights"] == {"star": 4.0, "cross": 2.0} and stages[2][2] == 2500
+    for bad in ([{"steps": 0}], [{"steps": 5, "momentum": 0.9}], [{"steps": 5, "decay_steps": 6}]):
+        with pytest.raises(ValueError, match="phase 1"):
+            zoo_train.training_phases(dataclasses.replace(r, extra={"phases": bad}))
+    with pytest.raises(ValueError, match="no extra"):
+        zoo_train.training_phases(recipe("shapes-dit"))
+    with pytest.raises(SystemExit):  # the recipe fixes the steps of a phased model
+        zoo_train.main(["shapes-unet", "--steps", "5", "--out", str(tmp_path)])

@@ -3,18 +3,21 @@
 Reproducible for a given seed and number of steps (single-threaded CPU math is deterministic);
 resumable (``--resume``) from the checkpoint in ``--out``; every checkpoint also exports the EMA
 weights and a model card, and ``--install`` copies them into the package (osmos/zoo/weights).
+A recipe with ``extra["phases"]`` (shapes-unet) trains in stages whose steps the recipe fixes, each
+stage in ``<out>/phase<i>`` from the previous stage's EMA weights (:func:`train_phases`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm import tqdm
 
@@ -61,17 +64,17 @@ class CaptionPool:
                 self.texts = [b if u else a for a, b, u in zip(self.texts, para, use.tolist())]
                 self.named_style = torch.where(use, para_style, self.named_style)
                 self.named_bg = torch.where(use, para_bg, self.named_bg)
-        if cache is None or not cache.is_file():
+        blob = torch.load(cache, weights_only=True) if cache is not None and cache.is_file() else None
+        if blob is None or blob.get("texts") != self.texts:  # no cache, or one for other captions (seed)
             from osmos.zoo.text import TextEncoder
 
             enc = TextEncoder()
             states, mask = enc(self.texts)
             empty_states, empty_mask = enc([""])
-            blob = {"states": states.half(), "mask": mask, "empty_states": empty_states, "empty_mask": empty_mask}
+            blob = {"states": states.half(), "mask": mask, "empty_states": empty_states, "empty_mask": empty_mask,
+                    "texts": self.texts}
             if cache is not None:
                 torch.save(blob, cache)
-        else:
-            blob = torch.load(cache, weights_only=True)
         self.states, self.mask = blob["states"], blob["mask"]
         self.empty_states, self.empty_mask = blob["empty_states"], blob["empty_mask"]
         self.draw_weights = None
@@ -106,13 +109,13 @@ class CaptionPool:
         return images, states, mask
 
 
-def _initial_weights(r: Recipe, model: torch.nn.Module) -> dict:
-    """The starting state dict of a recipe with ``init_from``: the shipped model's weights, or for a
-    ``UNetMotionModel`` its spatial weights plus fresh motion modules whose output projections are
-    zero (as in AnimateDiff), so that training starts from the image model applied frame by frame."""
-    from safetensors.torch import load_file
-
-    weights = {k: v.float() for k, v in load_file(str(WEIGHTS_DIR / f"{r.extra['init_from']}.safetensors")).items()}
+def _initial_weights(r: Recipe, model: torch.nn.Module, source: Path | None = None) -> dict:
+    """The starting state dict of a recipe with ``init_from``: the shipped model's weights (or those in
+    the safetensors file ``source``), or for a ``UNetMotionModel`` its spatial weights plus fresh motion
+    modules whose output projections are zero (as in AnimateDiff), so that training starts from the
+    image model applied frame by frame."""
+    source = source or WEIGHTS_DIR / f"{r.extra['init_from']}.safetensors"
+    weights = {k: v.float() for k, v in load_file(str(source)).items()}
     if r.model_class != "UNetMotionModel":
         return weights
     import diffusers
@@ -180,10 +183,12 @@ def lr_factor(r: Recipe, step: int, max_steps: int, decay_steps: int = 0) -> flo
 
 
 def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Path, resume: bool,
-                   device: str = "cpu", decay_steps: int = 0) -> dict:
+                   device: str = "cpu", decay_steps: int = 0, init: Path | None = None) -> dict:
     """Train recipe r's denoiser; `device` "cuda" trains on a GPU (data, noise and timesteps are
     still drawn on the CPU from the same seeded generator, so only the arithmetic differs).
-    ``decay_steps`` > 0 cools the learning rate linearly to zero over the run's last steps."""
+    ``decay_steps`` > 0 cools the learning rate linearly to zero over the run's last steps. ``init``
+    (a safetensors file of the same architecture) starts from those weights instead of the recipe's
+    ``init_from`` model or a fresh initialisation."""
     if not 0 <= decay_steps <= max_steps:
         raise ValueError(f"decay_steps must be in [0, max_steps={max_steps}], got {decay_steps}")
     torch.set_num_threads(1)  # deterministic, and fastest on a shared 2-core machine
@@ -191,7 +196,9 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
     torch.manual_seed(seed)
     dev = torch.device(device)
     model = build_model(r)
-    if "init_from" in r.extra:  # a fine-tuned variant starts from a shipped model's weights
+    if init is not None:
+        model.load_state_dict({k: v.float() for k, v in load_file(str(init)).items()})
+    elif "init_from" in r.extra:  # a fine-tuned variant starts from a shipped model's weights
         model.load_state_dict(_initial_weights(r, model))
     model.to(dev)
     sched = build_scheduler(r, "ddpm")
@@ -280,12 +287,72 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
     save()
     return json.loads((out / f"{r.name}.json").read_text())["card"]
 
+PHASE_KEYS = ("steps", "lr", "warmup_steps", "decay_steps", "shape_weights", "seed_offset")
+
+
+def training_phases(r: Recipe) -> list[tuple[Recipe, int, int, int]]:
+    """The stages of a recipe with ``extra["phases"]``: ``[(stage recipe, steps, decay_steps, seed_offset)]``.
+
+    Each phase is a dict with ``steps`` and optionally ``lr``, ``warmup_steps``, ``decay_steps`` (linear
+    cool-down over the phase's last steps), ``shape_weights`` (the phase's caption draw weights) and
+    ``seed_offset`` (the phase trains with seed + offset: other captions, noise and draws). The first
+    phase starts as the recipe says (fresh or ``init_from``); every later one from the previous phase's
+    EMA weights with a fresh optimizer."""
+    phases = r.extra.get("phases")
+    if not phases:
+        raise ValueError(f"recipe {r.name!r} has no extra['phases']")
+    base_extra = {k: v for k, v in r.extra.items() if k not in ("phases", "shape_weights")}
+    stages = []
+    for i, p in enumerate(phases):
+        unknown = set(p) - set(PHASE_KEYS)
+        if unknown or not isinstance(p.get("steps"), int) or p["steps"] < 1:
+            raise ValueError(f"{r.name}: phase {i + 1} must have integer steps >= 1 and only the keys "
+                             f"{PHASE_KEYS}, got {p}")
+        extra = dict(base_extra, **({"shape_weights": p["shape_weights"]} if p.get("shape_weights") else {}))
+        stage = dataclasses.replace(r, lr=p.get("lr", r.lr), warmup_steps=p.get("warmup_steps", r.warmup_steps),
+                                    extra=extra)
+        decay = p.get("decay_steps", 0)
+        if not 0 <= decay <= p["steps"]:
+            raise ValueError(f"{r.name}: phase {i + 1} decay_steps must be in [0, {p['steps']}], got {decay}")
+        stages.append((stage, p["steps"], decay, p.get("seed_offset", 0)))
+    return stages
+
+
+def train_phases(r: Recipe, seed: int, minutes: float, out: Path, resume: bool, device: str = "cpu") -> dict:
+    """Train a phased recipe stage by stage (``<out>/phase1``, ``phase2``, ...; ``minutes`` is each
+    stage's wall-clock budget) and export the last stage's weights to ``out`` with a card that lists
+    the stages. With ``resume`` a finished stage (its card has all its steps) is not trained again and
+    an unfinished one continues from its checkpoint. Returns the card; if a stage ran out of time, that
+    stage's card (fewer steps than the recipe's total)."""
+    cards, init = [], None
+    for i, (stage, steps, decay, offset) in enumerate(training_phases(r)):
+        sub = out / f"phase{i + 1}"
+        meta = sub / f"{r.name}.json"
+        done = resume and meta.is_file() and json.loads(meta.read_text())["card"]["steps"] == steps
+        card = (json.loads(meta.read_text())["card"] if done
+                else train_denoiser(stage, seed + offset, minutes, steps, sub, resume, device, decay, init))
+        if card["steps"] < steps:
+            print(f"{r.name}: phase {i + 1} stopped at step {card['steps']} of {steps}; --resume continues it")
+            return card
+        cards.append(card)
+        init = sub / f"{r.name}.safetensors"
+    card = dict(cards[-1])
+    card.pop("shape_weights", None)
+    card.update(
+        steps=sum(c["steps"] for c in cards), train_minutes=round(sum(c["train_minutes"] for c in cards), 2),
+        seed=seed, final_loss_ema=cards[-1]["final_loss_ema"],
+        lr_schedule=f"{len(cards)} phases, each from the previous one's EMA weights (see phases)",
+        command=f"python -m osmos.zoo.train {r.name} --seed {seed}" + (f" --device {device}" if device != "cpu" else ""),
+        phases=[{k: c[k] for k in ("steps", "seed", "lr_schedule", "shape_weights", "train_minutes",
+                                   "final_loss_ema", "machine") if k in c} for c in cards],
+    )
+    export(r, load_file(str(init)), card, out)
+    return card
+
 
 def install(out: Path, name: str, dtype: torch.dtype = torch.float32, dest: Path = WEIGHTS_DIR) -> None:
     """Copy ``<out>/<name>.safetensors`` (floating tensors cast to ``dtype``) and ``<name>.json`` to ``dest``
     (default: the package's weights folder)."""
-    from safetensors.torch import load_file
-
     dest.mkdir(exist_ok=True)
     weights = load_file(str(out / f"{name}.safetensors"))
     save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}, str(dest / f"{name}.safetensors"))
@@ -298,11 +365,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m osmos.zoo.train", description=__doc__)
     p.add_argument("name", help="shapes-unet | shapes-unet-ft | shapes-memorized | shapes-dit | shapes-video | classifier")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--minutes", type=float, default=45.0, help="wall-clock training budget")
-    p.add_argument("--steps", type=int, default=100_000, help="stop after this many optimizer steps")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="wall-clock training budget (default 45; for a phased recipe, per phase and unlimited)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="stop after this many optimizer steps (default 100000; a phased recipe fixes its own)")
     p.add_argument("--out", type=Path, default=None, help="work folder (checkpoints); default out/zoo/<name>")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
-    p.add_argument("--decay-steps", type=int, default=0,
+    p.add_argument("--decay-steps", type=int, default=None,
                    help="cool the learning rate linearly to 0 over the last N steps before --steps (0: constant)")
     p.add_argument("--device", default="cpu", help="cpu, or cuda to train a denoiser on a GPU (the classifier trains on the CPU)")
     p.add_argument("--pool-size", type=int, default=8192, help="classifier only: renders in its training pool")
@@ -314,11 +383,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.name == "classifier":
         from osmos.zoo.classifier import train_classifier
 
-        card = train_classifier(seed=args.seed, minutes=args.minutes, max_steps=args.steps, out=out,
+        card = train_classifier(seed=args.seed, minutes=45.0 if args.minutes is None else args.minutes,
+                                max_steps=100_000 if args.steps is None else args.steps, out=out,
                                 pool_size=args.pool_size, resume=args.resume)
+    elif "phases" in recipe(args.name).extra:
+        if args.steps is not None or args.decay_steps is not None:
+            p.error(f"{args.name} trains in phases whose steps and cool-downs its recipe fixes: "
+                    "drop --steps / --decay-steps")
+        r = recipe(args.name)
+        card = train_phases(r, args.seed, float("inf") if args.minutes is None else args.minutes, out, args.resume,
+                            args.device)
+        if card["steps"] < sum(s[1] for s in training_phases(r)):
+            return 1
     else:
-        card = train_denoiser(recipe(args.name), args.seed, args.minutes, args.steps, out, args.resume, args.device,
-                              args.decay_steps)
+        card = train_denoiser(recipe(args.name), args.seed, 45.0 if args.minutes is None else args.minutes,
+                              100_000 if args.steps is None else args.steps, out, args.resume, args.device,
+                              args.decay_steps or 0)
     print(json.dumps(card, indent=2))
     if args.install:
         install(out, args.name, getattr(torch, args.install_dtype))
