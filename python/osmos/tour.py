@@ -36,14 +36,14 @@ def part_zoo(out_dir: Path) -> dict:
 
 
 def part_erase(out_dir: Path) -> dict:
-    """Concept erasure: a closed-form UCE edit removes "red" from shapes-unet; same prompts and
+    """Concept erasure: a closed-form RECE edit removes "red" from shapes-unet; same prompts and
     latents before and after, read by the zoo classifier."""
     from osmos.zoo.demo import run_erase_demo
 
     r = run_erase_demo(out_dir)
     n_target = r["images"] // 2 - r["others_images"]
     return {
-        "part": f"Concept erasure, UCE closed form: \"{r['concept']}\" out of {r['model']} ({r['layers']} K/V layers)",
+        "part": f"Concept erasure, {r['method']} closed form: \"{r['concept']}\" out of {r['model']} ({r['layers']} K/V layers)",
         "result": f"edit {r['edit_seconds']:.2f} s; classifier sees {r['concept']} in {r['target_rate_before']:.0%} -> "
         f"{r['target_rate_after']:.0%} of {n_target} images of its prompts (chance {r['chance']:.0%}); "
         f"other prompts' (shape, colour) accuracy {r['others_acc_before']:.0%} -> {r['others_acc_after']:.0%} "

@@ -11,7 +11,7 @@ from osmos.zoo.demo import run_erase_demo, run_replication_demo
 
 def test_erase_demo_removes_red_and_undoes_exactly(tmp_path):
     r = run_erase_demo(tmp_path, "red", seeds=(0,), num_inference_steps=10)
-    # shapes-unet draws red reliably; after UCE the classifier (almost) never sees it
+    # shapes-unet draws red reliably; after RECE the classifier (almost) never sees it
     assert r["target_rate_before"] >= 0.8
     assert r["target_rate_after"] <= r["chance"] + 1e-6  # float32 rate vs float64 chance
     # the 4 unrelated prompts keep their (shape, colour) accuracy within one image
@@ -21,9 +21,11 @@ def test_erase_demo_removes_red_and_undoes_exactly(tmp_path):
         assert im.size == (10 * 65 + 1, 2 * 65 + 1)
 
 
-def test_erase_demo_rejects_style_concepts(tmp_path):
+def test_erase_demo_rejects_style_concepts_and_unknown_methods(tmp_path):
     with pytest.raises(ValueError, match="shape or a colour"):
         run_erase_demo(tmp_path, "striped")
+    with pytest.raises(ValueError, match="method"):
+        run_erase_demo(tmp_path, "red", method="esd")
 
 
 def test_replication_demo_separates_memorized_captions(tmp_path):
