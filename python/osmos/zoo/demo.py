@@ -79,7 +79,7 @@ def run_erase_demo(out_dir: str | Path, concept: str = "red", seeds: Sequence[in
     ``method="uce"``: the edit maps the concept's training wordings to the empty prompt on every
     cross-attention key and value projection and preserves the other values of its kind;
     ``"rece"`` (default) adds two RECE epochs, each erasing an embedding that still regenerates the
-    concept in the edited model (UCE alone leaves 0.25-0.58 of the concept's images on shapes-unet:
+    concept in the edited model (UCE alone leaves the concept in 0.58 (circle) and 0.25 (red) of its images:
     benchmarks/RESULTS.md, "Concept erasure on the embedded model"). The same prompts and starting
     latents go through the model before and after: the prompts naming the concept with every value
     of the other kind, and 4 unrelated (shape, colour) prompts, one image per (prompt, seed).
