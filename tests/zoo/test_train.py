@@ -144,7 +144,7 @@ def test_phased_recipe_trains_stage_by_stage(tmp_path, monkeypatch):
     assert zoo_train.train_phases(r, 0, 10.0, tmp_path, resume=True)["steps"] == 4
 
 
-def test_phased_recipe_validation_and_cli(tmp_path):
+def test_phased_recipe_validation_and_cli(tmp_path, monkeypatch):
     import dataclasses
 
     r = recipe("shapes-unet")
@@ -159,3 +159,10 @@ def test_phased_recipe_validation_and_cli(tmp_path):
         zoo_train.training_phases(recipe("shapes-dit"))
     with pytest.raises(SystemExit):  # the recipe fixes the steps of a phased model
         zoo_train.main(["shapes-unet", "--steps", "5", "--out", str(tmp_path)])
+    monkeypatch.setattr(zoo_train, "CAPTION_POOL", 64)
+    # out of time in phase 1: exit status 1, the partial phase exported for --resume
+    assert zoo_train.main(["shapes-unet", "--minutes", "0", "--out", str(tmp_path / "unet")]) == 1
+    assert json.loads((tmp_path / "unet" / "phase1" / "shapes-unet.json").read_text())["card"]["steps"] == 0
+    assert not (tmp_path / "unet" / "phase2").exists()
+    assert zoo_train.main(["shapes-dit", "--steps", "1", "--out", str(tmp_path / "dit")]) == 0  # unphased: --steps
+    assert json.loads((tmp_path / "dit" / "shapes-dit.json").read_text())["card"]["steps"] == 1
