@@ -2,18 +2,16 @@
 
 import pytest
 import torch
-
 from osmos.accel.harmonica.router import Router, budget_mask, budget_router
 
 pytest.importorskip("diffusers")
-from test_harmonica import T, _train, run, tiny_dit  # noqa: E402
-
 from osmos.accel.harmonica import (  # noqa: E402
     HarmonicaConfig,
     apply_harmonica,
     image_errors,
     select_by_image_error,
 )
+from test_harmonica import T, _train, run, tiny_dit  # noqa: E402
 
 
 def random_step_router(steps, units, seed, bound=None):

@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-
 GRANULARITIES = ("unit", "step")
 
 
