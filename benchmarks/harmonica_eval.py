@@ -14,6 +14,16 @@ latents:
 * ``<method>@fora-N``: the method's best-quality router restricted to FORA-N's compute budget
   (its most probable (step, unit) pairs), i.e. the same cache usage as FORA-N.
 
+``--step-methods harmonica`` also trains, per beta and ``--step-init``, a whole-step router
+(``granularity="step"``: one logit per step, all units of a step computed or reused together;
+rows ``harmonica step ...`` and ``harmonica step@fora-N``). ``--select B`` adds rows
+``selected@fora-N``: among the HarmoniCa budget rows at FORA-N's usage (every granularity and
+bound) and FORA-N itself, the one whose final samples on B calibration batches (training-wording
+prompts, noise seed 1000 + seed: not the evaluation's prompts and seed) are closest to the
+uncached ones (`osmos.accel.harmonica.select_by_image_error`). ``--routers-from JSON`` reuses
+the routers a previous run trained (its saved probabilities, matched by row name) instead of
+training them again.
+
 ``--max-reuse-run K`` bounds the learned routers (training and threshold) to at most K
 consecutive reuses of a unit (`Router.max_reuse_run`; 0 = no bound); ``--budget-bounds K ...``
 restricts them to each budget under each bound (rows ``<method>@fora-N K=k``; default: K).
@@ -25,7 +35,9 @@ A scatter of MSE to the uncached images against speed-up goes to ``..._pareto.pn
 Columns: cache usage (fraction of attention/MLP evaluations served from the cache), wall-clock
 speed-up over ``none`` (median of interleaved repeats, generating one fixed batch), classifier
 accuracy (shape and colour both right, per (shape, colour) prompt), Frechet distance of classifier
-features to real renders, and MSE / PSNR of the images to the uncached images from the same latents.
+features to real renders, and MSE / PSNR of the images to the uncached images from the same latents
+(mean over images, and the median of the per-image MSE: the mean is dominated by the few samples
+whose shape or layout the cache changes).
 Writes benchmarks/figures/harmonica_eval_<T><tag>.{json,png} (table, grid: one row per method)
 and harmonica_eval_<T><tag>_pareto.png (MSE to the uncached images against speed-up).
 Without shipped weights or --weights the DiT is untrained: the numbers then only test plumbing.
@@ -41,8 +53,13 @@ from pathlib import Path
 
 import osmos.zoo
 import torch
-from osmos.accel.harmonica import HarmonicaConfig, Router, apply_harmonica, cache_units
-from osmos.accel.harmonica.pipeline import budget_router, train_pipeline_router
+from osmos.accel.harmonica import HarmonicaConfig, Router, apply_harmonica, cache_units, select_by_image_error
+from osmos.accel.harmonica.pipeline import (
+    budget_router,
+    guided_denoiser,
+    prompt_sampler,
+    train_pipeline_router,
+)
 from osmos.accel.harmonica.router import max_reuse_fraction
 from osmos.zoo import data as D
 from osmos.zoo.evaluate import evaluate
@@ -71,6 +88,27 @@ def router_prompts(n_variants: int = 6) -> list[str]:
     return [D.prompt_for(s, c, "train", variant=k) for s in D.SHAPES for c in D.COLOURS for k in range(n_variants)]
 
 
+def load_trained(paths: list[Path], steps: int, n_units: int, scheduler: str) -> dict[str, tuple[Router, dict]]:
+    """{row name: (router, its training record)} for the routers earlier runs at `steps` steps trained
+    (rebuilt from their saved probabilities: same threshold decisions and budget restrictions)."""
+    found: dict[str, tuple[Router, dict]] = {}
+    for path in paths:
+        out = json.loads(path.read_text())
+        if out["steps"] != steps:
+            continue
+        bound = out["training"].get("max_reuse_run")
+        for name, info in out["training"].items():
+            if not (isinstance(info, dict) and "probabilities" in info):
+                continue
+            granularity = info.get("granularity", "unit")
+            p = torch.tensor(info["probabilities"], dtype=torch.float64)
+            router = Router(steps, n_units, scheduler, max_reuse_run=bound, granularity=granularity)
+            with torch.no_grad():
+                router.logits.copy_(torch.logit(p if granularity == "unit" else p[:, :1]).float())
+            found[name] = (router, {**info, "loaded_from": str(path)})
+    return found
+
+
 def time_methods(pipe, routers: dict[str, Router | None], steps: int, batch: int, repeats: int) -> dict[str, float]:
     """Median seconds to sample one fixed batch, methods interleaved round-robin (same inputs)."""
     prompts = [D.prompt_for(s, c) for s in D.SHAPES for c in D.COLOURS][:batch]
@@ -90,11 +128,11 @@ def time_methods(pipe, routers: dict[str, Router | None], steps: int, batch: int
     return {name: statistics.median(v) for name, v in times.items()}
 
 
-def quality(pipe, router: Router | None, steps: int, per_pair: int, clf) -> dict:
+def quality(pipe, router: Router | None, steps: int, per_pair: int, clf, seed: int = 0) -> dict:
     handle = apply_harmonica(pipe.unet, HarmonicaConfig(router, THRESHOLD)) if router is not None else None
     try:
         res = evaluate(pipe, per_pair=per_pair, splits=("train",), num_inference_steps=steps, classifier=clf,
-                       keep_images=True)
+                       keep_images=True, seed=seed)
     finally:
         if handle is not None:
             handle.remove()
@@ -109,28 +147,47 @@ def run(args, pipe, clf, steps: int) -> dict:
         routers[f"fora-{n}"] = Router.fora(steps, n_units, n, sched)
     bound = args.max_reuse_run or None
     train_info: dict = {"max_reuse_run": bound}
-    trained: dict[str, dict[str, Router]] = {m: {} for m in args.methods}
-    for method in args.methods:
-        for beta, init in [(b, i) for i in args.init for b in args.betas]:
-            name = f"{method} b={beta:g}" + (f" init={init}" if init != 0.0 else "")
+    previous = load_trained(args.routers_from, steps, n_units, sched)
+    jobs = [(m, "unit", b, i) for m in args.methods for i in args.init for b in args.betas]
+    jobs += [(m, "step", b, i) for m in args.step_methods for i in (args.step_init or args.init) for b in args.betas]
+    trained: dict[str, dict[str, Router]] = {}
+    for method, granularity, beta, init in jobs:
+        family = method if granularity == "unit" else f"{method} step"
+        name = f"{family} b={beta:g}" + (f" init={init}" if init != 0.0 else "")
+        if name in previous:
+            router, train_info[name] = previous[name]
+        else:
             extra = {"refresh_every": args.refresh_every, "iepo_warmup": args.iepo_warmup,
                      "lambda_mode": args.lambda_mode} if method == "harmonica" else {}
             t0 = time.time()
             router, rec = train_pipeline_router(
                 pipe, steps, beta, router_prompts(), batch_size=args.router_batch, method=method,
                 iterations=args.iterations, lr=args.lr, init=init, error=args.error, threshold=THRESHOLD,
-                max_reuse_run=bound, seed=args.seed, progress=not args.quiet, **extra)
-            trained[method][name] = router
-            routers[name] = router
+                max_reuse_run=bound, granularity=granularity, seed=args.seed, progress=not args.quiet, **extra)
             train_info[name] = {"seconds": round(time.time() - t0, 1), "final_loss": rec.losses[-1],
-                                "cache_usage": rec.cache_usage[-1], "probabilities": router.probabilities().tolist(),
+                                "cache_usage": rec.cache_usage[-1], "granularity": granularity,
+                                "probabilities": router.probabilities().tolist(),
                                 **({"lambdas": rec.lambdas} if rec.lambdas else {})}
+        trained.setdefault(family, {})[name] = router
+        if not args.budget_only:
+            routers[name] = router
 
-    results = {name: quality(pipe, r, steps, args.per_pair, clf) for name, r in routers.items()}
+    evaluated: dict[bytes, dict] = {}  # quality is a function of the compute mask: evaluate each mask once
+
+    def quality_of(router: Router | None) -> dict:
+        key = b"none" if router is None else router.compute_mask(THRESHOLD).numpy().tobytes()
+        if key not in evaluated:
+            evaluated[key] = quality(pipe, router, steps, args.per_pair, clf, args.eval_seed)
+        return evaluated[key]
+
+    results = {name: quality_of(r) for name, r in routers.items()}
     ref = results["none"]["images"]["train"]
 
     def mse(name: str) -> float:
         return float((results[name]["images"]["train"] - ref).pow(2).mean())
+
+    def mse_median(name: str) -> float:  # the mean is dominated by the few samples that change shape
+        return float((results[name]["images"]["train"] - ref).pow(2).flatten(1).mean(1).median())
 
     # each trainer at fixed budgets, most probable pairs only, from its most accurate router (ties: lowest
     # MSE) or (--budget-source usage) the router whose own cache usage is closest to the budget
@@ -141,8 +198,10 @@ def run(args, pipe, clf, steps: int) -> dict:
         if not family:
             continue
         for label, usage in budgets.items():
-            best = min(family, key=lambda k: ((abs(family[k].cache_usage(THRESHOLD) - usage) if args.budget_source
-                                               == "usage" else 0.0), -results[k]["train"]["mean"], mse(k)))
+            if args.budget_source == "usage":
+                best = min(family, key=lambda k: abs(family[k].cache_usage(THRESHOLD) - usage))
+            else:
+                best = min(family, key=lambda k: (-results[k]["train"]["mean"], mse(k)))
             train_info[f"{method}@{label} source"] = best
             for k in bounds:
                 name = f"{method}@{label}" + (f" K={k}" if len(bounds) > 1 or k else "")
@@ -150,7 +209,20 @@ def run(args, pipe, clf, steps: int) -> dict:
                     train_info[name] = f"skipped: with K={k} at most {max_reuse_fraction(steps, k or None):.2f} can be reused"
                     continue
                 routers[name] = budget_router(family[best], 1.0 - usage, k or None)
-                results[name] = quality(pipe, routers[name], steps, args.per_pair, clf)
+                results[name] = quality_of(routers[name])
+    if args.select:
+        sample_batch = prompt_sampler(pipe, router_prompts(), args.router_batch)
+        for n in args.fora:
+            label = f"fora-{n}"
+            cands = {label: routers[label]}  # first: a learned schedule equal to FORA's is reported as FORA
+            cands.update({k: r for k, r in routers.items()
+                          if k.startswith("harmonica") and "@" in k and k.split("@")[1].split()[0] == label})
+            chosen = select_by_image_error(pipe.unet, pipe.scheduler, cands, sample_batch=sample_batch,
+                                           denoise=guided_denoiser(pipe), batches=args.select, seed=1000 + args.seed,
+                                           threshold=THRESHOLD)
+            train_info[f"selected@{label}"] = {"winner": chosen.name, "calibration_mse": chosen.errors}
+            routers[f"selected@{label}"] = chosen.router
+            results[f"selected@{label}"] = quality_of(chosen.router)
     seconds = time_methods(pipe, routers, steps, args.time_batch, args.repeats)
 
     rows = []
@@ -164,7 +236,7 @@ def run(args, pipe, clf, steps: int) -> dict:
             "speedup": seconds["none"] / seconds[name],
             "acc": res["train"]["mean"], "shape_acc": res["train"]["shape_acc"],
             "colour_acc": res["train"]["colour_acc"], "frechet": res["frechet"],
-            "mse_vs_none": err, "psnr_vs_none": float("inf") if err == 0 else float(-10 * torch.log10(torch.tensor(err))),
+            "mse_vs_none": err, "mse_median_vs_none": mse_median(name), "psnr_vs_none": float("inf") if err == 0 else float(-10 * torch.log10(torch.tensor(err))),
             "compute_mask": None if router is None else router.compute_mask(THRESHOLD).int().tolist(),
         })
     # grid: one row per method; columns: every shape in two colours (same latents in every row)
@@ -187,9 +259,11 @@ def plot_pareto(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = {"fora": ("k", "s"), "harmonica": ("tab:blue", "o"), "l2c": ("tab:orange", "^")}
+    styles = {"fora": ("k", "s"), "harmonica step": ("tab:green", "D"), "harmonica": ("tab:blue", "o"),
+              "l2c": ("tab:orange", "^"), "selected": ("tab:red", "*")}
     for family, (colour, marker) in styles.items():
-        pts = [r for r in rows if r["method"].startswith(family) and r["mse_vs_none"] > 0]
+        pts = [r for r in rows if r["method"].startswith(family) and r["mse_vs_none"] > 0
+               and not (family == "harmonica" and r["method"].startswith("harmonica step"))]
         if not pts:
             continue
         ax.scatter([r["speedup"] for r in pts], [r["mse_vs_none"] for r in pts], c=colour, marker=marker, label=family)
@@ -210,22 +284,29 @@ def plot_pareto(rows: list[dict], path: Path, title: str) -> None:
 def print_table(out: dict, source: str) -> None:
     print(f"\nshapes-dit ({source}), DDIM {out['steps']} steps, CFG {out['guidance']}"
           f", Frechet real vs real {out['frechet_real_vs_real']:.2f}")
-    print("| method | cache usage | s / batch | speed-up | pair acc | shape acc | colour acc | Frechet | MSE vs none | PSNR vs none (dB) |")
-    print("|---" * 10 + "|")
+    print("| method | cache usage | s / batch | speed-up | pair acc | shape acc | colour acc | Frechet | MSE vs none "
+          "| median image MSE | PSNR vs none (dB) |")
+    print("|---" * 11 + "|")
     for r in out["rows"]:
+        median = f"{r['mse_median_vs_none']:.2e}" if "mse_median_vs_none" in r else "-"
         print(f"| {r['method']} | {r['cache_usage']:.2f} | {r['seconds']:.3f} | {r['speedup']:.2f}x | {r['acc']:.3f} | "
-              f"{r['shape_acc']:.3f} | {r['colour_acc']:.3f} | {r['frechet']:.2f} | {r['mse_vs_none']:.2e} | "
+              f"{r['shape_acc']:.3f} | {r['colour_acc']:.3f} | {r['frechet']:.2f} | {r['mse_vs_none']:.2e} | {median} | "
               f"{r['psnr_vs_none']:.1f} |")
     for name, info in out["training"].items():
         if name == "max_reuse_run":
             print(f"- learned routers bounded to {info} consecutive reuses" if info else "- no reuse-run bound")
+        elif isinstance(info, dict) and "winner" in info:
+            errs = ", ".join(f"{k} {v:.2e}" for k, v in info["calibration_mse"].items())
+            print(f"- {name}: {info['winner']} (calibration MSE to the uncached samples: {errs})")
         elif isinstance(info, dict):
             lam = ""
             if "lambdas" in info:
                 last = info["lambdas"][-1][1:]
                 lam = f", IEPO lambda(t) at the last of {len(info['lambdas'])} refreshes in [{min(last):.2f}, {max(last):.2f}]"
-            print(f"- {name}: trained in {info['seconds']} s, cache usage {info['cache_usage']:.2f}, "
-                  f"final loss {info['final_loss']:.3g}{lam}")
+            trained = f"trained in {info['seconds']} s"
+            if "loaded_from" in info:
+                trained = f"loaded from {info['loaded_from']} ({trained})"
+            print(f"- {name}: {trained}, cache usage {info['cache_usage']:.2f}, final loss {info['final_loss']:.3g}{lam}")
         elif name.endswith(" source"):
             print(f"- {name[:-len(' source')]}: {info} restricted to that compute budget")
         else:
@@ -264,6 +345,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--betas", type=float, nargs="+", default=[5e-4], help="compute penalties (one router each)")
     p.add_argument("--methods", nargs="*", default=["harmonica", "l2c"], choices=["harmonica", "l2c"],
                    help="router trainers: HarmoniCa (SDT + IEPO) and the Learning-to-Cache-style baseline")
+    p.add_argument("--step-methods", nargs="*", default=[], choices=["harmonica", "l2c"],
+                   help="trainers that also train a whole-step router (granularity 'step') per beta and --step-init")
+    p.add_argument("--step-init", type=_init_arg, nargs="*", default=None,
+                   help="starting points of the whole-step routers (default: --init)")
+    p.add_argument("--select", type=int, default=0,
+                   help="calibration batches for the selected@fora-N rows (0: no such rows)")
+    p.add_argument("--routers-from", type=Path, nargs="*", default=[],
+                   help="earlier runs' JSON files: reuse their trained routers (same row names) instead of training")
+    p.add_argument("--budget-only", action="store_true",
+                   help="evaluate the learned routers only at the fixed budgets, not at their own threshold")
+    p.add_argument("--eval-seed", type=int, default=0, help="noise seed of the evaluation images")
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--init", type=_init_arg, nargs="+", default=[0.0],
@@ -296,6 +388,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="10 steps, tiny router training: under 2 minutes")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    if args.budget_only and args.budget_source != "usage":
+        p.error("--budget-only needs --budget-source usage (the learned routers' own rows are not evaluated)")
     if args.quick:
         args.steps, args.fora, args.betas = [10], [2], [3e-4]
         args.iterations, args.refresh_every, args.iepo_warmup, args.router_batch = 3, 3, 1, 2

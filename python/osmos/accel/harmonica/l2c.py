@@ -35,12 +35,13 @@ def train_l2c_router(
     error: str = "x0",
     init: float | str = 0.0,
     max_reuse_run: int | None = None,
+    granularity: str = "unit",
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[Router, TrainRecord]:
     """Train a Router L2C-style: `train_router`'s loop with the teacher's trajectory and cache and
-    no IEPO (lambda = 1; arguments as `train_router`, no lambda ones)."""
+    no IEPO (lambda = 1; arguments as `train_router`, no lambda or selection ones)."""
     return train_router(transformer, scheduler, num_steps=num_steps, sample_batch=sample_batch, denoise=denoise,
                         beta=beta, iterations=iterations, lr=lr, lambda_mode=None, trajectory="teacher", error=error,
-                        threshold=threshold, init=init, max_reuse_run=max_reuse_run, seed=seed,
+                        threshold=threshold, init=init, max_reuse_run=max_reuse_run, granularity=granularity, seed=seed,
                         progress=progress)

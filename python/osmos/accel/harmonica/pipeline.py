@@ -59,8 +59,10 @@ def train_pipeline_router(pipe, num_steps: int, beta: float, prompts: Sequence[s
                           **kwargs) -> tuple[Router, TrainRecord]:
     """Train a router for ``pipe`` at ``num_steps`` sampling steps. method "harmonica": `train_router`
     (kwargs: iterations, lr, lambda_mode, refresh_every, iepo_warmup, threshold, error, init,
-    max_reuse_run, seed, progress);
-    "l2c": the Learning-to-Cache-style baseline `train_l2c_router` (same kwargs, no lambda ones)."""
+    max_reuse_run, granularity, select_batches, seed, progress; the calibration batches of
+    select_batches are drawn from `prompts` like the training batches);
+    "l2c": the Learning-to-Cache-style baseline `train_l2c_router` (same kwargs, no lambda or
+    selection ones)."""
     from osmos.accel.harmonica.l2c import train_l2c_router
 
     trainers = {"harmonica": train_router, "l2c": train_l2c_router}

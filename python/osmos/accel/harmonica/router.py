@@ -1,4 +1,5 @@
-"""The router: T x 2N logits over (sampling step, cache unit), and fixed-schedule baselines."""
+"""The router: T x 2N logits over (sampling step, cache unit) -- or T logits, one per step, with
+granularity "step" -- and fixed-schedule baselines."""
 
 from __future__ import annotations
 
@@ -7,6 +8,14 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+
+GRANULARITIES = ("unit", "step")
+
+
+def _check_granularity(granularity: str) -> str:
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be 'unit' or 'step', got {granularity!r}")
+    return granularity
 
 
 def _check_max_reuse_run(max_reuse_run: int | None) -> int | None:
@@ -112,6 +121,14 @@ class Router(torch.nn.Module):
     """Logits theta [T, 2N]; r = sigmoid(theta). Inference computes unit k at step t iff
     r[t, k] > threshold; the first step always computes (the cache is empty).
 
+    `granularity`: "unit" (the paper's router: one logit per (step, unit)) or "step" (one logit
+    per step, theta [T, 1], shared by all 2N units of the step: a step is computed or reused
+    whole). Step routing contains every FORA schedule; what it learns is which steps to reuse
+    (for instance more computation at the early, high-noise steps than a uniform interval gives).
+    Everything downstream sees r as [T, 2N] (`probabilities` expands the step logits), so
+    training's soft mixing, the threshold, the reuse-run bound and the budget projection
+    (`budget_router` picks whole steps) work unchanged.
+
     `max_reuse_run` bounds how stale a cache entry may get: a unit served from the cache at
     that many consecutive steps is recomputed at the next one, whatever its probability
     (1: never reused twice in a row, FORA-2's staleness; None: no bound). Unbounded routers
@@ -119,16 +136,19 @@ class Router(torch.nn.Module):
     error of that stale output then propagates through every later step.
 
     `scheduler` and `num_steps` record what the router was trained for: a router only fits the
-    step grid it was trained on, so `check_compatible` refuses another one. All three are saved
-    with the router.
+    step grid it was trained on, so `check_compatible` refuses another one. They, the bound and
+    the granularity are saved with the router.
     """
 
     def __init__(self, num_steps: int, num_units: int, scheduler: str = "", init: float = 5.0,
-                 max_reuse_run: int | None = None):
+                 max_reuse_run: int | None = None, granularity: str = "unit"):
         super().__init__()
         if num_steps < 1 or num_units < 1:
             raise ValueError(f"num_steps and num_units must be >= 1, got {num_steps} and {num_units}")
-        self.logits = torch.nn.Parameter(torch.full((num_steps, num_units), float(init)))
+        self.granularity = _check_granularity(granularity)
+        self._num_units = num_units
+        columns = num_units if granularity == "unit" else 1
+        self.logits = torch.nn.Parameter(torch.full((num_steps, columns), float(init)))
         self.scheduler = scheduler
         self.max_reuse_run = _check_max_reuse_run(max_reuse_run)
 
@@ -138,10 +158,12 @@ class Router(torch.nn.Module):
 
     @property
     def num_units(self) -> int:
-        return self.logits.shape[1]
+        return self._num_units
 
     def probabilities(self) -> Tensor:
-        return torch.sigmoid(self.logits)
+        """r [T, 2N] (a step router's T probabilities expanded over the units; differentiable)."""
+        r = torch.sigmoid(self.logits)
+        return r if self.granularity == "unit" else r.expand(-1, self._num_units)
 
     def compute_mask(self, threshold: float = 0.1) -> Tensor:
         """bool [T, 2N]: True where the unit is recomputed (threshold, first step, reuse-run bound)."""
@@ -166,36 +188,48 @@ class Router(torch.nn.Module):
 
     # ------------------------------------------------------------------ baselines
     @classmethod
-    def from_mask(cls, mask: Tensor, scheduler: str = "", max_reuse_run: int | None = None) -> "Router":
-        """A fixed router that computes exactly where mask [T, 2N] is True (and the bound forces)."""
-        r = cls(mask.shape[0], mask.shape[1], scheduler, max_reuse_run=max_reuse_run)
+    def from_mask(cls, mask: Tensor, scheduler: str = "", max_reuse_run: int | None = None,
+                  granularity: str = "unit") -> "Router":
+        """A fixed router that computes exactly where mask [T, 2N] is True (and the bound forces).
+        granularity "step" needs every row of the mask to be all True or all False."""
+        mask = mask.bool().cpu()
+        r = cls(mask.shape[0], mask.shape[1], scheduler, max_reuse_run=max_reuse_run, granularity=granularity)
+        if granularity == "step":
+            if not mask.all(dim=1).eq(mask.any(dim=1)).all():
+                raise ValueError("mask: granularity 'step' needs each step's units all computed or all reused")
+            mask = mask[:, :1]
         with torch.no_grad():
-            r.logits.copy_(torch.where(mask.bool().cpu(), 5.0, -5.0))
+            r.logits.copy_(torch.where(mask, 5.0, -5.0))
         return r
 
     @classmethod
     def initial(cls, num_steps: int, num_units: int, init: float | str, scheduler: str = "",
-                max_reuse_run: int | None = None) -> "Router":
+                max_reuse_run: int | None = None, granularity: str = "unit") -> "Router":
         """A router to start training from. init: a number (every logit; 0: r = 0.5 everywhere) or
         "fora-N" (a warm start at FORA-N's schedule: logits +5 where FORA-N computes, -5 where it
         reuses; "fora-1" computes everything)."""
+        _check_granularity(granularity)
         if isinstance(init, str):
             prefix, _, interval = init.partition("-")
             if prefix != "fora" or not interval.isdigit() or int(interval) < 1:
                 raise ValueError(f"init must be a number or 'fora-N' with N >= 1, got {init!r}")
             warm = cls.fora(num_steps, num_units, int(interval), scheduler)
-            return cls.from_mask(warm.compute_mask(), scheduler, max_reuse_run)
+            return cls.from_mask(warm.compute_mask(), scheduler, max_reuse_run, granularity)
         if isinstance(init, bool) or not isinstance(init, (int, float)):
             raise TypeError(f"init must be a number or 'fora-N', got {type(init).__name__}")
-        return cls(num_steps, num_units, scheduler, init=float(init), max_reuse_run=max_reuse_run)
+        return cls(num_steps, num_units, scheduler, init=float(init), max_reuse_run=max_reuse_run,
+                   granularity=granularity)
 
     @classmethod
-    def fora(cls, num_steps: int, num_units: int, interval: int, scheduler: str = "") -> "Router":
-        """FORA: recompute every unit every `interval` steps, reuse in between."""
+    def fora(cls, num_steps: int, num_units: int, interval: int, scheduler: str = "",
+             granularity: str = "unit") -> "Router":
+        """FORA: recompute every unit every `interval` steps, reuse in between (the same schedule
+        at either granularity)."""
         if interval < 1:
             raise ValueError(f"interval must be >= 1, got {interval}")
         steps = torch.arange(num_steps)
-        return cls.from_mask((steps % interval == 0)[:, None].expand(num_steps, num_units), scheduler)
+        return cls.from_mask((steps % interval == 0)[:, None].expand(num_steps, num_units), scheduler,
+                             granularity=granularity)
 
     @classmethod
     def always(cls, num_steps: int, num_units: int, scheduler: str = "") -> "Router":
@@ -207,7 +241,8 @@ class Router(torch.nn.Module):
         from safetensors.torch import save_file
 
         meta = {"format": "osmos.harmonica.router/1", "scheduler": self.scheduler, "num_steps": str(self.num_steps),
-                "max_reuse_run": "" if self.max_reuse_run is None else str(self.max_reuse_run)}
+                "max_reuse_run": "" if self.max_reuse_run is None else str(self.max_reuse_run),
+                "granularity": self.granularity, "num_units": str(self.num_units)}
         save_file({"logits": self.logits.detach().contiguous()}, str(path), metadata=meta)
 
     @classmethod
@@ -220,20 +255,30 @@ class Router(torch.nn.Module):
                 raise ValueError(f"{path} is not an osmos HarmoniCa router file")
             logits = f.get_tensor("logits")
         bound = meta.get("max_reuse_run", "")  # absent in files written before the bound existed
-        r = cls(logits.shape[0], logits.shape[1], meta.get("scheduler", ""), max_reuse_run=int(bound) if bound else None)
+        granularity = meta.get("granularity", "unit")  # absent in files written before step routing
+        units = int(meta.get("num_units", logits.shape[1]))
+        if granularity == "step" and logits.shape[1] != 1:
+            raise ValueError(f"{path}: a step router's logits must be [T, 1], got {list(logits.shape)}")
+        r = cls(logits.shape[0], units, meta.get("scheduler", ""), max_reuse_run=int(bound) if bound else None,
+                granularity=granularity)
         with torch.no_grad():
             r.logits.copy_(logits)
         return r
 
     def extra_repr(self) -> str:
-        return (f"steps={self.num_steps}, units={self.num_units}, scheduler={self.scheduler!r}, "
-                f"max_reuse_run={self.max_reuse_run}, ") + json.dumps(
+        return (f"steps={self.num_steps}, units={self.num_units}, granularity={self.granularity!r}, "
+                f"scheduler={self.scheduler!r}, max_reuse_run={self.max_reuse_run}, ") + json.dumps(
             {"cache_usage@0.1": round(self.cache_usage(), 3)})
 
 
 def budget_router(router: Router, compute_fraction: float, max_reuse_run: int | None = None) -> Router:
     """A fixed router computing `budget_mask(router.probabilities(), compute_fraction,
     max_reuse_run)` (None: no bound; pass `router.max_reuse_run` to keep the router's own);
-    the result carries that bound."""
-    mask = budget_mask(router.probabilities(), compute_fraction, max_reuse_run)
-    return Router.from_mask(mask, router.scheduler, max_reuse_run=max_reuse_run)
+    the result carries that bound and the router's granularity. A step router keeps whole
+    steps: its most probable round(compute_fraction * T) steps (the first among them)."""
+    if router.granularity == "step":
+        steps = budget_mask(router.probabilities()[:, :1], compute_fraction, max_reuse_run)
+        mask = steps.expand(-1, router.num_units)
+    else:
+        mask = budget_mask(router.probabilities(), compute_fraction, max_reuse_run)
+    return Router.from_mask(mask, router.scheduler, max_reuse_run, router.granularity)

@@ -36,6 +36,18 @@ would see caches staler than inference ever serves and learn to pay for errors t
 occur, and the steps after a forced refresh would be trained against the wrong cache -- the
 training-inference mismatch SDT exists to remove. The bound is decided on hard decisions because
 that is what it means at inference; the soft mixing in between stays differentiable.
+
+Granularity (`Router`): with granularity="step" one logit per step is shared by all its units
+(the loop is the same: r[t] is that probability expanded over the units).
+
+Selection by measured image error (`select_batches`, with a "fora-N" warm start): the per-step
+objective does not rank schedules exactly by how far their final images move (on shapes-dit,
+refreshing a few units of an early step while the rest stay stale was worse than reusing the
+whole step, which the per-step error cannot see). After training, the trained router restricted
+to the warm start's cache usage and the warm start itself sample `select_batches` calibration
+batches gradient-free; the one whose final samples are closer to the uncached model's is
+returned (`select_by_image_error`; the winner and both errors go to `TrainRecord.selection`), so
+the result is never worse than the warm start on the calibration batches.
 """
 
 from __future__ import annotations
@@ -47,7 +59,7 @@ import torch
 from torch import Tensor, nn
 
 from osmos.accel.harmonica.hooks import cache_units
-from osmos.accel.harmonica.router import Router
+from osmos.accel.harmonica.router import Router, budget_router
 
 
 class _SoftBranch(nn.Module):
@@ -83,6 +95,7 @@ class TrainRecord:
     losses: list[float] = field(default_factory=list)
     cache_usage: list[float] = field(default_factory=list)
     lambdas: list[list[float]] = field(default_factory=list)
+    selection: dict | None = None  # with select_batches: {"winner": ..., "errors": {candidate: MSE}}
 
 
 class _Attached:
@@ -213,6 +226,8 @@ def train_router(
     threshold: float = 0.1,
     init: float | str = 0.0,
     max_reuse_run: int | None = None,
+    granularity: str = "unit",
+    select_batches: int = 0,
     seed: int = 0,
     router: Router | None = None,
     progress: bool = True,
@@ -236,8 +251,16 @@ def train_router(
     every logit alike -- on shapes-dit, starting at 0 instead of 2 gave a router 30-35% closer to
     the uncached images at equal cache usage) or "fora-N", a warm start at FORA-N's schedule, so
     that training only moves away from a known-good fixed schedule where its objective says so.
-    max_reuse_run: the new router's reuse-run bound (see the module docstring); a given
-    `router` keeps its own.
+    max_reuse_run, granularity: the new router's reuse-run bound and granularity ("unit": one
+    logit per (step, unit), the paper's; "step": one per step, whole steps computed or reused;
+    see `Router`); a given `router` keeps its own.
+    select_batches: 0, or (with init "fora-N") the number of calibration batches (drawn with
+    `sample_batch` from a generator seeded seed + 1) on which the trained router, restricted to
+    the warm start's cache usage (`budget_router`, under its own bound), is compared with the
+    warm start by the MSE of the final samples to the uncached ones; the better one is returned
+    (then a fixed router at that usage; a tie keeps the warm start) and `record.selection` says
+    which won. That MSE is heavy-tailed (a few samples whose content the cache changes dominate
+    it): use >= 100 calibration samples; on shapes-dit 32 ranked the candidates unreliably.
     """
     if num_steps < 2:
         raise ValueError(f"num_steps must be >= 2, got {num_steps}")
@@ -247,12 +270,19 @@ def train_router(
         raise ValueError(f"lambda_mode must be 'leave_one_out', 'sequential' or None, got {lambda_mode!r}")
     if trajectory not in ("student", "teacher"):
         raise ValueError(f"trajectory must be 'student' or 'teacher', got {trajectory!r}")
+    if isinstance(select_batches, bool) or not isinstance(select_batches, int) or select_batches < 0:
+        raise ValueError(f"select_batches must be an int >= 0, got {select_batches!r}")
+    if select_batches and not (isinstance(init, str) and router is None):
+        raise ValueError("select_batches needs a warm start (init='fora-N', no `router` given) to compare against")
     from tqdm.auto import tqdm
 
     scheduler.set_timesteps(num_steps)
     weights = step_error_weights(scheduler, error)  # also checks `error` before any work
     units = cache_units(transformer)
-    router = router or Router.initial(num_steps, len(units), init, type(scheduler).__name__, max_reuse_run)
+    router = router or Router.initial(num_steps, len(units), init, type(scheduler).__name__, max_reuse_run,
+                                      granularity)
+    warm_start = Router.initial(num_steps, len(units), init, router.scheduler, router.max_reuse_run,
+                                router.granularity) if select_batches else None
     router.check_compatible(num_steps, type(scheduler).__name__)
     opt = torch.optim.Adam(router.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
@@ -301,4 +331,14 @@ def train_router(
         att.detach()
         for p, req in zip(transformer.parameters(), requires):
             p.requires_grad_(req)
+    if warm_start is not None:
+        from osmos.accel.harmonica.select import select_by_image_error
+
+        usage = warm_start.cache_usage(threshold)
+        trained = budget_router(router, 1.0 - usage, router.max_reuse_run)
+        chosen = select_by_image_error(transformer, scheduler, {"warm start": warm_start, "trained": trained},
+                                       sample_batch=sample_batch, denoise=denoise, batches=select_batches,
+                                       seed=seed + 1, threshold=threshold)
+        record.selection = {"winner": chosen.name, "errors": chosen.errors, "cache_usage": usage}
+        router = chosen.router
     return router, record
