@@ -21,6 +21,15 @@ def test_erase_demo_removes_red_and_undoes_exactly(tmp_path):
         assert im.size == (10 * 65 + 1, 2 * 65 + 1)
 
 
+def test_erase_demo_uce_alone_edits_less_than_rece(tmp_path):
+    """method="uce" runs UCE without RECE's epochs: an exact undo, and red no rarer than after RECE."""
+    uce = run_erase_demo(tmp_path, "red", seeds=(0,), num_inference_steps=10, method="uce")
+    rece = run_erase_demo(tmp_path, "red", seeds=(0,), num_inference_steps=10)
+    assert uce["method"] == "UCE" and rece["method"] == "RECE" and uce["undo_exact"]
+    assert uce["target_rate_after"] < uce["target_rate_before"]
+    assert uce["target_rate_after"] >= rece["target_rate_after"]
+
+
 def test_erase_demo_rejects_style_concepts_and_unknown_methods(tmp_path):
     with pytest.raises(ValueError, match="shape or a colour"):
         run_erase_demo(tmp_path, "striped")
