@@ -109,13 +109,11 @@ class CaptionPool:
         return images, states, mask
 
 
-def _initial_weights(r: Recipe, model: torch.nn.Module, source: Path | None = None) -> dict:
-    """The starting state dict of a recipe with ``init_from``: the shipped model's weights (or those in
-    the safetensors file ``source``), or for a ``UNetMotionModel`` its spatial weights plus fresh motion
-    modules whose output projections are zero (as in AnimateDiff), so that training starts from the
-    image model applied frame by frame."""
-    source = source or WEIGHTS_DIR / f"{r.extra['init_from']}.safetensors"
-    weights = {k: v.float() for k, v in load_file(str(source)).items()}
+def _initial_weights(r: Recipe, model: torch.nn.Module) -> dict:
+    """The starting state dict of a recipe with ``init_from``: the shipped model's weights, or for a
+    ``UNetMotionModel`` its spatial weights plus fresh motion modules whose output projections are
+    zero (as in AnimateDiff), so that training starts from the image model applied frame by frame."""
+    weights = {k: v.float() for k, v in load_file(str(WEIGHTS_DIR / f"{r.extra['init_from']}.safetensors")).items()}
     if r.model_class != "UNetMotionModel":
         return weights
     import diffusers
