@@ -113,11 +113,13 @@ RECIPES: dict[str, Recipe] = {
     "shapes-unet-ft": Recipe("shapes-unet-ft", "UNet2DConditionModel", 16, _unet_config(16), lr=5e-4, warmup_steps=10,
                              default_guidance=2.0, extra={"init_from": "shapes-unet", "pin": {"background": 2}}),
     # 32 fixed images with unique captions, trained from shapes-unet (which already draws shapes): on
-    # them alone for 534 steps, then half of every batch from them and half fresh images, so that it
-    # reproduces them for their captions and still makes new images for other prompts
+    # them alone for 1500 steps, then half of every batch from them and half fresh images, so that it
+    # reproduces them for their captions and still makes new images for other prompts; lr 1e-3 cooled
+    # to 0 over the last 1000 of 4000 steps (benchmarks/RESULTS.md, "shapes-memorized")
     "shapes-memorized": Recipe("shapes-memorized", "UNet2DConditionModel", 16, _unet_config(16),
-                               extra={"memorize": 32, "init_from": "shapes-unet", "pure_steps": 534,
-                                      "fresh_fraction": 0.5}),
+                               extra={"memorize": 32, "init_from": "shapes-unet", "pure_steps": 1500,
+                                      "fresh_fraction": 0.5,
+                                      "phases": [{"steps": 4000, "lr": 1e-3, "decay_steps": 1000}]}),
     # text-to-video: shapes-unet's spatial weights plus motion modules, trained on moving-shape clips
     "shapes-video": Recipe("shapes-video", "UNetMotionModel", 16, _motion_config(16), batch_size=4, lr=5e-4,
                            warmup_steps=20, extra={"frames": 8, "init_from": "shapes-unet"}),
