@@ -166,3 +166,35 @@ def test_phased_recipe_validation_and_cli(tmp_path, monkeypatch):
     assert not (tmp_path / "unet" / "phase2").exists()
     assert zoo_train.main(["shapes-dit", "--steps", "1", "--out", str(tmp_path / "dit")]) == 0  # unphased: --steps
     assert json.loads((tmp_path / "dit" / "shapes-dit.json").read_text())["card"]["steps"] == 1
+
+
+def test_config_override_trains_and_loads_a_variant(tmp_path, monkeypatch):
+    monkeypatch.setattr(zoo_train, "CAPTION_POOL", 64)
+    out = tmp_path / "dit-p1"
+    assert zoo_train.main(["shapes-dit", "--steps", "1", "--config", "patch_size=1", "--config", "num_layers=2",
+                           "--out", str(out)]) == 0
+    meta = json.loads((out / "shapes-dit.json").read_text())
+    assert meta["recipe"]["config"]["patch_size"] == 1 and meta["recipe"]["config"]["num_layers"] == 2
+    assert meta["card"]["config_overrides"] == {"patch_size": 1, "num_layers": 2}
+    assert meta["card"]["command"].endswith("--config patch_size=1 --config num_layers=2")
+    import osmos.zoo
+
+    pipe = osmos.zoo.load("shapes-dit", weights_dir=out)  # the variant's architecture, from its JSON
+    assert pipe.unet.config.patch_size == 1 and len(pipe.unet.transformer_blocks) == 2
+    assert pipe(["a red star"], num_inference_steps=2, generator=torch.Generator().manual_seed(0)).shape == (1, 3, 16, 16)
+    assert recipe("shapes-dit").config["patch_size"] == 2  # the shipped recipe is untouched
+
+
+def test_config_override_rejects_bad_entries(tmp_path):
+    r = recipe("shapes-dit")
+    assert zoo_train.override_config(r, []) is r
+    assert zoo_train.override_config(r, ["norm_type=ada_norm_single"]).config["norm_type"] == "ada_norm_single"
+    with pytest.raises(ValueError, match="no 'patch'"):
+        zoo_train.override_config(r, ["patch=1"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        zoo_train.override_config(r, ["patch_size"])
+    with pytest.raises(ValueError, match="sample_size"):
+        zoo_train.override_config(r, ["sample_size=32"])
+    for argv in (["shapes-dit", "--config", "patch=1"], ["classifier", "--config", "patch_size=1"]):
+        with pytest.raises(SystemExit):
+            zoo_train.main(argv + ["--out", str(tmp_path)])

@@ -180,6 +180,35 @@ def lr_factor(r: Recipe, step: int, max_steps: int, decay_steps: int = 0) -> flo
     return f
 
 
+def override_config(r: Recipe, items: list[str]) -> Recipe:
+    """Recipe r with model-config entries replaced, from ``KEY=VALUE`` strings (VALUE read as JSON:
+    ``patch_size=1``, ``num_layers=8``, ``block_out_channels=[32,64,128]``; anything else is a
+    string). A variant of a zoo architecture to train, e.g. a patch-1 shapes-dit; the overrides are
+    kept in ``extra["config_overrides"]`` and in the card's command, and the exported JSON holds
+    the changed config, so ``osmos.zoo.load(name, weights_dir=out)`` builds the variant."""
+    overrides = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--config takes KEY=VALUE, got {item!r}")
+        if key not in r.config:
+            raise ValueError(f"{r.name}'s config has no {key!r}; its keys: {', '.join(sorted(r.config))}")
+        try:
+            overrides[key] = json.loads(text)
+        except json.JSONDecodeError:
+            overrides[key] = text
+    if not overrides:
+        return r
+    if "sample_size" in overrides and overrides["sample_size"] != r.size:
+        raise ValueError(f"sample_size is the recipe's image size ({r.size}); it cannot be overridden")
+    merged = dict(r.extra.get("config_overrides", {}), **overrides)
+    return dataclasses.replace(r, config={**r.config, **overrides}, extra={**r.extra, "config_overrides": merged})
+
+
+def _config_flags(r: Recipe) -> str:
+    return "".join(f" --config {k}={json.dumps(v, separators=(',', ':'))}" for k, v in r.extra.get("config_overrides", {}).items())
+
+
 def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Path, resume: bool,
                    device: str = "cpu", decay_steps: int = 0, init: Path | None = None) -> dict:
     """Train recipe r's denoiser; `device` "cuda" trains on a GPU (data, noise and timesteps are
@@ -235,13 +264,13 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
                             + (f", linear cool-down to 0 over steps {max_steps - decay_steps}-{max_steps}"
                                if decay_steps else "")),
             "command": (f"python -m osmos.zoo.train {r.name} --seed {seed} --steps {step} --minutes 600"
-                        + (f" --decay-steps {decay_steps}" if decay_steps else "")
+                        + (f" --decay-steps {decay_steps}" if decay_steps else "") + _config_flags(r)
                         + (f" --device {device}" if dev.type != "cpu" else "")),
             "machine": ("shared 2-core Xeon CPU (1 torch thread)" if dev.type == "cpu"
                         else torch.cuda.get_device_name(dev)),
             **({"memorized_captions": memorized.texts} if memorized else {}),
             **({k: r.extra[k] for k in ("init_from", "pin", "frames", "pure_steps", "fresh_fraction",
-                                                  "heldout_fraction", "shape_weights")
+                                                  "heldout_fraction", "shape_weights", "config_overrides")
                 if k in r.extra}),
         }
         export(r, ema, card, out)
@@ -340,7 +369,8 @@ def train_phases(r: Recipe, seed: int, minutes: float, out: Path, resume: bool, 
         steps=sum(c["steps"] for c in cards), train_minutes=round(sum(c["train_minutes"] for c in cards), 2),
         seed=seed, final_loss_ema=cards[-1]["final_loss_ema"],
         lr_schedule=f"{len(cards)} phases, each from the previous one's EMA weights (see phases)",
-        command=f"python -m osmos.zoo.train {r.name} --seed {seed}" + (f" --device {device}" if device != "cpu" else ""),
+        command=(f"python -m osmos.zoo.train {r.name} --seed {seed}" + _config_flags(r)
+                 + (f" --device {device}" if device != "cpu" else "")),
         phases=[{k: c[k] for k in ("steps", "seed", "lr_schedule", "shape_weights", "train_minutes",
                                    "final_loss_ema", "machine") if k in c} for c in cards],
     )
@@ -372,29 +402,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decay-steps", type=int, default=None,
                    help="cool the learning rate linearly to 0 over the last N steps before --steps (0: constant)")
     p.add_argument("--device", default="cpu", help="cpu, or cuda to train a denoiser on a GPU (the classifier trains on the CPU)")
+    p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                   help="train a variant: replace an entry of the model config (VALUE as JSON), e.g. "
+                        "--config patch_size=1 for a patch-1 shapes-dit; repeatable; recorded in the card")
     p.add_argument("--pool-size", type=int, default=8192, help="classifier only: renders in its training pool")
     p.add_argument("--install", action="store_true", help="copy the exported weights into osmos/zoo/weights")
     p.add_argument("--install-dtype", choices=["float32", "float16"], default="float32",
                    help="dtype of the installed weights (float16 halves the package size; loading upcasts)")
     args = p.parse_args(argv)
     out = args.out or Path("out/zoo") / args.name
+    if args.config and args.name == "classifier":
+        p.error("--config applies to the denoisers, not the classifier")
+    try:
+        r = override_config(recipe(args.name), args.config) if args.name != "classifier" else None
+    except ValueError as e:
+        p.error(str(e))
     if args.name == "classifier":
         from osmos.zoo.classifier import train_classifier
 
         card = train_classifier(seed=args.seed, minutes=45.0 if args.minutes is None else args.minutes,
                                 max_steps=100_000 if args.steps is None else args.steps, out=out,
                                 pool_size=args.pool_size, resume=args.resume)
-    elif "phases" in recipe(args.name).extra:
+    elif "phases" in r.extra:
         if args.steps is not None or args.decay_steps is not None:
             p.error(f"{args.name} trains in phases whose steps and cool-downs its recipe fixes: "
                     "drop --steps / --decay-steps")
-        r = recipe(args.name)
         card = train_phases(r, args.seed, float("inf") if args.minutes is None else args.minutes, out, args.resume,
                             args.device)
         if card["steps"] < sum(s[1] for s in training_phases(r)):
             return 1
     else:
-        card = train_denoiser(recipe(args.name), args.seed, 45.0 if args.minutes is None else args.minutes,
+        card = train_denoiser(r, args.seed, 45.0 if args.minutes is None else args.minutes,
                               100_000 if args.steps is None else args.steps, out, args.resume, args.device,
                               args.decay_steps or 0)
     print(json.dumps(card, indent=2))

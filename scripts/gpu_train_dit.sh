@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Train a shapes-dit variant on a lent GPU machine (no network there) and bring its weights back.
+#
+# Why: the shipped shapes-dit (patch 2) misses the zoo's "every (shape, colour) pair >= 90%" bar on
+# stars whatever the sampler (benchmarks/RESULTS.md, "Zoo model shapes-dit"); a patch-1 DiT trains
+# at ~1.25 s per step on one CPU thread here (~9 h for 26000 steps) but only needs minutes on a GPU.
+#
+# Two steps:
+#   1. here, on the CPU machine (network to the package index):
+#        bash scripts/gpu_train_dit.sh prepare
+#      downloads diffusers and the small packages it imports as Python 3.12 wheels into .whl/
+#      (git-ignored through .git/info/exclude) and encodes the training captions once into
+#      out/zoo/shapes-dit-p1/captions.pt (38 MB), so the GPU machine needs no text encoder.
+#   2. on the GPU machine (the device tool: carry [".whl", "out/zoo/shapes-dit-p1/captions.pt"], 64 MiB in
+#      all: about 17 + 38 MB):
+#        bash scripts/gpu_train_dit.sh train "$OUT"
+#      trains `shapes-dit --config patch_size=1` with --device cuda for at most DIT_MINUTES (8)
+#      minutes, resumable (--resume: a second call on the same warm machine continues), and copies
+#      the exported weights and card to $OUT. Evaluate them back here with
+#        python benchmarks/zoo_quality.py --model shapes-dit --per-pair 16 --scheduler ddim --steps 20 --weights <dir>
+# Settings: DIT_CONFIG (default "patch_size=1"), DIT_STEPS (26000), DIT_DECAY (6000), DIT_OUT
+# (out/zoo/shapes-dit-p1). `train` with DIT_DEVICE=cpu DIT_STEPS=2 is a dry run of the same path.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODE=${1:-}
+PY=${PYTHON:-python3}
+DIT_OUT=${DIT_OUT:-out/zoo/shapes-dit-p1}
+read -r -a CONFIG_ARGS <<< "$(for c in ${DIT_CONFIG:-patch_size=1}; do printf -- '--config %s ' "$c"; done)"
+
+case "$MODE" in
+  prepare)
+    mkdir -p .whl
+    grep -qxF /.whl/ .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo /.whl/ >> .git/info/exclude; }
+    # diffusers and what it imports that a torch + triton image may lack
+    $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+      -d .whl diffusers huggingface_hub safetensors regex tqdm pillow requests urllib3 idna certifi \
+      charset-normalizer pyyaml importlib_metadata zipp packaging
+    # the caption cache: zero training steps encode and save the captions, export, and stop
+    PYTHONPATH=python $PY -m osmos.zoo.train shapes-dit --seed 0 --steps 0 "${CONFIG_ARGS[@]}" --out "$DIT_OUT"
+    du -sh .whl "$DIT_OUT"
+    ;;
+  train)
+    OUT_DIR=${2:-${OUT:-$PWD/out/gpu_train_dit}}
+    mkdir -p "$OUT_DIR"
+    test -f "$DIT_OUT/captions.pt" || { echo "no $DIT_OUT/captions.pt: run 'prepare' first and carry it" >&2; exit 2; }
+    SITE=/tmp/site-dit
+    if ls .whl/*.whl > /dev/null 2>&1 && [ "${DIT_DEVICE:-cuda}" = cuda ]; then
+      $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
+    fi
+    export PYTHONPATH=python${SITE:+:$SITE} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+    { date -u; nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || true; } | tee "$OUT_DIR/train_dit.log"
+    set +e
+    $PY -m osmos.zoo.train shapes-dit --seed 0 --device "${DIT_DEVICE:-cuda}" "${CONFIG_ARGS[@]}" \
+      --steps "${DIT_STEPS:-26000}" --decay-steps "${DIT_DECAY:-6000}" --minutes "${DIT_MINUTES:-8}" \
+      --resume --out "$DIT_OUT" 2>&1 | tr '\r' '\n' | grep -v '^ *$' | awk 'NR % 200 == 1 || /steps|card|Error|error/' \
+      >> "$OUT_DIR/train_dit.log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    cp "$DIT_OUT/shapes-dit.safetensors" "$DIT_OUT/shapes-dit.json" "$OUT_DIR/"
+    $PY -c "import json, sys; c = json.load(open(sys.argv[1]))['card']; print('steps', c['steps'], 'minutes', c['train_minutes'], 'loss', c['final_loss_ema'])" \
+      "$DIT_OUT/shapes-dit.json" | tee -a "$OUT_DIR/train_dit.log"
+    exit "$rc"
+    ;;
+  *)
+    echo "usage: bash scripts/gpu_train_dit.sh prepare | train [OUT_DIR]   (see the comments at the top)" >&2
+    exit 2
+    ;;
+esac
