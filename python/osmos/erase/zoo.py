@@ -224,11 +224,12 @@ def validation_prompts(kind: str, value: str, n: int = 24, exclude: Sequence[str
             bg = pick(D.BG_PHRASES["train"]).format(pick(D.WORDS["background"][bg_value][0]))
         text = _caption(pick(D.TEMPLATES["train"]), kind, pick(training_wordings(kind, value)),
                         pick(D.WORDS[other][o][0]), pick(D.WORDS["shape"][pick(D.SHAPES)][0]), bg)
-        if text in skip or text in out:
+        if text in skip:
             misses += 1
             continue
         misses = 0
         out.append(text)
+        skip.add(text)
         if len(out) == n:
             return out
     raise ValueError(f"only {len(out)} validation captions of {value!r} outside `exclude`, {n} asked for")
