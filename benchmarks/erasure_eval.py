@@ -313,13 +313,16 @@ def candidate_seeds(s: Settings) -> list[int]:
     return [s.spm_seed + 1000 * j for j in range(s.spm_candidates)]
 
 
-def spm_for(pipe, value: str, s: Settings, la_strength: float) -> SPM:
+def spm_for(pipe, value: str, s: Settings, la_strength: float, cache: Path | None = None) -> SPM:
     """Train an SPM erasing one concept of the shapes world with the settings s (surrogate: the
     caption without the concept, or "" with s.spm_targets == "word"; anchors: the other
     concepts' wordings (and captions) plus s.spm_fixed_anchors, when la_strength > 0).
     With s.spm_candidates > 1: train_spm_selected over candidate_seeds(s), each SPM scored by
     the classifier's rate of the concept on VALIDATION_PROMPTS validation_prompts (training
-    vocabulary, none of the training targets, never a paraphrase) x VALIDATION_SEEDS."""
+    vocabulary, none of the training targets, never a paraphrase) x VALIDATION_SEEDS; every
+    candidate also goes into `cache` under its own plain-seed name (spm_cache_path with
+    spm_seed = its seed, spm_candidates = 1) unless that file exists, so `--spm-seed <its seed>`
+    evaluates it alone without retraining."""
     kind = concept_of(value)[0]
     pairs = erasure_prompt_pairs(kind, value, varied=s.spm_varied) if s.spm_targets == "captions" else None
     kwargs = dict(surrogate="", wordings=training_wordings(kind, value), steps=s.spm_steps, lr=s.spm_lr,
@@ -339,7 +342,13 @@ def spm_for(pipe, value: str, s: Settings, la_strength: float) -> SPM:
             images = generate(pipe, prompts, VALIDATION_SEEDS, num_inference_steps=s.steps, spm_handle=handle)
         return float((clf.predict(images)[kind] == index).float().mean())
 
-    return train_spm_selected(SPMTrainingPipe.of(pipe), value, validate, candidate_seeds(s), **kwargs)[0]
+    def keep(seed: int, spm: SPM, score: float) -> None:
+        path = None if cache is None else spm_cache_path(cache, value, dataclasses.replace(s, spm_seed=seed, spm_candidates=1))
+        if path is not None and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            spm.save(path)
+
+    return train_spm_selected(SPMTrainingPipe.of(pipe), value, validate, candidate_seeds(s), on_candidate=keep, **kwargs)[0]
 
 
 def spm_cache_path(cache: Path, value: str, s: Settings) -> Path:
@@ -371,7 +380,7 @@ def train_zoo_spm(pipe, value: str, s: Settings, cache: Path | None) -> SPM:
         if got != want:
             raise ValueError(f"{path} was trained with {got}, this run wants {want}: use another --spm-cache folder")
         return spm
-    spm = spm_for(pipe, value, s, s.la_strength)
+    spm = spm_for(pipe, value, s, s.la_strength, cache)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         spm.save(path)

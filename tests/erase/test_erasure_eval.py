@@ -168,6 +168,8 @@ def test_spm_candidates_validate_on_held_in_captions_and_cache_the_choice(tmp_pa
         spm = SPM.for_unet(pipe.unet, concept, settings={"steps": 7, "lr": s.spm_lr, "la_strength": s.la_strength,
                                                         "sampling_steps": s.steps, "seed": seeds[1],
                                                         "extra": {"prompts": len(kw["prompts"])}})
+        for seed in seeds:  # every candidate is offered for caching under its plain-seed name
+            kw["on_candidate"](seed, SPM.for_unet(pipe.unet, concept, settings={**spm.settings, "seed": seed}), 0.5)
         spm.settings["selection"] = {"seeds": list(seeds), "scores": [0.5, 0.25], "chosen": seeds[1]}
         return spm, [0.5, 0.25]
 
@@ -179,6 +181,11 @@ def test_spm_candidates_validate_on_held_in_captions_and_cache_the_choice(tmp_pa
     (args, kw), = captured
     assert args[:2] == ("style", "striped") and set(kw["exclude"]) == {t for t, _ in seen["prompts"]}
     assert E.spm_cache_path(tmp_path, "striped", s).is_file()
+    for seed in (1, 1001):
+        plain = E.dataclasses.replace(s, spm_seed=seed, spm_candidates=1)
+        assert E.spm_cache_path(tmp_path, "striped", plain).name == f"spm_striped_seed{seed}.safetensors"
+        assert SPM.load(E.spm_cache_path(tmp_path, "striped", plain), pipe.unet).settings["seed"] == seed
+        assert "selection" not in SPM.load(E.spm_cache_path(tmp_path, "striped", plain), pipe.unet).settings
     seen.clear()
     again = E.train_zoo_spm(pipe, "striped", s, tmp_path)  # read back, not retrained
     assert not seen and again.settings["selection"]["chosen"] == 1001

@@ -159,8 +159,11 @@ def test_train_spm_selected_keeps_the_lowest_validation_score():
         seen.append(spm.settings["seed"])
         return wanted[spm.settings["seed"]]
 
-    best, scores = train_spm_selected(pipe, "a cat", validate, [3, 7, 9], **kw)
+    kept = []
+    best, scores = train_spm_selected(pipe, "a cat", validate, [3, 7, 9],
+                                      on_candidate=lambda seed, spm, score: kept.append((seed, spm, score)), **kw)
     assert seen == [3, 7, 9] and scores == [0.5, 0.1, 0.1]
+    assert [(seed, score) for seed, _, score in kept] == [(3, 0.5), (7, 0.1), (9, 0.1)] and kept[1][1] is best
     assert best.settings["seed"] == 7
     assert best.settings["selection"] == {"seeds": [3, 7, 9], "scores": [0.5, 0.1, 0.1], "chosen": 7}
     alone = train_spm(pipe, "a cat", seed=7, **kw)

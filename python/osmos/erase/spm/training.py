@@ -334,7 +334,8 @@ def train_spm(pipe, concept: str, surrogate: str = "", steps: int = 1000, lr: fl
     return spm
 
 
-def train_spm_selected(pipe, concept: str, validate, seeds: Sequence[int], **kwargs) -> tuple[SPM, list[float]]:
+def train_spm_selected(pipe, concept: str, validate, seeds: Sequence[int], on_candidate=None,
+                       **kwargs) -> tuple[SPM, list[float]]:
     """Best of several training draws: one SPM per seed in `seeds` (train_spm(pipe, concept,
     seed=seed, **kwargs)), each scored by validate(spm) -> float, lower = better erased (e.g. the
     fraction of images from validation prompts in which a classifier still sees the concept);
@@ -344,6 +345,8 @@ def train_spm_selected(pipe, concept: str, validate, seeds: Sequence[int], **kwa
     SPM training draws differ in how far the erasure carries from the training prompts to other
     wordings; a validation check picks a draw that generalises. The validation prompts must be
     disjoint from whatever the SPM is finally evaluated on, or the selection overfits them.
+    on_candidate: called as on_candidate(seed, spm, score) after each candidate is scored (e.g.
+    to save every candidate; each is the SPM train_spm gives for that seed alone).
 
     Returns:
         (the chosen SPM, the score of every seed in order).
@@ -364,6 +367,8 @@ def train_spm_selected(pipe, concept: str, validate, seeds: Sequence[int], **kwa
         if score != score or score in (float("inf"), float("-inf")):
             raise ValueError(f"validate gave {score} for seed {seed}; it must return a finite score")
         scores.append(score)
+        if on_candidate is not None:
+            on_candidate(seed, spm, score)
         if best is None or score < min(scores[:-1]):
             best = spm
     best.settings["selection"] = {"seeds": seeds, "scores": scores, "chosen": seeds[scores.index(min(scores))]}
