@@ -40,7 +40,9 @@ concept ("a red circle" -> "a red"), so the erasure direction is the concept's a
   UCE      erase the concept's training wordings, guide " ", preserve the other values' wordings
   RECE     UCE, then 2 epochs erasing the derived embedding, lambda_reg 1e-3, the last epoch kept
 (`--spm-targets word` trains SPM / ESD on the bare concept word with surrogate "" instead, as
-before: that is what left circle unerased under Latent Anchoring.)
+before: that is what left circle unerased under Latent Anchoring. `--spm-candidates K` keeps the
+best of K SPM training seeds on validation captions of the training vocabulary (never the
+paraphrases); `--spm-varied-targets` trains on more varied training-vocabulary captions.)
 
     PYTHONPATH=python python benchmarks/erasure_eval.py                       # circle and red
     PYTHONPATH=python python benchmarks/erasure_eval.py --concepts striped    # a style
