@@ -177,6 +177,8 @@ def test_train_spm_selected_errors():
     from osmos.erase.spm import train_spm_selected
 
     pipe = object()  # never reached: the arguments are checked first
+    with pytest.raises(TypeError, match="sequence of training seeds"):
+        train_spm_selected(pipe, "a cat", lambda s: 0.0, 3)
     with pytest.raises(ValueError, match="at least one"):
         train_spm_selected(pipe, "a cat", lambda s: 0.0, [])
     with pytest.raises(ValueError, match="must differ"):

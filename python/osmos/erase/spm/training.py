@@ -351,6 +351,8 @@ def train_spm_selected(pipe, concept: str, validate, seeds: Sequence[int], on_ca
     Returns:
         (the chosen SPM, the score of every seed in order).
     """
+    if isinstance(seeds, (int, str)):
+        raise TypeError(f"seeds must be a sequence of training seeds, e.g. [0, 1000, 2000], got {seeds!r}")
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("seeds must name at least one training seed")
