@@ -189,6 +189,7 @@ def test_spm_candidates_validate_on_held_in_captions_and_cache_the_choice(tmp_pa
     seen.clear()
     again = E.train_zoo_spm(pipe, "striped", s, tmp_path)  # read back, not retrained
     assert not seen and again.settings["selection"]["chosen"] == 1001
-    E.spm_cache_path(tmp_path, "striped", s).rename(E.spm_cache_path(tmp_path, "striped", E.dataclasses.replace(s, spm_candidates=3)))
+    three = E.dataclasses.replace(s, spm_candidates=3)
+    E.spm_cache_path(tmp_path, "striped", s).rename(E.spm_cache_path(tmp_path, "striped", three))
     with pytest.raises(ValueError, match="was trained with"):  # 2 candidates' choice under a 3-candidate name
-        E.train_zoo_spm(pipe, "striped", E.dataclasses.replace(s, spm_candidates=3), tmp_path)
+        E.train_zoo_spm(pipe, "striped", three, tmp_path)
