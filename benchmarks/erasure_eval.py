@@ -40,7 +40,9 @@ concept ("a red circle" -> "a red"), so the erasure direction is the concept's a
   UCE      erase the concept's training wordings, guide " ", preserve the other values' wordings
   RECE     UCE, then 2 epochs erasing the derived embedding, lambda_reg 1e-3, the last epoch kept
 (`--spm-targets word` trains SPM / ESD on the bare concept word with surrogate "" instead, as
-before: that is what left circle unerased under Latent Anchoring.)
+before: that is what left circle unerased under Latent Anchoring. `--spm-candidates K` keeps the
+best of K SPM training seeds on validation captions of the training vocabulary (never the
+paraphrases); `--spm-varied-targets` trains on more varied training-vocabulary captions.)
 
     PYTHONPATH=python python benchmarks/erasure_eval.py                       # circle and red
     PYTHONPATH=python python benchmarks/erasure_eval.py --concepts striped    # a style
@@ -67,10 +69,10 @@ import torch
 import osmos.zoo
 from osmos.erase.closed_form import cross_attention_kv, original_gram, regenerating_embeddings, rece_edit, uce_edit
 from osmos.erase.esd import train_esd
-from osmos.erase.spm import SPM, apply_spm, train_spm
+from osmos.erase.spm import SPM, apply_spm, train_spm, train_spm_selected
 from osmos.erase.text_encoding import token_rows
 from osmos.erase.zoo import SPMTrainingPipe, anchor_prompts, caption_naming, concept_of, erasure_prompt_pairs, generate, \
-    other_kind_of, training_wordings, zoo_text_encoding, zoo_transport
+    other_kind_of, training_wordings, validation_prompts, zoo_text_encoding, zoo_transport
 from osmos.zoo import data as D
 from osmos.zoo.pipeline import save_grid
 
@@ -99,6 +101,8 @@ class Settings:
     anchor_captions: bool = True
     spm_targets: str = "captions"  # "captions": caption pairs (concept dropped) | "word": the concept word vs ""
     spm_targets_per_step: int = 2
+    spm_varied: bool = False  # SPM training captions: erasure_prompt_pairs(varied=True) (more contexts, training vocabulary)
+    spm_candidates: int = 1  # >1: train that many SPMs (seeds spm_seed + 1000 j), keep the best on validation_prompts
     spm_fixed_anchors: tuple[str, ...] = ("",)  # anchored every step: CFG's unconditional branch
     esd_steps: int = 150
     esd_lr: float = 1e-3
@@ -220,7 +224,8 @@ def evaluate_concept(word: str, s: Settings, figures: Path, log, spm_cache: Path
     uce_attack = attack_states(pipe, encoding, gram, dry.input_map, words, words[0], s.lambda_reg)
 
     rows, grid_rows = [], []
-    seed_label = f", seed {s.spm_seed}" if s.spm_seed else ""
+    seed_label = (f", seed {s.spm_seed}" if s.spm_seed else "") + (", varied targets" if s.spm_varied else "") + \
+        (f", best of {s.spm_candidates}" if s.spm_candidates > 1 else "")
     t0 = time.perf_counter()
     base = run_all()
     base_attack = (attack(), attack(eye))
@@ -256,9 +261,13 @@ def evaluate_concept(word: str, s: Settings, figures: Path, log, spm_cache: Path
         t0 = time.perf_counter()
         spm = train_zoo_spm(pipe, value, s, spm_cache)
         train_s = None if cached else time.perf_counter() - t0
+        if "selection" in spm.settings:
+            log(json.dumps({"spm_selection": spm.settings["selection"]}))
         if "spm" in s.methods:
             with apply_spm(pipe.unet, [spm]) as handle:
                 record(f"SPM, LA {s.la_strength:g}{seed_label}", run_all(handle), train_s, (attack(handle=handle), None))
+            if "selection" in spm.settings:
+                rows[-1]["spm_selection"] = spm.settings["selection"]
         if "spm-ft" in s.methods:
             with apply_spm(pipe.unet, [spm], transport=zoo_transport(pipe, [spm])) as handle:
                 record(f"SPM, LA {s.la_strength:g}, FT{seed_label}", run_all(handle), train_s, (None, None))
@@ -297,24 +306,59 @@ def _save_rows_grid(rows: list[torch.Tensor], path: Path) -> None:
 MULTI_CONCEPTS = ("circle", "red", "star", "blue", "heart")
 
 
-def spm_for(pipe, value: str, s: Settings, la_strength: float) -> SPM:
+VALIDATION_PROMPTS = 24  # validation_prompts per SPM candidate (s.spm_candidates > 1) ...
+VALIDATION_SEEDS = (0, 1, 2, 3)  # ... each generated with these seeds
+
+
+def candidate_seeds(s: Settings) -> list[int]:
+    """Training seeds of the s.spm_candidates SPMs: s.spm_seed + 1000 j (j = 0 is the plain seed)."""
+    return [s.spm_seed + 1000 * j for j in range(s.spm_candidates)]
+
+
+def spm_for(pipe, value: str, s: Settings, la_strength: float, cache: Path | None = None) -> SPM:
     """Train an SPM erasing one concept of the shapes world with the settings s (surrogate: the
     caption without the concept, or "" with s.spm_targets == "word"; anchors: the other
-    concepts' wordings (and captions) plus s.spm_fixed_anchors, when la_strength > 0)."""
+    concepts' wordings (and captions) plus s.spm_fixed_anchors, when la_strength > 0).
+    With s.spm_candidates > 1: train_spm_selected over candidate_seeds(s), each SPM scored by
+    the classifier's rate of the concept on VALIDATION_PROMPTS validation_prompts (training
+    vocabulary, none of the training targets, never a paraphrase) x VALIDATION_SEEDS; every
+    candidate also goes into `cache` under its own plain-seed name (spm_cache_path with
+    spm_seed = its seed, spm_candidates = 1) unless that file exists, so `--spm-seed <its seed>`
+    evaluates it alone without retraining."""
     kind = concept_of(value)[0]
-    pairs = erasure_prompt_pairs(kind, value) if s.spm_targets == "captions" else None
-    return train_spm(SPMTrainingPipe.of(pipe), value, surrogate="", wordings=training_wordings(kind, value),
-                     steps=s.spm_steps, lr=s.spm_lr,
-                     la_strength=la_strength, anchors=anchor_prompts(kind, value, s.anchor_captions) if la_strength else None,
-                     anchors_per_step=4, sampling_steps=s.steps, seed=s.spm_seed, progress=False, prompts=pairs,
-                     targets_per_step=s.spm_targets_per_step if pairs else 1, fixed_anchors=s.spm_fixed_anchors,
-                     anchor_norm_range=None)
+    pairs = erasure_prompt_pairs(kind, value, varied=s.spm_varied) if s.spm_targets == "captions" else None
+    kwargs = dict(surrogate="", wordings=training_wordings(kind, value), steps=s.spm_steps, lr=s.spm_lr,
+                  la_strength=la_strength, anchors=anchor_prompts(kind, value, s.anchor_captions) if la_strength else None,
+                  anchors_per_step=4, sampling_steps=s.steps, progress=False, prompts=pairs,
+                  targets_per_step=s.spm_targets_per_step if pairs else 1, fixed_anchors=s.spm_fixed_anchors,
+                  anchor_norm_range=None)
+    if s.spm_candidates <= 1:
+        return train_spm(SPMTrainingPipe.of(pipe), value, seed=s.spm_seed, **kwargs)
+    trained = [t for t, _ in pairs] if pairs else [value]
+    prompts = validation_prompts(kind, value, VALIDATION_PROMPTS, exclude=trained)
+    clf = osmos.zoo.load("classifier")
+    index = D.CONCEPTS[kind].index(value)
+
+    def validate(spm: SPM) -> float:
+        with apply_spm(pipe.unet, [spm]) as handle:
+            images = generate(pipe, prompts, VALIDATION_SEEDS, num_inference_steps=s.steps, spm_handle=handle)
+        return float((clf.predict(images)[kind] == index).float().mean())
+
+    def keep(seed: int, spm: SPM, score: float) -> None:
+        path = None if cache is None else spm_cache_path(cache, value, dataclasses.replace(s, spm_seed=seed, spm_candidates=1))
+        if path is not None and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            spm.save(path)
+
+    return train_spm_selected(SPMTrainingPipe.of(pipe), value, validate, candidate_seeds(s), on_candidate=keep, **kwargs)[0]
 
 
 def spm_cache_path(cache: Path, value: str, s: Settings) -> Path:
     """The cache file of the SPM erasing `value`: spm_<value>.safetensors, spm_<value>_seed<N>.safetensors
     for training seed s.spm_seed = N other than 0, so SPMs of different seeds never mix."""
-    return cache / (f"spm_{value}_seed{s.spm_seed}.safetensors" if s.spm_seed else f"spm_{value}.safetensors")
+    tail = (f"_seed{s.spm_seed}" if s.spm_seed else "") + ("_varied" if s.spm_varied else "") + \
+        (f"_best{s.spm_candidates}" if s.spm_candidates > 1 else "")
+    return cache / f"spm_{value}{tail}.safetensors"
 
 
 def train_zoo_spm(pipe, value: str, s: Settings, cache: Path | None) -> SPM:
@@ -328,10 +372,17 @@ def train_zoo_spm(pipe, value: str, s: Settings, cache: Path | None) -> SPM:
         want = {"steps": s.spm_steps, "lr": s.spm_lr, "la_strength": s.la_strength, "sampling_steps": s.steps,
                 "seed": s.spm_seed}
         got = {k: spm.settings.get(k) for k in want}
+        if s.spm_candidates > 1 or "selection" in spm.settings:  # a selected SPM: its seed is the chosen candidate's
+            want["seed"] = candidate_seeds(s)
+            got["seed"] = spm.settings.get("selection", {}).get("seeds", spm.settings.get("seed"))
+        if s.spm_targets == "captions":  # files written before varied captions existed: the default captions
+            kind = concept_of(value)[0]
+            want["prompts"] = len(erasure_prompt_pairs(kind, value, varied=s.spm_varied))
+            got["prompts"] = spm.settings.get("extra", {}).get("prompts", len(erasure_prompt_pairs(kind, value)))
         if got != want:
             raise ValueError(f"{path} was trained with {got}, this run wants {want}: use another --spm-cache folder")
         return spm
-    spm = spm_for(pipe, value, s, s.la_strength)
+    spm = spm_for(pipe, value, s, s.la_strength, cache)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         spm.save(path)
@@ -505,6 +556,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--spm-steps", type=int, default=None, help="SPM training steps (default 150)")
     parser.add_argument("--spm-seed", type=int, default=0,
                         help="training seed of the SPMs (default 0); cached as spm_<concept>_seed<N> when not 0")
+    parser.add_argument("--spm-varied-targets", action="store_true",
+                        help="train SPMs on the varied training captions (every training wording of the other kind, "
+                             "other shape wordings, training backgrounds; erasure_prompt_pairs(varied=True)); "
+                             "cached as spm_<concept>[_seed<N>]_varied")
+    parser.add_argument("--spm-candidates", type=int, default=1, metavar="K",
+                        help="train K SPMs per concept (seeds --spm-seed + 1000 j) and keep the one that leaves the "
+                             "fewest images of the concept on validation captions (training vocabulary, none of the "
+                             "training targets, no paraphrase); cached as spm_<concept>[...]_best<K> (default 1)")
     parser.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance scale of every generation (default: the model card's, 2.0 for shapes-unet)")
     parser.add_argument("--multi", action="store_true",
@@ -544,6 +603,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if args.guidance is not None:
         change["guidance"] = args.guidance
     change["spm_seed"] = args.spm_seed
+    if args.spm_candidates < 1:
+        raise SystemExit(f"--spm-candidates must be >= 1, got {args.spm_candidates}")
+    change["spm_candidates"] = args.spm_candidates
+    if args.spm_varied_targets:
+        if args.spm_targets != "captions":
+            raise SystemExit("--spm-varied-targets needs --spm-targets captions")
+        change["spm_varied"] = True
     return dataclasses.replace(s, **change)
 
 

@@ -240,3 +240,58 @@ def test_transport_gives_every_trained_wording_full_strength(pipe, kind, value):
     unrelated = [p for v in D.CONCEPTS[kind] if v != value for p in caption(D.WORDS[kind][v][0][0])]
     assert float(ft.gammas(unrelated).max()) < 0.5
     assert torch.equal(ft.gammas(caption(value)), ft_single.gammas(caption(value)))
+
+
+def _held_out_free(prompt: str) -> bool:
+    """No held-out (paraphrase) wording of any concept and no held-out template in the prompt."""
+    D = osmos.zoo.data
+    held = {w for values in D.WORDS.values() for _, h in values.values() for w in h}
+    padded = f" {prompt} "
+    return not any(f" {w} " in padded for w in held) and "drawing showing" not in prompt and " here" not in padded
+
+
+@pytest.mark.parametrize("kind, value", [("shape", "circle"), ("colour", "red"), ("style", "striped"), ("background", "white")])
+def test_varied_captions_stay_in_the_training_vocabulary(kind, value):
+    from osmos.erase.zoo import erasure_prompt_pairs, training_wordings
+
+    D = osmos.zoo.data
+    plain, varied = erasure_prompt_pairs(kind, value), erasure_prompt_pairs(kind, value, varied=True)
+    assert len(varied) > len(plain) and len(set(varied)) == len(varied)
+    words = training_wordings(kind, value)
+    for target, surrogate in varied:
+        assert _held_out_free(target), target
+        assert any(f" {w} " in f" {target} " for w in words) and not any(f" {w} " in f" {surrogate} " for w in words)
+    other = "shape" if kind == "colour" else "colour"
+    second = {D.WORDS[other][o][0][1] for o in D.CONCEPTS[other]}
+    assert any(any(f" {w} " in f" {t} " for w in second) for t, _ in varied)  # "scarlet" / "disc" appear now
+    assert not any(any(f" {w} " in f" {t} " for w in second) for t, _ in plain)  # they did not before
+    if kind != "background":
+        assert any(" on " in t for t, _ in varied) and not any(" on " in t for t, _ in plain)
+    assert erasure_prompt_pairs(kind, value, surrogate="", varied=True)[0] == (varied[0][0], "")
+
+
+@pytest.mark.parametrize("kind, value", [("shape", "circle"), ("colour", "red"), ("style", "striped")])
+def test_validation_prompts_avoid_training_targets_and_paraphrases(kind, value):
+    from osmos.erase.zoo import erasure_prompt_pairs, training_wordings, validation_prompts
+
+    D = osmos.zoo.data
+    trained = [t for t, _ in erasure_prompt_pairs(kind, value)]
+    prompts = validation_prompts(kind, value, 24, exclude=trained)
+    assert len(prompts) == len(set(prompts)) == 24
+    assert prompts == validation_prompts(kind, value, 24, exclude=trained)  # deterministic
+    assert prompts != validation_prompts(kind, value, 24, exclude=trained, seed=1)
+    assert not set(prompts) & set(trained)
+    words = training_wordings(kind, value)
+    other = "shape" if kind == "colour" else "colour"
+    for i, p in enumerate(prompts):
+        assert _held_out_free(p), p
+        assert any(f" {w} " in f" {p} " for w in words), p
+        o = D.CONCEPTS[other][i % len(D.CONCEPTS[other])]  # every other value in turn
+        assert any(f" {w} " in f" {p} " for w in D.WORDS[other][o][0]), p
+    both = trained + [t for t, _ in erasure_prompt_pairs(kind, value, varied=True)]
+    assert not set(validation_prompts(kind, value, 24, exclude=both)) & set(both)
+    if kind == "shape":  # the smallest space of captions: used up quickly
+        with pytest.raises(ValueError, match="validation captions"):
+            validation_prompts(kind, value, 10 ** 5, exclude=trained)
+    with pytest.raises(ValueError, match="n must be"):
+        validation_prompts(kind, value, 0)

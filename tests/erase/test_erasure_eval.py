@@ -139,3 +139,57 @@ def test_spm_seed_reaches_training_and_keeps_caches_apart(tmp_path, monkeypatch)
     E.spm_cache_path(tmp_path, "circle", s0).rename(E.spm_cache_path(tmp_path, "circle", E.dataclasses.replace(s1, spm_seed=2)))
     with pytest.raises(ValueError, match="was trained with"):  # a seed-0 SPM under a seed-2 name is refused
         E.train_zoo_spm(pipe, "circle", E.dataclasses.replace(s1, spm_seed=2), tmp_path)
+
+
+def test_spm_candidates_and_varied_targets_settings_and_cache_names(tmp_path):
+    s = E.settings_from(E.parse_args(["--spm-seed", "2", "--spm-candidates", "3", "--spm-varied-targets"]))
+    assert s.spm_candidates == 3 and s.spm_varied
+    assert E.candidate_seeds(s) == [2, 1002, 2002]
+    assert E.spm_cache_path(tmp_path, "striped", s).name == "spm_striped_seed2_varied_best3.safetensors"
+    plain = E.settings_from(E.parse_args([]))
+    assert plain.spm_candidates == 1 and not plain.spm_varied and E.candidate_seeds(plain) == [0]
+    assert E.spm_cache_path(tmp_path, "striped", plain).name == "spm_striped.safetensors"
+    with pytest.raises(SystemExit):
+        E.settings_from(E.parse_args(["--spm-candidates", "0"]))
+    with pytest.raises(SystemExit):
+        E.settings_from(E.parse_args(["--spm-varied-targets", "--spm-targets", "word"]))
+
+
+def test_spm_candidates_validate_on_held_in_captions_and_cache_the_choice(tmp_path, monkeypatch):
+    """--spm-candidates: train_spm_selected gets the candidate seeds and a validate that scores on
+    validation_prompts (never a training target, never a paraphrase); the chosen SPM is cached
+    and read back only for the same candidates."""
+    pipe = osmos.zoo.load("shapes-unet")
+    s = E.dataclasses.replace(E.FULL, spm_steps=7, spm_seed=1, spm_candidates=2)
+    seen = {}
+
+    def fake_selected(train_pipe, concept, validate, seeds, **kw):
+        seen["seeds"], seen["prompts"] = seeds, kw["prompts"]
+        spm = SPM.for_unet(pipe.unet, concept, settings={"steps": 7, "lr": s.spm_lr, "la_strength": s.la_strength,
+                                                        "sampling_steps": s.steps, "seed": seeds[1],
+                                                        "extra": {"prompts": len(kw["prompts"])}})
+        for seed in seeds:  # every candidate is offered for caching under its plain-seed name
+            kw["on_candidate"](seed, SPM.for_unet(pipe.unet, concept, settings={**spm.settings, "seed": seed}), 0.5)
+        spm.settings["selection"] = {"seeds": list(seeds), "scores": [0.5, 0.25], "chosen": seeds[1]}
+        return spm, [0.5, 0.25]
+
+    captured = []
+    monkeypatch.setattr(E, "train_spm_selected", fake_selected)
+    monkeypatch.setattr(E, "validation_prompts", lambda *a, **kw: captured.append((a, kw)) or ["a striped red circle on black"])
+    got = E.train_zoo_spm(pipe, "striped", s, tmp_path)
+    assert seen["seeds"] == [1, 1001] and got.settings["selection"]["chosen"] == 1001
+    (args, kw), = captured
+    assert args[:2] == ("style", "striped") and set(kw["exclude"]) == {t for t, _ in seen["prompts"]}
+    assert E.spm_cache_path(tmp_path, "striped", s).is_file()
+    for seed in (1, 1001):
+        plain = E.dataclasses.replace(s, spm_seed=seed, spm_candidates=1)
+        assert E.spm_cache_path(tmp_path, "striped", plain).name == f"spm_striped_seed{seed}.safetensors"
+        assert SPM.load(E.spm_cache_path(tmp_path, "striped", plain), pipe.unet).settings["seed"] == seed
+        assert "selection" not in SPM.load(E.spm_cache_path(tmp_path, "striped", plain), pipe.unet).settings
+    seen.clear()
+    again = E.train_zoo_spm(pipe, "striped", s, tmp_path)  # read back, not retrained
+    assert not seen and again.settings["selection"]["chosen"] == 1001
+    three = E.dataclasses.replace(s, spm_candidates=3)
+    E.spm_cache_path(tmp_path, "striped", s).rename(E.spm_cache_path(tmp_path, "striped", three))
+    with pytest.raises(ValueError, match="was trained with"):  # 2 candidates' choice under a 3-candidate name
+        E.train_zoo_spm(pipe, "striped", three, tmp_path)

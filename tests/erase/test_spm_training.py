@@ -142,3 +142,58 @@ def test_train_spm_keeps_prompt_pairs_and_blocks_together():
         assert all(any(torch.equal(r, v) for v in vocab) for r in base[5:])  # unscaled vocabulary anchors
     with pytest.raises(ValueError, match="targets_per_step"):
         train_spm(pipe, "cat", steps=1, prompts=pairs, targets_per_step=0, progress=False)
+
+
+@pytest.mark.slow
+def test_train_spm_selected_keeps_the_lowest_validation_score():
+    """One SPM per seed; the lowest score wins (the earliest on ties), the choice is recorded in
+    the settings, and the chosen SPM is the one train_spm gives for that seed alone."""
+    from osmos.erase.spm import train_spm_selected
+
+    pipe = tiny_pipe("sd15")
+    kw = dict(steps=1, lr=1e-2, la_strength=0.0, sampling_steps=1, progress=False)
+    wanted = {3: 0.5, 7: 0.1, 9: 0.1}
+    seen = []
+
+    def validate(spm):
+        seen.append(spm.settings["seed"])
+        return wanted[spm.settings["seed"]]
+
+    kept = []
+    best, scores = train_spm_selected(pipe, "a cat", validate, [3, 7, 9],
+                                      on_candidate=lambda seed, spm, score: kept.append((seed, spm, score)), **kw)
+    assert seen == [3, 7, 9] and scores == [0.5, 0.1, 0.1]
+    assert [(seed, score) for seed, _, score in kept] == [(3, 0.5), (7, 0.1), (9, 0.1)] and kept[1][1] is best
+    assert best.settings["seed"] == 7
+    assert best.settings["selection"] == {"seeds": [3, 7, 9], "scores": [0.5, 0.1, 0.1], "chosen": 7}
+    alone = train_spm(pipe, "a cat", seed=7, **kw)
+    for p, q in zip(best.parameters(), alone.parameters()):
+        torch.testing.assert_close(p, q)
+    other = train_spm(pipe, "a cat", seed=3, **kw)
+    assert any(not torch.equal(p, q) for p, q in zip(best.parameters(), other.parameters()))
+
+
+def test_train_spm_selected_errors():
+    from osmos.erase.spm import train_spm_selected
+
+    pipe = object()  # never reached: the arguments are checked first
+    with pytest.raises(TypeError, match="sequence of training seeds"):
+        train_spm_selected(pipe, "a cat", lambda s: 0.0, 3)
+    with pytest.raises(ValueError, match="at least one"):
+        train_spm_selected(pipe, "a cat", lambda s: 0.0, [])
+    with pytest.raises(ValueError, match="must differ"):
+        train_spm_selected(pipe, "a cat", lambda s: 0.0, [1, 1])
+    with pytest.raises(ValueError, match="do not pass seed"):
+        train_spm_selected(pipe, "a cat", lambda s: 0.0, [1, 2], seed=4)
+    with pytest.raises(ValueError, match="do not pass checkpoint"):
+        train_spm_selected(pipe, "a cat", lambda s: 0.0, [1, 2], checkpoint="x.safetensors")
+
+
+@pytest.mark.slow
+def test_train_spm_selected_refuses_a_non_finite_score():
+    from osmos.erase.spm import train_spm_selected
+
+    pipe = tiny_pipe("sd15")
+    with pytest.raises(ValueError, match="finite"):
+        train_spm_selected(pipe, "a cat", lambda s: float("nan"), [0], steps=1, la_strength=0.0, sampling_steps=1,
+                           progress=False)

@@ -7,6 +7,8 @@ and RECE run on a zoo ``ShapesPipeline`` exactly as on a diffusers Stable Diffus
 * :class:`SPMTrainingPipe`    what ``train_spm`` needs (states + attention mask, latent shape)
 * :func:`concept_of`          which concept kind ("shape", "colour", ...) a word names
 * :func:`anchor_prompts`      the vocabulary of other concepts, for Latent Anchoring
+* :func:`validation_prompts`  training-vocabulary captions outside the training targets, for
+                               choosing among SPM training draws (train_spm_selected)
 * :func:`generate`            seeded images from prompts or from raw token states, optionally
                                with SPMs attached (per-prompt gammas under classifier-free guidance)
 """
@@ -132,11 +134,58 @@ def caption_naming(template: str, kind: str, word: str | None, other: str, index
     return " ".join(template.format(**fill).split())
 
 
-def erasure_prompt_pairs(kind: str, value: str, surrogate: str = "drop") -> list[tuple[str, str]]:
+def _caption(template: str, kind: str, word: str | None, other: str, shape: str, bg: str = "") -> str:
+    """A caption from `template` naming `word` (of `kind`; None leaves it out), `other` (a word of
+    other_kind_of(kind)), the shape word `shape` when the shape slot is free and the background
+    phrase `bg` (already formatted) unless kind is background."""
+    fill = {"style": "", "bg": bg, "colour": "", "shape": shape}
+    fill[other_kind_of(kind)] = other
+    if kind in ("shape", "colour"):
+        fill[kind] = word or ""
+    elif word is not None:
+        if kind == "style":
+            fill["style"] = word + " "
+        else:
+            fill["bg"] = D.BG_PHRASES["train"][0].format(word)
+    return " ".join(template.format(**fill).split())
+
+
+def varied_captions(kind: str, value: str, word: bool = True) -> list[str]:
+    """Captions of the training vocabulary only (D.TEMPLATES["train"], training wordings,
+    D.BG_PHRASES["train"]) that vary what erasure_prompt_pairs' default captions hold fixed:
+    every training wording of the other main kind (not only the first), the other training
+    wordings of the cycled shape, and a training background phrase on half of them (not on
+    background concepts). One caption per (template, concept wording, other value, other
+    wording); with word=False the same captions without the concept (the surrogates).
+    Deterministic; no held-out (paraphrase) wording or template is ever used."""
+    other = other_kind_of(kind)
+    out = []
+    for ti, template in enumerate(D.TEMPLATES["train"]):
+        for wi, w in enumerate(training_wordings(kind, value)):
+            for i, o in enumerate(D.CONCEPTS[other]):
+                for j, o_word in enumerate(D.WORDS[other][o][0]):
+                    shape_words = D.WORDS["shape"][D.SHAPES[(i + j + ti) % len(D.SHAPES)]][0]
+                    shape = shape_words[(ti + wi + j) % len(shape_words)]
+                    bg = ""
+                    if kind != "background" and (ti + j + i) % 2:
+                        bg_words = D.WORDS["background"][D.BACKGROUNDS[(i + wi) % len(D.BACKGROUNDS)]][0]
+                        phrases = D.BG_PHRASES["train"]
+                        bg = phrases[(ti + j) % len(phrases)].format(bg_words[ti % len(bg_words)])
+                    out.append(_caption(template, kind, w if word else None, o_word, shape, bg))
+    return out
+
+
+def erasure_prompt_pairs(kind: str, value: str, surrogate: str = "drop", varied: bool = False) -> list[tuple[str, str]]:
     """(target, surrogate) caption pairs for SPM / ESD training: every training template and
     wording of the concept with every value of the other main kind (first wording), each paired
     with the same caption without the concept word (surrogate="drop": "a red circle" -> "a red",
-    "a striped red circle" -> "a red circle") or with the fixed surrogate text given."""
+    "a striped red circle" -> "a red circle") or with the fixed surrogate text given.
+    varied: instead the varied_captions (every training wording of the other kind, other shape
+    wordings, training backgrounds: more contexts from the same training vocabulary)."""
+    if varied:
+        targets = varied_captions(kind, value)
+        surrogates = varied_captions(kind, value, word=False) if surrogate == "drop" else [surrogate] * len(targets)
+        return list(dict.fromkeys(zip(targets, surrogates)))
     other = other_kind_of(kind)
     pairs = []
     for template in D.TEMPLATES["train"]:
@@ -146,6 +195,44 @@ def erasure_prompt_pairs(kind: str, value: str, surrogate: str = "drop") -> list
                 target = caption_naming(template, kind, word, o_word, i)
                 pairs.append((target, caption_naming(template, kind, None, o_word, i) if surrogate == "drop" else surrogate))
     return pairs
+
+
+def validation_prompts(kind: str, value: str, n: int = 24, exclude: Sequence[str] = (), seed: int = 0) -> list[str]:
+    """n captions naming the concept for checking an erasure on wordings it was not trained on,
+    built from the training vocabulary only: a training template, a training wording of the
+    concept, a random value and training wording of the other main kind, a random training
+    wording of a random shape (style / background concepts) and, on about two in three, a
+    training background phrase. Captions in `exclude` (e.g. the training targets) are skipped, so
+    the set is disjoint from them; no held-out (paraphrase) template or wording can occur, since
+    D.WORDS keeps the two splits apart. Deterministic in `seed`; one caption per other value in
+    turn so every value appears.
+
+    Raises ValueError when fewer than n distinct captions remain after `exclude`."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    other = other_kind_of(kind)
+    skip = set(exclude)
+    g = torch.Generator().manual_seed(seed)
+    pick = lambda seq: seq[int(torch.randint(len(seq), (1,), generator=g))]  # noqa: E731
+    out: list[str] = []
+    misses = 0
+    while misses < 5000:  # 5000 draws in a row without a new caption: the space is used up
+        o = D.CONCEPTS[other][len(out) % len(D.CONCEPTS[other])]
+        bg = ""
+        if kind != "background" and int(torch.randint(3, (1,), generator=g)):
+            bg_value = pick(D.BACKGROUNDS)
+            bg = pick(D.BG_PHRASES["train"]).format(pick(D.WORDS["background"][bg_value][0]))
+        text = _caption(pick(D.TEMPLATES["train"]), kind, pick(training_wordings(kind, value)),
+                        pick(D.WORDS[other][o][0]), pick(D.WORDS["shape"][pick(D.SHAPES)][0]), bg)
+        if text in skip:
+            misses += 1
+            continue
+        misses = 0
+        out.append(text)
+        skip.add(text)
+        if len(out) == n:
+            return out
+    raise ValueError(f"only {len(out)} validation captions of {value!r} outside `exclude`, {n} asked for")
 
 
 def anchor_prompts(kind: str, value: str, captions: bool = True) -> list[str]:

@@ -8,11 +8,12 @@ from osmos.erase.spm.inject import SPMHandle, apply_spm
 from osmos.erase.spm.targets import ArchitectureMismatch, LayerSpec, adapted_layers, architecture_hash
 from osmos.erase.spm.training import (
     AnchorSampler, BatchLayout, anchoring_loss, erasure_loss, erasure_target, train_spm,
+    train_spm_selected,
 )
 from osmos.erase.spm.transport import FacilitatedTransport, PromptEncoding, transformers_encoder
 
 __all__ = [
     "SPM", "SPMHandle", "apply_spm", "merge_spm", "save_lora", "to_lora_state_dict", "ArchitectureMismatch",
     "LayerSpec", "adapted_layers", "architecture_hash", "AnchorSampler", "BatchLayout", "anchoring_loss",
-    "erasure_loss", "erasure_target", "train_spm", "FacilitatedTransport", "PromptEncoding", "transformers_encoder",
+    "erasure_loss", "erasure_target", "train_spm", "train_spm_selected", "FacilitatedTransport", "PromptEncoding", "transformers_encoder",
 ]

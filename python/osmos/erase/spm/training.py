@@ -332,3 +332,46 @@ def train_spm(pipe, concept: str, surrogate: str = "", steps: int = 1000, lr: fl
     finally:
         handle.remove()
     return spm
+
+
+def train_spm_selected(pipe, concept: str, validate, seeds: Sequence[int], on_candidate=None,
+                       **kwargs) -> tuple[SPM, list[float]]:
+    """Best of several training draws: one SPM per seed in `seeds` (train_spm(pipe, concept,
+    seed=seed, **kwargs)), each scored by validate(spm) -> float, lower = better erased (e.g. the
+    fraction of images from validation prompts in which a classifier still sees the concept);
+    the SPM with the lowest score is returned (the earliest seed on ties), with its settings'
+    "selection" entry {"seeds", "scores", "chosen"} recording the choice (saved with the file).
+
+    SPM training draws differ in how far the erasure carries from the training prompts to other
+    wordings; a validation check picks a draw that generalises. The validation prompts must be
+    disjoint from whatever the SPM is finally evaluated on, or the selection overfits them.
+    on_candidate: called as on_candidate(seed, spm, score) after each candidate is scored (e.g.
+    to save every candidate; each is the SPM train_spm gives for that seed alone).
+
+    Returns:
+        (the chosen SPM, the score of every seed in order).
+    """
+    if isinstance(seeds, (int, str)):
+        raise TypeError(f"seeds must be a sequence of training seeds, e.g. [0, 1000, 2000], got {seeds!r}")
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must name at least one training seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must differ, got {seeds}")
+    for key in ("seed", "checkpoint"):
+        if kwargs.get(key) is not None:
+            raise ValueError(f"train_spm_selected sets one {key} per candidate itself; do not pass {key}=")
+    kwargs.pop("seed", None)
+    best, scores = None, []
+    for seed in seeds:
+        spm = train_spm(pipe, concept, seed=seed, **kwargs)
+        score = float(validate(spm))
+        if score != score or score in (float("inf"), float("-inf")):
+            raise ValueError(f"validate gave {score} for seed {seed}; it must return a finite score")
+        scores.append(score)
+        if on_candidate is not None:
+            on_candidate(seed, spm, score)
+        if best is None or score < min(scores[:-1]):
+            best = spm
+    best.settings["selection"] = {"seeds": seeds, "scores": scores, "chosen": seeds[scores.index(min(scores))]}
+    return best, scores
