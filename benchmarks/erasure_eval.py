@@ -72,7 +72,7 @@ from osmos.erase.esd import train_esd
 from osmos.erase.spm import SPM, apply_spm, train_spm, train_spm_selected
 from osmos.erase.text_encoding import token_rows
 from osmos.erase.zoo import SPMTrainingPipe, anchor_prompts, caption_naming, concept_of, erasure_prompt_pairs, generate, \
-    other_kind_of, training_wordings, validation_prompts, zoo_text_encoding, zoo_transport
+    other_kind_of, training_wordings, validation_check, zoo_text_encoding, zoo_transport
 from osmos.zoo import data as D
 from osmos.zoo.pipeline import save_grid
 
@@ -335,14 +335,8 @@ def spm_for(pipe, value: str, s: Settings, la_strength: float, cache: Path | Non
     if s.spm_candidates <= 1:
         return train_spm(SPMTrainingPipe.of(pipe), value, seed=s.spm_seed, **kwargs)
     trained = [t for t, _ in pairs] if pairs else [value]
-    prompts = validation_prompts(kind, value, VALIDATION_PROMPTS, exclude=trained)
-    clf = osmos.zoo.load("classifier")
-    index = D.CONCEPTS[kind].index(value)
-
-    def validate(spm: SPM) -> float:
-        with apply_spm(pipe.unet, [spm]) as handle:
-            images = generate(pipe, prompts, VALIDATION_SEEDS, num_inference_steps=s.steps, spm_handle=handle)
-        return float((clf.predict(images)[kind] == index).float().mean())
+    validate = validation_check(pipe, kind, value, exclude=trained, n=VALIDATION_PROMPTS, seeds=VALIDATION_SEEDS,
+                                num_inference_steps=s.steps)
 
     def keep(seed: int, spm: SPM, score: float) -> None:
         path = None if cache is None else spm_cache_path(cache, value, dataclasses.replace(s, spm_seed=seed, spm_candidates=1))

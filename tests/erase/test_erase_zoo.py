@@ -18,8 +18,8 @@ from osmos.erase.edit_file import load_edit
 from osmos.erase.spm import SPM
 from osmos.erase.spm.training import _unet
 from osmos.erase.zoo import (
-    SPMTrainingPipe, anchor_prompts, concept_of, concept_rate, generate, grid_prompts, zoo_prompt_encoder,
-    zoo_text_encoding,
+    SPMTrainingPipe, anchor_prompts, concept_of, concept_rate, generate, grid_prompts, validation_check,
+    zoo_prompt_encoder, zoo_text_encoding,
 )
 from osmos.zoo.models import predict_noise
 
@@ -160,6 +160,42 @@ def test_spm_cli_stores_the_concepts_training_wordings(tmp_path):
                       "--out", str(out), "--threads", "1"]) == 0
     spm = SPM.load(out)
     assert spm.concept == "disc" and spm.wordings == ["circle", "disc", "round shape"]
+
+def test_spm_cli_keeps_the_best_of_several_candidates(tmp_path, monkeypatch):
+    """--candidates K trains seeds --seed + 1000 j, scores each with validation_check and keeps the
+    lowest; the choice is recorded in the file (scores replaced by a stub so the test is fast and
+    the winner known)."""
+    import osmos.erase.zoo as erase_zoo
+
+    calls = []
+
+    def fake_check(pipe, kind, value, exclude=(), **kw):
+        assert (kind, value) == ("shape", "circle") and len(exclude) > 1  # the training captions
+        return lambda spm: calls.append(spm.settings["seed"]) or {0: 0.5, 1000: 0.25, 2000: 0.75}[spm.settings["seed"]]
+
+    monkeypatch.setattr(erase_zoo, "validation_check", fake_check)
+    out = tmp_path / "disc.safetensors"
+    assert osmos_cmd(["erase", "spm", "--concept", "disc", "--steps", "1", "--sampling-steps", "2",
+                      "--candidates", "3", "--out", str(out), "--threads", "1"]) == 0
+    spm = SPM.load(out)
+    assert calls == [0, 1000, 2000]
+    assert spm.settings["seed"] == 1000 and spm.settings["selection"]["chosen"] == 1000
+    assert spm.settings["selection"]["scores"] == [0.5, 0.25, 0.75]
+    for argv, match in ((["--candidates", "0"], ">= 1"),
+                        (["--candidates", "2", "--checkpoint", str(tmp_path / "c.safetensors")], "checkpoint"),
+                        (["--candidates", "2", "--concept", "van gogh"], "zoo classifier")):
+        args = ["erase", "spm", "--concept", "disc", "--steps", "1", "--out", str(tmp_path / "x.safetensors")]
+        with pytest.raises(SystemExit, match=match):
+            osmos_cmd(args + argv)
+
+
+def test_validation_check_scores_the_concept_rate(pipe):
+    """With a zero adapter the check reports the base model's rate of the concept on its validation
+    captions, which for red on shapes-unet is high."""
+    red = validation_check(pipe, "colour", "red", n=4, seeds=(0,), num_inference_steps=10)
+    neutral = SPM.for_unet(pipe.unet, "red")  # u = 0: changes nothing
+    assert red(neutral) >= 0.75
+
 
 def test_generate_cli_with_a_neutral_spm_matches_the_base_model(tmp_path, pipe):
     spm = SPM.for_unet(pipe.unet, "circle")  # u = 0: changes nothing

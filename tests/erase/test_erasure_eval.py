@@ -156,8 +156,8 @@ def test_spm_candidates_and_varied_targets_settings_and_cache_names(tmp_path):
 
 
 def test_spm_candidates_validate_on_held_in_captions_and_cache_the_choice(tmp_path, monkeypatch):
-    """--spm-candidates: train_spm_selected gets the candidate seeds and a validate that scores on
-    validation_prompts (never a training target, never a paraphrase); the chosen SPM is cached
+    """--spm-candidates: train_spm_selected gets the candidate seeds and a validation_check that
+    excludes the training targets (and never uses a paraphrase); the chosen SPM is cached
     and read back only for the same candidates."""
     pipe = osmos.zoo.load("shapes-unet")
     s = E.dataclasses.replace(E.FULL, spm_steps=7, spm_seed=1, spm_candidates=2)
@@ -175,11 +175,12 @@ def test_spm_candidates_validate_on_held_in_captions_and_cache_the_choice(tmp_pa
 
     captured = []
     monkeypatch.setattr(E, "train_spm_selected", fake_selected)
-    monkeypatch.setattr(E, "validation_prompts", lambda *a, **kw: captured.append((a, kw)) or ["a striped red circle on black"])
+    monkeypatch.setattr(E, "validation_check", lambda *a, **kw: captured.append((a, kw)) or (lambda spm: 0.5))
     got = E.train_zoo_spm(pipe, "striped", s, tmp_path)
     assert seen["seeds"] == [1, 1001] and got.settings["selection"]["chosen"] == 1001
     (args, kw), = captured
-    assert args[:2] == ("style", "striped") and set(kw["exclude"]) == {t for t, _ in seen["prompts"]}
+    assert args[1:3] == ("style", "striped") and set(kw["exclude"]) == {t for t, _ in seen["prompts"]}
+    assert kw["n"] == E.VALIDATION_PROMPTS and kw["seeds"] == E.VALIDATION_SEEDS
     assert E.spm_cache_path(tmp_path, "striped", s).is_file()
     for seed in (1, 1001):
         plain = E.dataclasses.replace(s, spm_seed=seed, spm_candidates=1)

@@ -63,6 +63,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--sampling-steps", type=int, default=15, help="DDIM steps of the x_t sampling (15)")
     p.add_argument("--seed", type=int, default=0, help="training seed (0)")
     p.add_argument("--checkpoint", default=None, help="resumable checkpoint file (saved every 50 steps)")
+    p.add_argument("--candidates", type=int, default=1,
+                   help="zoo concepts: train K SPMs (seeds --seed + 1000 j) and keep the one that leaves the "
+                        "concept least often on validation captions it was not trained on (1: no selection)")
     _common(p)
     p.set_defaults(func=_run_spm)
     for method, help_text in (
@@ -203,9 +206,13 @@ def _run_spm(args) -> int:
     from osmos.erase.models import load_model
     from osmos.erase.spm import apply_spm, train_spm
 
+    if args.candidates < 1:
+        raise SystemExit(f"--candidates must be >= 1, got {args.candidates}")
+    if args.candidates > 1 and args.checkpoint:
+        raise SystemExit("--candidates trains several SPMs; it does not take --checkpoint")
     model = load_model(args.model, args.device)
     weights, folder = _outputs(args.out, "spm", args.concept)
-    anchors, pairs, wordings = args.anchors, None, None
+    anchors, pairs, wordings, kind_value = args.anchors, None, None, None
     if model.zoo:
         from osmos.erase.zoo import anchor_prompts, concept_of, erasure_prompt_pairs, training_wordings
 
@@ -218,13 +225,28 @@ def _run_spm(args) -> int:
         if kind_value is not None and args.targets == "captions":
             pairs = erasure_prompt_pairs(*kind_value)
             wordings = training_wordings(*kind_value)
+    if args.candidates > 1 and kind_value is None:
+        raise SystemExit("--candidates checks each SPM with the zoo classifier: it needs a zoo model and a concept "
+                         "of the shapes world; elsewhere call osmos.erase.spm.train_spm_selected with your own validate")
     train_pipe = model.spm_pipe()
     grid = _Grid(model, args.concept, folder, args)
-    spm = train_spm(train_pipe, args.concept, surrogate=args.surrogate, steps=args.steps, lr=args.lr,
-                    la_strength=args.la_strength if anchors else 0.0, anchors=anchors or None,
-                    sampling_steps=args.sampling_steps, seed=args.seed, checkpoint=args.checkpoint, checkpoint_every=50,
-                    prompts=pairs, targets_per_step=2 if pairs else 1, fixed_anchors=[""] if pairs else [],
-                    anchor_norm_range=None if pairs else (0.8, 1.2), wordings=wordings)
+    kwargs = dict(surrogate=args.surrogate, steps=args.steps, lr=args.lr, la_strength=args.la_strength if anchors else 0.0,
+                  anchors=anchors or None, sampling_steps=args.sampling_steps, prompts=pairs,
+                  targets_per_step=2 if pairs else 1, fixed_anchors=[""] if pairs else [],
+                  anchor_norm_range=None if pairs else (0.8, 1.2), wordings=wordings)
+    if args.candidates > 1:
+        from osmos.erase.spm import train_spm_selected
+        from osmos.erase.zoo import validation_check
+
+        validate = validation_check(model.pipe, *kind_value, exclude=[t for t, _ in pairs] if pairs else [args.concept])
+        spm, scores = train_spm_selected(train_pipe, args.concept, validate,
+                                         [args.seed + 1000 * j for j in range(args.candidates)], **kwargs)
+        print("  candidates (seed: concept rate on validation captions): "
+              + ", ".join(f"{sd}: {sc:.2f}" for sd, sc in zip(spm.settings["selection"]["seeds"], scores))
+              + f"; kept seed {spm.settings['selection']['chosen']}")
+    else:
+        spm = train_spm(train_pipe, args.concept, seed=args.seed, checkpoint=args.checkpoint, checkpoint_every=50,
+                        **kwargs)
     spm.save(weights)
     summary = None
     if grid.active:

@@ -9,6 +9,7 @@ and RECE run on a zoo ``ShapesPipeline`` exactly as on a diffusers Stable Diffus
 * :func:`anchor_prompts`      the vocabulary of other concepts, for Latent Anchoring
 * :func:`validation_prompts`  training-vocabulary captions outside the training targets, for
                                choosing among SPM training draws (train_spm_selected)
+* :func:`validation_check`    the classifier's rate of the concept on them: train_spm_selected's validate
 * :func:`generate`            seeded images from prompts or from raw token states, optionally
                                with SPMs attached (per-prompt gammas under classifier-free guidance)
 """
@@ -233,6 +234,30 @@ def validation_prompts(kind: str, value: str, n: int = 24, exclude: Sequence[str
         if len(out) == n:
             return out
     raise ValueError(f"only {len(out)} validation captions of {value!r} outside `exclude`, {n} asked for")
+
+
+def validation_check(pipe, kind: str, value: str, exclude: Sequence[str] = (), n: int = 24,
+                     seeds: Sequence[int] = (0, 1, 2, 3), num_inference_steps: int = 15, classifier=None):
+    """The `validate` of train_spm_selected on a zoo pipeline: a function spm -> the fraction of
+    images (n validation_prompts(kind, value, exclude=exclude) x `seeds`, generated with the SPM
+    attached) in which the zoo classifier still sees `value`; lower = better erased. Pass the
+    training targets as `exclude` so the check uses captions the SPM was not trained on; no
+    paraphrase wording or template is ever used (they stay free for the evaluation)."""
+    from osmos.erase.spm import apply_spm
+
+    prompts = validation_prompts(kind, value, n, exclude=exclude)
+    if classifier is None:
+        import osmos.zoo
+
+        classifier = osmos.zoo.load("classifier")
+    index = D.CONCEPTS[kind].index(value)
+
+    def validate(spm) -> float:
+        with apply_spm(pipe.unet, [spm]) as handle:
+            images = generate(pipe, prompts, seeds, num_inference_steps=num_inference_steps, spm_handle=handle)
+        return float((classifier.predict(images)[kind] == index).float().mean())
+
+    return validate
 
 
 def anchor_prompts(kind: str, value: str, captions: bool = True) -> list[str]:
