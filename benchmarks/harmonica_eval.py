@@ -39,7 +39,9 @@ features to real renders, and MSE / PSNR of the images to the uncached images fr
 (mean over images, and the median of the per-image MSE: the mean is dominated by the few samples
 whose shape or layout the cache changes).
 Writes benchmarks/figures/harmonica_eval_<T><tag>.{json,png} (table, grid: one row per method)
-and harmonica_eval_<T><tag>_pareto.png (MSE to the uncached images against speed-up).
+and harmonica_eval_<T><tag>_pareto.png (MSE to the uncached images against speed-up); the routers
+go to harmonica_eval_<T><tag>_routers.json as each is trained (for ``--routers-from``: a run
+stopped during its evaluation keeps its training).
 Without shipped weights or --weights the DiT is untrained: the numbers then only test plumbing.
 """
 
@@ -109,6 +111,12 @@ def load_trained(paths: list[Path], steps: int, n_units: int, scheduler: str) ->
     return found
 
 
+def save_training(path: Path, steps: int, train_info: dict) -> None:
+    """Write the routers trained so far ({"steps", "training"}, the fields `load_trained` reads)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"steps": steps, "training": train_info}, indent=2))
+
+
 def time_methods(pipe, routers: dict[str, Router | None], steps: int, batch: int, repeats: int) -> dict[str, float]:
     """Median seconds to sample one fixed batch, methods interleaved round-robin (same inputs)."""
     prompts = [D.prompt_for(s, c) for s in D.SHAPES for c in D.COLOURS][:batch]
@@ -168,6 +176,8 @@ def run(args, pipe, clf, steps: int) -> dict:
                                 "cache_usage": rec.cache_usage[-1], "granularity": granularity,
                                 "probabilities": router.probabilities().tolist(),
                                 **({"lambdas": rec.lambdas} if rec.lambdas else {})}
+            # saved as soon as trained: a run stopped later (evaluation) keeps its routers for --routers-from
+            save_training(args.out / f"harmonica_eval_{steps}{args.tag}_routers.json", steps, train_info)
         trained.setdefault(family, {})[name] = router
         if not args.budget_only:
             routers[name] = router
