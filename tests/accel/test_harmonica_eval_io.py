@@ -46,3 +46,21 @@ def test_saved_routers_reload_with_the_same_masks_and_budget_rows(tmp_path):
             assert torch.equal(budget_router(router, fraction, bound).compute_mask(0.1),
                                budget_router(original, fraction, bound).compute_mask(0.1))
     assert E.load_trained([path], steps + 1, units, "DDIMScheduler") == {}  # another step count: not reused
+
+
+def test_pareto_plot_has_an_mse_and_an_accuracy_panel(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    rows = [{"method": "none", "speedup": 1.0, "mse_vs_none": 0.0, "acc": 0.8},
+            {"method": "fora-2", "speedup": 1.5, "mse_vs_none": 1e-2, "acc": 0.82},
+            {"method": "harmonica@fora-2 K=2", "speedup": 1.45, "mse_vs_none": 3e-3, "acc": 0.74},
+            {"method": "l2c@fora-2 K=2", "speedup": 1.49, "mse_vs_none": 9e-3, "acc": 0.76}]
+    seen = {}
+    monkeypatch.setattr(plt, "close", lambda fig: seen.setdefault("fig", fig))
+    E.plot_pareto(rows, tmp_path / "p.png", "t")
+    assert (tmp_path / "p.png").stat().st_size > 0
+    mse_ax, acc_ax = seen["fig"].axes
+    assert mse_ax.get_yscale() == "log" and acc_ax.get_ylabel() == "pair accuracy (classifier)"
+    plotted = sorted(float(y) for c in acc_ax.collections for _, y in c.get_offsets())
+    assert plotted == [0.74, 0.76, 0.82]  # every cached row, none only as the reference line
+    assert [line.get_ydata()[0] for line in acc_ax.lines] == [0.8]
