@@ -30,7 +30,7 @@ restricts them to each budget under each bound (rows ``<method>@fora-N K=k``; de
 FORA-N has K = N - 1, and at FORA-N's own budget that bound leaves no other schedule
 (at most N - 1 reuses per computation), so useful bounds are K >= N. ``--usages u ...`` adds
 budgets (rows ``<method>@u=..``) between FORA's. A budget a bound cannot reach is skipped.
-A scatter of MSE to the uncached images against speed-up goes to ``..._pareto.png``.
+Scatters of MSE to the uncached images and of pair accuracy against speed-up go to ``..._pareto.png``.
 
 Columns: cache usage (fraction of attention/MLP evaluations served from the cache), wall-clock
 speed-up over ``none`` (median of interleaved repeats, generating one fixed batch), classifier
@@ -39,7 +39,9 @@ features to real renders, and MSE / PSNR of the images to the uncached images fr
 (mean over images, and the median of the per-image MSE: the mean is dominated by the few samples
 whose shape or layout the cache changes).
 Writes benchmarks/figures/harmonica_eval_<T><tag>.{json,png} (table, grid: one row per method)
-and harmonica_eval_<T><tag>_pareto.png (MSE to the uncached images against speed-up).
+and harmonica_eval_<T><tag>_pareto.png (MSE to the uncached images and pair accuracy against speed-up); the routers
+go to harmonica_eval_<T><tag>_routers.json as each is trained (for ``--routers-from``: a run
+stopped during its evaluation keeps its training).
 Without shipped weights or --weights the DiT is untrained: the numbers then only test plumbing.
 """
 
@@ -109,6 +111,12 @@ def load_trained(paths: list[Path], steps: int, n_units: int, scheduler: str) ->
     return found
 
 
+def save_training(path: Path, steps: int, train_info: dict) -> None:
+    """Write the routers trained so far ({"steps", "training"}, the fields `load_trained` reads)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"steps": steps, "training": train_info}, indent=2))
+
+
 def time_methods(pipe, routers: dict[str, Router | None], steps: int, batch: int, repeats: int) -> dict[str, float]:
     """Median seconds to sample one fixed batch, methods interleaved round-robin (same inputs)."""
     prompts = [D.prompt_for(s, c) for s in D.SHAPES for c in D.COLOURS][:batch]
@@ -168,6 +176,8 @@ def run(args, pipe, clf, steps: int) -> dict:
                                 "cache_usage": rec.cache_usage[-1], "granularity": granularity,
                                 "probabilities": router.probabilities().tolist(),
                                 **({"lambdas": rec.lambdas} if rec.lambdas else {})}
+            # saved as soon as trained: a run stopped later (evaluation) keeps its routers for --routers-from
+            save_training(args.out / f"harmonica_eval_{steps}{args.tag}_routers.json", steps, train_info)
         trained.setdefault(family, {})[name] = router
         if not args.budget_only:
             routers[name] = router
@@ -252,13 +262,15 @@ def run(args, pipe, clf, steps: int) -> dict:
 
 
 def plot_pareto(rows: list[dict], path: Path, title: str) -> None:
-    """MSE to the uncached images (log) against speed-up, one marker per method family."""
+    """Quality against speed-up, one marker per method family: MSE to the uncached images (log;
+    left) and classifier pair accuracy (right; dashed: no cache). The two can disagree: a schedule
+    that moves every image a little has a low mean MSE and may still cost accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (ax, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
     styles = {"fora": ("k", "s"), "harmonica step": ("tab:green", "D"), "harmonica": ("tab:blue", "o"),
               "l2c": ("tab:orange", "^"), "selected": ("tab:red", "*")}
     for family, (colour, marker) in styles.items():
@@ -266,16 +278,22 @@ def plot_pareto(rows: list[dict], path: Path, title: str) -> None:
                and not (family == "harmonica" and r["method"].startswith("harmonica step"))]
         if not pts:
             continue
-        ax.scatter([r["speedup"] for r in pts], [r["mse_vs_none"] for r in pts], c=colour, marker=marker, label=family)
-        for r in pts:
-            ax.annotate(r["method"].split("@")[-1] if "@" in r["method"] else r["method"], (r["speedup"], r["mse_vs_none"]),
-                        fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("speed-up over no cache (wall clock)")
+        for axis, key in ((ax, "mse_vs_none"), (ax_acc, "acc")):
+            axis.scatter([r["speedup"] for r in pts], [r[key] for r in pts], c=colour, marker=marker, label=family)
+            for r in pts:
+                axis.annotate(r["method"].split("@")[-1] if "@" in r["method"] else r["method"], (r["speedup"], r[key]),
+                              fontsize=6, xytext=(3, 3), textcoords="offset points")
+    for r in rows:
+        if r["method"] == "none":
+            ax_acc.axhline(r["acc"], color="grey", ls="--", lw=1, label="none")
     ax.set_ylabel("MSE to the uncached images")
     ax.set_yscale("log")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    ax_acc.set_ylabel("pair accuracy (classifier)")
+    for axis in (ax, ax_acc):
+        axis.set_xlabel("speed-up over no cache (wall clock)")
+        axis.set_title(title, fontsize=9)
+        axis.legend(fontsize=8)
+        axis.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
