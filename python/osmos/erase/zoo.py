@@ -120,25 +120,15 @@ def caption_naming(template: str, kind: str, word: str | None, other: str, index
     SHAPES[index % 6]. E.g. ("a {style}{colour} {shape}{bg}", "shape", "disc", "red") -> "a red disc".
     split: "train" or "heldout" (the paraphrases): which wording of that cycled shape and which
     background phrase ("on a dark background" / "against a midnight backdrop") the caption uses."""
-    k = D.SPLITS.index(split)
-    fill = {"style": "", "bg": "", "colour": "", "shape": D.WORDS["shape"][D.SHAPES[index % len(D.SHAPES)]][k][0]}
-    fill[other_kind_of(kind)] = other
-    if word is not None:
-        if kind == "style":
-            fill["style"] = word + " "
-        elif kind == "background":
-            fill["bg"] = D.BG_PHRASES[split][0].format(word)
-        else:
-            fill[kind] = word
-    elif kind in ("shape", "colour"):
-        fill[kind] = ""
-    return " ".join(template.format(**fill).split())
+    shape = D.WORDS["shape"][D.SHAPES[index % len(D.SHAPES)]][D.SPLITS.index(split)][0]
+    return _caption(template, kind, word, other, shape, split=split)
 
 
-def _caption(template: str, kind: str, word: str | None, other: str, shape: str, bg: str = "") -> str:
+def _caption(template: str, kind: str, word: str | None, other: str, shape: str, bg: str = "",
+             split: str = "train") -> str:
     """A caption from `template` naming `word` (of `kind`; None leaves it out), `other` (a word of
     other_kind_of(kind)), the shape word `shape` when the shape slot is free and the background
-    phrase `bg` (already formatted) unless kind is background."""
+    phrase `bg` (already formatted) unless kind is background (then `split`'s first phrase)."""
     fill = {"style": "", "bg": bg, "colour": "", "shape": shape}
     fill[other_kind_of(kind)] = other
     if kind in ("shape", "colour"):
@@ -147,7 +137,7 @@ def _caption(template: str, kind: str, word: str | None, other: str, shape: str,
         if kind == "style":
             fill["style"] = word + " "
         else:
-            fill["bg"] = D.BG_PHRASES["train"][0].format(word)
+            fill["bg"] = D.BG_PHRASES[split][0].format(word)
     return " ".join(template.format(**fill).split())
 
 
