@@ -23,9 +23,10 @@ def segments():
     return sorted(f for f in os.listdir(SHM_DIR) if f.startswith(SEGMENT_PREFIX))
 
 
-def run_trainer(handle, out, *args, rank=0, expect_kill=False):
-    """Run tests/ft/_trainer.py against ``handle``'s manager in ``out``; the CompletedProcess."""
-    env = dict(os.environ, **handle.env, RANK=str(rank), PYTHONPATH=PYROOT)
+def run_trainer(handle, out, *args, rank=0, expect_kill=False, optimizer="AdamW"):
+    """Run tests/ft/_trainer.py against ``handle``'s manager in ``out``; the CompletedProcess.
+    optimizer: "AdamW" (torch's, copying snapshots) or "SnapshotAdamW" (zero-copy snapshots)."""
+    env = dict(os.environ, **handle.env, RANK=str(rank), PYTHONPATH=PYROOT, OSMOS_TEST_OPTIMIZER=optimizer)
     p = subprocess.run([sys.executable, TRAINER, *map(str, args)], env=env, cwd=out, timeout=120,
                        capture_output=True, text=True)
     if expect_kill:

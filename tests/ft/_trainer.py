@@ -1,6 +1,7 @@
 """A deterministic tiny trainer for the fault-injection tests (run as a subprocess).
 
-argv: steps every [kill_at kill_mode]; writes into the working directory (out_dir); the manager comes from OSMOS_FT_* env vars.
+argv: steps every [kill_at kill_mode]; $OSMOS_TEST_OPTIMIZER=SnapshotAdamW trains with
+osmos.ft.SnapshotAdamW (zero-copy snapshots) instead of torch.optim.AdamW; writes into the working directory (out_dir); the manager comes from OSMOS_FT_* env vars.
 Appends one line per step to out_dir/losses.txt: "<step> <loss.hex()>". After restoring, saves the
 restored state to out_dir/restored.pt. kill_mode "after": SIGKILL itself once the step-kill_at
 snapshot is published; "during": SIGKILL itself inside the step-kill_at copy, before publishing.
@@ -12,6 +13,7 @@ import sys
 import torch
 from _training_loop import deterministic, kill_self, train
 
+from osmos.ft.optim import SnapshotAdamW
 from osmos.ft.restore import restore_or_init
 from osmos.ft.snapshot import Snapshotter
 
@@ -20,6 +22,8 @@ def build():
     deterministic()
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Dropout(0.1), torch.nn.ReLU(),
                                 torch.nn.BatchNorm1d(32), torch.nn.Linear(32, 1))
+    if os.environ.get("OSMOS_TEST_OPTIMIZER") == "SnapshotAdamW":  # zero-copy snapshots
+        return model, SnapshotAdamW(model.parameters(), lr=1e-2)
     return model, torch.optim.AdamW(model.parameters(), lr=1e-2)
 
 

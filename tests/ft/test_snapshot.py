@@ -12,7 +12,7 @@ import torch
 from _helpers import assert_state_equal as _assert_state_equal
 from _helpers import losses as _losses
 from _helpers import run_trainer as _run
-from _helpers import PYROOT, segments
+from _helpers import PYROOT
 from osmos.ft.manager import ManagerClient, start_manager
 from osmos.ft.restore import (
     SnapshotCorrupted,
@@ -23,31 +23,21 @@ from osmos.ft.restore import (
 from osmos.ft.snapshot import Snapshotter
 
 
-@pytest.fixture
-def manager():
-    before = segments()
-    h = start_manager(job_id=f"test-{os.getpid()}")
-    yield h
-    h.end_job()
-    assert h.proc.poll() is not None, "manager still running"
-    assert segments() == before, "shared-memory segments left behind"
-    assert not os.path.exists(os.path.dirname(h.socket_path))
-
-
+@pytest.mark.parametrize("optimizer", ["AdamW", "SnapshotAdamW"])
 @pytest.mark.parametrize("mode,every", [("after", 1), ("during", 2)])
-def test_sigkill_restart_resumes_bitwise(manager, tmp_path, mode, every):
+def test_sigkill_restart_resumes_bitwise(manager, tmp_path, mode, every, optimizer):
     steps = 12
     kill_at = random.Random().randrange(2, steps - 2) // every * every  # a snapshot step
     ref, run = tmp_path / "ref", tmp_path / "run"
     ref.mkdir(), run.mkdir()
-    _run(manager, ref, steps, every, rank=1)  # uninterrupted reference, own slot pair
-    _run(manager, run, steps, every, kill_at, mode, expect_kill=True)
+    _run(manager, ref, steps, every, rank=1, optimizer=optimizer)  # uninterrupted reference, own slot pair
+    _run(manager, run, steps, every, kill_at, mode, expect_kill=True, optimizer=optimizer)
     c = manager.client()
     record = c.request("latest", rank=0)["snapshot"]
     expected = kill_at if mode == "after" else kill_at - every  # a half-written one is never published
     assert record["step"] == expected
     published = read_snapshot(record)
-    _run(manager, run, steps, every)
+    _run(manager, run, steps, every, optimizer=optimizer)
     restored = torch.load(run / "restored.pt", weights_only=False)
     _assert_state_equal(restored["model"], published["model"])
     _assert_state_equal(restored["optimizer"], published["optimizer"])

@@ -17,6 +17,16 @@ Call ``snap.step(step)`` right after ``optimizer.step()`` of training step ``ste
 Consistency: the copy overlaps the next forward/backward, which only read the parameters.
 An optimizer step pre-hook waits for the copy to finish before the optimizer writes the
 parameters and its state again, so a snapshot always holds the values of a single step.
+
+Zero-copy mode (automatic with ``osmos.ft.SnapshotAdamW``): the parameters and moments live in
+the manager's slots. Before each optimizer step the manager hands out a slot (never the
+published one); the optimizer reads the current values and writes the new ones straight into it
+at fixed offsets, checksumming them on the way (``osmos.ft.optim``), and the parameters are
+re-pointed there. A snapshot then only copies what the optimizer does not write (buffers, step
+counters, RNG and user state: kilobytes to megabytes) into the slot's tail and publishes it: the
+parameters and optimizer state cost no copy at all. The published slot is only read (by the
+forward pass) until another snapshot is published, so the last complete snapshot is still never
+overwritten. ``close()`` moves the parameters back into private memory.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import torch
 
 from osmos.ft.checksum import copy_with_crc32c
 from osmos.ft.manager import ManagerClient
+from osmos.ft.optim import KINDS, SnapshotAdamW
 from osmos.ops._common import num_threads
 
 _ALIGN = 64
@@ -181,6 +192,119 @@ class _CudaStaging:
         return out, event
 
 
+class _ZeroCopy:
+    """The zero-copy mode of a Snapshotter: home offsets of every parameter and moment in a slot,
+    the slot the optimizer writes into, and the snapshot that publishes it."""
+
+    def __init__(self, snap: "Snapshotter", reserve_bytes: int | None):
+        self.snap, self.opt = snap, snap.optimizer
+        self.home: list[dict[str, int]] = []  # per optimizer parameter: kind -> byte offset
+        off = 0
+        for p in self.opt.params():
+            self.home.append({})
+            for kind in KINDS:
+                self.home[-1][kind] = off
+                off = _align(off + p.numel() * p.element_size())
+        self.region = off  # bytes of the home region; the copied tail follows
+        self.reserve = reserve_bytes
+        self.slot: dict | None = None  # {"slot", "path", "size"} handed out for the next step
+        self.buf: torch.Tensor | None = None
+        self.fresh = False  # the optimizer wrote into self.slot since it was handed out
+
+    def _estimate_reserve(self) -> int:
+        tensors, _, skeleton, _ = self.snap._capture(0)
+        homed = {t.data_ptr() for p in self.opt.params() for t in
+                 [p] + [self.opt.state[p][k] for k in KINDS[1:] if k in self.opt.state[p]]}
+        tail = sum(_align(t.numel() * t.element_size()) for t in tensors if t.data_ptr() not in homed)
+        return 2 * (tail + len(skeleton)) + 256 * len(self.home) + (1 << 20)
+
+    def before_step(self) -> None:
+        """Optimizer pre-hook: finish the snapshot in flight, get a writable slot, aim the optimizer at it."""
+        self.snap.wait()
+        if self.reserve is None:
+            self.reserve = self._estimate_reserve()
+        slot = self.snap.client.request("begin", rank=self.snap.rank, nbytes=self.region + self.reserve)
+        buf = self.snap._mapping(slot["path"], slot["size"]).buf
+        self.slot, self.buf, self.fresh = slot, buf, False
+        home = self.home
+
+        def destination(index: int, kind: str, like: torch.Tensor) -> torch.Tensor:
+            off = home[index][kind]
+            return buf[off: off + like.numel() * 4].view(torch.float32).view(like.shape)
+
+        self.opt.destination, self.opt.checksum = destination, True
+
+    def after_step(self) -> None:
+        self.fresh = self.slot is not None
+
+    def take(self) -> tuple[dict, torch.Tensor, dict[int, int]]:
+        """The slot to publish, its buffer and the optimizer's checksums; the next step needs a new slot."""
+        out = (self.slot, self.buf, dict(self.opt.last_crc32c))
+        self.slot, self.buf, self.fresh = None, None, False
+        return out
+
+    def write(self, step: int, tensors: list[torch.Tensor], names: list[str], skeleton: bytes, taken: tuple) -> None:
+        """Background part of a zero-copy snapshot: tensors already in the slot keep their place
+        (checksums from the optimizer), the others and the structure are copied into the tail."""
+        snap = self.snap
+        try:
+            slot, buf, known = taken
+            base, end = buf.data_ptr(), buf.data_ptr() + self.region
+            layout, _ = layout_of(tensors, names)
+            crcs: list[int | None] = [None] * len(tensors)
+            src, dst, copied = [], [], []
+            off = self.region
+            tail = []
+            for i, (t, e) in enumerate(zip(tensors, layout)):
+                ptr, nb = t.data_ptr(), e["nbytes"]
+                if nb and t.device.type == "cpu" and t.is_contiguous() and base <= ptr and ptr + nb <= end:
+                    e["offset"] = ptr - base
+                    crcs[i] = known.get(ptr)
+                    if crcs[i] is None:  # in the slot but not written by the last step: checksum it
+                        src.append(t), dst.append(None), copied.append(i)
+                else:
+                    e["offset"] = off
+                    off = _align(off + nb)
+                    tail.append(i)
+            total = off + len(skeleton)
+            if total > slot["size"]:
+                raise RuntimeError(f"zero-copy snapshot: the state outside the optimizer's parameters needs "
+                                   f"{total - self.region} bytes, the slot reserves {slot['size'] - self.region}; "
+                                   f"pass a larger reserve_bytes to Snapshotter")
+            for i in tail:
+                src.append(tensors[i].detach().contiguous()), dst.append(view_in(buf, layout[i])), copied.append(i)
+            move = [j for j, d in enumerate(dst) if d is not None]
+            stay = [j for j, d in enumerate(dst) if d is None]
+            got = copy_with_crc32c([src[j] for j in move] + [skeleton], [dst[j] for j in move] + [buf[off: total]],
+                                   snap.copy_threads)
+            got_stay = copy_with_crc32c([src[j] for j in stay], None, snap.copy_threads)
+            for j, crc in zip(move + stay, got[:-1] + got_stay):
+                crcs[copied[j]] = crc
+            snap._publish(step, slot, buf, layout, crcs, [off, len(skeleton), got[-1]], total)
+        except BaseException as exc:  # surfaced by wait()
+            snap._error = exc
+
+    def _in_slots(self, t: torch.Tensor) -> bool:
+        ptr = t.data_ptr()
+        return any(m.buf is not None and m.buf.data_ptr() <= ptr < m.buf.data_ptr() + m.size
+                   for m in self.snap._maps.values())
+
+    def rehome(self) -> None:
+        """Move parameters and moments that live in a slot back into private memory."""
+        for p in self.opt.params():
+            if self._in_slots(p):
+                p.data = p.data.clone()
+            state = self.opt.state.get(p, {})
+            for kind in KINDS[1:]:
+                if kind in state and self._in_slots(state[kind]):
+                    state[kind] = state[kind].clone()
+        self.slot, self.buf, self.fresh = None, None, False
+
+    def detach(self) -> None:
+        self.rehome()
+        self.opt.destination, self.opt.checksum = None, False
+
+
 EXIT_WAIT_S = 600.0  # longest wait at interpreter exit for a snapshot in flight
 
 
@@ -207,14 +331,26 @@ class Snapshotter:
         protector: an ``osmos.ft.stripes.StripeProtector``: after each snapshot is published,
             its parity is computed and placed on other nodes (a collective: every rank of the
             protector's group must snapshot at the same steps).
+        zero_copy: keep parameters and optimizer state in the snapshot slots (see the module
+            docstring); default: when ``optimizer`` is an ``osmos.ft.SnapshotAdamW``.
+        reserve_bytes: zero-copy mode: room in each slot for what is copied at each snapshot
+            (buffers, step counters, RNG and user state, the pickled structure); default twice
+            what the model and ``extra_state`` hold at the first step, plus 1 MiB.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  extra_state: Callable[[], Any] | Any = None, every: int = 1,
                  client: ManagerClient | None = None, rank: int | None = None,
-                 copy_threads: int | None = None, protector: Any = None):
+                 copy_threads: int | None = None, protector: Any = None,
+                 zero_copy: bool | None = None, reserve_bytes: int | None = None):
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}")
+        if zero_copy is None:
+            zero_copy = isinstance(optimizer, SnapshotAdamW)
+        elif zero_copy and not isinstance(optimizer, SnapshotAdamW):
+            raise TypeError(f"zero_copy=True needs an osmos.ft.SnapshotAdamW optimizer, got {type(optimizer).__name__}")
+        if reserve_bytes is not None and (not isinstance(reserve_bytes, int) or reserve_bytes < 0):
+            raise ValueError(f"reserve_bytes must be a non-negative int or None, got {reserve_bytes!r}")
         self.model, self.optimizer, self.extra_state, self.every = model, optimizer, extra_state, every
         self.client = client or ManagerClient.from_env()
         if self.client is None:
@@ -228,7 +364,12 @@ class Snapshotter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.published_step: int | None = None
-        self._hook = optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.wait())
+        self._zero_copy = _ZeroCopy(self, reserve_bytes) if zero_copy else None
+        if self._zero_copy is None:
+            self._hooks = [optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.wait())]
+        else:
+            self._hooks = [optimizer.register_step_pre_hook(lambda opt, args, kwargs: self._zero_copy.before_step()),
+                           optimizer.register_step_post_hook(lambda opt, args, kwargs: self._zero_copy.after_step())]
         # a trainer that returns right after its last step() still publishes that snapshot: the copy
         # runs on a daemon thread, which the interpreter would otherwise kill at exit
         self._finish_at_exit = _finisher(weakref.ref(self))
@@ -268,26 +409,42 @@ class Snapshotter:
             src = [t.detach().contiguous() for t in tensors] + [skeleton]
             dst = [view_in(buf, e) for e in layout] + [buf[data_bytes: total]]
             crcs = copy_with_crc32c(src, dst, self.copy_threads)
-            if self._before_publish is not None:
-                self._before_publish(buf)
-            record = {"slot": slot["slot"], "step": step, "layout": layout, "crc32c": crcs[:-1],
-                      "skeleton": [data_bytes, len(skeleton), crcs[-1]], "size": slot["size"],
-                      "nbytes": total}
-            self.client.request("publish", rank=self.rank, record=record)
-            self.published_step = step
-            if self.protector is not None:
-                self.protector.protect(self.client, self.rank, step)
+            self._publish(step, slot, buf, layout, crcs[:-1], [data_bytes, len(skeleton), crcs[-1]], total)
         except BaseException as exc:  # surfaced by wait()
             self._error = exc
+
+    def _publish(self, step: int, slot: dict, buf: torch.Tensor, layout: list[dict], crcs: list[int],
+                 skeleton: list[int], total: int) -> None:
+        if self._before_publish is not None:
+            self._before_publish(buf)
+        record = {"slot": slot["slot"], "step": step, "layout": layout, "crc32c": crcs,
+                  "skeleton": skeleton, "size": slot["size"], "nbytes": total}
+        self.client.request("publish", rank=self.rank, record=record)
+        self.published_step = step
+        if self.protector is not None:
+            self.protector.protect(self.client, self.rank, step)
+
+    @property
+    def zero_copy(self) -> bool:
+        """True when parameters and optimizer state live in the snapshot slots."""
+        return self._zero_copy is not None
 
     def step(self, step: int, block: bool = False) -> bool:
         """Snapshot the state after training step ``step`` if ``step % every == 0``; True if started."""
         if step % self.every:
             return False
         self.wait()
-        tensors, names, skeleton, ready = self._capture(step)
-        self._thread = threading.Thread(target=self._write, args=(step, tensors, names, skeleton, ready),
-                                        name="osmos-snapshot", daemon=True)
+        zc = self._zero_copy
+        if zc is not None and zc.fresh:  # the optimizer wrote this step into the slot: publish it
+            tensors, names, skeleton, _ = self._capture(step)
+            args = (step, tensors, names, skeleton, zc.take())
+            target = zc.write
+        else:
+            if zc is not None:  # no optimizer step into a slot since the last snapshot: copy as usual
+                zc.rehome()
+            tensors, names, skeleton, ready = self._capture(step)
+            args, target = (step, tensors, names, skeleton, ready), self._write
+        self._thread = threading.Thread(target=target, args=args, name="osmos-snapshot", daemon=True)
         self._thread.start()
         if block:
             self.wait()
@@ -305,7 +462,10 @@ class Snapshotter:
     def close(self) -> None:
         atexit.unregister(self._finish_at_exit)
         self.wait()
-        self._hook.remove()
+        for hook in self._hooks:
+            hook.remove()
+        if self._zero_copy is not None:
+            self._zero_copy.detach()
         for m in self._maps.values():
             m.close()
         self._maps.clear()
