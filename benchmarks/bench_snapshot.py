@@ -10,6 +10,12 @@ Both manager slots are written once before timing (the steady state of a long ru
 overhead is shown three ways: mean wall time, CPU time, and the median step (each step pays for
 the previous snapshot's copy, so the median step carries it too). Prints a markdown table.
 
+Optimizers (--optimizers): torch.optim.AdamW with the copying snapshot, and osmos.ft.SnapshotAdamW
+with the zero-copy snapshot (the optimizer writes parameters and moments into the manager's slot;
+the snapshot copies only the rest). Each one's overhead is against its own steps without
+snapshots; the step times of the two show what the fused optimizer step itself costs. The
+zero-copy "snapshot (s)" is the blocking time of a snapshot taken right after an optimizer step.
+
     nice -n 10 python benchmarks/bench_snapshot.py [--quick] [--device cuda] [--params 10e6 100e6]
 """
 
@@ -26,16 +32,21 @@ import time
 import torch
 
 from osmos.ft.manager import start_manager
+from osmos.ft.optim import SnapshotAdamW
 from osmos.ft.restore import restore_or_init
 from osmos.ft.snapshot import Snapshotter
 
 
-def make(n_params: float, device: str):
+OPTIMIZERS = {"adamw": lambda params: torch.optim.AdamW(params, lr=1e-4),
+              "snapshot-adamw": lambda params: SnapshotAdamW(params, lr=1e-4)}
+
+
+def make(n_params: float, device: str, optimizer: str = "adamw"):
     width = 1024
     layers = max(1, round(n_params / (width * width + width)))
     torch.manual_seed(0)
     model = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(layers)]).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = OPTIMIZERS[optimizer](model.parameters())
     return model, opt, width
 
 
@@ -88,8 +99,22 @@ def dcp_async(model, opt, path):
         return None
 
 
-def bench(n_params, steps, rounds, repeats, device, handle, tmp, batch):
-    model, opt, width = make(n_params, device)
+def timed_after_step(model, opt, width, snap, repeats, batch):
+    """Median blocking time of snap.step(block=True) taken right after an optimizer step."""
+    out = []
+    x = torch.randn(batch, width)
+    for step in range(repeats):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+        t0 = time.perf_counter()
+        snap.step(step, block=True)
+        out.append(time.perf_counter() - t0)
+    return statistics.median(out)
+
+
+def bench(n_params, steps, rounds, repeats, device, handle, tmp, batch, optimizer="adamw"):
+    model, opt, width = make(n_params, device, optimizer)
     real = sum(p.numel() for p in model.parameters())
     train(model, opt, width, 2, device)  # warm-up, creates optimizer state
     client = handle.client()
@@ -105,20 +130,21 @@ def bench(n_params, steps, rounds, repeats, device, handle, tmp, batch):
             else:
                 snap.every = every
                 times[every].append(train(model, opt, width, steps, device, snap, batch))
-    row = {"params": real}
+    row = {"params": real, "optimizer": optimizer, "zero_copy": snap.zero_copy}
     for key, name in (("base", "base"), (1, "every1"), (10, "every10")):
         row[f"{name}_s"] = statistics.median(w for w, _, _ in times[key])
         row[f"{name}_cpu"] = statistics.median(c for _, c, _ in times[key])
         row[f"{name}_med"] = statistics.median(m for _, _, m in times[key])
     snap.every = 1
-    row["snap_s"] = timed(lambda: snap.step(0, block=True), repeats)
+    row["snap_s"] = (timed_after_step(model, opt, width, snap, repeats, batch) if snap.zero_copy
+                     else timed(lambda: snap.step(0, block=True), repeats))
     snap.close()
     row["save_s"] = timed(lambda: torch.save({"m": model.state_dict(), "o": opt.state_dict()},
                                              os.path.join(tmp, "ckpt.pt")), repeats)
     ok = dcp_async(model, opt, os.path.join(tmp, "dcp0"))
     row["dcp_s"] = (timed(lambda: dcp_async(model, opt, os.path.join(tmp, f"dcp{time.monotonic_ns()}")), repeats)
                     if ok else float("nan"))
-    m2, o2, _ = make(n_params, device)
+    m2, o2, _ = make(n_params, device, optimizer)
     train(m2, o2, width, 2, device)
     row["restore_s"] = timed(lambda: restore_or_init(m2, o2, client=client), repeats)
     client.close()
@@ -160,6 +186,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=8, help="rows per step: 8 is memory-bound, a few hundred compute-bound")
     ap.add_argument("--kernels", action="store_true", help="only the CRC-32C kernel rates (GB/s)")
+    ap.add_argument("--optimizers", nargs="+", choices=sorted(OPTIMIZERS), default=["adamw", "snapshot-adamw"],
+                    help="adamw: torch's, copying snapshots; snapshot-adamw: osmos.ft.SnapshotAdamW, zero-copy "
+                         "snapshots (CPU only)")
     args = ap.parse_args()
     if args.kernels:
         kernel_rates()
@@ -172,20 +201,24 @@ def main():
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for n in sizes:
-                rows.append(bench(n, steps, rounds, repeats, args.device, handle, tmp, args.batch))
+                for optimizer in args.optimizers:
+                    if optimizer == "snapshot-adamw" and args.device != "cpu":
+                        continue
+                    rows.append(bench(n, steps, rounds, repeats, args.device, handle, tmp, args.batch, optimizer))
     finally:
         handle.end_job()
     print(f"batch {args.batch}; torch threads: {torch.get_num_threads()}; {rounds} rounds x {steps - 1} timed steps per configuration; "
           "step time = median over rounds of the mean step time")
-    print("| params | step wall / CPU (s) | overhead every step: wall / CPU / median step | every 10: wall / CPU "
-          "| snapshot (s) | torch.save (s) | DCP async_save (s) | save / snapshot | restore (s) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| params | optimizer (snapshot) | step wall / CPU (s) | overhead every step: wall / CPU / median step "
+          "| every 10: wall / CPU | snapshot (s) | torch.save (s) | DCP async_save (s) | save / snapshot | restore (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         def pct(name):
             return (f"{100 * (r[name + '_s'] / r['base_s'] - 1):+.1f}% / "
                     f"{100 * (r[name + '_cpu'] / r['base_cpu'] - 1):+.1f}%")
         med = f"{100 * (r['every1_med'] / r['base_med'] - 1):+.1f}%"
-        print(f"| {r['params'] / 1e6:.1f}M | {r['base_s']:.3f} / {r['base_cpu']:.3f} | {pct('every1')} / {med} "
+        kind = f"{r['optimizer']} ({'zero-copy' if r['zero_copy'] else 'copy'})"
+        print(f"| {r['params'] / 1e6:.1f}M | {kind} | {r['base_s']:.3f} / {r['base_cpu']:.3f} | {pct('every1')} / {med} "
               f"| {pct('every10')} | {r['snap_s']:.3f} | {r['save_s']:.3f} "
               f"| {r['dcp_s']:.3f} | {r['save_s'] / r['snap_s']:.2f}x | {r['restore_s']:.3f} |")
 

@@ -8,8 +8,9 @@ import time
 
 import numpy as np
 import osmos
+import pytest
 import torch
-from osmos.ft.manager import SEGMENT_PREFIX, SHM_DIR
+from osmos.ft.manager import SEGMENT_PREFIX, SHM_DIR, start_manager
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRAINER = os.path.join(HERE, "_trainer.py")
@@ -21,6 +22,19 @@ PYROOT = os.path.dirname(os.path.dirname(os.path.abspath(osmos.__file__)))
 def segments():
     """The osmos snapshot segments in /dev/shm (to check that a test leaves none behind)."""
     return sorted(f for f in os.listdir(SHM_DIR) if f.startswith(SEGMENT_PREFIX))
+
+
+@pytest.fixture
+def manager():
+    """A snapshot manager for one test (import it into the test module); afterwards: stopped, no
+    segment or socket left behind."""
+    before = segments()
+    h = start_manager(job_id=f"test-{os.getpid()}")
+    yield h
+    h.end_job()
+    assert h.proc.poll() is not None, "manager still running"
+    assert segments() == before, "shared-memory segments left behind"
+    assert not os.path.exists(os.path.dirname(h.socket_path))
 
 
 def run_trainer(handle, out, *args, rank=0, expect_kill=False, optimizer="AdamW"):

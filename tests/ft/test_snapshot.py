@@ -13,6 +13,7 @@ from _helpers import assert_state_equal as _assert_state_equal
 from _helpers import losses as _losses
 from _helpers import run_trainer as _run
 from _helpers import PYROOT
+from _helpers import manager  # noqa: F401 - the fixture
 from osmos.ft.manager import ManagerClient, start_manager
 from osmos.ft.restore import (
     SnapshotCorrupted,

@@ -5,6 +5,7 @@ manager's slots, the optimizer writes them there, and a snapshot copies only the
 import pytest
 import torch
 from _helpers import assert_state_equal
+from _helpers import manager  # noqa: F401 - the fixture
 
 import osmos.ft.snapshot as snapshot_module
 from osmos.ft import SnapshotAdamW
