@@ -32,7 +32,7 @@ void adamw_block_scalar(const AdamWTensor& t, int64_t begin, int64_t end, const 
     r[0] = crc32c_raw_scalar(r[0], reinterpret_cast<const uint8_t*>(p), nullptr, nbytes);
     r[1] = crc32c_raw_scalar(r[1], reinterpret_cast<const uint8_t*>(m), nullptr, nbytes);
     r[2] = crc32c_raw_scalar(r[2], reinterpret_cast<const uint8_t*>(v), nullptr, nbytes);
-  });
+  }, store_plain);
 }
 
 void adamw_snapshot(const AdamWTensor* tensors, int count, const AdamWScalars& s, uint32_t* crcs, int nthreads) {

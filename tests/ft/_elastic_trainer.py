@@ -1,6 +1,7 @@
 """A torchrun worker for the elastic-restart test: deterministic DDP training on gloo (CPU).
 
-argv: steps kill_at out_dir. The manager comes from OSMOS_FT_* (passed on by torchrun).
+argv: steps kill_at out_dir. The manager comes from OSMOS_FT_* (passed on by torchrun);
+$OSMOS_TEST_OPTIMIZER=SnapshotAdamW trains with osmos.ft.SnapshotAdamW (zero-copy snapshots).
 Each rank appends "<step> <loss.hex()>" per step to out_dir/losses_r<rank>.txt and writes its pid
 to out_dir/pid_a<attempt>_r<rank> and the step it resumed from to out_dir/start_a<attempt>_r<rank>.
 On the first attempt (TORCHELASTIC_RESTART_COUNT == 0), once every rank's step-kill_at snapshot is
@@ -14,6 +15,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 from _training_loop import deterministic, kill_self, train
+from osmos.ft.optim import SnapshotAdamW
 from osmos.ft.restore import restore_or_init
 from osmos.ft.snapshot import Snapshotter
 from torch.nn.parallel import DistributedDataParallel
@@ -28,7 +30,10 @@ def main():
     deterministic()
     model = DistributedDataParallel(torch.nn.Sequential(
         torch.nn.Linear(16, 32), torch.nn.Dropout(0.1), torch.nn.ReLU(), torch.nn.Linear(32, 1)))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    if os.environ.get("OSMOS_TEST_OPTIMIZER") == "SnapshotAdamW":
+        opt = SnapshotAdamW(model.parameters(), lr=1e-2)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     start, extra = restore_or_init(model, opt)  # a collective: both ranks restore the same step
     assert extra == (None if start == 0 else {"data_pos": start - 1}), extra
     with open(os.path.join(out, f"start_a{attempt}_r{rank}"), "w") as f:

@@ -15,11 +15,12 @@ from osmos.ft.manager import start_manager
 WORKER = os.path.join(HERE, "_elastic_trainer.py")
 
 
-def _torchrun(handle, out, steps, kill_at, timeout=300):
+def _torchrun(handle, out, steps, kill_at, optimizer, timeout=300):
     # torchrun's c10d rendezvous shares its TCPStore with the workers' init_process_group; after a
     # restart the new workers can read the killed ones' gloo addresses from it (pytorch#135712):
     # give the workers their own store
-    env = dict(os.environ, **handle.env, PYTHONPATH=PYROOT, TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
+    env = dict(os.environ, **handle.env, PYTHONPATH=PYROOT, TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1",
+               OSMOS_TEST_OPTIMIZER=optimizer)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "--max-restarts", "1", "--monitor-interval", "0.5", WORKER, str(steps), str(kill_at), str(out)]
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -43,15 +44,16 @@ def _alive(pid):
 
 
 @pytest.mark.slow
-def test_torchrun_restart_reattaches_and_resumes_bitwise(tmp_path):
+@pytest.mark.parametrize("optimizer", ["AdamW", "SnapshotAdamW"])  # copying / zero-copy snapshots
+def test_torchrun_restart_reattaches_and_resumes_bitwise(tmp_path, optimizer):
     steps, kill_at = 8, 4
     before = segments()
     ref, run = tmp_path / "ref", tmp_path / "run"
     ref.mkdir(), run.mkdir()
     handles = [start_manager(job_id=f"elastic-{os.getpid()}-{i}") for i in range(2)]
     try:
-        _torchrun(handles[0], ref, steps, -1)
-        _torchrun(handles[1], run, steps, kill_at)
+        _torchrun(handles[0], ref, steps, -1, optimizer)
+        _torchrun(handles[1], run, steps, kill_at, optimizer)
     finally:
         for h in handles:
             h.end_job()
