@@ -29,9 +29,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+DEVICE = torch.device("cpu")  # cuda:<rank> in NCCL workers
+
+
 def _model(seed=0, dtype=torch.float32):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(12, 24), nn.Tanh(), nn.Linear(24, 16), nn.Tanh(), nn.Linear(16, 3)).to(dtype)
+    return nn.Sequential(nn.Linear(12, 24), nn.Tanh(), nn.Linear(24, 16), nn.Tanh(), nn.Linear(16, 3)).to(DEVICE, dtype)
 
 
 def _ddp(model, hook_state=None, bucket_cap_mb=0.001):
@@ -44,11 +47,11 @@ def _ddp(model, hook_state=None, bucket_cap_mb=0.001):
 def _batch(rank, step, dtype=torch.float32):
     gen = torch.Generator().manual_seed(1000 * step + rank)
     x = torch.randn(8, 12, generator=gen) * (1 + rank)  # heterogeneous ranks
-    return x.to(dtype), torch.randint(0, 3, (8,), generator=gen)
+    return x.to(DEVICE, dtype), torch.randint(0, 3, (8,), generator=gen).to(DEVICE)
 
 
 def _flat_grad(model):
-    return torch.cat([p.grad.reshape(-1).float() for p in model.parameters()]).clone()
+    return torch.cat([p.grad.reshape(-1).float() for p in model.parameters()]).cpu()
 
 
 def _train(ddp, rank, steps, start=0, opt=None, no_sync_every=0):
@@ -196,10 +199,14 @@ SCENARIOS = {"identical": sc_identical, "ratio_one": sc_ratio_one, "resume": sc_
              "convex": sc_convex, "errors": sc_errors}
 
 
-def _worker(rank, world, port, scenarios, outdir):
+def _worker(rank, world, port, scenarios, outdir, backend="gloo"):
+    global DEVICE
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+    if backend == "nccl":  # one GPU per rank
+        DEVICE = torch.device("cuda", rank)
+        torch.cuda.set_device(DEVICE)
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=20))
     try:
         results = {}
@@ -214,16 +221,17 @@ def _worker(rank, world, port, scenarios, outdir):
         dist.destroy_process_group()
 
 
-def launch(world: int, scenarios: list[str], timeout: float = 120.0) -> dict:
+def launch(world: int, scenarios: list[str], timeout: float = 120.0, backend: str = "gloo") -> dict:
+    """Run the scenarios on `world` spawned ranks (gloo on the CPU, or nccl with one GPU per rank)."""
     with tempfile.TemporaryDirectory() as outdir:
-        ctx = mp.start_processes(_worker, args=(world, free_port(), scenarios, outdir), nprocs=world,
+        ctx = mp.start_processes(_worker, args=(world, free_port(), scenarios, outdir, backend), nprocs=world,
                                  join=False, start_method="spawn")
         deadline = time.monotonic() + timeout
         while not ctx.join(timeout=1.0):
             if time.monotonic() > deadline:
                 for p in ctx.processes:
                     p.kill()
-                raise TimeoutError(f"{world} gloo ranks did not finish {scenarios} within {timeout} s")
+                raise TimeoutError(f"{world} {backend} ranks did not finish {scenarios} within {timeout} s")
         per_rank = [torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=False) for r in range(world)]
     out = {}
     for name in scenarios:

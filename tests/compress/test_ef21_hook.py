@@ -46,6 +46,20 @@ def test_all_ranks_hold_identical_aggregated_gradients_4(four_ranks):
     _assert_all_ranks_equal(four_ranks["identical"])
 
 
+@pytest.mark.gpu
+def test_nccl_ranks_agree_and_ratio_one_equals_allreduce():
+    """The hook on CUDA tensors over NCCL (one rank per GPU, up to 2; one GPU still runs the CUDA
+    compress / all_gather_into_tensor / accumulate path)."""
+    world = min(2, torch.cuda.device_count())
+    out = workers.launch(world, ["identical", "ratio_one"], timeout=240, backend="nccl")
+    _assert_all_ranks_equal(out["identical"])
+    for name, grads in out["identical"][0].items():
+        assert torch.isfinite(grads).all() and grads.abs().sum() > 0, name
+    for ref, ef, efw in out["ratio_one"]:
+        torch.testing.assert_close(ef, ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(efw, ref, rtol=1e-5, atol=1e-6)
+
+
 def test_ratio_one_equals_allreduce(two_ranks):
     for ref, ef, efw in two_ranks["ratio_one"]:
         torch.testing.assert_close(ef, ref, rtol=1e-5, atol=1e-6)
