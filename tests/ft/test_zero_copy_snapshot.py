@@ -154,3 +154,26 @@ def test_bad_configuration_is_rejected(manager):
         snap.wait()
     assert "reserve_bytes" in str(info.value.__cause__)
     snap.close()
+
+
+def test_checksums_only_on_expected_snapshot_steps_and_computed_when_unexpected(manager):
+    model, opt = _build()
+    snap = Snapshotter(model, opt, client=manager.client(), rank=0, every=2)
+    _step(model, opt, 0)  # nothing announced yet: checksummed
+    assert opt.last_crc32c
+    snap.step(0)
+    for step in (1, 2, 3):
+        _step(model, opt, step)
+        assert bool(opt.last_crc32c) == (step % 2 == 0)  # only steps that will be snapshots
+        snap.step(step)
+    _step(model, opt, 4)
+    assert opt.last_crc32c
+    snap.step(4)
+    _step(model, opt, 5)  # not expected to be a snapshot
+    assert not opt.last_crc32c
+    snap.every = 1
+    snap.step(5, block=True)  # an unplanned snapshot: checksums computed from the slot
+    record = manager.client().request("latest", rank=0)["snapshot"]
+    assert record["step"] == 5 and snapshot_is_intact(record)
+    _assert_snapshot_is(record, _live_state(model, opt))
+    snap.close()

@@ -19,10 +19,11 @@ An optimizer step pre-hook waits for the copy to finish before the optimizer wri
 parameters and its state again, so a snapshot always holds the values of a single step.
 
 Zero-copy mode (automatic with ``osmos.ft.SnapshotAdamW``): the parameters and moments live in
-the manager's slots. Before each optimizer step the manager hands out a slot (never the
-published one); the optimizer reads the current values and writes the new ones straight into it
-at fixed offsets, checksumming them on the way (``osmos.ft.optim``), and the parameters are
-re-pointed there. A snapshot then only copies what the optimizer does not write (buffers, step
+the manager's slots. Before the first optimizer step after a snapshot the manager hands out a
+slot (never the published one); the optimizer reads the current values and writes the new ones
+straight into it at fixed offsets, checksumming them on the way when the step is expected to be
+a snapshot (``osmos.ft.optim``), and the parameters are re-pointed there; later steps before the
+next snapshot update that slot in place. A snapshot then only copies what the optimizer does not write (buffers, step
 counters, RNG and user state: kilobytes to megabytes) into the slot's tail and publishes it: the
 parameters and optimizer state cost no copy at all. The published slot is only read (by the
 forward pass) until another snapshot is published, so the last complete snapshot is still never
@@ -219,20 +220,27 @@ class _ZeroCopy:
         return 2 * (tail + len(skeleton)) + 256 * len(self.home) + (1 << 20)
 
     def before_step(self) -> None:
-        """Optimizer pre-hook: finish the snapshot in flight, get a writable slot, aim the optimizer at it."""
+        """Optimizer pre-hook: finish the snapshot in flight, get a writable slot unless the one
+        handed out before is still unpublished (then the step updates it in place), aim the
+        optimizer at it, and have it checksum its outputs when this step is expected to be a
+        snapshot (a step that is not gets its checksums computed when it is published anyway)."""
         self.snap.wait()
-        if self.reserve is None:
-            self.reserve = self._estimate_reserve()
-        slot = self.snap.client.request("begin", rank=self.snap.rank, nbytes=self.region + self.reserve)
-        buf = self.snap._mapping(slot["path"], slot["size"]).buf
-        self.slot, self.buf, self.fresh = slot, buf, False
-        home = self.home
+        if self.slot is None:
+            if self.reserve is None:
+                self.reserve = self._estimate_reserve()
+            slot = self.snap.client.request("begin", rank=self.snap.rank, nbytes=self.region + self.reserve)
+            buf = self.snap._mapping(slot["path"], slot["size"]).buf
+            self.slot, self.buf = slot, buf
+            home = self.home
 
-        def destination(index: int, kind: str, like: torch.Tensor) -> torch.Tensor:
-            off = home[index][kind]
-            return buf[off: off + like.numel() * 4].view(torch.float32).view(like.shape)
+            def destination(index: int, kind: str, like: torch.Tensor) -> torch.Tensor:
+                off = home[index][kind]
+                return buf[off: off + like.numel() * 4].view(torch.float32).view(like.shape)
 
-        self.opt.destination, self.opt.checksum = destination, True
+            self.opt.destination = destination
+        nxt = self.snap._next_step
+        self.opt.checksum = nxt is None or nxt % self.snap.every == 0
+        self.fresh = False
 
     def after_step(self) -> None:
         self.fresh = self.slot is not None
@@ -364,6 +372,7 @@ class Snapshotter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.published_step: int | None = None
+        self._next_step: int | None = None  # the step after the last step() call (zero-copy checksum planning)
         self._zero_copy = _ZeroCopy(self, reserve_bytes) if zero_copy else None
         if self._zero_copy is None:
             self._hooks = [optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.wait())]
@@ -431,6 +440,7 @@ class Snapshotter:
 
     def step(self, step: int, block: bool = False) -> bool:
         """Snapshot the state after training step ``step`` if ``step % every == 0``; True if started."""
+        self._next_step = step + 1
         if step % self.every:
             return False
         self.wait()
