@@ -103,6 +103,7 @@ class Settings:
     spm_targets_per_step: int = 2
     spm_varied: bool = False  # SPM training captions: erasure_prompt_pairs(varied=True) (more contexts, training vocabulary)
     spm_candidates: int = 1  # >1: train that many SPMs (seeds spm_seed + 1000 j), keep the best on validation_prompts
+    spm_validate_others: int = 0  # >0: the selection also counts the drop in accuracy on that many validation captions per other value
     spm_fixed_anchors: tuple[str, ...] = ("",)  # anchored every step: CFG's unconditional branch
     esd_steps: int = 150
     esd_lr: float = 1e-3
@@ -336,7 +337,7 @@ def spm_for(pipe, value: str, s: Settings, la_strength: float, cache: Path | Non
         return train_spm(SPMTrainingPipe.of(pipe), value, seed=s.spm_seed, **kwargs)
     trained = [t for t, _ in pairs] if pairs else [value]
     validate = validation_check(pipe, kind, value, exclude=trained, n=VALIDATION_PROMPTS, seeds=VALIDATION_SEEDS,
-                                num_inference_steps=s.steps)
+                                num_inference_steps=s.steps, others=s.spm_validate_others)
 
     def keep(seed: int, spm: SPM, score: float) -> None:
         path = None if cache is None else spm_cache_path(cache, value, dataclasses.replace(s, spm_seed=seed, spm_candidates=1))
@@ -351,7 +352,8 @@ def spm_cache_path(cache: Path, value: str, s: Settings) -> Path:
     """The cache file of the SPM erasing `value`: spm_<value>.safetensors, spm_<value>_seed<N>.safetensors
     for training seed s.spm_seed = N other than 0, so SPMs of different seeds never mix."""
     tail = (f"_seed{s.spm_seed}" if s.spm_seed else "") + ("_varied" if s.spm_varied else "") + \
-        (f"_best{s.spm_candidates}" if s.spm_candidates > 1 else "")
+        (f"_best{s.spm_candidates}" if s.spm_candidates > 1 else "") + \
+        (f"_o{s.spm_validate_others}" if s.spm_candidates > 1 and s.spm_validate_others else "")
     return cache / f"spm_{value}{tail}.safetensors"
 
 
@@ -558,6 +560,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="train K SPMs per concept (seeds --spm-seed + 1000 j) and keep the one that leaves the "
                              "fewest images of the concept on validation captions (training vocabulary, none of the "
                              "training targets, no paraphrase); cached as spm_<concept>[...]_best<K> (default 1)")
+    parser.add_argument("--spm-validate-others", type=int, default=0, metavar="N",
+                        help="with --spm-candidates: also score each candidate by the drop of the classifier's "
+                             "accuracy on N validation captions of every other value of the concept's kind "
+                             "(seeds 0 1); cached as ..._best<K>_o<N> (default 0: the concept's rate only)")
     parser.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance scale of every generation (default: the model card's, 2.0 for shapes-unet)")
     parser.add_argument("--multi", action="store_true",
@@ -600,6 +606,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if args.spm_candidates < 1:
         raise SystemExit(f"--spm-candidates must be >= 1, got {args.spm_candidates}")
     change["spm_candidates"] = args.spm_candidates
+    if args.spm_validate_others < 0:
+        raise SystemExit(f"--spm-validate-others must be >= 0, got {args.spm_validate_others}")
+    change["spm_validate_others"] = args.spm_validate_others
     if args.spm_varied_targets:
         if args.spm_targets != "captions":
             raise SystemExit("--spm-varied-targets needs --spm-targets captions")

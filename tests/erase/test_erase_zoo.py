@@ -197,6 +197,34 @@ def test_validation_check_scores_the_concept_rate(pipe):
     assert red(neutral) >= 0.75
 
 
+def test_validation_check_adds_the_drop_on_the_other_values(pipe):
+    """others > 0: the score grows by the fall of the classifier's accuracy on the other values'
+    validation captions against the base model's (a stub classifier right on the base model's
+    images and wrong afterwards makes the drop 1)."""
+    from osmos.zoo import data as D
+
+    calls = []
+
+    class Stub:
+        def predict(self, images):
+            calls.append(len(images))
+            n_other = len(D.CONCEPTS["colour"]) - 1
+            if len(calls) == 1:  # the base model's images of the other colours: all right
+                labels = [D.CONCEPTS["colour"].index(v) for v in D.CONCEPTS["colour"] if v != "red"]
+                return {"colour": torch.tensor(labels)}
+            if len(images) == n_other:  # the same captions with the SPM: all wrong
+                return {"colour": torch.full((n_other,), -1)}
+            return {"colour": torch.zeros(len(images), dtype=torch.long)}  # red's index is 0: all red
+
+    check = validation_check(pipe, "colour", "red", n=2, seeds=(0,), num_inference_steps=2, classifier=Stub(),
+                             others=1, others_seeds=(0,))
+    assert D.CONCEPTS["colour"].index("red") == 0
+    assert check(SPM.for_unet(pipe.unet, "red")) == pytest.approx(2.0)  # rate 1 + drop 1
+    assert calls[0] == len(D.CONCEPTS["colour"]) - 1  # the base accuracy is measured once, first
+    check(SPM.for_unet(pipe.unet, "red"))
+    assert len(calls) == 5
+
+
 def test_generate_cli_with_a_neutral_spm_matches_the_base_model(tmp_path, pipe):
     spm = SPM.for_unet(pipe.unet, "circle")  # u = 0: changes nothing
     spm.save(tmp_path / "zero.safetensors")

@@ -151,6 +151,11 @@ def test_spm_candidates_and_varied_targets_settings_and_cache_names(tmp_path):
     assert E.spm_cache_path(tmp_path, "striped", plain).name == "spm_striped.safetensors"
     with pytest.raises(SystemExit):
         E.settings_from(E.parse_args(["--spm-candidates", "0"]))
+    others = E.settings_from(E.parse_args(["--spm-candidates", "3", "--spm-validate-others", "8"]))
+    assert others.spm_validate_others == 8 and plain.spm_validate_others == 0
+    assert E.spm_cache_path(tmp_path, "blue", others).name == "spm_blue_best3_o8.safetensors"
+    with pytest.raises(SystemExit):
+        E.settings_from(E.parse_args(["--spm-validate-others", "-1"]))
     with pytest.raises(SystemExit):
         E.settings_from(E.parse_args(["--spm-varied-targets", "--spm-targets", "word"]))
 
@@ -180,7 +185,7 @@ def test_spm_candidates_validate_on_held_in_captions_and_cache_the_choice(tmp_pa
     assert seen["seeds"] == [1, 1001] and got.settings["selection"]["chosen"] == 1001
     (args, kw), = captured
     assert args[1:3] == ("style", "striped") and set(kw["exclude"]) == {t for t, _ in seen["prompts"]}
-    assert kw["n"] == E.VALIDATION_PROMPTS and kw["seeds"] == E.VALIDATION_SEEDS
+    assert kw["n"] == E.VALIDATION_PROMPTS and kw["seeds"] == E.VALIDATION_SEEDS and kw["others"] == 0
     assert E.spm_cache_path(tmp_path, "striped", s).is_file()
     for seed in (1, 1001):
         plain = E.dataclasses.replace(s, spm_seed=seed, spm_candidates=1)

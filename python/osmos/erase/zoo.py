@@ -227,12 +227,18 @@ def validation_prompts(kind: str, value: str, n: int = 24, exclude: Sequence[str
 
 
 def validation_check(pipe, kind: str, value: str, exclude: Sequence[str] = (), n: int = 24,
-                     seeds: Sequence[int] = (0, 1, 2, 3), num_inference_steps: int = 15, classifier=None):
+                     seeds: Sequence[int] = (0, 1, 2, 3), num_inference_steps: int = 15, classifier=None,
+                     others: int = 0, others_seeds: Sequence[int] = (0, 1)):
     """The `validate` of train_spm_selected on a zoo pipeline: a function spm -> the fraction of
     images (n validation_prompts(kind, value, exclude=exclude) x `seeds`, generated with the SPM
     attached) in which the zoo classifier still sees `value`; lower = better erased. Pass the
     training targets as `exclude` so the check uses captions the SPM was not trained on; no
-    paraphrase wording or template is ever used (they stay free for the evaluation)."""
+    paraphrase wording or template is ever used (they stay free for the evaluation).
+
+    others > 0 adds a preservation term: `others` validation captions of every other value of the
+    same kind x `others_seeds`, and the score grows by how much the classifier's accuracy on them
+    falls below the base model's (measured once, on the first call). This sees an SPM that
+    erodes its neighbours, which the concept's own images cannot show."""
     from osmos.erase.spm import apply_spm
 
     prompts = validation_prompts(kind, value, n, exclude=exclude)
@@ -241,11 +247,23 @@ def validation_check(pipe, kind: str, value: str, exclude: Sequence[str] = (), n
 
         classifier = osmos.zoo.load("classifier")
     index = D.CONCEPTS[kind].index(value)
+    rest = [v for v in D.CONCEPTS[kind] if v != value]
+    other_prompts = [p for v in rest for p in validation_prompts(kind, v, others)] if others else []
+    other_labels = torch.tensor([D.CONCEPTS[kind].index(v) for v in rest for _ in range(others)],
+                                dtype=torch.long).repeat_interleave(len(others_seeds))
+    base: list[float] = []
+
+    def accuracy(handle=None) -> float:
+        images = generate(pipe, other_prompts, others_seeds, num_inference_steps=num_inference_steps, spm_handle=handle)
+        return float((classifier.predict(images)[kind] == other_labels).float().mean())
 
     def validate(spm) -> float:
+        if other_prompts and not base:
+            base.append(accuracy())
         with apply_spm(pipe.unet, [spm]) as handle:
             images = generate(pipe, prompts, seeds, num_inference_steps=num_inference_steps, spm_handle=handle)
-        return float((classifier.predict(images)[kind] == index).float().mean())
+            drop = max(0.0, base[0] - accuracy(handle)) if other_prompts else 0.0
+        return float((classifier.predict(images)[kind] == index).float().mean()) + drop
 
     return validate
 
