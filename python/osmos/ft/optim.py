@@ -1,16 +1,17 @@
 """SnapshotAdamW: AdamW whose step can write the new parameters and moments somewhere else.
 
 ``torch.optim.AdamW`` updates in place. ``SnapshotAdamW`` computes the same update (same
-formula, same float32 operation order, same ``state_dict`` format, so either optimizer can load
-the other's state) with one fused native kernel (``osmos._C.adamw_snapshot``) that may write its
+formula and float32 operation order as its single-tensor path, same ``state_dict`` format, so
+either optimizer can load the other's state) with one fused native kernel (``osmos._C.adamw_snapshot``) that may write its
 outputs to other buffers and checksum them (CRC-32C) while they are still in the cache.
 
 A ``Snapshotter`` that sees this optimizer points ``destination`` at its shared-memory snapshot
 slot: each step then reads the parameters and moments from where they are and writes the new
 ones straight into the slot the manager handed out, and the parameters are re-pointed there.
-Out of place moves no more bytes than in place, so the parameters and optimizer state of a
-snapshot cost nothing beyond the checksum: there is no copy to overlap with training (see
-``osmos.ft.snapshot``). Without a destination the step is an ordinary in-place AdamW.
+The parameters and optimizer state of a snapshot are then never copied; the step pays for the
+out-of-place write (the same bytes as in place, but slower in practice) and the checksums (see
+``osmos.ft.snapshot`` and benchmarks/RESULTS.md). Without a destination the step is an ordinary
+in-place AdamW.
 
 Limits: float32 parameters in host memory, dense gradients; no AMSGrad, maximize or
 capturable modes (use ``torch.optim.AdamW`` and the copying ``Snapshotter`` for those).

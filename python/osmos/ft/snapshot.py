@@ -23,9 +23,10 @@ the manager's slots. Before the first optimizer step after a snapshot the manage
 slot (never the published one); the optimizer reads the current values and writes the new ones
 straight into it at fixed offsets, checksumming them on the way when the step is expected to be
 a snapshot (``osmos.ft.optim``), and the parameters are re-pointed there; later steps before the
-next snapshot update that slot in place. A snapshot then only copies what the optimizer does not write (buffers, step
-counters, RNG and user state: kilobytes to megabytes) into the slot's tail and publishes it: the
-parameters and optimizer state cost no copy at all. The published slot is only read (by the
+next snapshot update that slot in place. A snapshot then only copies what the optimizer does
+not write (buffers, step counters, RNG and user state: kilobytes to megabytes) into the slot's
+tail and publishes it: the parameters and optimizer state are never copied (the step pays for
+writing out of place and for the checksums instead; benchmarks/RESULTS.md has the costs). The published slot is only read (by the
 forward pass) until another snapshot is published, so the last complete snapshot is still never
 overwritten. ``close()`` moves the parameters back into private memory.
 """
@@ -260,16 +261,15 @@ class _ZeroCopy:
             base, end = buf.data_ptr(), buf.data_ptr() + self.region
             layout, _ = layout_of(tensors, names)
             crcs: list[int | None] = [None] * len(tensors)
-            src, dst, copied = [], [], []
+            check, tail = [], []  # in the slot without a checksum from the optimizer / copied into the tail
             off = self.region
-            tail = []
             for i, (t, e) in enumerate(zip(tensors, layout)):
                 ptr, nb = t.data_ptr(), e["nbytes"]
                 if nb and t.device.type == "cpu" and t.is_contiguous() and base <= ptr and ptr + nb <= end:
                     e["offset"] = ptr - base
                     crcs[i] = known.get(ptr)
-                    if crcs[i] is None:  # in the slot but not written by the last step: checksum it
-                        src.append(t), dst.append(None), copied.append(i)
+                    if crcs[i] is None:  # not written (or not checksummed) by the last step
+                        check.append(i)
                 else:
                     e["offset"] = off
                     off = _align(off + nb)
@@ -279,15 +279,11 @@ class _ZeroCopy:
                 raise RuntimeError(f"zero-copy snapshot: the state outside the optimizer's parameters needs "
                                    f"{total - self.region} bytes, the slot reserves {slot['size'] - self.region}; "
                                    f"pass a larger reserve_bytes to Snapshotter")
-            for i in tail:
-                src.append(tensors[i].detach().contiguous()), dst.append(view_in(buf, layout[i])), copied.append(i)
-            move = [j for j, d in enumerate(dst) if d is not None]
-            stay = [j for j, d in enumerate(dst) if d is None]
-            got = copy_with_crc32c([src[j] for j in move] + [skeleton], [dst[j] for j in move] + [buf[off: total]],
-                                   snap.copy_threads)
-            got_stay = copy_with_crc32c([src[j] for j in stay], None, snap.copy_threads)
-            for j, crc in zip(move + stay, got[:-1] + got_stay):
-                crcs[copied[j]] = crc
+            got = copy_with_crc32c([tensors[i].detach().contiguous() for i in tail] + [skeleton],
+                                   [view_in(buf, layout[i]) for i in tail] + [buf[off: total]], snap.copy_threads)
+            checked = copy_with_crc32c([tensors[i] for i in check], None, snap.copy_threads)
+            for i, crc in zip(tail + check, got[:-1] + checked):
+                crcs[i] = crc
             snap._publish(step, slot, buf, layout, crcs, [off, len(skeleton), got[-1]], total)
         except BaseException as exc:  # surfaced by wait()
             snap._error = exc
