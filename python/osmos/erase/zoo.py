@@ -9,7 +9,8 @@ and RECE run on a zoo ``ShapesPipeline`` exactly as on a diffusers Stable Diffus
 * :func:`anchor_prompts`      the vocabulary of other concepts, for Latent Anchoring
 * :func:`validation_prompts`  training-vocabulary captions outside the training targets, for
                                choosing among SPM training draws (train_spm_selected)
-* :func:`validation_check`    the classifier's rate of the concept on them: train_spm_selected's validate
+* :func:`validation_check`    the classifier's rate of the concept on them (optionally plus the other
+                               values' accuracy drop): train_spm_selected's validate
 * :func:`generate`            seeded images from prompts or from raw token states, optionally
                                with SPMs attached (per-prompt gammas under classifier-free guidance)
 """
