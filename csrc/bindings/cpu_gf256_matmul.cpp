@@ -2,6 +2,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -20,6 +21,12 @@ py::bytes as_bytes(const std::vector<uint8_t>& v) {
   return py::bytes(reinterpret_cast<const char*>(v.data()), v.size());
 }
 
+void check_shape(int rows, int k, int64_t len, const std::vector<uintptr_t>& src, const std::vector<uintptr_t>& dst) {
+  if (rows < 0 || k < 0 || len < 0) throw std::invalid_argument("rows, k and len must be >= 0");
+  if (src.size() != size_t(k)) throw std::invalid_argument("need k source pointers");
+  if (dst.size() != size_t(rows)) throw std::invalid_argument("need rows output pointers");
+}
+
 }  // namespace
 
 OSMOS_BIND(gf256_matmul) {
@@ -27,9 +34,7 @@ OSMOS_BIND(gf256_matmul) {
       "gf256_matmul",
       [](uintptr_t matrix, int rows, int k, const std::vector<uintptr_t>& src,
          const std::vector<uintptr_t>& dst, int64_t len, int nthreads, const std::string& kernel) {
-        if (rows < 0 || k < 0 || len < 0) throw std::invalid_argument("rows, k and len must be >= 0");
-        if (src.size() != size_t(k)) throw std::invalid_argument("need k source pointers");
-        if (dst.size() != size_t(rows)) throw std::invalid_argument("need rows output pointers");
+        check_shape(rows, k, len, src, dst);
         const Gf256Kernel chosen = gf256_kernel_from_name(kernel);
         py::gil_scoped_release release;
         gf256_matmul(as_ptr<const uint8_t>(matrix), rows, k,
@@ -39,6 +44,25 @@ OSMOS_BIND(gf256_matmul) {
       py::arg("matrix"), py::arg("rows"), py::arg("k"), py::arg("src"), py::arg("dst"), py::arg("len"),
       py::arg("nthreads"), py::arg("kernel") = "auto",
       "dst[r][i] = XOR_j matrix[r*k+j] * src[j][i] over GF(2^8) (pointers as ints, len bytes each).");
+  py::class_<Gf256Plan>(m, "Gf256Plan",
+                        "gf256_matmul on fixed buffers, planned once (kernel, its constants and the pointer "
+                        "arrays); calling it with a thread count runs the product. The matrix is copied; the "
+                        "caller keeps the buffers alive.")
+      .def(py::init([](uintptr_t matrix, int rows, int k, const std::vector<uintptr_t>& src,
+                       const std::vector<uintptr_t>& dst, int64_t len, const std::string& kernel) {
+             check_shape(rows, k, len, src, dst);
+             return std::make_unique<Gf256Plan>(as_ptr<const uint8_t>(matrix), rows, k,
+                                                reinterpret_cast<const uint8_t* const*>(src.data()),
+                                                reinterpret_cast<uint8_t* const*>(dst.data()), len,
+                                                gf256_kernel_from_name(kernel));
+           }),
+           py::arg("matrix"), py::arg("rows"), py::arg("k"), py::arg("src"), py::arg("dst"), py::arg("len"),
+           py::arg("kernel") = "auto")
+      .def("__call__", [](const Gf256Plan& plan, int nthreads) {
+             py::gil_scoped_release release;
+             plan.run(nthreads);
+           }, py::arg("nthreads"))
+      .def_property_readonly("kernel", [](const Gf256Plan& plan) { return std::string(gf256_kernel_name(plan.kernel())); });
   m.def("gf256_matmul_kernels", &gf256_kernels, "gf256 kernels this CPU can run, best first");
   m.def("gf256_matmul_kernel", [] { return std::string(gf256_kernel_name(gf256_auto_kernel())); },
         "gf256 kernel that kernel='auto' runs now");

@@ -105,47 +105,59 @@ Gf256Kernel gf256_kernel_from_name(const std::string& name) {
   throw std::invalid_argument("unknown gf256 kernel '" + name + "' (expected auto, gfni, avx512, avx2 or scalar)");
 }
 
-void gf256_matmul(const uint8_t* matrix, int rows, int k, const uint8_t* const* src,
-                  uint8_t* const* dst, int64_t len, int nthreads, Gf256Kernel kernel) {
-  if (rows <= 0 || len <= 0) return;
-  if (k == 0) {
-    for (int r = 0; r < rows; ++r) std::memset(dst[r], 0, size_t(len));
-    return;
-  }
-  Gf256Job job;
-  job.rows = rows;
-  job.k = k;
-  job.matrix = matrix;
-  job.src = src;
-  job.dst = dst;
-  const size_t coefficients = size_t(rows) * size_t(k);
-  std::vector<uint8_t> nibbles;
-  std::vector<uint64_t> affine;
-  void (*range)(const Gf256Job&, int64_t, int64_t) = gf256_range_scalar;
+Gf256Plan::Gf256Plan(const uint8_t* matrix, int rows, int k, const uint8_t* const* src,
+                     uint8_t* const* dst, int64_t len, Gf256Kernel kernel)
+    : matrix_(matrix, matrix + size_t(std::max(rows, 0)) * size_t(std::max(k, 0))),
+      src_(src, src + std::max(k, 0)),
+      dst_(dst, dst + std::max(rows, 0)),
+      len_(len),
+      kernel_(kernel) {
+  job_.rows = rows;
+  job_.k = k;
+  job_.matrix = matrix_.data();
+  job_.src = src_.data();
+  job_.dst = dst_.data();
+  range_ = gf256_range_scalar;
+  if (rows <= 0 || k <= 0 || len <= 0) return;
+  const CoefficientTables& tables = coefficient_tables();
   if (kernel == Gf256Kernel::avx2 || kernel == Gf256Kernel::avx512) {
-    nibbles.resize(coefficients * 32);
-    for (size_t c = 0; c < coefficients; ++c)
-      std::memcpy(&nibbles[c * 32], coefficient_tables().nibbles[matrix[c]], 32);
-    job.nibble_tables = nibbles.data();
-    range = kernel == Gf256Kernel::avx2 ? gf256_range_avx2 : gf256_range_avx512;
+    nibbles_.resize(matrix_.size() * 32);
+    for (size_t c = 0; c < matrix_.size(); ++c) std::memcpy(&nibbles_[c * 32], tables.nibbles[matrix_[c]], 32);
+    job_.nibble_tables = nibbles_.data();
+    range_ = kernel == Gf256Kernel::avx2 ? gf256_range_avx2 : gf256_range_avx512;
   } else if (kernel == Gf256Kernel::gfni) {
-    affine.resize(coefficients);
-    for (size_t c = 0; c < coefficients; ++c) affine[c] = coefficient_tables().affine[matrix[c]];
-    job.affine = affine.data();
-    range = gf256_range_gfni;
+    affine_.resize(matrix_.size());
+    for (size_t c = 0; c < matrix_.size(); ++c) affine_[c] = tables.affine[matrix_[c]];
+    job_.affine = affine_.data();
+    range_ = gf256_range_gfni;
   }
   if (kernel == Gf256Kernel::gfni || kernel == Gf256Kernel::avx512) {
-    job.stream = (int64_t(k) + rows) * len >= kStreamWorkingSet;
-    for (int r = 0; r < rows && job.stream; ++r) job.stream = reinterpret_cast<uintptr_t>(dst[r]) % 64 == 0;
+    job_.stream = (int64_t(k) + rows) * len >= kStreamWorkingSet;
+    for (int r = 0; r < rows && job_.stream; ++r) job_.stream = reinterpret_cast<uintptr_t>(dst[r]) % 64 == 0;
+  }
+}
+
+void Gf256Plan::run(int nthreads) const {
+  const int rows = job_.rows, k = job_.k;
+  const int64_t len = len_;
+  if (rows <= 0 || len <= 0) return;
+  if (k <= 0) {
+    for (int r = 0; r < rows; ++r) std::memset(dst_[r], 0, size_t(len));
+    return;
   }
   const int64_t units = (len + kUnit - 1) / kUnit;
   const int64_t grain = std::max<int64_t>(1, kMinSourceBytesPerThread / (int64_t(k) * kUnit));
   const int64_t chunk = std::max<int64_t>(16 * kUnit, kChunkSourceBytes / k / kUnit * kUnit);
   parallel_chunks(units, threads_for(units, nthreads, grain), [&](int, int64_t first, int64_t last) {
     const int64_t end = std::min(last * kUnit, len);
-    for (int64_t begin = first * kUnit; begin < end; begin += chunk)
-      range(job, begin, std::min(begin + chunk, end));
+    for (int64_t begin = first * kUnit; begin < end; begin += chunk) range_(job_, begin, std::min(begin + chunk, end));
   });
+}
+
+void gf256_matmul(const uint8_t* matrix, int rows, int k, const uint8_t* const* src,
+                  uint8_t* const* dst, int64_t len, int nthreads, Gf256Kernel kernel) {
+  if (rows <= 0 || len <= 0) return;
+  Gf256Plan(matrix, rows, k, src, dst, len, kernel).run(nthreads);
 }
 
 }  // namespace osmos::cpu

@@ -60,7 +60,31 @@ Gf256Kernel gf256_auto_kernel();
 Gf256Kernel gf256_kernel_from_name(const std::string& name);  // throws std::invalid_argument
 const char* gf256_kernel_name(Gf256Kernel kernel);
 
-// The whole product with up to nthreads threads.
+// A product on fixed buffers, planned once (snapshot slots are re-encoded every snapshot): the
+// kernel, its per-coefficient constants and the pointer arrays are built by the constructor, so
+// run() only splits the range over threads and runs the kernel. The matrix is copied; the
+// buffers must outlive the plan.
+class Gf256Plan {
+ public:
+  Gf256Plan(const uint8_t* matrix, int rows, int k, const uint8_t* const* src, uint8_t* const* dst,
+            int64_t len, Gf256Kernel kernel);
+  Gf256Plan(const Gf256Plan&) = delete;  // job_ points into the vectors below
+  Gf256Plan& operator=(const Gf256Plan&) = delete;
+  void run(int nthreads) const;
+  Gf256Kernel kernel() const { return kernel_; }
+
+ private:
+  std::vector<uint8_t> matrix_, nibbles_;
+  std::vector<uint64_t> affine_;
+  std::vector<const uint8_t*> src_;
+  std::vector<uint8_t*> dst_;
+  Gf256Job job_;
+  int64_t len_ = 0;
+  Gf256Kernel kernel_;
+  void (*range_)(const Gf256Job&, int64_t, int64_t) = nullptr;
+};
+
+// The whole product with up to nthreads threads (a plan used once).
 void gf256_matmul(const uint8_t* matrix, int rows, int k, const uint8_t* const* src,
                   uint8_t* const* dst, int64_t len, int nthreads, Gf256Kernel kernel);
 

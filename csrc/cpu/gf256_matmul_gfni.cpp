@@ -2,38 +2,59 @@
 // (the field's 0x11D polynomial is not GF2P8MULB's 0x11B, so the product is an affine map).
 #include <immintrin.h>
 
+#include <type_traits>
+
 #include "cpu/gf256_matmul.h"
 
 namespace osmos::cpu {
 namespace {
 
-// Rows [row0, row0 + R) over [i, i + 64 * U): U vectors per source load share each
-// coefficient's broadcast. `mask` limits the loads and stores of a final partial vector (U = 1).
-template <int R, int U, bool Stream>
-inline void gfni_step(const Gf256Job& job, const uint64_t* affine, int row0, int64_t i, __mmask64 mask) {
-  const int k = job.k;
+enum class Access { plain, stream, masked };  // full vectors (stores cached / non-temporal), or a tail
+
+// Rows r < R of dst over [i, i + 64 * U): U vectors per source load share each coefficient's
+// broadcast. Inlined into the row loop so the source and destination pointers and the
+// coefficients stay in registers; `mask` limits the loads and stores of a tail (U = 1).
+template <int R, int U, Access A>
+__attribute__((always_inline)) inline void gfni_step(const uint8_t* const* src, int k, const uint64_t* affine,
+                                                     uint8_t* const* dst, int64_t i, __mmask64 mask) {
+  auto load = [&](const uint8_t* p) {
+    if constexpr (A == Access::masked) return _mm512_maskz_loadu_epi8(mask, p);
+    else return _mm512_loadu_si512(p);
+  };
+  // acc[r * U + u] = XOR_j affine[r][j] x src[j] over vector u; source 0 initialises (k >= 1).
   __m512i acc[R * U];
-#pragma GCC unroll 16
-  for (int a = 0; a < R * U; ++a) acc[a] = _mm512_setzero_si512();
-  for (int j = 0; j < k; ++j) {
-    const uint8_t* s = job.src[j] + i;
+  auto accumulate = [&](int j, auto first) {
+    const uint8_t* s = src[j] + i;
     __m512i x[U];
 #pragma GCC unroll 16
-    for (int u = 0; u < U; ++u) x[u] = _mm512_maskz_loadu_epi8(mask, s + 64 * u);
+    for (int u = 0; u < U; ++u) x[u] = load(s + 64 * u);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const __m512i a = _mm512_set1_epi64(int64_t(affine[r * k + j]));
 #pragma GCC unroll 16
-      for (int u = 0; u < U; ++u)
-        acc[r * U + u] = _mm512_xor_si512(acc[r * U + u], _mm512_gf2p8affine_epi64_epi8(x[u], a, 0));
+      for (int u = 0; u < U; ++u) {
+        const __m512i product = _mm512_gf2p8affine_epi64_epi8(x[u], a, 0);
+        if constexpr (decltype(first)::value) acc[r * U + u] = product;
+        else acc[r * U + u] = _mm512_xor_si512(acc[r * U + u], product);
+      }
     }
-  }
+  };
+  accumulate(0, std::true_type{});
+  for (int j = 1; j < k; ++j) accumulate(j, std::false_type{});
 #pragma GCC unroll 16
   for (int a = 0; a < R * U; ++a) {
-    uint8_t* d = job.dst[row0 + a / U] + i + 64 * (a % U);
-    if constexpr (Stream) _mm512_stream_si512(reinterpret_cast<__m512i*>(d), acc[a]);
-    else _mm512_mask_storeu_epi8(d, mask, acc[a]);
+    uint8_t* d = dst[a / U] + i + 64 * (a % U);
+    if constexpr (A == Access::stream) _mm512_stream_si512(reinterpret_cast<__m512i*>(d), acc[a]);
+    else if constexpr (A == Access::masked) _mm512_mask_storeu_epi8(d, mask, acc[a]);
+    else _mm512_storeu_si512(d, acc[a]);
   }
+}
+
+template <int R, int U, Access A>
+inline int64_t gfni_rows(const uint8_t* const* src, int k, const uint64_t* affine, uint8_t* const* dst,
+                         int64_t i, int64_t end) {
+  for (; i + 64 * U <= end; i += 64 * U) gfni_step<R, U, A>(src, k, affine, dst, i, 0);
+  return i;
 }
 
 }  // namespace
@@ -41,17 +62,25 @@ inline void gfni_step(const Gf256Job& job, const uint64_t* affine, int row0, int
 void gf256_range_gfni(const Gf256Job& job, int64_t begin, int64_t end) {
   for_each_row_group(job.rows, [&](auto rows_in_group, int row0) {
     constexpr int R = decltype(rows_in_group)::value;
-    constexpr int U = R <= 3 ? 4 : 2;  // accumulators R * U stay within the 32 vector registers
-    const uint64_t* affine = job.affine + size_t(row0) * job.k;
-    const __mmask64 all = ~__mmask64(0);
+    // Vectors per source load: R * U accumulators plus U loaded vectors stay within the 32
+    // vector registers. Measured on a Zen 5 EPYC (session 12, against ISA-L on the same shards):
+    // with 1-3 rows one vector per source is the only choice that keeps up with ISA-L whatever
+    // the shards' placement (4 ran 1.1-1.4x faster on some heap placements and 0.7-0.8x on rows
+    // of one buffer, the layout of osmos.ft's stripes); with 4-6 rows 3 vectors beat 1 and 2.
+    constexpr int U = R <= 3 ? 1 : 3;
+    const int k = job.k;
+    const uint64_t* affine = job.affine + size_t(row0) * k;
+    uint8_t* dst[R];
+    for (int r = 0; r < R; ++r) dst[r] = job.dst[row0 + r];
     int64_t i = begin;
     if (job.stream) {
-      for (; i + 64 * U <= end; i += 64 * U) gfni_step<R, U, true>(job, affine, row0, i, all);
-      for (; i + 64 <= end; i += 64) gfni_step<R, 1, true>(job, affine, row0, i, all);
+      i = gfni_rows<R, U, Access::stream>(job.src, k, affine, dst, i, end);
+      i = gfni_rows<R, 1, Access::stream>(job.src, k, affine, dst, i, end);
     }
-    for (; i + 64 * U <= end; i += 64 * U) gfni_step<R, U, false>(job, affine, row0, i, all);
-    for (; i + 64 <= end; i += 64) gfni_step<R, 1, false>(job, affine, row0, i, all);
-    if (i < end) gfni_step<R, 1, false>(job, affine, row0, i, _bzhi_u64(~0ull, unsigned(end - i)));
+    i = gfni_rows<R, U, Access::plain>(job.src, k, affine, dst, i, end);
+    i = gfni_rows<R, 1, Access::plain>(job.src, k, affine, dst, i, end);
+    if (i < end)
+      gfni_step<R, 1, Access::masked>(job.src, k, affine, dst, i, _bzhi_u64(~0ull, unsigned(end - i)));
   });
   if (job.stream) _mm_sfence();
 }

@@ -208,13 +208,15 @@ def test_cuda_matches_reference(rows, k, length):
     assert torch.equal(gf256_matmul(matrix.cuda(), view).cpu(), reference_gf256_matmul(matrix, view.cpu()))
 
 
-def test_streaming_stores_on_large_outputs():
+@pytest.mark.parametrize("rows,length", [(4, (8 << 20) + 100), (2, (11 << 20) + 37)])
+def test_streaming_stores_on_large_outputs(rows, length):
     """Beyond 64 MiB of working set the AVX-512 / GFNI kernels store with non-temporal
-    stores; the result must equal the AVX2 kernel's (no streaming), tail included."""
+    stores; the result must equal the AVX2 kernel's (no streaming), tail included. Two row
+    counts: the GFNI kernel unrolls 3 vectors per source for 4-6 rows and 4 for 1-3."""
     fast = [k for k in cpu_kernels() if k in ("gfni", "avx512")]
     if not fast or "avx2" not in cpu_kernels():
         pytest.skip("needs the AVX-512 and AVX2 kernels")
-    rows, k, length = 4, 4, (8 << 20) + 100
+    k = 4
     matrix = torch.randint(0, 256, (rows, k), dtype=torch.uint8)
     blocks = torch.randint(0, 256, (k, length), dtype=torch.uint8)
     expected = gf256_matmul_cpu(matrix, blocks, torch.empty(rows, length, dtype=torch.uint8), kernel="avx2")
@@ -223,3 +225,37 @@ def test_streaming_stores_on_large_outputs():
     for kernel in fast:
         out = gf256_matmul_cpu(matrix, blocks, torch.empty(rows, length, dtype=torch.uint8), kernel=kernel)
         assert torch.equal(out, expected), kernel
+
+
+@pytest.mark.parametrize("kernel", cpu_kernels())
+def test_plan_reruns_on_its_buffers(kernel):
+    """Gf256Plan (behind RSCodec.bind_encode / bind_decode) keeps its pointers and a copy of the
+    matrix: after the sources change, a call recomputes from the new contents; changing the
+    caller's matrix afterwards changes nothing."""
+    rows, k, length = 7, 5, 3000 + 17
+    matrix = torch.randint(0, 256, (rows, k), dtype=torch.uint8)
+    blocks = torch.randint(0, 256, (k, length), dtype=torch.uint8)
+    out = torch.zeros(rows, length, dtype=torch.uint8)
+    src = [blocks[j].data_ptr() for j in range(k)]
+    dst = [out[r].data_ptr() for r in range(rows)]
+    plan = C.Gf256Plan(matrix.data_ptr(), rows, k, src, dst, length, kernel)
+    assert plan.kernel == kernel
+    expected_matrix = matrix.clone()
+    plan(1)
+    assert torch.equal(out, reference_gf256_matmul(expected_matrix, blocks))
+    blocks.random_(0, 256)
+    matrix.zero_()
+    plan(2)
+    assert torch.equal(out, reference_gf256_matmul(expected_matrix, blocks))
+
+
+def test_plan_bad_inputs():
+    matrix = torch.ones(2, 3, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="k source pointers"):
+        C.Gf256Plan(matrix.data_ptr(), 2, 3, [0, 0], [0, 0], 16)
+    with pytest.raises(ValueError, match="rows output pointers"):
+        C.Gf256Plan(matrix.data_ptr(), 2, 3, [0, 0, 0], [0], 16)
+    with pytest.raises(ValueError, match=">= 0"):
+        C.Gf256Plan(matrix.data_ptr(), 2, 3, [0, 0, 0], [0, 0], -1)
+    with pytest.raises(ValueError, match="unknown gf256 kernel"):
+        C.Gf256Plan(matrix.data_ptr(), 2, 3, [0, 0, 0], [0, 0], 16, "sse9")

@@ -23,7 +23,7 @@ import torch
 
 from osmos import _native
 from osmos.ops._common import check_int
-from osmos.ops.gf256_matmul import matmul_addresses
+from osmos.ops.gf256_matmul import bind_addresses, matmul_addresses
 
 MAX_BLOCKS = 256
 _DECODE_CACHE_SIZE = 256  # erasure patterns whose decode matrices are kept per codec
@@ -308,21 +308,24 @@ def _check_disjoint(src: list[int], dst: list[int], nbytes: int) -> None:
 
 
 class _Bound:
-    """dst = matrix x src on fixed buffers (from RSCodec.bind_encode / bind_decode); holds
-    references to the buffers so their memory stays valid. Calling returns the outputs."""
+    """dst = matrix x src on fixed buffers (from RSCodec.bind_encode / bind_decode), planned once
+    (`bind_addresses`); holds references to the buffers so their memory stays valid. Calling
+    returns the outputs."""
 
-    __slots__ = ("_matrix", "_sources", "_outputs")
+    __slots__ = ("_run", "_sources", "_outputs")
 
     def __init__(self, matrix: torch.Tensor, sources: _Blocks, outputs: _Blocks | None):
-        self._matrix, self._sources, self._outputs = matrix, sources, outputs
+        self._sources, self._outputs = sources, outputs
+        self._run = None
+        if outputs is not None and outputs.nbytes:
+            self._run = bind_addresses(matrix, sources.addresses, outputs.addresses, outputs.nbytes, outputs.device_index)
 
     def __call__(self) -> list[Any]:
-        out = self._outputs
-        if out is None:
+        if self._outputs is None:
             return []
-        if out.nbytes:
-            matmul_addresses(self._matrix, self._sources.addresses, out.addresses, out.nbytes, out.device_index)
-        return out.objs
+        if self._run is not None:
+            self._run()
+        return self._outputs.objs
 
 
 def _as_tensor(obj: Any) -> torch.Tensor:

@@ -16,7 +16,7 @@ pure-torch definition (log / exp tables built here, independently of the C++ tab
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -115,6 +115,21 @@ def matmul_addresses(
             matrix.data_ptr(), rows, k, addresses.data_ptr(), addresses.data_ptr() + 8 * k, length,
             aligned16, torch.cuda.current_stream(device).cuda_stream,
         )
+
+
+def bind_addresses(
+    matrix: Tensor, src: Sequence[int], dst: Sequence[int], length: int, device_index: int = -1, kernel: str = "auto"
+) -> Callable[[], None]:
+    """matmul_addresses on buffers that stay put (snapshot slots, re-encoded every snapshot),
+    planned once: returns a call that runs the product. On the CPU the kernel is chosen, its
+    per-coefficient constants and the pointer arrays built here, so a call costs the kernel and
+    one native call (the thread count is torch's at call time). The caller keeps the buffers
+    alive; the matrix is copied."""
+    if device_index < 0 and len(dst) and length:
+        plan = _native.C.Gf256Plan(matrix.data_ptr(), len(dst), len(src), list(src), list(dst), length, kernel)
+        get_num_threads = torch.get_num_threads
+        return lambda: plan(get_num_threads())
+    return functools.partial(matmul_addresses, matrix, list(src), list(dst), length, device_index, kernel)
 
 
 def gf256_matmul_cpu(matrix: Tensor, blocks: Tensor, out: Tensor, kernel: str = "auto") -> Tensor:
