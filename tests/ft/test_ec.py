@@ -196,6 +196,41 @@ def test_cuda_round_trip_matches_cpu():
         _assert_blocks_equal(codec.decode(available), data)
 
 
+def test_repeated_calls_on_the_same_buffers_see_new_contents_and_kernels():
+    """encode / decode into the same buffers again reuse the product planned the first time
+    (osmos.ft.ec caches it by addresses): new contents and a new CPU kernel must still count."""
+    k, m, length = 5, 3, 777
+    codec = RSCodec(k, m)
+    data = [torch.from_numpy(d) for d in _data(k, length)]
+    parity = [torch.empty(length, dtype=torch.uint8) for _ in range(m)]
+    rng = np.random.default_rng(5)
+    before = _native.C.cpu_isa()
+    try:
+        for isa in ("avx512", "avx2", "scalar", "avx512"):
+            _native.C.set_cpu_isa(isa)
+            for j in range(k):
+                data[j].copy_(torch.from_numpy(rng.integers(0, 256, length, dtype=np.uint8)))
+            codec.encode(data, out=parity)
+            _assert_blocks_equal(parity, RSCodec(k, m).encode([d.clone() for d in data]))
+            rebuilt = {0: torch.zeros(length, dtype=torch.uint8), 3: torch.zeros(length, dtype=torch.uint8)}
+            available = {1: data[1], 2: data[2], 4: data[4], 5: parity[0], 7: parity[2]}
+            codec.decode(available, out=rebuilt)
+            _assert_blocks_equal([rebuilt[0], rebuilt[3]], [data[0], data[3]])
+        kernels = {key[-1] for key in codec._calls}
+        assert len(kernels) == len({_kernel_for(isa) for isa in ("avx512", "avx2", "scalar")})
+    finally:
+        _native.C.set_cpu_isa(before)
+
+
+def _kernel_for(isa: str) -> str:
+    before = _native.C.cpu_isa()
+    try:
+        _native.C.set_cpu_isa(isa)
+        return _native.C.gf256_matmul_kernel()
+    finally:
+        _native.C.set_cpu_isa(before)
+
+
 def test_bound_calls_on_fixed_buffers():
     k, m, length = 4, 2, 1000
     codec = RSCodec(k, m)

@@ -15,7 +15,7 @@ writable buffers passed as `out`.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,10 +23,11 @@ import torch
 
 from osmos import _native
 from osmos.ops._common import check_int
-from osmos.ops.gf256_matmul import bind_addresses, matmul_addresses
+from osmos.ops.gf256_matmul import bind_addresses
 
 MAX_BLOCKS = 256
 _DECODE_CACHE_SIZE = 256  # erasure patterns whose decode matrices are kept per codec
+_CALL_CACHE_SIZE = 64  # planned products (pattern, buffers) kept per codec: the buffers a caller reuses
 
 
 _CPU = torch.device("cpu")
@@ -147,6 +148,7 @@ class RSCodec:
         self._plans: dict[tuple[int, ...], tuple[tuple[int, ...], list[int], torch.Tensor]] = {}
         self._decoders: OrderedDict[tuple[int, ...], tuple[list[int], torch.Tensor]] = OrderedDict()
         self._on_device: dict[tuple[tuple[int, ...] | None, int], torch.Tensor] = {}
+        self._calls: OrderedDict[tuple, Callable[[], None]] = OrderedDict()  # planned products, oldest first
 
     def __repr__(self) -> str:
         return f"RSCodec(k={self.k}, m={self.m})"
@@ -292,9 +294,22 @@ class RSCodec:
         return on_device
 
     def _multiply(self, pattern, matrix: torch.Tensor, src: list[int], dst: list[int], like: _Blocks) -> None:
-        _check_disjoint(src, dst, like.nbytes)
-        if dst and like.nbytes:
-            matmul_addresses(self._placed(pattern, matrix, like), src, dst, like.nbytes, like.device_index)
+        """dst = matrix x src. A caller that encodes into the same buffers again (snapshot slots)
+        reuses the product planned the first time (overlap check, kernel constants, pointer
+        arrays): the key holds every address, the length and the CPU kernel, so a hit is the
+        same product on the same memory."""
+        if not dst or not like.nbytes:
+            _check_disjoint(src, dst, like.nbytes)
+            return
+        device = like.device_index
+        key = (pattern, *src, -1, *dst, like.nbytes, device, _native.C.gf256_matmul_kernel() if device < 0 else "")
+        run = self._calls.get(key)
+        if run is None:
+            _check_disjoint(src, dst, like.nbytes)
+            run = self._calls[key] = bind_addresses(self._placed(pattern, matrix, like), src, dst, like.nbytes, device)
+            if len(self._calls) > _CALL_CACHE_SIZE:
+                self._calls.popitem(last=False)
+        run()
 
 
 def _check_disjoint(src: list[int], dst: list[int], nbytes: int) -> None:
