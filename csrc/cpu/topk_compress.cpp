@@ -66,7 +66,7 @@ struct DenseSource {
   int64_t begin(int p) const { return n * p / parts; }
   int64_t size(int p) const { return begin(p + 1) - begin(p); }
   template <class F>
-  void scan(int p, F&& f) const {
+  void scan(int p, F&& f, bool = false) const {
     for (int64_t i = begin(p), e = begin(p + 1); i < e; ++i) {
       float d = topk::diff<X, S>(x[i], s[i]);
       f(magnitude_key(d), i, d);
@@ -79,12 +79,26 @@ struct CandidateSource {
   std::vector<std::unique_ptr<float[]>> d;
   std::vector<std::unique_ptr<uint32_t[]>> index;
   std::vector<int64_t> count;
+  // The state, element size in bytes: the last scan (which emits the winners and updates their
+  // state entries, scattered over memory the candidate pass has long evicted) prefetches the
+  // entries of the candidates kPrefetchAhead positions on.
+  const char* state = nullptr;
+  int state_bytes = 0;
+  static constexpr int64_t kPrefetchAhead = 48;
   int64_t size(int p) const { return count[p]; }
   template <class F>
-  void scan(int p, F&& f) const {
+  void scan(int p, F&& f, bool emitting = false) const {
     const float* dp = d[p].get();
     const uint32_t* ip = index[p].get();
-    for (int64_t j = 0, e = count[p]; j < e; ++j) f(magnitude_key(dp[j]), int64_t(ip[j]), dp[j]);
+    const int64_t e = count[p];
+    int64_t j = 0;
+    if (emitting && state) {
+      for (; j + kPrefetchAhead < e; ++j) {
+        __builtin_prefetch(state + int64_t(ip[j + kPrefetchAhead]) * state_bytes, 1);
+        f(magnitude_key(dp[j]), int64_t(ip[j]), dp[j]);
+      }
+    }
+    for (; j < e; ++j) f(magnitude_key(dp[j]), int64_t(ip[j]), dp[j]);
   }
 };
 
@@ -150,7 +164,7 @@ void select_and_emit(const Src& src, int parts, bool parallel, int64_t k, bool t
         taken += (m == prefix);
         emit(out++, i, d);
       }
-    });
+    }, true);
   });
 }
 
@@ -205,6 +219,8 @@ void run(const void* xv, void* sv, int64_t n, int64_t k, void* values, int64_t* 
     const CandidateFn fn = pick_candidate_fn(X::code, S::code);
     CandidateSource cands;
     cands.count.assign(parts, 0);
+    cands.state = reinterpret_cast<const char*>(s);
+    cands.state_bytes = int(sizeof(*s));
     std::vector<int64_t> capacity(parts);
     for (int p = 0; p < parts; ++p) {
       // Each part may hold twice the expected total (inputs whose large entries cluster in one
