@@ -44,7 +44,7 @@ OSMOS_BIND(gf256_matmul) {
       py::arg("matrix"), py::arg("rows"), py::arg("k"), py::arg("src"), py::arg("dst"), py::arg("len"),
       py::arg("nthreads"), py::arg("kernel") = "auto",
       "dst[r][i] = XOR_j matrix[r*k+j] * src[j][i] over GF(2^8) (pointers as ints, len bytes each).");
-  py::class_<Gf256Plan>(m, "Gf256Plan",
+  py::class_<Gf256Plan>(m, "Gf256Plan", py::module_local(),
                         "gf256_matmul on fixed buffers, planned once (kernel, its constants and the pointer "
                         "arrays); calling it with a thread count runs the product. The matrix is copied; the "
                         "caller keeps the buffers alive.")
