@@ -58,10 +58,18 @@ OSMOS_BIND(parallel) {
     d["jobs"] = info.jobs;
     d["spawned"] = info.spawned;
     d["serial"] = info.serial;
+    d["openmp"] = info.openmp;
+    d["kind"] = std::string(info.kind);
     return d;
-  }, "State of the CPU worker pool behind every multithreaded CPU kernel: worker threads started, "
-     "their cap, the idle spin before a worker blocks (us), and how many calls ran on the pool, on "
-     "threads of their own (pool busy) or serially (called from inside a chunk).");
+  }, "State of the CPU thread pools behind every multithreaded CPU kernel: which runs the next call "
+     "(kind: 'openmp', OpenMP's team, shared with torch's CPU ops; or 'threads', osmos's own workers), "
+     "the own pool's worker threads started, their cap, the idle spin before a worker blocks (us), and "
+     "how many calls ran on OpenMP, on the own pool, on threads of their own (pool busy) or serially "
+     "(called from inside a chunk).");
+  m.def("set_cpu_pool", [](const std::string& kind) {
+    if (!set_pool_kind(kind))
+      throw std::invalid_argument("cpu pool must be 'openmp' (if built with OpenMP) or 'threads', got '" + kind + "'");
+  }, py::arg("kind"), "Which pool runs the chunks of multithreaded CPU kernels: 'openmp' or 'threads'.");
   m.def("set_cpu_pool_spin_us", &set_pool_spin_us, py::arg("us"),
         "How long an idle pool worker spins before it blocks (microseconds, 0 to 10000).");
   m.def(

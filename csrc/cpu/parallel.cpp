@@ -9,6 +9,11 @@
 #include <mutex>
 #include <system_error>
 #include <thread>
+#include <cstdlib>
+#include <string>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -185,6 +190,7 @@ class Pool {
 // not exist in the child) without touching it: the old object is leaked, a new one starts lazily.
 std::atomic<Pool*> g_pool{nullptr};
 std::atomic<int> g_spin_us{20};  // survives fork and applies to pools created later
+std::atomic<int64_t> pool_openmp_calls{0};
 
 void forget_pool_in_child() { g_pool.store(nullptr, std::memory_order_relaxed); }
 
@@ -233,6 +239,40 @@ void run_spawned(int nchunks, ChunkFn chunk, void* ctx) {
   for (auto& th : threads) th.join();
 }
 
+#ifdef _OPENMP
+// Chunks on OpenMP's thread team: after `import torch` this is torch's own libgomp (same soname),
+// so osmos kernels and torch's CPU ops share one set of workers instead of two pools competing
+// for the cores (torch's workers spin after each op; on a 2-core machine they kept osmos's
+// parked workers off the CPU: bench_rps HashedNet gather 0.41 vs 0.21 ms, session 12).
+void run_openmp(int nchunks, ChunkFn chunk, void* ctx) {
+#pragma omp parallel num_threads(nchunks)
+  {
+    InChunk guard;
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    for (int c = t; c < nchunks; c += nt) chunk(ctx, c);  // nt < nchunks when OpenMP gives fewer
+  }
+}
+constexpr bool kHaveOpenMP = true;
+#else
+void run_openmp(int nchunks, ChunkFn chunk, void* ctx) { run_serial(nchunks, chunk, ctx); }
+constexpr bool kHaveOpenMP = false;
+#endif
+
+// Which pool runs chunks: OpenMP's where built (default; OSMOS_CPU_POOL=threads|openmp overrides),
+// osmos's own threads otherwise. A forked child always uses osmos's threads: GNU OpenMP's team
+// does not survive fork().
+std::atomic<bool> g_use_openmp{[] {
+  const char* v = std::getenv("OSMOS_CPU_POOL");
+  if (v && std::string(v) == "threads") return false;
+  return kHaveOpenMP;
+}()};
+std::atomic<bool> g_forked_child{false};
+const bool g_fork_hook = (pthread_atfork(nullptr, nullptr, [] { g_forked_child.store(true); }), true);
+
+bool use_openmp() {
+  return g_use_openmp.load(std::memory_order_relaxed) && !g_forked_child.load(std::memory_order_relaxed);
+}
+
 }  // namespace
 
 namespace detail {
@@ -240,6 +280,10 @@ void run_chunks(int nchunks, ChunkFn chunk, void* ctx) {
   if (nchunks <= 1 || t_in_chunk) {
     if (nchunks > 1) pool()->serial.fetch_add(1, std::memory_order_relaxed);
     return run_serial(nchunks, chunk, ctx);
+  }
+  if (use_openmp()) {
+    pool_openmp_calls.fetch_add(1, std::memory_order_relaxed);
+    return run_openmp(nchunks, chunk, ctx);
   }
   Pool* p = pool();
   if (!p->busy.try_lock()) {
@@ -254,8 +298,17 @@ void run_chunks(int nchunks, ChunkFn chunk, void* ctx) {
 
 PoolInfo pool_info() {
   Pool* p = g_pool.load(std::memory_order_acquire);
-  if (!p) return {0, max_workers(), g_spin_us.load(), 0, 0, 0};
-  return {p->workers(), max_workers(), p->spin_us.load(), p->jobs.load(), p->spawned.load(), p->serial.load()};
+  const char* kind = use_openmp() ? "openmp" : "threads";
+  const int64_t omp = pool_openmp_calls.load();
+  if (!p) return {0, max_workers(), g_spin_us.load(), 0, 0, 0, omp, kind};
+  return {p->workers(), max_workers(), p->spin_us.load(), p->jobs.load(), p->spawned.load(), p->serial.load(), omp, kind};
+}
+
+bool set_pool_kind(const std::string& kind) {
+  if (kind == "threads") g_use_openmp.store(false);
+  else if (kind == "openmp" && kHaveOpenMP) g_use_openmp.store(true);
+  else return false;
+  return true;
 }
 
 void set_pool_spin_us(int us) {

@@ -1,7 +1,12 @@
 // Bounded CPU parallelism: the Python layer passes torch.get_num_threads(); kernels split work
 // into contiguous chunks, one per thread, and the calling thread takes the first chunk.
 //
-// Design (csrc/cpu/parallel.cpp): chunks run on a persistent worker pool, so a call costs a
+// Where osmos is built with OpenMP (the default build), chunks run on OpenMP's team: loaded after
+// torch, that is torch's libgomp, so osmos kernels and torch's CPU ops share one set of workers
+// (two pools on few cores starve each other: torch's idle workers spin). `set_pool_kind` /
+// OSMOS_CPU_POOL=threads select osmos's own pool below, which a forked child always uses.
+//
+// Own pool (csrc/cpu/parallel.cpp): chunks run on a persistent worker pool, so a call costs a
 // wake-up (about a microsecond while the workers still spin, a futex wake after they parked)
 // instead of creating and joining threads (tens of microseconds).
 // - Workers start lazily: the pool grows to the largest nthreads - 1 requested, capped at
@@ -17,6 +22,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <string>
 #include <exception>
 #include <type_traits>
 #include <vector>
@@ -73,8 +79,13 @@ struct PoolInfo {
   int64_t jobs;     // calls run on the pool
   int64_t spawned;  // calls that found the pool busy and created threads
   int64_t serial;   // calls from inside a chunk, run in order on the caller
+  int64_t openmp;   // calls run on OpenMP's team instead
+  const char* kind; // "openmp" or "threads": which runs the next call
 };
 PoolInfo pool_info();
+// "openmp" (OpenMP's team, shared with torch; the default where built) or "threads" (osmos's own
+// workers, always used in a forked child); false when unknown or not built.
+bool set_pool_kind(const std::string& kind);
 void set_pool_spin_us(int us);  // 0: block at once; clamped to [0, 10000]
 
 }  // namespace osmos::cpu

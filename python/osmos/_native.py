@@ -5,6 +5,10 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+# torch first: osmos._C may run its threads on OpenMP, and with torch loaded first the dynamic
+# loader resolves _C's libgomp.so.1 to the copy torch ships, one OpenMP runtime for both.
+import torch  # noqa: F401
+
 
 def _load(name: str) -> tuple[ModuleType | None, str]:
     try:

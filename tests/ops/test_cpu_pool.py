@@ -1,6 +1,7 @@
-"""The persistent CPU worker pool behind osmos::cpu::parallel_chunks (csrc/cpu/parallel.cpp):
-chunking, worker errors, nested calls, several Python threads at once, fork, interpreter exit,
-lazy growth and no CPU burnt while idle. Process-wide behaviours run in a fresh interpreter."""
+"""The CPU thread pools behind osmos::cpu::parallel_chunks (csrc/cpu/parallel.cpp): OpenMP's team
+(shared with torch; the default where built) and osmos's own persistent workers: chunking, worker
+errors, nested calls, several Python threads at once, fork, interpreter exit, lazy growth and no
+CPU burnt while idle. Process-wide behaviours run in a fresh interpreter."""
 
 import os
 import subprocess
@@ -17,6 +18,19 @@ from osmos import _native
 C = _native.C
 pytestmark = pytest.mark.skipif(not _native.has_cpu_kernel("_parallel_chunks_probe"), reason="osmos._C not built")
 OSMOS_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(osmos.__file__)))  # the osmos these tests import
+
+
+HAVE_OPENMP = C.cpu_pool_info()["kind"] == "openmp" or C.cpu_pool_info()["openmp"] > 0
+KINDS = ["openmp", "threads"] if HAVE_OPENMP else ["threads"]
+
+
+@pytest.fixture(params=KINDS, autouse=True)
+def pool_kind(request):
+    """Every in-process test runs on both pools."""
+    before = C.cpu_pool_info()["kind"]
+    C.set_cpu_pool(request.param)
+    yield request.param
+    C.set_cpu_pool(before)
 
 
 def run_fresh(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -114,7 +128,8 @@ def test_several_python_threads_at_once():
     assert errors == []
     after = C.cpu_pool_info()
     probe_calls = 2 * calls  # threads 1 and 3; the kernels' own calls come on top
-    assert (after["jobs"] - before["jobs"]) + (after["spawned"] - before["spawned"]) >= probe_calls
+    ran = sum(after[key] - before[key] for key in ("jobs", "spawned", "openmp"))
+    assert ran >= probe_calls
 
 
 def test_spin_setting_is_clamped():
@@ -129,10 +144,13 @@ def test_spin_setting_is_clamped():
         C.set_cpu_pool_spin_us(old)
 
 
-def test_pool_starts_lazily_and_grows_to_the_largest_request():
+def test_pool_starts_lazily_and_grows_to_the_largest_request(pool_kind):
+    if pool_kind != "threads":
+        pytest.skip("osmos's own pool")
     run_fresh("""
         from osmos import _native
         C = _native.C
+        C.set_cpu_pool("threads")
         info = C.cpu_pool_info()
         assert info["workers"] == 0 and info["jobs"] == 0, info
         C._parallel_chunks_probe(10, 1)
@@ -149,13 +167,16 @@ def test_pool_starts_lazily_and_grows_to_the_largest_request():
     """)
 
 
-def test_idle_pool_burns_no_cpu():
+def test_idle_pool_burns_no_cpu(pool_kind):
     """After a call the workers spin for at most spin_us, then block: a sleeping process with a
     started pool uses almost no CPU time."""
+    if pool_kind != "threads":
+        pytest.skip("osmos's own pool (OpenMP's idle policy is OMP_WAIT_POLICY's, as for torch)")
     run_fresh("""
         import time
         from osmos import _native
         C = _native.C
+        C.set_cpu_pool("threads")
         C.set_cpu_pool_spin_us(10000)  # the longest spin allowed, to make a leak obvious
         C._parallel_chunks_probe(100, 3, work_us=1000)
         assert C.cpu_pool_info()["workers"] == 2
@@ -190,8 +211,11 @@ FORK_CHILD_CHECK = """
 """
 
 
-def test_forked_child_starts_a_fresh_pool():
+def test_forked_child_starts_a_fresh_pool(pool_kind):
+    if pool_kind != "threads":
+        pytest.skip("one run, in a fresh process")
     run_fresh(FORK_CHILD_CHECK + """
+    C.set_cpu_pool("threads")
     check()
     assert C.cpu_pool_info()["workers"] == 2
     pid = os.fork()
@@ -258,3 +282,58 @@ def test_interpreter_exit_right_after_a_thread_ran_kernels():
         print("exiting")
     """, timeout=60)
     assert proc.stdout.strip() == "exiting"
+
+
+@pytest.mark.skipif(not HAVE_OPENMP, reason="osmos._C built without OpenMP")
+def test_openmp_team_is_torchs_and_runs_chunks_in_parallel(pool_kind):
+    """By default chunks run on OpenMP's team, and after `import torch` that is torch's libgomp:
+    one OpenMP runtime in the process, so osmos and torch share their workers."""
+    if pool_kind != "openmp":
+        pytest.skip("one run, in a fresh process")
+    run_fresh("""
+        import torch
+        from osmos import _native
+        C = _native.C
+        assert C.cpu_pool_info()["kind"] == "openmp"
+        for _ in range(10):
+            rows = C._parallel_chunks_probe(4, 2, work_us=20000)
+            if rows[0][3] != rows[1][3]:
+                break
+        else:
+            raise AssertionError("chunk 1 always ran on the calling thread")
+        info = C.cpu_pool_info()
+        assert info["openmp"] >= 1 and info["jobs"] == 0 and info["workers"] == 0, info
+        runtimes = {line.split()[-1] for line in open("/proc/self/maps") if "libgomp" in line}
+        assert len(runtimes) == 1, runtimes
+    """)
+
+
+@pytest.mark.skipif(not HAVE_OPENMP, reason="osmos._C built without OpenMP")
+def test_forked_child_leaves_openmp_for_its_own_threads(pool_kind):
+    """GNU OpenMP's team does not survive fork(): a child of a process that used it runs osmos
+    kernels on osmos's own threads, and gets them right."""
+    if pool_kind != "openmp":
+        pytest.skip("one run, in a fresh process")
+    run_fresh(FORK_CHILD_CHECK + """
+    check()
+    assert C.cpu_pool_info()["kind"] == "openmp" and C.cpu_pool_info()["openmp"] >= 2
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            assert C.cpu_pool_info()["kind"] == "threads"
+            check()
+            assert C.cpu_pool_info()["workers"] == 2
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, status
+    check()
+    assert C.cpu_pool_info()["kind"] == "openmp"
+    """)
+
+
+def test_unknown_pool_kind_is_refused():
+    with pytest.raises(ValueError, match="'openmp'"):
+        C.set_cpu_pool("tbb")
