@@ -211,18 +211,21 @@ FORK_CHILD_CHECK = """
 """
 
 
-def test_forked_child_starts_a_fresh_pool(pool_kind):
-    if pool_kind != "threads":
-        pytest.skip("one run, in a fresh process")
-    run_fresh(FORK_CHILD_CHECK + """
-    C.set_cpu_pool("threads")
+def test_forked_child_runs_on_a_fresh_own_pool(pool_kind):
+    """A forked child never uses the parent's workers (their threads do not exist there; GNU
+    OpenMP's team does not survive fork()): it runs kernels on a fresh own pool, and gets them right.
+    The parent's pool is untouched."""
+    run_fresh(FORK_CHILD_CHECK + f"""
+    C.set_cpu_pool("{pool_kind}")
     check()
-    assert C.cpu_pool_info()["workers"] == 2
+    info = C.cpu_pool_info()
+    assert info["workers"] == 2 if "{pool_kind}" == "threads" else info["openmp"] >= 2, info
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
-            assert C.cpu_pool_info()["workers"] == 0  # the parent's threads do not exist here
+            assert C.cpu_pool_info()["kind"] == "threads"
+            assert C.cpu_pool_info()["workers"] == 0
             check()
             assert C.cpu_pool_info()["workers"] == 2
             code = 0
@@ -230,7 +233,8 @@ def test_forked_child_starts_a_fresh_pool(pool_kind):
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, status
-    check()  # the parent's pool is untouched
+    check()
+    assert C.cpu_pool_info()["kind"] == "{pool_kind}"
     """)
 
 
@@ -305,32 +309,6 @@ def test_openmp_team_is_torchs_and_runs_chunks_in_parallel(pool_kind):
         assert info["openmp"] >= 1 and info["jobs"] == 0 and info["workers"] == 0, info
         runtimes = {line.split()[-1] for line in open("/proc/self/maps") if "libgomp" in line}
         assert len(runtimes) == 1, runtimes
-    """)
-
-
-@pytest.mark.skipif(not HAVE_OPENMP, reason="osmos._C built without OpenMP")
-def test_forked_child_leaves_openmp_for_its_own_threads(pool_kind):
-    """GNU OpenMP's team does not survive fork(): a child of a process that used it runs osmos
-    kernels on osmos's own threads, and gets them right."""
-    if pool_kind != "openmp":
-        pytest.skip("one run, in a fresh process")
-    run_fresh(FORK_CHILD_CHECK + """
-    check()
-    assert C.cpu_pool_info()["kind"] == "openmp" and C.cpu_pool_info()["openmp"] >= 2
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            assert C.cpu_pool_info()["kind"] == "threads"
-            check()
-            assert C.cpu_pool_info()["workers"] == 2
-            code = 0
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, status
-    check()
-    assert C.cpu_pool_info()["kind"] == "openmp"
     """)
 
 
