@@ -2,6 +2,8 @@
 #include "cpu/parallel.h"
 
 #include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -269,8 +271,18 @@ std::atomic<bool> g_use_openmp{[] {
 std::atomic<bool> g_forked_child{false};
 const bool g_fork_hook = (pthread_atfork(nullptr, nullptr, [] { g_forked_child.store(true); }), true);
 
+// OpenMP serves the process's main thread only: there its team is the one torch's ops use. A
+// parallel region started on another thread gets a team of its own, whose idle workers spin for
+// milliseconds (GOMP_SPINCOUNT) beside the main thread's work: background callers (snapshot
+// copies) keep the own pool, which spins 20 us.
+bool on_main_thread() {
+  static thread_local const bool main = pid_t(syscall(SYS_gettid)) == getpid();
+  return main;
+}
+
 bool use_openmp() {
-  return g_use_openmp.load(std::memory_order_relaxed) && !g_forked_child.load(std::memory_order_relaxed);
+  return g_use_openmp.load(std::memory_order_relaxed) && !g_forked_child.load(std::memory_order_relaxed) &&
+         on_main_thread();
 }
 
 }  // namespace
@@ -298,7 +310,7 @@ void run_chunks(int nchunks, ChunkFn chunk, void* ctx) {
 
 PoolInfo pool_info() {
   Pool* p = g_pool.load(std::memory_order_acquire);
-  const char* kind = use_openmp() ? "openmp" : "threads";
+  const char* kind = use_openmp() ? "openmp" : "threads";  // for a call from this thread
   const int64_t omp = pool_openmp_calls.load();
   if (!p) return {0, max_workers(), g_spin_us.load(), 0, 0, 0, omp, kind};
   return {p->workers(), max_workers(), p->spin_us.load(), p->jobs.load(), p->spawned.load(), p->serial.load(), omp, kind};

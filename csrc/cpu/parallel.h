@@ -1,10 +1,11 @@
 // Bounded CPU parallelism: the Python layer passes torch.get_num_threads(); kernels split work
 // into contiguous chunks, one per thread, and the calling thread takes the first chunk.
 //
-// Where osmos is built with OpenMP (the default build), chunks run on OpenMP's team: loaded after
-// torch, that is torch's libgomp, so osmos kernels and torch's CPU ops share one set of workers
-// (two pools on few cores starve each other: torch's idle workers spin). `set_pool_kind` /
-// OSMOS_CPU_POOL=threads select osmos's own pool below, which a forked child always uses.
+// Where osmos is built with OpenMP (the default build), calls from the process's main thread run
+// their chunks on OpenMP's team: loaded after torch, that is torch's libgomp, so osmos kernels and
+// torch's CPU ops share one set of workers (two pools on few cores starve each other: torch's idle
+// workers spin). Other threads (a team of their own would spin beside the main thread's work),
+// `set_pool_kind("threads")` / OSMOS_CPU_POOL=threads and forked children use the own pool below.
 //
 // Own pool (csrc/cpu/parallel.cpp): chunks run on a persistent worker pool, so a call costs a
 // wake-up (about a microsecond while the workers still spin, a futex wake after they parked)

@@ -312,6 +312,20 @@ def test_openmp_team_is_torchs_and_runs_chunks_in_parallel(pool_kind):
     """)
 
 
+def test_background_threads_use_the_own_pool(pool_kind):
+    """OpenMP serves the main thread only; a call from another thread runs on the own pool (a
+    team of its own would spin beside the main thread's work)."""
+    before = C.cpu_pool_info()
+    out = []
+    worker = threading.Thread(target=lambda: out.append(C._parallel_chunks_probe(30, 3, work_us=100)))
+    worker.start()
+    worker.join(60)
+    after = C.cpu_pool_info()
+    assert [(r[1], r[2]) for r in out[0]] == [(0, 10), (10, 20), (20, 30)]
+    assert after["openmp"] == before["openmp"]
+    assert (after["jobs"] - before["jobs"]) + (after["spawned"] - before["spawned"]) == 1
+
+
 def test_unknown_pool_kind_is_refused():
     with pytest.raises(ValueError, match="'openmp'"):
         C.set_cpu_pool("tbb")
