@@ -13,23 +13,36 @@ namespace {
 
 inline __mmask16 tail_mask(int64_t left) { return left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1); }
 
+// Whole vectors with plain loads and stores, masked ones only for a partial vector (a stream of
+// masked loads ran at a third of the memory bandwidth on a Zen 5 EPYC); the branch on m is taken
+// the same way until the row's last vector.
+inline __m512 load_f32(const float* p, __mmask16 m) { return m == 0xffff ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(m, p); }
+inline __m256i load_16(const uint16_t* p, __mmask16 m) {
+  return m == 0xffff ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)) : _mm256_maskz_loadu_epi16(m, p);
+}
+inline void store_16(uint16_t* p, __m256i v, __mmask16 m) {
+  if (m == 0xffff) _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
+  else _mm256_mask_storeu_epi16(p, m, v);
+}
+
 struct F32 {
-  static __m512 load(const void* p, int64_t i, __mmask16 m) {
-    return _mm512_maskz_loadu_ps(m, static_cast<const float*>(p) + i);
+  static __m512 load(const void* p, int64_t i, __mmask16 m) { return load_f32(static_cast<const float*>(p) + i, m); }
+  static void store(void* p, int64_t i, __m512 v, __mmask16 m) {
+    if (m == 0xffff) _mm512_storeu_ps(static_cast<float*>(p) + i, v);
+    else _mm512_mask_storeu_ps(static_cast<float*>(p) + i, m, v);
   }
-  static void store(void* p, int64_t i, __m512 v, __mmask16 m) { _mm512_mask_storeu_ps(static_cast<float*>(p) + i, m, v); }
 };
 struct F16 {
   static __m512 load(const void* p, int64_t i, __mmask16 m) {
-    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(p) + i));
+    return _mm512_cvtph_ps(load_16(static_cast<const uint16_t*>(p) + i, m));
   }
   static void store(void* p, int64_t i, __m512 v, __mmask16 m) {
-    _mm256_mask_storeu_epi16(static_cast<uint16_t*>(p) + i, m, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    store_16(static_cast<uint16_t*>(p) + i, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), m);
   }
 };
 struct BF16 {
   static __m512 load(const void* p, int64_t i, __mmask16 m) {
-    __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(p) + i);
+    __m256i h = load_16(static_cast<const uint16_t*>(p) + i, m);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
   }
   // Round to nearest even; NaN stays a quiet NaN (as osmos::f32_to_bf16).
@@ -40,7 +53,7 @@ struct BF16 {
     __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
     __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
     rounded = _mm512_mask_mov_epi32(rounded, nan, quiet);
-    _mm256_mask_storeu_epi16(static_cast<uint16_t*>(p) + i, m, _mm512_cvtepi32_epi16(rounded));
+    store_16(static_cast<uint16_t*>(p) + i, _mm512_cvtepi32_epi16(rounded), m);
   }
 };
 
@@ -57,10 +70,10 @@ void rows(const AdapterInjectArgs& a, int64_t r0, int64_t r1, float* q) {
       for (int64_t c = 0; c < in; c += 16) {
         const __mmask16 m = tail_mask(in - c);
         const __m512 xv = E::load(a.x, xo + c, m);
-        s0 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, d + c), s0);
-        s1 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, d + in + c), s1);
-        s2 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, d + 2 * in + c), s2);
-        s3 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, d + 3 * in + c), s3);
+        s0 = _mm512_fmadd_ps(xv, load_f32(d + c, m), s0);
+        s1 = _mm512_fmadd_ps(xv, load_f32(d + in + c, m), s1);
+        s2 = _mm512_fmadd_ps(xv, load_f32(d + 2 * in + c, m), s2);
+        s3 = _mm512_fmadd_ps(xv, load_f32(d + 3 * in + c, m), s3);
       }
       q[k] = _mm512_reduce_add_ps(s0);
       q[k + 1] = _mm512_reduce_add_ps(s1);
@@ -86,7 +99,7 @@ void rows(const AdapterInjectArgs& a, int64_t r0, int64_t r1, float* q) {
       const __mmask16 m = tail_mask(out - o);
       __m512 acc = E::load(a.y, yo + o, m);
       for (k = 0; k < C; ++k)
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(q[k]), _mm512_maskz_loadu_ps(m, a.up + k * out + o), acc);
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(q[k]), load_f32(a.up + k * out + o, m), acc);
       E::store(a.out, yo + o, acc, m);
     }
   }
