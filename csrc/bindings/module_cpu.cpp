@@ -19,7 +19,12 @@ PYBIND11_MODULE(_C, m) {
     d["avx2"] = f.avx2; d["fma"] = f.fma; d["f16c"] = f.f16c; d["bmi2"] = f.bmi2;
     d["avx512f"] = f.avx512f; d["avx512bw"] = f.avx512bw; d["avx512vl"] = f.avx512vl;
     d["avx512dq"] = f.avx512dq; d["avx512vbmi"] = f.avx512vbmi; d["gfni"] = f.gfni;
+    d["vpclmulqdq"] = f.vpclmulqdq;
     return d;
   });
+  m.def("set_cpu_vpclmul", &set_vpclmul_enabled, py::arg("enabled"),
+        "Allow (default) or forbid the VPCLMULQDQ CRC-32C kernels (tests and benchmarks: the AVX-512 "
+        "paths without them).");
+  m.def("cpu_uses_vpclmul", &use_vpclmul, "Whether CRC-32C runs on the VPCLMULQDQ kernels now.");
   osmos::run_binders(m);
 }

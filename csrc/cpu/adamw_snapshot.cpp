@@ -17,7 +17,7 @@ using BlockKernel = void (*)(const AdamWTensor&, int64_t, int64_t, const AdamWSc
 
 BlockKernel block_kernel() {
   switch (isa()) {
-    case Isa::avx512: return adamw_block_avx512;
+    case Isa::avx512: return use_vpclmul() ? adamw_block_vpclmul : adamw_block_avx512;
     case Isa::avx2: return adamw_block_avx2;
     default: return adamw_block_scalar;
   }

@@ -49,5 +49,6 @@ void adamw_snapshot(const AdamWTensor* tensors, int count, const AdamWScalars& s
 void adamw_block_scalar(const AdamWTensor& t, int64_t begin, int64_t end, const AdamWScalars& s, uint32_t* reg);
 void adamw_block_avx2(const AdamWTensor& t, int64_t begin, int64_t end, const AdamWScalars& s, uint32_t* reg);
 void adamw_block_avx512(const AdamWTensor& t, int64_t begin, int64_t end, const AdamWScalars& s, uint32_t* reg);
+void adamw_block_vpclmul(const AdamWTensor& t, int64_t begin, int64_t end, const AdamWScalars& s, uint32_t* reg);
 
 }  // namespace osmos::cpu

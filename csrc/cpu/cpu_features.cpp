@@ -20,6 +20,7 @@ Features detect() {
   f.avx512dq = __builtin_cpu_supports("avx512dq");
   f.avx512vbmi = __builtin_cpu_supports("avx512vbmi");
   f.gfni = __builtin_cpu_supports("gfni");
+  f.vpclmulqdq = __builtin_cpu_supports("vpclmulqdq") && __builtin_cpu_supports("pclmul");
   // f16c has no __builtin_cpu_supports name on older compilers; every AVX2 CPU has it.
   f.f16c = f.avx2;
 #endif
@@ -65,6 +66,12 @@ Isa isa() {
 void set_isa_limit(Isa limit) { g_limit.store(int(limit), std::memory_order_relaxed); }
 
 bool use_gfni() { return features().gfni && isa() == Isa::avx512; }
+
+namespace {
+std::atomic<bool> g_vpclmul_enabled{true};
+}
+bool use_vpclmul() { return features().vpclmulqdq && isa() == Isa::avx512 && g_vpclmul_enabled.load(); }
+void set_vpclmul_enabled(bool on) { g_vpclmul_enabled.store(on); }
 
 const char* isa_name(Isa isa) {
   switch (isa) {

@@ -52,7 +52,7 @@ using RawKernel = uint32_t (*)(uint32_t, const uint8_t*, uint8_t*, size_t);
 
 RawKernel raw_kernel() {
   switch (isa()) {
-    case Isa::avx512: return crc32c_raw_avx512;
+    case Isa::avx512: return use_vpclmul() ? crc32c_raw_vpclmul : crc32c_raw_avx512;
     case Isa::avx2: return crc32c_raw_avx2;
     default: return crc32c_raw_scalar;
   }

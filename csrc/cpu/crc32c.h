@@ -5,7 +5,8 @@
 //   scalar  slicing-by-8 tables; the copy is memcpy.
 //   avx2    the SSE4.2 crc32 instruction on three interleaved streams (its 3-cycle latency hides
 //           behind the other two), 32-byte loads and non-temporal stores.
-//   avx512  the same with 64-byte loads and non-temporal stores.
+//   avx512  the same with 64-byte loads and non-temporal stores; where the CPU has VPCLMULQDQ,
+//           carry-less multiplication folding four 64-byte accumulators instead.
 // Non-temporal stores skip the read-for-ownership of the destination and keep a snapshot that
 // nobody reads soon out of the caches the training step uses.
 #pragma once
@@ -32,6 +33,10 @@ uint32_t crc32c_update(uint32_t crc, const uint8_t* src, uint8_t* dst, size_t n)
 uint32_t crc32c_raw_scalar(uint32_t reg, const uint8_t* src, uint8_t* dst, size_t n);
 uint32_t crc32c_raw_avx2(uint32_t reg, const uint8_t* src, uint8_t* dst, size_t n);
 uint32_t crc32c_raw_avx512(uint32_t reg, const uint8_t* src, uint8_t* dst, size_t n);
+// Carry-less multiplication (VPCLMULQDQ + AVX-512 CPUs; see crc32c_vpclmul.cpp).
+uint32_t crc32c_raw_vpclmul(uint32_t reg, const uint8_t* src, uint8_t* dst, size_t n);
+// Three registers continued over three buffers of n bytes each (no copy).
+void crc32c_raw3_vpclmul(uint32_t* reg, const void* a, const void* b, const void* c, size_t n);
 
 // Interleaved kernels: each block of 3 * kCrc32cStride bytes is three streams whose registers are
 // merged with the "feed kCrc32cStride zero bytes" operator, applied through four byte tables.

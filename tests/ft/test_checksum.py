@@ -11,15 +11,28 @@ from osmos.ft.checksum import copy_with_crc32c, crc32c, reference_crc32c
 C = _native.C
 ISAS = [i for i in ("scalar", "avx2", "avx512") if ["scalar", "avx2", "avx512"].index(i)
         <= ["scalar", "avx2", "avx512"].index(C.detected_isa())]
+if C.cpu_features()["vpclmulqdq"] and "avx512" in ISAS:
+    ISAS.append("avx512-no-vpclmul")  # "avx512" folds with VPCLMULQDQ here; this is the crc32 kernel
 STRIDE_BLOCK = 3 * 4096  # one interleaved block of the hardware kernels
+
+
+def set_isa(name: str) -> None:
+    """An entry of ISAS: the ISA limit, and "-no-vpclmul" forbids the carry-less-multiply kernels."""
+    C.set_cpu_isa(name.removesuffix("-no-vpclmul"))
+    C.set_cpu_vpclmul(not name.endswith("-no-vpclmul"))
 
 
 @pytest.fixture(params=ISAS)
 def isa(request):
     before = C.cpu_isa()
-    C.set_cpu_isa(request.param)
+    set_isa(request.param)
     yield request.param
     C.set_cpu_isa(before)
+    C.set_cpu_vpclmul(True)
+
+
+def test_vpclmul_kernel_runs_where_the_cpu_has_it(isa):
+    assert C.cpu_uses_vpclmul() == (isa == "avx512" and C.cpu_features()["vpclmulqdq"])
 
 
 def test_reference_matches_known_vectors():
@@ -40,7 +53,8 @@ def test_known_vectors_every_kernel(isa):
 
 
 # Sizes around the interleaved block (3 x 4096) and its head/tail handling.
-SIZES = [1, 7, 8, 63, 64, 65, 4095, STRIDE_BLOCK - 1, STRIDE_BLOCK, STRIDE_BLOCK + 1, 2 * STRIDE_BLOCK + 37]
+SIZES = [1, 7, 8, 63, 64, 65, 255, 256, 257, 511, 512, 4095, STRIDE_BLOCK - 1, STRIDE_BLOCK, STRIDE_BLOCK + 1,
+         2 * STRIDE_BLOCK + 37]  # 256: the VPCLMULQDQ kernel folds 256-byte blocks
 
 
 @pytest.mark.parametrize("n", SIZES)

@@ -14,6 +14,13 @@ from osmos.ft.optim import reference_step, scalars
 C = _native.C
 ORDER = ["scalar", "avx2", "avx512"]
 ISAS = [i for i in ORDER if ORDER.index(i) <= ORDER.index(C.detected_isa())]
+if C.cpu_features()["vpclmulqdq"] and "avx512" in ISAS:
+    ISAS.append("avx512-no-vpclmul")  # "avx512" checksums with VPCLMULQDQ here; this with crc32
+
+
+def _set_isa(name):
+    C.set_cpu_isa(name.removesuffix("-no-vpclmul"))
+    C.set_cpu_vpclmul(not name.endswith("-no-vpclmul"))
 
 
 def _kernel(p, g, m, v, s, threads=1, out=None):
@@ -37,11 +44,12 @@ def test_isa_paths_and_threads_agree_bitwise_and_checksums_are_right(n, beta1):
     results = []
     try:
         for isa in ISAS:
-            C.set_cpu_isa(isa)
+            _set_isa(isa)
             for threads in (1, 2, 3):
                 results.append(_kernel(p, g, m, v, s, threads))
     finally:
         C.set_cpu_isa(before)
+        C.set_cpu_vpclmul(True)
     (out0, crc0) = results[0]
     assert crc0 == [crc32c(t) for t in out0]
     for out, crcs in results[1:]:
