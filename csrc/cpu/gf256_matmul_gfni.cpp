@@ -66,8 +66,9 @@ void gf256_range_gfni(const Gf256Job& job, int64_t begin, int64_t end) {
     // vector registers. Measured on a Zen 5 EPYC (session 12, against ISA-L on the same shards):
     // with 1-3 rows one vector per source is the only choice that keeps up with ISA-L whatever
     // the shards' placement (4 ran 1.1-1.4x faster on some heap placements and 0.7-0.8x on rows
-    // of one buffer, the layout of osmos.ft's stripes); with 4-6 rows 3 vectors beat 1 and 2.
-    constexpr int U = R <= 3 ? 1 : 3;
+    // of one buffer, the layout of osmos.ft's stripes); with 4 rows 4 vectors beat 1, 2 and 3
+    // (RS(10,4), 16 KiB - 1 MiB shards; 5 and 6 rows were not measured apart).
+    constexpr int U = R <= 3 ? 1 : 4;
     const int k = job.k;
     const uint64_t* affine = job.affine + size_t(row0) * k;
     uint8_t* dst[R];
