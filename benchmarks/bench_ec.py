@@ -90,8 +90,14 @@ def _isal_threaded(isal: IsalCodec, pool, threads: int, length: int, count: int,
 
 def bench_case(k: int, m: int, length: int, threads: int, budget_s: float, pool, baselines: bool) -> list[dict]:
     rng = np.random.default_rng(0)
-    data_np = rng.integers(0, 256, (k, length), dtype=np.uint8)
-    data = [torch.from_numpy(data_np[j]) for j in range(k)]
+    # The data shards are rows of one 64-byte aligned buffer (as a snapshot slot is; numpy's own
+    # allocation starts 16 bytes into a line, so every 64-byte load would straddle two lines),
+    # shared by every method.
+    data_t = torch.empty((k, length), dtype=torch.uint8)
+    assert data_t.data_ptr() % 64 == 0
+    data_np = data_t.numpy()
+    data_np[...] = rng.integers(0, 256, (k, length), dtype=np.uint8)
+    data = [data_t[j] for j in range(k)]
     parity = [torch.empty(length, dtype=torch.uint8) for _ in range(m)]
     codec = RSCodec(k, m)
     codec.encode(data, out=parity)
