@@ -75,7 +75,7 @@ void adapter_inject(const AdapterInjectArgs& a, int threads) {
   const int64_t per_row = a.in + a.out_features + 1;
   const int n = threads_for(rows, threads, (int64_t(1) << 16) / per_row + 1);
   parallel_chunks(rows, n, [&](int, int64_t r0, int64_t r1) {
-    std::vector<float> scratch(size_t(a.adapters + a.in + a.out_features) + 1);
+    std::vector<float> scratch(size_t(4 * a.adapters + a.in + a.out_features) + 1);  // AVX-512: 4 rows' q
     if (wide) adapter_inject_rows_avx512(a, r0, r1, scratch.data());
     else adapter_inject_rows_scalar(a, r0, r1, scratch.data());
   });

@@ -57,52 +57,65 @@ struct BF16 {
   }
 };
 
+// R consecutive rows at once: every down- and up-vector load serves R rows (one row at a time,
+// the adapters' vectors were re-read from L2 for each row and the pass ran slower than torch's
+// two GEMMs at C = 16). q holds R * C projections.
+template <class E, int R>
+void row_block(const AdapterInjectArgs& a, int64_t r, float* q) {
+  const int64_t in = a.in, out = a.out_features, C = a.adapters;
+  int64_t k = 0;
+  for (; k + 4 <= C; k += 4) {
+    const float* d = a.down + k * in;
+    __m512 acc[R][4];
+    for (int i = 0; i < R; ++i)
+      for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < in; c += 16) {
+      const __mmask16 m = tail_mask(in - c);
+      const __m512 d0 = load_f32(d + c, m), d1 = load_f32(d + in + c, m), d2 = load_f32(d + 2 * in + c, m),
+                   d3 = load_f32(d + 3 * in + c, m);
+      for (int i = 0; i < R; ++i) {
+        const __m512 xv = E::load(a.x, (r + i) * in + c, m);
+        acc[i][0] = _mm512_fmadd_ps(xv, d0, acc[i][0]);
+        acc[i][1] = _mm512_fmadd_ps(xv, d1, acc[i][1]);
+        acc[i][2] = _mm512_fmadd_ps(xv, d2, acc[i][2]);
+        acc[i][3] = _mm512_fmadd_ps(xv, d3, acc[i][3]);
+      }
+    }
+    for (int i = 0; i < R; ++i)
+      for (int j = 0; j < 4; ++j) q[i * C + k + j] = _mm512_reduce_add_ps(acc[i][j]);
+  }
+  for (; k < C; ++k) {
+    const float* d = a.down + k * in;
+    __m512 acc[R];
+    for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < in; c += 16) {
+      const __mmask16 m = tail_mask(in - c);
+      const __m512 dv = load_f32(d + c, m);
+      for (int i = 0; i < R; ++i) acc[i] = _mm512_fmadd_ps(E::load(a.x, (r + i) * in + c, m), dv, acc[i]);
+    }
+    for (int i = 0; i < R; ++i) q[i * C + k] = _mm512_reduce_add_ps(acc[i]);
+  }
+  for (int i = 0; i < R; ++i) {
+    const int64_t b = (r + i) / a.tokens;
+    for (k = 0; k < C; ++k) q[i * C + k] *= a.gamma[b * C + k];
+  }
+  for (int64_t o = 0; o < out; o += 16) {
+    const __mmask16 m = tail_mask(out - o);
+    __m512 acc[R];
+    for (int i = 0; i < R; ++i) acc[i] = E::load(a.y, (r + i) * out + o, m);
+    for (k = 0; k < C; ++k) {
+      const __m512 u = load_f32(a.up + k * out + o, m);
+      for (int i = 0; i < R; ++i) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i * C + k]), u, acc[i]);
+    }
+    for (int i = 0; i < R; ++i) E::store(a.out, (r + i) * out + o, acc[i], m);
+  }
+}
+
 template <class E>
 void rows(const AdapterInjectArgs& a, int64_t r0, int64_t r1, float* q) {
-  const int64_t in = a.in, out = a.out_features, C = a.adapters;
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t b = r / a.tokens;
-    const int64_t xo = r * in, yo = r * out;
-    int64_t k = 0;
-    for (; k + 4 <= C; k += 4) {
-      const float* d = a.down + k * in;
-      __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-      for (int64_t c = 0; c < in; c += 16) {
-        const __mmask16 m = tail_mask(in - c);
-        const __m512 xv = E::load(a.x, xo + c, m);
-        s0 = _mm512_fmadd_ps(xv, load_f32(d + c, m), s0);
-        s1 = _mm512_fmadd_ps(xv, load_f32(d + in + c, m), s1);
-        s2 = _mm512_fmadd_ps(xv, load_f32(d + 2 * in + c, m), s2);
-        s3 = _mm512_fmadd_ps(xv, load_f32(d + 3 * in + c, m), s3);
-      }
-      q[k] = _mm512_reduce_add_ps(s0);
-      q[k + 1] = _mm512_reduce_add_ps(s1);
-      q[k + 2] = _mm512_reduce_add_ps(s2);
-      q[k + 3] = _mm512_reduce_add_ps(s3);
-    }
-    for (; k < C; ++k) {
-      const float* d = a.down + k * in;
-      __m512 s0 = _mm512_setzero_ps(), s1 = s0;
-      int64_t c = 0;
-      for (; c + 32 <= in; c += 32) {
-        s0 = _mm512_fmadd_ps(E::load(a.x, xo + c, 0xffff), _mm512_loadu_ps(d + c), s0);
-        s1 = _mm512_fmadd_ps(E::load(a.x, xo + c + 16, 0xffff), _mm512_loadu_ps(d + c + 16), s1);
-      }
-      for (; c < in; c += 16) {
-        const __mmask16 m = tail_mask(in - c);
-        s0 = _mm512_fmadd_ps(E::load(a.x, xo + c, m), _mm512_maskz_loadu_ps(m, d + c), s0);
-      }
-      q[k] = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
-    }
-    for (k = 0; k < C; ++k) q[k] *= a.gamma[b * C + k];
-    for (int64_t o = 0; o < out; o += 16) {
-      const __mmask16 m = tail_mask(out - o);
-      __m512 acc = E::load(a.y, yo + o, m);
-      for (k = 0; k < C; ++k)
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(q[k]), load_f32(a.up + k * out + o, m), acc);
-      E::store(a.out, yo + o, acc, m);
-    }
-  }
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) row_block<E, 4>(a, r, q);
+  for (; r < r1; ++r) row_block<E, 1>(a, r, q);
 }
 
 }  // namespace
