@@ -21,6 +21,7 @@ def backends() -> dict:
             features=[k for k, v in _native.C.cpu_features().items() if v],
             hot_paths=list(_native.C.hot_paths),
             threads=torch.get_num_threads(),
+            pool=_native.C.cpu_pool_info()["kind"],
         )
     cuda = {"built": _native.CUDA is not None, "reason": _native.CUDA_ERROR or ""}
     if _native.CUDA is not None:
@@ -56,7 +57,7 @@ def info(file=None) -> str:
     if cpu["built"]:
         lines.append(
             f"CPU     osmos._C built; ISA path {cpu['isa']} (CPU supports {cpu['detected_isa']}); "
-            f"{cpu['threads']} threads; kernels: {', '.join(cpu['hot_paths']) or 'none'}"
+            f"{cpu['threads']} threads on {'OpenMP (shared with torch)' if cpu['pool'] == 'openmp' else 'own pool'}; kernels: {', '.join(cpu['hot_paths']) or 'none'}"
         )
     else:
         lines.append(f"CPU     osmos._C NOT available: {cpu['reason']} (ops fall back to pure-torch references)")
