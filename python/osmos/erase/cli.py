@@ -70,7 +70,7 @@ def add_parser(subparsers) -> None:
                    help="with --candidates K > 1: each candidate's score also grows by the drop of the zoo "
                         "classifier's accuracy on N validation captions of every other value of the concept's "
                         "kind (seeds 0 1), against a candidate that erodes its neighbours (default 0: off; "
-                        "at N = 8 it helped one run and hurt another, benchmarks/RESULTS.md)")
+                        "at N = 8 it fixed one of 24 runs and broke two, benchmarks/RESULTS.md)")
     _common(p)
     p.set_defaults(func=_run_spm)
     for method, help_text in (
