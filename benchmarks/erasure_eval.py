@@ -325,7 +325,8 @@ def spm_for(pipe, value: str, s: Settings, la_strength: float, cache: Path | Non
     vocabulary, none of the training targets, never a paraphrase) x VALIDATION_SEEDS; every
     candidate also goes into `cache` under its own plain-seed name (spm_cache_path with
     spm_seed = its seed, spm_candidates = 1) unless that file exists, so `--spm-seed <its seed>`
-    evaluates it alone without retraining."""
+    evaluates it alone without retraining; a candidate already there is read, not retrained
+    (so another selection score, e.g. --spm-validate-others, re-scores the same draws)."""
     kind = concept_of(value)[0]
     pairs = erasure_prompt_pairs(kind, value, varied=s.spm_varied) if s.spm_targets == "captions" else None
     kwargs = dict(surrogate="", wordings=training_wordings(kind, value), steps=s.spm_steps, lr=s.spm_lr,
@@ -339,13 +340,22 @@ def spm_for(pipe, value: str, s: Settings, la_strength: float, cache: Path | Non
     validate = validation_check(pipe, kind, value, exclude=trained, n=VALIDATION_PROMPTS, seeds=VALIDATION_SEEDS,
                                 num_inference_steps=s.steps, others=s.spm_validate_others)
 
+    def plain(seed: int) -> tuple[Settings, Path | None]:
+        one = dataclasses.replace(s, spm_seed=seed, spm_candidates=1)
+        return one, None if cache is None else spm_cache_path(cache, value, one)
+
     def keep(seed: int, spm: SPM, score: float) -> None:
-        path = None if cache is None else spm_cache_path(cache, value, dataclasses.replace(s, spm_seed=seed, spm_candidates=1))
+        path = plain(seed)[1]
         if path is not None and not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             spm.save(path)
 
-    return train_spm_selected(SPMTrainingPipe.of(pipe), value, validate, candidate_seeds(s), on_candidate=keep, **kwargs)[0]
+    def cached(seed: int) -> SPM | None:  # a candidate an earlier run cached: re-scored, not retrained
+        one, path = plain(seed)
+        return load_cached_spm(pipe, value, one, path) if path is not None and path.is_file() else None
+
+    return train_spm_selected(SPMTrainingPipe.of(pipe), value, validate, candidate_seeds(s), on_candidate=keep,
+                              trained=cached, **kwargs)[0]
 
 
 def spm_cache_path(cache: Path, value: str, s: Settings) -> Path:
@@ -364,24 +374,29 @@ def train_zoo_spm(pipe, value: str, s: Settings, cache: Path | None) -> SPM:
     one folder per base model."""
     path = None if cache is None else spm_cache_path(cache, value, s)
     if path is not None and path.is_file():
-        spm = SPM.load(path, pipe.unet)
-        want = {"steps": s.spm_steps, "lr": s.spm_lr, "la_strength": s.la_strength, "sampling_steps": s.steps,
-                "seed": s.spm_seed}
-        got = {k: spm.settings.get(k) for k in want}
-        if s.spm_candidates > 1 or "selection" in spm.settings:  # a selected SPM: its seed is the chosen candidate's
-            want["seed"] = candidate_seeds(s)
-            got["seed"] = spm.settings.get("selection", {}).get("seeds", spm.settings.get("seed"))
-        if s.spm_targets == "captions":  # files written before varied captions existed: the default captions
-            kind = concept_of(value)[0]
-            want["prompts"] = len(erasure_prompt_pairs(kind, value, varied=s.spm_varied))
-            got["prompts"] = spm.settings.get("extra", {}).get("prompts", len(erasure_prompt_pairs(kind, value)))
-        if got != want:
-            raise ValueError(f"{path} was trained with {got}, this run wants {want}: use another --spm-cache folder")
-        return spm
+        return load_cached_spm(pipe, value, s, path)
     spm = spm_for(pipe, value, s, s.la_strength, cache)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         spm.save(path)
+    return spm
+
+
+def load_cached_spm(pipe, value: str, s: Settings, path: Path) -> SPM:
+    """The SPM in `path`, checked to have been trained with the settings s (else ValueError)."""
+    spm = SPM.load(path, pipe.unet)
+    want = {"steps": s.spm_steps, "lr": s.spm_lr, "la_strength": s.la_strength, "sampling_steps": s.steps,
+            "seed": s.spm_seed}
+    got = {k: spm.settings.get(k) for k in want}
+    if s.spm_candidates > 1 or "selection" in spm.settings:  # a selected SPM: its seed is the chosen candidate's
+        want["seed"] = candidate_seeds(s)
+        got["seed"] = spm.settings.get("selection", {}).get("seeds", spm.settings.get("seed"))
+    if s.spm_targets == "captions":  # files written before varied captions existed: the default captions
+        kind = concept_of(value)[0]
+        want["prompts"] = len(erasure_prompt_pairs(kind, value, varied=s.spm_varied))
+        got["prompts"] = spm.settings.get("extra", {}).get("prompts", len(erasure_prompt_pairs(kind, value)))
+    if got != want:
+        raise ValueError(f"{path} was trained with {got}, this run wants {want}: use another --spm-cache folder")
     return spm
 
 

@@ -171,6 +171,7 @@ def test_spm_cli_keeps_the_best_of_several_candidates(tmp_path, monkeypatch):
 
     def fake_check(pipe, kind, value, exclude=(), **kw):
         assert (kind, value) == ("shape", "circle") and len(exclude) > 1  # the training captions
+        assert kw["others"] == 0  # the preservation term is opt-in (--validate-others N)
         return lambda spm: calls.append(spm.settings["seed"]) or {0: 0.5, 1000: 0.25, 2000: 0.75}[spm.settings["seed"]]
 
     monkeypatch.setattr(erase_zoo, "validation_check", fake_check)
@@ -181,12 +182,75 @@ def test_spm_cli_keeps_the_best_of_several_candidates(tmp_path, monkeypatch):
     assert calls == [0, 1000, 2000]
     assert spm.settings["seed"] == 1000 and spm.settings["selection"]["chosen"] == 1000
     assert spm.settings["selection"]["scores"] == [0.5, 0.25, 0.75]
+    assert spm.settings["selection"]["validate_others"] == 0
     for argv, match in ((["--candidates", "0"], ">= 1"),
                         (["--candidates", "2", "--checkpoint", str(tmp_path / "c.safetensors")], "checkpoint"),
-                        (["--candidates", "2", "--concept", "van gogh"], "zoo classifier")):
+                        (["--candidates", "2", "--concept", "van gogh"], "zoo classifier"),
+                        (["--candidates", "2", "--validate-others", "-1"], ">= 0"),
+                        (["--validate-others", "4"], "needs --candidates")):
         args = ["erase", "spm", "--concept", "disc", "--steps", "1", "--out", str(tmp_path / "x.safetensors")]
         with pytest.raises(SystemExit, match=match):
             osmos_cmd(args + argv)
+
+
+def test_spm_cli_validate_others_reaches_the_check(tmp_path, monkeypatch):
+    """--validate-others N is what validation_check gets as others= (default 0: off, since N = 8
+    was worse for striped seed 1 end to end; benchmarks/RESULTS.md, session 12)."""
+    import osmos.erase.zoo as erase_zoo
+
+    parser = argparse.ArgumentParser()
+    cli.add_parser(parser.add_subparsers(dest="command"))
+    base = ["erase", "spm", "--concept", "disc", "--out", str(tmp_path / "x")]
+    assert cli.validate_others(parser.parse_args(base)) == 0
+    assert cli.validate_others(parser.parse_args(base + ["--candidates", "3"])) == 0
+    assert cli.validate_others(parser.parse_args(base + ["--candidates", "3", "--validate-others", "0"])) == 0
+    assert cli.validate_others(parser.parse_args(base + ["--candidates", "2", "--validate-others", "5"])) == 5
+    assert cli.validate_others(parser.parse_args(base + ["--validate-others", "0"])) == 0
+    seen = []
+    monkeypatch.setattr(erase_zoo, "validation_check",
+                        lambda pipe, kind, value, exclude=(), **kw: seen.append(kw["others"]) or (lambda spm: 0.0))
+    for n in ("0", "3"):
+        out = tmp_path / f"o{n}.safetensors"
+        assert osmos_cmd(["erase", "spm", "--concept", "disc", "--steps", "1", "--sampling-steps", "2", "--candidates",
+                          "2", "--validate-others", n, "--out", str(out), "--threads", "1"]) == 0
+        assert SPM.load(out).settings["selection"]["validate_others"] == int(n)
+    assert seen == [0, 3]
+
+
+def test_the_preservation_term_rejects_a_candidate_that_erodes_the_other_values(pipe):
+    """Two candidates that both erase red on its validation images (a stub classifier never sees
+    red there); one is neutral, the other changes every image. With others = 0 the tie keeps the
+    first (the eroding one); with others > 0 the stub finds the other colours wrong once their
+    images differ from the base model's, and the neutral candidate wins."""
+    from osmos.erase.spm import train_spm_selected
+    from osmos.zoo import data as D
+
+    rest = [D.CONCEPTS["colour"].index(v) for v in D.CONCEPTS["colour"] if v != "red"]
+    base = []
+
+    class Stub:
+        def predict(self, images):
+            if len(images) != len(rest):  # red's own validation images: never red
+                return {"colour": torch.full((len(images),), rest[0])}
+            if not base:
+                base.append(images.clone())
+            same = (images - base[0]).abs().amax(dim=(1, 2, 3)) < 1e-6
+            return {"colour": torch.where(same, torch.tensor(rest), torch.full((len(rest),), -1))}
+
+    neutral = SPM.for_unet(pipe.unet, "red")  # u = 0: changes nothing
+    eroding = SPM.for_unet(pipe.unet, "red", generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for u in eroding.up:
+            u.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    kept = {}
+    for others in (0, 1):
+        check = validation_check(pipe, "colour", "red", n=2, seeds=(0,), num_inference_steps=2, classifier=Stub(),
+                                 others=others, others_seeds=(0,))
+        best, scores = train_spm_selected(object(), "red", check, [0, 1000],
+                                          trained=lambda seed: {0: eroding, 1000: neutral}[seed])
+        kept[others] = (best, scores)
+    assert kept[0][1] == [0.0, 0.0] and kept[0][0] is eroding
+    assert kept[1][1] == [1.0, 0.0] and kept[1][0] is neutral
 
 
 def test_validation_check_scores_the_concept_rate(pipe):

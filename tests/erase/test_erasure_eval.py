@@ -199,3 +199,35 @@ def test_spm_candidates_validate_on_held_in_captions_and_cache_the_choice(tmp_pa
     E.spm_cache_path(tmp_path, "striped", s).rename(E.spm_cache_path(tmp_path, "striped", three))
     with pytest.raises(ValueError, match="was trained with"):  # 2 candidates' choice under a 3-candidate name
         E.train_zoo_spm(pipe, "striped", three, tmp_path)
+
+
+def test_spm_candidates_cached_alone_are_rescored_not_retrained(tmp_path, monkeypatch):
+    """A best-of-K run hands train_spm_selected the candidates already cached under their plain-seed
+    names (checked against the run's settings), so a new selection score (--spm-validate-others)
+    re-scores the same draws; a missing candidate is trained (trained(seed) gives None)."""
+    pipe = osmos.zoo.load("shapes-unet")
+    s = E.dataclasses.replace(E.FULL, spm_steps=7, spm_seed=1, spm_candidates=3, spm_validate_others=8)
+    settings = lambda seed: {"steps": 7, "lr": s.spm_lr, "la_strength": s.la_strength,  # noqa: E731
+                             "sampling_steps": s.steps, "seed": seed,
+                             "extra": {"prompts": len(E.erasure_prompt_pairs("colour", "blue"))}}
+    for seed in (1, 2001):
+        plain = E.dataclasses.replace(s, spm_seed=seed, spm_candidates=1)
+        SPM.for_unet(pipe.unet, "blue", settings=settings(seed)).save(E.spm_cache_path(tmp_path, "blue", plain))
+    got = {}
+
+    def fake_selected(train_pipe, concept, validate, seeds, trained=None, **kw):
+        got.update({seed: trained(seed) for seed in seeds})
+        spm = got[1]
+        spm.settings["selection"] = {"seeds": list(seeds), "scores": [0.0, 0.1, 0.2], "chosen": 1}
+        return spm, [0.0, 0.1, 0.2]
+
+    monkeypatch.setattr(E, "train_spm_selected", fake_selected)
+    monkeypatch.setattr(E, "validation_check", lambda *a, **kw: (lambda spm: 0.0))
+    E.train_zoo_spm(pipe, "blue", s, tmp_path)
+    assert got[1001] is None and got[1].settings["seed"] == 1 and got[2001].settings["seed"] == 2001
+    assert E.spm_cache_path(tmp_path, "blue", s).name == "spm_blue_seed1_best3_o8.safetensors"
+    assert E.spm_cache_path(tmp_path, "blue", s).is_file()
+    bad = E.dataclasses.replace(s, spm_seed=2, spm_candidates=1)  # a candidate trained with other steps
+    SPM.for_unet(pipe.unet, "blue", settings={**settings(2), "steps": 8}).save(E.spm_cache_path(tmp_path, "blue", bad))
+    with pytest.raises(ValueError, match="was trained with"):
+        E.train_zoo_spm(pipe, "blue", E.dataclasses.replace(s, spm_seed=2), tmp_path)

@@ -173,6 +173,25 @@ def test_train_spm_selected_keeps_the_lowest_validation_score():
     assert any(not torch.equal(p, q) for p, q in zip(best.parameters(), other.parameters()))
 
 
+def test_train_spm_selected_rescores_already_trained_candidates():
+    """trained(seed) supplies a candidate instead of training it (pipe is never touched here), so
+    a new validate can re-score old draws; the lowest score still wins."""
+    from osmos.erase.spm import SPM, train_spm_selected
+    from osmos.erase.spm.targets import LayerSpec
+
+    old = {seed: SPM({"l": LayerSpec("linear", 4, 4)}, "a cat", settings={"seed": seed}) for seed in (3, 7)}
+    asked = []
+
+    def trained(seed):
+        asked.append(seed)
+        return old[seed]
+
+    best, scores = train_spm_selected(object(), "a cat", lambda spm: {3: 0.2, 7: 0.1}[spm.settings["seed"]], [3, 7],
+                                      trained=trained)
+    assert asked == [3, 7] and scores == [0.2, 0.1] and best is old[7]
+    assert best.settings["selection"] == {"seeds": [3, 7], "scores": [0.2, 0.1], "chosen": 7}
+
+
 def test_train_spm_selected_errors():
     from osmos.erase.spm import train_spm_selected
 

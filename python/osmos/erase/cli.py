@@ -66,6 +66,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--candidates", type=int, default=1,
                    help="zoo concepts: train K SPMs (seeds --seed + 1000 j) and keep the one that leaves the "
                         "concept least often on validation captions it was not trained on (1: no selection)")
+    p.add_argument("--validate-others", type=int, default=0, metavar="N",
+                   help="with --candidates K > 1: each candidate's score also grows by the drop of the zoo "
+                        "classifier's accuracy on N validation captions of every other value of the concept's "
+                        "kind (seeds 0 1), against a candidate that erodes its neighbours (default 0: off; "
+                        "at N = 8 it fixed one of 24 runs and broke two, benchmarks/RESULTS.md)")
     _common(p)
     p.set_defaults(func=_run_spm)
     for method, help_text in (
@@ -201,6 +206,17 @@ def _report(method: str, concept: str, weights: Path, summary: dict | None) -> N
               f"{rate(summary['unrelated_seed_gap'])})")
 
 
+def validate_others(args) -> int:
+    """The --validate-others N of an `osmos erase spm` command line, checked: SystemExit for a
+    negative N or for N > 0 without candidates to choose among."""
+    n = args.validate_others
+    if n < 0:
+        raise SystemExit(f"--validate-others must be >= 0 (0 disables), got {n}")
+    if n > 0 and args.candidates <= 1:
+        raise SystemExit("--validate-others scores candidates: it needs --candidates K > 1")
+    return n
+
+
 def _run_spm(args) -> int:
     _set_threads(args)
     from osmos.erase.models import load_model
@@ -210,6 +226,7 @@ def _run_spm(args) -> int:
         raise SystemExit(f"--candidates must be >= 1, got {args.candidates}")
     if args.candidates > 1 and args.checkpoint:
         raise SystemExit("--candidates trains several SPMs; it does not take --checkpoint")
+    others = validate_others(args)
     model = load_model(args.model, args.device)
     weights, folder = _outputs(args.out, "spm", args.concept)
     anchors, pairs, wordings, kind_value = args.anchors, None, None, None
@@ -238,10 +255,13 @@ def _run_spm(args) -> int:
         from osmos.erase.spm import train_spm_selected
         from osmos.erase.zoo import validation_check
 
-        validate = validation_check(model.pipe, *kind_value, exclude=[t for t, _ in pairs] if pairs else [args.concept])
+        validate = validation_check(model.pipe, *kind_value, exclude=[t for t, _ in pairs] if pairs else [args.concept],
+                                    others=others)
         spm, scores = train_spm_selected(train_pipe, args.concept, validate,
                                          [args.seed + 1000 * j for j in range(args.candidates)], **kwargs)
-        print("  candidates (seed: concept rate on validation captions): "
+        spm.settings["selection"]["validate_others"] = others
+        what = "concept rate on validation captions" + (" + drop of the other values' accuracy" if others else "")
+        print(f"  candidates (seed: {what}): "
               + ", ".join(f"{sd}: {sc:.2f}" for sd, sc in zip(spm.settings["selection"]["seeds"], scores))
               + f"; kept seed {spm.settings['selection']['chosen']}")
     else:

@@ -335,7 +335,7 @@ def train_spm(pipe, concept: str, surrogate: str = "", steps: int = 1000, lr: fl
 
 
 def train_spm_selected(pipe, concept: str, validate, seeds: Sequence[int], on_candidate=None,
-                       **kwargs) -> tuple[SPM, list[float]]:
+                       trained=None, **kwargs) -> tuple[SPM, list[float]]:
     """Best of several training draws: one SPM per seed in `seeds` (train_spm(pipe, concept,
     seed=seed, **kwargs)), each scored by validate(spm) -> float, lower = better erased (e.g. the
     fraction of images from validation prompts in which a classifier still sees the concept);
@@ -347,6 +347,8 @@ def train_spm_selected(pipe, concept: str, validate, seeds: Sequence[int], on_ca
     disjoint from whatever the SPM is finally evaluated on, or the selection overfits them.
     on_candidate: called as on_candidate(seed, spm, score) after each candidate is scored (e.g.
     to save every candidate; each is the SPM train_spm gives for that seed alone).
+    trained: optional trained(seed) -> SPM or None: an already trained candidate for that seed
+    (e.g. read from a cache, so a new validate can re-score old candidates); None trains it.
 
     Returns:
         (the chosen SPM, the score of every seed in order).
@@ -364,7 +366,9 @@ def train_spm_selected(pipe, concept: str, validate, seeds: Sequence[int], on_ca
     kwargs.pop("seed", None)
     best, scores = None, []
     for seed in seeds:
-        spm = train_spm(pipe, concept, seed=seed, **kwargs)
+        spm = trained(seed) if trained is not None else None
+        if spm is None:
+            spm = train_spm(pipe, concept, seed=seed, **kwargs)
         score = float(validate(spm))
         if score != score or score in (float("inf"), float("-inf")):
             raise ValueError(f"validate gave {score} for seed {seed}; it must return a finite score")
