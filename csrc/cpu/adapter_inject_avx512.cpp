@@ -6,43 +6,27 @@
 #include <stdexcept>
 
 #include "cpu/adapter_inject.h"
+#include "cpu/avx512_lanes.h"
 #include "osmos/dtype.h"
 
 namespace osmos::cpu {
 namespace {
 
-inline __mmask16 tail_mask(int64_t left) { return left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1); }
-
-// Whole vectors with plain loads and stores, masked ones only for a partial vector (a stream of
-// masked loads ran at a third of the memory bandwidth on a Zen 5 EPYC); the branch on m is taken
-// the same way until the row's last vector.
-inline __m512 load_f32(const float* p, __mmask16 m) { return m == 0xffff ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(m, p); }
-inline __m256i load_16(const uint16_t* p, __mmask16 m) {
-  return m == 0xffff ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)) : _mm256_maskz_loadu_epi16(m, p);
-}
-inline void store_16(uint16_t* p, __m256i v, __mmask16 m) {
-  if (m == 0xffff) _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
-  else _mm256_mask_storeu_epi16(p, m, v);
-}
-
 struct F32 {
-  static __m512 load(const void* p, int64_t i, __mmask16 m) { return load_f32(static_cast<const float*>(p) + i, m); }
-  static void store(void* p, int64_t i, __m512 v, __mmask16 m) {
-    if (m == 0xffff) _mm512_storeu_ps(static_cast<float*>(p) + i, v);
-    else _mm512_mask_storeu_ps(static_cast<float*>(p) + i, m, v);
-  }
+  static __m512 load(const void* p, int64_t i, __mmask16 m) { return load16_f32(static_cast<const float*>(p) + i, m); }
+  static void store(void* p, int64_t i, __m512 v, __mmask16 m) { store16_f32(static_cast<float*>(p) + i, v, m); }
 };
 struct F16 {
   static __m512 load(const void* p, int64_t i, __mmask16 m) {
-    return _mm512_cvtph_ps(load_16(static_cast<const uint16_t*>(p) + i, m));
+    return _mm512_cvtph_ps(load16_u16(static_cast<const uint16_t*>(p) + i, m));
   }
   static void store(void* p, int64_t i, __m512 v, __mmask16 m) {
-    store_16(static_cast<uint16_t*>(p) + i, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), m);
+    store16_u16(static_cast<uint16_t*>(p) + i, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), m);
   }
 };
 struct BF16 {
   static __m512 load(const void* p, int64_t i, __mmask16 m) {
-    __m256i h = load_16(static_cast<const uint16_t*>(p) + i, m);
+    __m256i h = load16_u16(static_cast<const uint16_t*>(p) + i, m);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
   }
   // Round to nearest even; NaN stays a quiet NaN (as osmos::f32_to_bf16).
@@ -53,7 +37,7 @@ struct BF16 {
     __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
     __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
     rounded = _mm512_mask_mov_epi32(rounded, nan, quiet);
-    store_16(static_cast<uint16_t*>(p) + i, _mm512_cvtepi32_epi16(rounded), m);
+    store16_u16(static_cast<uint16_t*>(p) + i, _mm512_cvtepi32_epi16(rounded), m);
   }
 };
 
@@ -71,9 +55,9 @@ void row_block(const AdapterInjectArgs& a, int64_t r, float* q) {
       #pragma GCC unroll 4
       for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
     for (int64_t c = 0; c < in; c += 16) {
-      const __mmask16 m = tail_mask(in - c);
-      const __m512 d0 = load_f32(d + c, m), d1 = load_f32(d + in + c, m), d2 = load_f32(d + 2 * in + c, m),
-                   d3 = load_f32(d + 3 * in + c, m);
+      const __mmask16 m = lanes16(in - c);
+      const __m512 d0 = load16_f32(d + c, m), d1 = load16_f32(d + in + c, m), d2 = load16_f32(d + 2 * in + c, m),
+                   d3 = load16_f32(d + 3 * in + c, m);
       #pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
         const __m512 xv = E::load(a.x, (r + i) * in + c, m);
@@ -94,8 +78,8 @@ void row_block(const AdapterInjectArgs& a, int64_t r, float* q) {
     #pragma GCC unroll 4
     for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
     for (int64_t c = 0; c < in; c += 16) {
-      const __mmask16 m = tail_mask(in - c);
-      const __m512 dv = load_f32(d + c, m);
+      const __mmask16 m = lanes16(in - c);
+      const __m512 dv = load16_f32(d + c, m);
       #pragma GCC unroll 4
       for (int i = 0; i < R; ++i) acc[i] = _mm512_fmadd_ps(E::load(a.x, (r + i) * in + c, m), dv, acc[i]);
     }
@@ -108,12 +92,12 @@ void row_block(const AdapterInjectArgs& a, int64_t r, float* q) {
     for (k = 0; k < C; ++k) q[i * C + k] *= a.gamma[b * C + k];
   }
   for (int64_t o = 0; o < out; o += 16) {
-    const __mmask16 m = tail_mask(out - o);
+    const __mmask16 m = lanes16(out - o);
     __m512 acc[R];
     #pragma GCC unroll 4
     for (int i = 0; i < R; ++i) acc[i] = E::load(a.y, (r + i) * out + o, m);
     for (k = 0; k < C; ++k) {
-      const __m512 u = load_f32(a.up + k * out + o, m);
+      const __m512 u = load16_f32(a.up + k * out + o, m);
       #pragma GCC unroll 4
       for (int i = 0; i < R; ++i) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i * C + k]), u, acc[i]);
     }

@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "cpu/crc32c.h"
+#include "cpu/crc32c_hw.h"
 
 namespace osmos::cpu {
 namespace {
@@ -47,19 +48,6 @@ inline __m512i fold512(__m512i a, __m512i k, __m512i b) {
 }
 inline __m128i fold128(__m128i a, __m128i k) {
   return _mm_xor_si128(_mm_clmulepi64_si128(a, k, 0x00), _mm_clmulepi64_si128(a, k, 0x11));
-}
-
-inline uint32_t crc32c_serial(uint32_t reg, const uint8_t* src, uint8_t* dst, size_t n) {
-  if (dst != nullptr) std::memcpy(dst, src, n);
-  uint64_t r = reg;
-  for (; n >= 8; n -= 8, src += 8) {
-    uint64_t w;
-    std::memcpy(&w, src, 8);
-    r = _mm_crc32_u64(r, w);
-  }
-  uint32_t r32 = uint32_t(r);
-  for (; n > 0; --n, ++src) r32 = _mm_crc32_u8(r32, *src);
-  return r32;
 }
 
 // Folds the largest multiple of 256 bytes of src (at least 256, else nothing) into the register;
@@ -101,15 +89,15 @@ uint32_t crc32c_raw_vpclmul(uint32_t reg, const uint8_t* src, uint8_t* dst, size
   if (dst == nullptr) {
     uint8_t* none = nullptr;
     reg = fold_bulk<false>(reg, src, none, n);
-    return crc32c_serial(reg, src, nullptr, n);
+    return crc32c_hw_serial(reg, src, nullptr, n);
   }
   const size_t head = std::min(n, size_t((64 - (reinterpret_cast<uintptr_t>(dst) & 63)) & 63));
-  reg = crc32c_serial(reg, src, dst, head);
+  reg = crc32c_hw_serial(reg, src, dst, head);
   src += head, dst += head, n -= head;
   const bool streamed = n >= 256;
   reg = fold_bulk<true>(reg, src, dst, n);
   if (streamed) _mm_sfence();  // order the non-temporal stores before anything that follows
-  return crc32c_serial(reg, src, dst, n);
+  return crc32c_hw_serial(reg, src, dst, n);
 }
 
 void crc32c_raw3_vpclmul(uint32_t* reg, const void* a, const void* b, const void* c, size_t n) {

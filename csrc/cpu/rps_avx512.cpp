@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "cpu/avx512_lanes.h"
 #include "cpu/rps_avx512.h"
 
 namespace osmos::cpu::avx512 {
@@ -126,15 +127,9 @@ void sign_words(const Map& p, int64_t g, int64_t count, uint16_t* out) {
 
 void stream_fence() { _mm_sfence(); }
 
-// The first `count` <= 16 floats at p; whole vectors with a plain load (a stream of masked loads
-// ran at a third of the memory bandwidth on a Zen 5 EPYC).
-inline __m512 load_first(const float* p, int64_t count, __mmask16 lanes) {
-  return count == 16 ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(lanes, p);
-}
-
 void signed_scale_f32(const float* src, float* dst, int64_t count, float scale, uint32_t negative, bool stream) {
   const __mmask16 lanes = __mmask16((uint32_t(1) << count) - 1);
-  __m512 v = _mm512_mul_ps(_mm512_set1_ps(scale), load_first(src, count, lanes));
+  __m512 v = _mm512_mul_ps(_mm512_set1_ps(scale), load16_f32(src, lanes));
   v = _mm512_mask_xor_ps(v, __mmask16(negative), v, _mm512_set1_ps(-0.0f));
   if (count == 16)
     store16(dst, v, stream);
@@ -144,13 +139,9 @@ void signed_scale_f32(const float* src, float* dst, int64_t count, float scale, 
 
 void signed_scale_add_f32(const float* g, float* acc, int64_t count, float scale, uint32_t negative) {
   const __mmask16 lanes = __mmask16((uint32_t(1) << count) - 1);
-  __m512 v = _mm512_mul_ps(_mm512_set1_ps(scale), load_first(g, count, lanes));
+  __m512 v = _mm512_mul_ps(_mm512_set1_ps(scale), load16_f32(g, lanes));
   v = _mm512_mask_xor_ps(v, __mmask16(negative), v, _mm512_set1_ps(-0.0f));
-  v = _mm512_add_ps(load_first(acc, count, lanes), v);
-  if (count == 16)
-    _mm512_storeu_ps(acc, v);
-  else
-    _mm512_mask_storeu_ps(acc, lanes, v);
+  store16_f32(acc, _mm512_add_ps(load16_f32(acc, lanes), v), lanes);
 }
 
 // The sign bits (1 = negative) of the 16 elements from bit q on of a packed 16-bit-word bit stream.
@@ -190,14 +181,9 @@ void roast_row_add_f32(const float* g, float* acc, int64_t lo, int64_t hi, const
     const int64_t k0 = std::max<int64_t>(0, lo - j), k1 = std::min({tile_c, cols - c0, hi - j});
     for (int64_t k = k0; k < k1; k += 16) {
       const __mmask16 neg = negative ? sign_mask16(negative, first + c0 + k) : __mmask16(0);
-      const int64_t count = std::min<int64_t>(16, k1 - k);
-      const __mmask16 lanes = __mmask16((uint32_t(1) << count) - 1);
-      __m512 v = _mm512_mul_ps(factor, load_first(g + c0 + k, count, lanes));
-      v = _mm512_add_ps(load_first(acc + j + k, count, lanes), _mm512_mask_xor_ps(v, neg, v, sign_bit));
-      if (count == 16)
-        _mm512_storeu_ps(acc + j + k, v);
-      else
-        _mm512_mask_storeu_ps(acc + j + k, lanes, v);
+      const __mmask16 lanes = lanes16(k1 - k);
+      const __m512 v = _mm512_mul_ps(factor, load16_f32(g + c0 + k, lanes));
+      store16_f32(acc + j + k, _mm512_add_ps(load16_f32(acc + j + k, lanes), _mm512_mask_xor_ps(v, neg, v, sign_bit)), lanes);
     }
   }
 }

@@ -3,8 +3,8 @@
 #include <immintrin.h>
 
 #include <cmath>
-#include <type_traits>
 
+#include "cpu/avx512_lanes.h"
 #include "cpu/similarity_topk.h"
 #include "osmos/dtype.h"
 
@@ -17,11 +17,8 @@ bool select_row_avx512(const float* scores, int64_t C, int64_t offset, float thr
   __m512 lastv = _mm512_set1_ps(last);
   __mmask16 nan = 0;
   for (int64_t j = 0; j < C; j += 16) {
-    // Plain loads for whole vectors: on a Zen 5 EPYC a stream of masked loads ran at a third of
-    // the memory bandwidth.
-    const bool whole = C - j >= 16;
-    const __mmask16 live = whole ? __mmask16(0xFFFF) : __mmask16((1u << (C - j)) - 1);
-    const __m512 v = whole ? _mm512_loadu_ps(scores + j) : _mm512_maskz_loadu_ps(live, scores + j);
+    const __mmask16 live = lanes16(C - j);
+    const __m512 v = load16_f32(scores + j, live);
     nan |= _mm512_mask_cmp_ps_mask(live, v, v, _CMP_UNORD_Q);
     __mmask16 hit = _mm512_mask_cmp_ps_mask(live, v, lastv, _CMP_GT_OQ) &
                     _mm512_cmp_ps_mask(v, thr, _CMP_GE_OQ);
@@ -39,20 +36,13 @@ bool select_row_avx512(const float* scores, int64_t C, int64_t offset, float thr
 
 namespace {
 
-// 16 database elements (dtype DT: 0 f32, 1 f16, 2 bf16) as float32; Tail: only the lanes in m
-// are read, the others are 0 (masked loads only for a partial vector: a stream of them ran at a
-// third of the memory bandwidth of plain loads on a Zen 5 EPYC).
-template <int DT, bool Tail>
+// 16 database elements (dtype DT: 0 f32, 1 f16, 2 bf16) as float32; lanes outside m are 0.
+template <int DT>
 inline __m512 load16(const void* base, int64_t idx, __mmask16 m) {
   if constexpr (DT == 0) {
-    const float* p = static_cast<const float*>(base) + idx;
-    if constexpr (Tail) return _mm512_maskz_loadu_ps(m, p);
-    else return _mm512_loadu_ps(p);
+    return load16_f32(static_cast<const float*>(base) + idx, m);
   } else {
-    const uint16_t* p = static_cast<const uint16_t*>(base) + idx;
-    __m256i h;
-    if constexpr (Tail) h = _mm256_maskz_loadu_epi16(m, p);
-    else h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    const __m256i h = load16_u16(static_cast<const uint16_t*>(base) + idx, m);
     if constexpr (DT == 1) return _mm512_cvtph_ps(h);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
   }
@@ -64,18 +54,15 @@ inline void tile(const float* queries, int64_t D, const void* db, int64_t row0, 
   __m512 acc[R][QB];
   for (int r = 0; r < R; ++r)
     for (int q = 0; q < QB; ++q) acc[r][q] = _mm512_setzero_ps();
-  auto step = [&](int64_t d, __mmask16 m, auto tail) {
-    constexpr bool Tail = decltype(tail)::value;
+  for (int64_t d = 0; d < D; d += 16) {
+    const __mmask16 m = lanes16(D - d);
     __m512 x[R];
-    for (int r = 0; r < R; ++r) x[r] = load16<DT, Tail>(db, (row0 + r) * D + d, m);
+    for (int r = 0; r < R; ++r) x[r] = load16<DT>(db, (row0 + r) * D + d, m);
     for (int q = 0; q < QB; ++q) {
-      const __m512 qv = load16<0, Tail>(queries, q * D + d, m);
+      const __m512 qv = load16_f32(queries + q * D + d, m);
       for (int r = 0; r < R; ++r) acc[r][q] = _mm512_fmadd_ps(x[r], qv, acc[r][q]);
     }
-  };
-  int64_t d = 0;
-  for (; d + 16 <= D; d += 16) step(d, __mmask16(0xFFFF), std::false_type{});
-  if (d < D) step(d, __mmask16((1u << (D - d)) - 1), std::true_type{});
+  }
   for (int r = 0; r < R; ++r)
     for (int q = 0; q < QB; ++q) out[r][q] = _mm512_reduce_add_ps(acc[r][q]);
 }

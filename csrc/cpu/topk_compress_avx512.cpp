@@ -2,35 +2,20 @@
 // in registers, hits compressed into the candidate buffer with full-width stores.
 #include "cpu/topk_compress.h"
 
-#include <type_traits>
-
 #include "osmos/topk.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
 
+#include "cpu/avx512_lanes.h"
+
 namespace osmos::cpu {
 namespace {
 
-// 16 elements as floats; Tail: only the lanes in m are read (masked loads: on a Zen 5 EPYC a
-// stream of them ran at a third of the memory bandwidth plain loads reach, so only the last,
-// partial vector uses them).
-template <bool Tail>
-inline __m512 widen(F32, const float* p, __mmask16 m) {
-  if constexpr (Tail) return _mm512_maskz_loadu_ps(m, p);
-  else return _mm512_loadu_ps(p);
-}
-template <bool Tail>
-inline __m512 widen(F16, const uint16_t* p, __mmask16 m) {
-  if constexpr (Tail) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
-  else return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
-template <bool Tail>
+inline __m512 widen(F32, const float* p, __mmask16 m) { return load16_f32(p, m); }
+inline __m512 widen(F16, const uint16_t* p, __mmask16 m) { return _mm512_cvtph_ps(load16_u16(p, m)); }
 inline __m512 widen(BF16, const uint16_t* p, __mmask16 m) {
-  __m256i h;
-  if constexpr (Tail) h = _mm256_maskz_loadu_epi16(m, p);
-  else h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(load16_u16(p, m)), 16));
 }
 
 // v rounded to the dtype (nearest-even), as floats; NaN lanes stay NaN.
@@ -60,10 +45,9 @@ int64_t candidates_avx512(const void* xv, const void* sv, int64_t begin, int64_t
                                    _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
   const int64_t limit = capacity - 16;
   int64_t count = 0;
-  // Appends the hits among the 16 elements at i (the lanes in m); false when the buffer is full.
-  auto append = [&](int64_t i, __mmask16 m, auto tail) {
-    constexpr bool Tail = decltype(tail)::value;
-    const __m512 d = round_to(S{}, _mm512_sub_ps(widen<Tail>(X{}, x + i, m), widen<Tail>(S{}, s + i, m)));
+  for (int64_t i = begin; i < end; i += 16) {
+    const __mmask16 m = lanes16(end - i);
+    const __m512 d = round_to(S{}, _mm512_sub_ps(widen(X{}, x + i, m), widen(S{}, s + i, m)));
     // |d| bits, NaNs (all above 0x7f800000) clamped to the one NaN key.
     const __m512i key = _mm512_min_epu32(_mm512_and_si512(_mm512_castps_si512(d), abs_mask), nan_key);
     const __mmask16 hit = _mm512_mask_cmpge_epu32_mask(m, key, low_v);
@@ -71,15 +55,10 @@ int64_t candidates_avx512(const void* xv, const void* sv, int64_t begin, int64_t
       _mm512_storeu_ps(d_out + count, _mm512_maskz_compress_ps(hit, d));
       _mm512_storeu_si512(index_out + count, _mm512_maskz_compress_epi32(hit, index));
       count += __builtin_popcount(unsigned(hit));
-      if (count > limit) return false;
+      if (count > limit) return -1;
     }
     index = _mm512_add_epi32(index, step);
-    return true;
-  };
-  int64_t i = begin;
-  for (; i + 16 <= end; i += 16)
-    if (!append(i, __mmask16(0xffff), std::false_type{})) return -1;
-  if (i < end && !append(i, __mmask16((1u << (end - i)) - 1), std::true_type{})) return -1;
+  }
   return count;
 }
 

@@ -299,7 +299,6 @@ class RSCodec:
         arrays): the key holds every address, the length and the CPU kernel, so a hit is the
         same product on the same memory."""
         if not dst or not like.nbytes:
-            _check_disjoint(src, dst, like.nbytes)
             return
         device = like.device_index
         key = (pattern, *src, -1, *dst, like.nbytes, device, _native.C.gf256_matmul_kernel() if device < 0 else "")
