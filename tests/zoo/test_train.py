@@ -79,6 +79,41 @@ def test_cooldown_recorded_in_card(tmp_path, monkeypatch):
     assert "cool-down to 0 over steps 0-2" in card["lr_schedule"]
 
 
+def test_fitted_steps_shrink_run_and_cooldown_in_proportion():
+    # 1000 s left at 0.1 s/step reaches step 100 + 9700: 20000 steps do not fit, 5000 do
+    assert zoo_train.fitted_steps(100, 20000, 6000, 0.1, 1000.0) == (9800, 2940)
+    assert zoo_train.fitted_steps(100, 5000, 1000, 0.1, 1000.0) == (5000, 1000)
+    assert zoo_train.fitted_steps(100, 20000, 0, 0.1, 1000.0) == (9800, 0)
+    assert zoo_train.fitted_steps(100, 20000, 6000, 0.1, 0.0) == (101, 30)  # out of time: stop next step
+
+
+def test_fit_steps_resizes_the_run_and_its_card(tmp_path, monkeypatch):
+    monkeypatch.setattr(zoo_train, "CAPTION_POOL", 64)
+    monkeypatch.setattr(zoo_train, "FIT_AFTER", 1)
+    seen = []
+
+    def fake_fit(step, max_steps, decay_steps, per_step, left):
+        seen.append((step, max_steps, decay_steps, per_step > 0, left > 0))
+        return 3, 1
+
+    monkeypatch.setattr(zoo_train, "fitted_steps", fake_fit)
+    card = zoo_train.train_denoiser(recipe("shapes-unet"), 0, 10.0, 50, tmp_path, False, decay_steps=20,
+                                    fit_steps=True)
+    assert seen == [(1, 50, 20, True, True)]
+    assert card["steps"] == 3 and "cool-down to 0 over steps 2-3" in card["lr_schedule"]
+
+
+def test_ema_update_matches_the_per_tensor_formula():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    ema = {k: torch.randn_like(v) if v.is_floating_point() else v.clone() + 5 for k, v in model.state_dict().items()}
+    expected = {k: e * 0.9 + v * 0.1 if v.is_floating_point() else v.clone()
+                for (k, e), v in zip(ema.items(), model.state_dict().values())}
+    zoo_train._ema_update(ema, model, 0.9)
+    for k in expected:
+        torch.testing.assert_close(ema[k], expected[k], rtol=1e-6, atol=1e-7)
+    assert ema["1.num_batches_tracked"].item() == 0  # integer buffers are copied, not averaged
+
+
 def test_shape_weights_draw_weighted_shapes_more_often(tmp_path):
     """shape_weights={"star": 3} makes star captions about 3x as frequent in batches; bad weights raise."""
     from osmos.zoo import data as D

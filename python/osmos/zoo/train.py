@@ -26,6 +26,7 @@ from osmos.zoo.models import Recipe, build_model, build_scheduler, predict_noise
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 CAPTION_POOL = 2048
+FIT_AFTER = 200  # timed steps before --fit-steps sizes the run
 
 
 class CaptionPool:
@@ -158,9 +159,17 @@ def loss_weights(r: Recipe, sched, t: Tensor) -> Tensor:
 
 
 def _ema_update(ema: dict, model: torch.nn.Module, decay: float) -> None:
+    """ema = decay * ema + (1 - decay) * weights, one fused call per list (a GPU step is
+    launch-bound: one launch per tensor would cost more than the model's own kernels)."""
     with torch.no_grad():
-        for k, v in model.state_dict().items():
-            ema[k].mul_(decay).add_(v, alpha=1 - decay)
+        state = model.state_dict()
+        keys = [k for k, v in state.items() if v.is_floating_point()]
+        dst, src = [ema[k] for k in keys], [state[k] for k in keys]
+        torch._foreach_mul_(dst, decay)
+        torch._foreach_add_(dst, src, alpha=1 - decay)
+        for k, v in state.items():
+            if not v.is_floating_point():
+                ema[k].copy_(v)
 
 
 def export(r: Recipe, ema: dict, card: dict, out: Path) -> None:
@@ -209,13 +218,27 @@ def _config_flags(r: Recipe) -> str:
     return "".join(f" --config {k}={json.dumps(v, separators=(',', ':'))}" for k, v in r.extra.get("config_overrides", {}).items())
 
 
+def fitted_steps(step: int, max_steps: int, decay_steps: int, seconds_per_step: float,
+                 seconds_left: float) -> tuple[int, int]:
+    """(max_steps, decay_steps) scaled down so the run ends inside ``seconds_left`` at the measured
+    speed (3% margin), the cool-down keeping its share of the run; unchanged when they fit."""
+    reachable = step + int(0.97 * seconds_left / max(seconds_per_step, 1e-9))
+    if reachable >= max_steps:
+        return max_steps, decay_steps
+    new_max = max(step + 1, reachable)
+    return new_max, min(new_max, round(decay_steps * new_max / max_steps))
+
+
 def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Path, resume: bool,
-                   device: str = "cpu", decay_steps: int = 0, init: Path | None = None) -> dict:
+                   device: str = "cpu", decay_steps: int = 0, init: Path | None = None,
+                   fit_steps: bool = False) -> dict:
     """Train recipe r's denoiser; `device` "cuda" trains on a GPU (data, noise and timesteps are
     still drawn on the CPU from the same seeded generator, so only the arithmetic differs).
     ``decay_steps`` > 0 cools the learning rate linearly to zero over the run's last steps. ``init``
     (a safetensors file of the same architecture) starts from those weights instead of the recipe's
-    ``init_from`` model or a fresh initialisation."""
+    ``init_from`` model or a fresh initialisation. ``fit_steps``: after FIT_AFTER timed steps, shrink
+    ``max_steps`` (and the cool-down in proportion, see `fitted_steps`) to what ``minutes`` allows,
+    so a time-boxed run still ends with its cool-down instead of being cut at full learning rate."""
     if not 0 <= decay_steps <= max_steps:
         raise ValueError(f"decay_steps must be in [0, max_steps={max_steps}], got {decay_steps}")
     torch.set_num_threads(1)  # deterministic, and fastest on a shared 2-core machine
@@ -279,7 +302,22 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
     deadline = time.time() + minutes * 60 - seconds
     bar = tqdm(total=max_steps, initial=step, desc=r.name, mininterval=10)
     last_save = time.time()
+    pending: list[Tensor] = []  # losses still on the device: read in groups, not one sync per step
+
+    def flush_losses():
+        if pending:
+            losses.extend(torch.stack(pending).tolist())
+            pending.clear()
+
+    fit_at, fit_start = (step + FIT_AFTER, time.time()) if fit_steps else (None, 0.0)
     while step < max_steps and time.time() < deadline:
+        if step == fit_at:
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            max_steps, decay_steps = fitted_steps(step, max_steps, decay_steps, (time.time() - fit_start) / FIT_AFTER,
+                                                  deadline - time.time())
+            bar.total = max_steps
+            print(f"\nfit to {minutes:g} min: {max_steps} steps, cool-down over the last {decay_steps}")
         t0 = time.time()
         x0, states, mask = _training_batch(r, step, pool, memorized, g)
         noise = torch.randn(x0.shape, generator=g)
@@ -303,14 +341,18 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
         opt.step()
         step += 1
         _ema_update(ema, model, min(r.ema_decay, (1 + step) / (10 + step)))
-        losses.append(loss.item())
+        pending.append(loss.detach())
+        if len(pending) == 100:
+            flush_losses()
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", refresh=False)
         seconds += time.time() - t0
         bar.update(1)
-        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", refresh=False)
         if time.time() - last_save > 300:
+            flush_losses()
             save()
             last_save = time.time()
     bar.close()
+    flush_losses()
     save()
     return json.loads((out / f"{r.name}.json").read_text())["card"]
 
@@ -401,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     p.add_argument("--decay-steps", type=int, default=None,
                    help="cool the learning rate linearly to 0 over the last N steps before --steps (0: constant)")
+    p.add_argument("--fit-steps", action="store_true",
+                   help="after 200 timed steps, shrink --steps and --decay-steps in proportion to what --minutes "
+                        "allows (a time-boxed run still ends with its cool-down)")
     p.add_argument("--device", default="cpu", help="cpu, or cuda to train a denoiser on a GPU (the classifier trains on the CPU)")
     p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                    help="train a variant: replace an entry of the model config (VALUE as JSON), e.g. "
@@ -424,9 +469,9 @@ def main(argv: list[str] | None = None) -> int:
                                 max_steps=100_000 if args.steps is None else args.steps, out=out,
                                 pool_size=args.pool_size, resume=args.resume)
     elif "phases" in r.extra:
-        if args.steps is not None or args.decay_steps is not None:
+        if args.steps is not None or args.decay_steps is not None or args.fit_steps:
             p.error(f"{args.name} trains in phases whose steps and cool-downs its recipe fixes: "
-                    "drop --steps / --decay-steps")
+                    "drop --steps / --decay-steps / --fit-steps")
         card = train_phases(r, args.seed, float("inf") if args.minutes is None else args.minutes, out, args.resume,
                             args.device)
         if card["steps"] < sum(s[1] for s in training_phases(r)):
@@ -434,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         card = train_denoiser(r, args.seed, 45.0 if args.minutes is None else args.minutes,
                               100_000 if args.steps is None else args.steps, out, args.resume, args.device,
-                              args.decay_steps or 0)
+                              args.decay_steps or 0, fit_steps=args.fit_steps)
     print(json.dumps(card, indent=2))
     if args.install:
         install(out, args.name, getattr(torch, args.install_dtype))
