@@ -8,15 +8,18 @@
 # Two steps:
 #   1. here, on the CPU machine (network to the package index):
 #        bash scripts/gpu_train_dit.sh prepare
-#      downloads diffusers and the small packages it imports as Python 3.12 wheels into .whl/
-#      (git-ignored through .git/info/exclude) and encodes the training captions once into
-#      out/zoo/shapes-dit-p1/captions.pt (38 MB), so the GPU machine needs no text encoder.
-#   2. on the GPU machine (the device tool: carry [".whl", "out/zoo/shapes-dit-p1/captions.pt"], 64 MiB in
-#      all: about 17 + 38 MB):
+#      downloads diffusers and importlib_metadata (what the GPU image lacks of its imports) as
+#      Python 3.12 wheels into .whl/ (git-ignored through .git/info/exclude), encodes the training
+#      captions once into out/zoo/shapes-dit-p1/captions.pt (38 MB) and packs their unpadded tokens
+#      into captions_packed.pt (16 MB), so the GPU machine needs no text encoder. PixArt masks the
+#      padding tokens out of cross-attention, so zeros there train the same model.
+#   2. on the GPU machine (the device tool: carry [".whl", "out/zoo/shapes-dit-p1/captions_packed.pt"]; the
+#      working tree and carried files travel within 64 MiB):
 #        bash scripts/gpu_train_dit.sh train "$OUT"
-#      trains `shapes-dit --config patch_size=1` with --device cuda for at most DIT_MINUTES (8)
-#      minutes, resumable (--resume: a second call on the same warm machine continues), and copies
-#      the exported weights and card to $OUT. Evaluate them back here with
+#      unpacks the captions, trains `shapes-dit --config patch_size=1` with --device cuda for at most
+#      DIT_MINUTES (8) minutes (--fit-steps: the step count and cool-down shrink to what fits), resumable
+#      (--resume: a second call on the same warm machine continues), and copies the exported weights
+#      and card to $OUT. Evaluate them back here with
 #        python benchmarks/zoo_quality.py --model shapes-dit --per-pair 16 --scheduler ddim --steps 20 --weights <dir>
 # Settings: DIT_CONFIG (default "patch_size=1"), DIT_STEPS (26000), DIT_DECAY (6000), DIT_OUT
 # (out/zoo/shapes-dit-p1). `train` with DIT_DEVICE=cpu DIT_STEPS=2 is a dry run of the same path.
@@ -34,16 +37,35 @@ case "$MODE" in
     # diffusers and what it imports that a torch + triton image may lack
     $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
-      -d .whl diffusers huggingface_hub safetensors regex tqdm pillow requests urllib3 idna certifi \
-      charset-normalizer pyyaml importlib_metadata zipp packaging
+      -d .whl diffusers importlib_metadata
     # the caption cache: zero training steps encode and save the captions, export, and stop
     PYTHONPATH=python $PY -m osmos.zoo.train shapes-dit --seed 0 --steps 0 "${CONFIG_ARGS[@]}" --out "$DIT_OUT"
-    du -sh .whl "$DIT_OUT"
+    $PY - "$DIT_OUT" <<'PACK'
+import sys, torch
+d = sys.argv[1]
+b = torch.load(f"{d}/captions.pt", weights_only=True)
+keep = b["mask"].bool()  # a prefix of each caption's tokens
+torch.save({"tokens": b["states"][keep].clone(), "mask": b["mask"], "empty_states": b["empty_states"],
+            "empty_mask": b["empty_mask"], "texts": b["texts"]}, f"{d}/captions_packed.pt")
+PACK
+    du -sh .whl "$DIT_OUT/captions_packed.pt"
     ;;
   train)
     OUT_DIR=${2:-${OUT:-$PWD/out/gpu_train_dit}}
     mkdir -p "$OUT_DIR"
-    test -f "$DIT_OUT/captions.pt" || { echo "no $DIT_OUT/captions.pt: run 'prepare' first and carry it" >&2; exit 2; }
+    if [ ! -f "$DIT_OUT/captions.pt" ] && [ -f "$DIT_OUT/captions_packed.pt" ]; then
+      $PY - "$DIT_OUT" <<'UNPACK'
+import sys, torch
+d = sys.argv[1]
+p = torch.load(f"{d}/captions_packed.pt", weights_only=True)
+mask = p["mask"]
+states = torch.zeros(*mask.shape, p["tokens"].shape[-1], dtype=p["tokens"].dtype)
+states[mask.bool()] = p["tokens"]
+torch.save({"states": states, "mask": mask, "empty_states": p["empty_states"], "empty_mask": p["empty_mask"],
+            "texts": p["texts"]}, f"{d}/captions.pt")
+UNPACK
+    fi
+    test -f "$DIT_OUT/captions.pt" || { echo "no $DIT_OUT/captions.pt: run 'prepare' first and carry captions_packed.pt" >&2; exit 2; }
     SITE=/tmp/site-dit
     if ls .whl/*.whl > /dev/null 2>&1 && [ "${DIT_DEVICE:-cuda}" = cuda ]; then
       $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
@@ -53,7 +75,7 @@ case "$MODE" in
     set +e
     $PY -m osmos.zoo.train shapes-dit --seed 0 --device "${DIT_DEVICE:-cuda}" "${CONFIG_ARGS[@]}" \
       --steps "${DIT_STEPS:-26000}" --decay-steps "${DIT_DECAY:-6000}" --minutes "${DIT_MINUTES:-8}" \
-      --resume --out "$DIT_OUT" 2>&1 | tr '\r' '\n' | grep -v '^ *$' | awk 'NR % 200 == 1 || /steps|card|Error|error/' \
+      --fit-steps --resume --out "$DIT_OUT" 2>&1 | tr '\r' '\n' | grep -v '^ *$' | awk 'NR % 200 == 1 || /steps|card|Error|error/' \
       >> "$OUT_DIR/train_dit.log"
     rc=${PIPESTATUS[0]}
     set -e
