@@ -262,7 +262,7 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         ema = state["ema"]
-        g.set_state(state["generator"])
+        g.set_state(state["generator"].cpu())  # map_location moved it to the training device
         step, seconds, losses = state["step"], state["seconds"], state["losses"]
         print(f"resumed {r.name} at step {step} ({seconds / 60:.1f} min trained)")
     pool = CaptionPool(CAPTION_POOL, seed, cache=out / "captions.pt", pin=r.extra.get("pin"),
