@@ -206,3 +206,55 @@ def test_cuda_matches_reference(backend, monkeypatch):
         y, x, down, up, gamma = (t.cuda() for t in make(2, 300, 320, 640, 4, dtype=dtype))
         torch.testing.assert_close(adapter_inject(y, x, down, up, gamma), reference_adapter_inject(y, x, down, up, gamma),
                                    rtol=TOL[dtype][0] * 10, atol=TOL[dtype][1] * 10)
+
+
+@pytest.fixture
+def eager_torch_path(monkeypatch):
+    """The path eager CUDA calls take (torch_adapter_inject, no custom op), taken on the CPU."""
+    import sys
+
+    monkeypatch.setattr(sys.modules["osmos.ops.adapter_inject"], "_torch_path", lambda x: True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_torch_path_matches_reference(eager_torch_path, dtype):
+    tol = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (3e-2, 3e-2)}[dtype]
+    for shape in [(2, 7, 33, 17, 1), (1, 70, 130, 77, 5), (3, 0, 8, 6, 2), (2, 3, 8, 6, 0)]:
+        y, x, down, up, gamma = make(*shape, dtype=dtype)
+        torch.testing.assert_close(adapter_inject(y, x, down, up, gamma), reference_adapter_inject(y, x, down, up, gamma),
+                                   rtol=tol[0], atol=tol[1])
+    x, y = torch.randn(2, 3, 5, 6), torch.randn(2, 3, 5, 4)  # extra token dims
+    down, up, gamma = torch.randn(2, 6).double(), torch.randn(2, 4), torch.rand(2, 2)
+    torch.testing.assert_close(adapter_inject(y, x, down, up, gamma), reference_adapter_inject(y, x, down, up, gamma))
+
+
+def test_torch_path_in_place_and_out(eager_torch_path):
+    from osmos.ops.adapter_inject import torch_adapter_inject
+
+    y, x, down, up, gamma = make(2, 9, 20, 18, 3)
+    expected = reference_adapter_inject(y, x, down, up, gamma)
+    y0 = y.clone()
+    assert adapter_inject_(y, x, down, up, gamma) is y
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    out = torch.empty_like(y0)
+    assert torch_adapter_inject(y0, x, down, up, gamma, out=out) is out
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_torch_path_autograd_matches_reference(eager_torch_path):
+    yf, xf, df, uf, gf = (t.requires_grad_() for t in make(2, 3, 5, 4, 3))
+    out = adapter_inject(yf, xf, df, uf, gf)
+    w = torch.randn_like(out)
+    grads = torch.autograd.grad((out * w).sum(), (yf, xf, df, uf, gf))
+    rf = [t.detach().clone().requires_grad_() for t in (yf, xf, df, uf, gf)]
+    ref_grads = torch.autograd.grad((reference_adapter_inject(*rf) * w).sum(), rf)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_path_only_for_eager_cuda_calls(monkeypatch):
+    from osmos.ops.adapter_inject import _torch_path
+
+    assert not _torch_path(torch.zeros(1))  # CPU tensors keep the native kernel
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not _torch_path(torch.zeros(1))

@@ -19,6 +19,7 @@ SPM training runs through it. `adapter_inject_` writes into y (inference only).
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -59,6 +60,32 @@ def reference_adapter_inject(y: Tensor, x: Tensor, down: Tensor, up: Tensor, gam
     return out.reshape(y.shape).to(y.dtype)
 
 
+def torch_adapter_inject(y: Tensor, x: Tensor, down: Tensor, up: Tensor, gamma: Tensor, out: Tensor | None = None) -> Tensor:
+    """The op as three torch kernels in x's dtype (the GEMMs accumulate in float32): q = x @ D^T,
+    q * gamma, and y + q @ U as one addmm into ``out`` (a new tensor when None; may be y itself).
+    D, U and gamma are cast to x's dtype, as PEFT does; float16 / bfloat16 results differ from the
+    reference's float32 math by a rounding of q. What CUDA tensors run by default."""
+    batch, tokens, dt = x.shape[0], math.prod(x.shape[1:-1]), x.dtype  # explicit sizes: any may be 0
+    q = torch.matmul(x.reshape(batch, tokens, x.shape[-1]), down.to(dt).T) * gamma.to(dt)[:, None, :]
+    rows = batch * tokens
+    q2, u, y2 = q.reshape(rows, down.shape[0]), up.to(dt), y.reshape(rows, y.shape[-1])
+    if out is None:
+        return torch.addmm(y2, q2, u).reshape(y.shape)
+    if out.data_ptr() == y.data_ptr():
+        y2.addmm_(q2, u)
+    else:
+        torch.addmm(y2, q2, u, out=out.view(rows, out.shape[-1]))
+    return out
+
+
+def _torch_path(x: Tensor) -> bool:
+    """Whether a call skips the custom op and runs `torch_adapter_inject` directly: eager calls on
+    CUDA (torch's kernels are the default there, and on an H100 the op's dispatch, float32 casts and
+    copy took 0.09-0.25 ms per call against 0.02-0.03 ms for the kernels). Under torch.compile the
+    op stays one graph node."""
+    return x.is_cuda and not torch.compiler.is_compiling() and not gpu_uses_triton(default=False)
+
+
 def _f32(t: Tensor) -> Tensor:
     return t.to(torch.float32).contiguous()
 
@@ -90,7 +117,7 @@ def _run_cuda(out: Tensor, y: Tensor, x: Tensor, down: Tensor, up: Tensor, gamma
     if gpu_uses_triton(default=False):
         _run_triton(out, y, x, down, up, gamma)
     else:
-        out.copy_(reference_adapter_inject(y, x, down, up, gamma))
+        torch_adapter_inject(y, x, down, up, gamma, out=out)
 
 
 def _run(out: Tensor, y: Tensor, x: Tensor, down: Tensor, up: Tensor, gamma: Tensor) -> None:
@@ -156,6 +183,8 @@ def adapter_inject(y: Tensor, x: Tensor, down: Tensor, up: Tensor, gamma: Tensor
         a new tensor shaped like y. Differentiable in every input.
     """
     validate(y, x, down, up, gamma)
+    if _torch_path(x):
+        return torch_adapter_inject(y, x, down, up, gamma)
     return _adapter_inject_op(y, x, down, up, gamma)
 
 
@@ -163,5 +192,7 @@ def adapter_inject_(y: Tensor, x: Tensor, down: Tensor, up: Tensor, gamma: Tenso
     """In-place variant of `adapter_inject`: y += ((x @ down^T) * gamma) @ up; returns y.
     Not differentiable (use it under torch.no_grad / inference_mode)."""
     validate(y, x, down, up, gamma)
+    if _torch_path(x):
+        return torch_adapter_inject(y, x, down, up, gamma, out=y)
     _adapter_inject_inplace_op(y, x, down, up, gamma)
     return y
