@@ -216,3 +216,28 @@ def test_cuda_backends(monkeypatch, backend):
     want = reference_similarity_topk(q, db, 10)
     got = similarity_topk(q.cuda(), db.cuda(), 10)
     assert_same((got[0].cpu(), got[1].cpu()), want)
+
+
+@pytest.mark.parametrize("chunk", [16, 1000])
+def test_torch_streaming_checks_once_and_rejects_nan(monkeypatch, chunk):
+    """The torch path (the CUDA default) reads its NaN / tie checks back once: data without ties
+    never takes the per-chunk checked path; NaN queries and NaN database rows are still named."""
+    g = torch.Generator().manual_seed(5)
+    q, db = torch.randn(4, 16, generator=g), torch.randn(100, 16, generator=g)
+
+    def fail(*args):
+        raise AssertionError("took the checked path without a tie")
+
+    with monkeypatch.context() as m:
+        m.setattr(op_module, "_similarity_topk_torch_checked", fail)
+        assert_same(similarity_topk_torch(q, db, 5, None, chunk=chunk), reference_similarity_topk(q, db, 5))
+    q_nan = q.clone()
+    q_nan[2, 1] = math.nan
+    with pytest.raises(ValueError, match="queries contain NaN"):
+        similarity_topk_torch(q_nan, db, 5, None, chunk=chunk)
+    db[57, 3] = math.nan
+    first = 57 // chunk * chunk
+    with pytest.raises(ValueError, match=rf"database rows \[{first}, {min(100, first + chunk)}\)"):
+        similarity_topk_torch(q, db, 5, None, chunk=chunk)
+    with pytest.raises(ValueError, match="queries contain NaN"):
+        similarity_topk_torch(q_nan, db[:0], 5, None, chunk=chunk)

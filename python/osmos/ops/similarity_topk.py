@@ -101,7 +101,7 @@ def _block_candidates(scores: Tensor, begin: int, width: int) -> tuple[Tensor, T
     """Candidates [Q, <= C] of one score block [Q, C] (database rows begin...) that hold the
     contract's best `width`: torch.topk's, unless some row's width-th score ties with entries
     topk left out (topk picks among ties arbitrarily), then the whole block."""
-    every = torch.arange(begin, begin + scores.shape[1], device=scores.device).expand_as(scores)
+    every = _every_index(scores, begin)
     if width >= scores.shape[1]:
         return scores, every
     values, positions = torch.topk(scores, width, dim=1)
@@ -112,12 +112,52 @@ def _block_candidates(scores: Tensor, begin: int, width: int) -> tuple[Tensor, T
 
 
 def similarity_topk_torch(queries: Tensor, database: Tensor, k: int, threshold: float | None = None, chunk: int = 65536):
-    """Streaming in plain torch (any device): per chunk, mm + topk + merge with the running top-k."""
+    """Streaming in plain torch (any device): per chunk, mm + topk + merge with the running top-k.
+
+    The NaN and tie checks of every chunk stay on the device and are read back once, at the end
+    (a host sync per check made the GPU wait between chunks); if some chunk's k-th score tied with
+    scores topk left out, the call is redone with exact candidates for such chunks
+    (`_similarity_topk_torch_checked`)."""
+    n = database.shape[0]
+    width = min(k, n)
+    if width == 0 or queries.shape[0] == 0:
+        check_queries_nan(queries)
+        return _empty_result(queries.shape[0], width, queries.device)
+    top_s, top_i = _empty_result(queries.shape[0], width, queries.device)
+    q = queries.float()
+    flags = []  # per chunk: NaN scores, tie at the cut
+    for begin in range(0, n, chunk):
+        scores = q @ database[begin : begin + chunk].float().T
+        nan = torch.isnan(scores).any()
+        if width >= scores.shape[1]:
+            values, idx, tie = scores, _every_index(scores, begin), torch.zeros_like(nan)
+        else:
+            values, positions = torch.topk(scores, width, dim=1)
+            last = values[:, -1:]
+            tie = ((scores == last).sum(1) != (values == last).sum(1)).any()
+            idx = positions + begin
+        flags.append(torch.stack([nan, tie]))
+        top_s, top_i = sort_candidates(torch.cat([top_s, values], 1), torch.cat([top_i, idx], 1), width, threshold)
+    nan_chunks, tie_chunks = torch.stack(flags).T.tolist()  # the one host sync
+    if any(nan_chunks):
+        check_queries_nan(queries)
+        begin = nan_chunks.index(True) * chunk
+        raise _nan_error(begin, min(n, begin + chunk))
+    if any(tie_chunks):
+        return _similarity_topk_torch_checked(queries, database, k, threshold, chunk)
+    return top_s, top_i
+
+
+def _every_index(scores: Tensor, begin: int) -> Tensor:
+    return torch.arange(begin, begin + scores.shape[1], device=scores.device).expand_as(scores)
+
+
+def _similarity_topk_torch_checked(queries: Tensor, database: Tensor, k: int, threshold: float | None, chunk: int):
+    """`similarity_topk_torch` with each chunk's checks read at once (exact candidates for a
+    chunk with a tie at the cut, see `_block_candidates`)."""
     n = database.shape[0]
     width = min(k, n)
     top_s, top_i = _empty_result(queries.shape[0], width, queries.device)
-    if width == 0 or queries.shape[0] == 0:
-        return top_s, top_i
     q = queries.float()
     for begin in range(0, n, chunk):
         block = database[begin : begin + chunk].float()
@@ -210,9 +250,10 @@ def _(queries, database, k, threshold):
 
 @_similarity_topk_op.register_kernel("cuda")
 def _(queries, database, k, threshold):
-    check_queries_nan(queries)
     if _gpu_backend(k) == "triton":
+        check_queries_nan(queries)
         return similarity_topk_triton(queries, database, k, threshold)
+    # NaN queries: found by the torch path's deferred check (it reports them as such)
     chunk = max(65536, GPU_SCORE_ELEMENTS // max(1, queries.shape[0]))
     return similarity_topk_torch(queries, database, k, threshold, chunk=chunk)
 
