@@ -110,3 +110,31 @@ def test_cuda_op_matches_reference(backend, monkeypatch):
     h, gate, fresh, cache, use = (t.cuda() for t in _inputs())
     cache_ref = cache.clone()
     torch.testing.assert_close(cache_select(h, gate, fresh, cache, use), reference_cache_select(h, gate, fresh, cache_ref, use))
+
+
+@pytest.mark.parametrize("gate_shape", ["bd", "b1d", None])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("with_h", [True, False])
+def test_torch_path_matches_reference(monkeypatch, gate_shape, dtype, with_h):
+    """The path eager CUDA calls take (torch_cache_select, no custom op), taken on the CPU."""
+    import sys
+
+    monkeypatch.setattr(sys.modules["osmos.ops.cache_select"], "_torch_path", lambda fresh: True)
+    h, gate, fresh, cache, use = _inputs(dtype=dtype, gate_shape=gate_shape)
+    h = h if with_h else None
+    cache_ref = cache.clone()
+    got = cache_select(h, gate, fresh, cache, use)
+    want = reference_cache_select(h, gate, fresh, cache_ref, use)
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    assert torch.equal(cache, cache_ref)
+    assert got.data_ptr() != cache.data_ptr()  # the result never aliases the cache
+
+
+def test_torch_path_only_for_eager_cuda_calls(monkeypatch):
+    import sys
+
+    torch_path = sys.modules["osmos.ops.cache_select"]._torch_path
+    assert not torch_path(torch.zeros(1, 2))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not torch_path(torch.zeros(1, 2))

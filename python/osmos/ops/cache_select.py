@@ -62,6 +62,25 @@ def reference_cache_select(h, gate, fresh, cache, use_cache) -> Tensor:
     return out
 
 
+def torch_cache_select(h, gate, fresh, cache, use_cache) -> Tensor:
+    """The op as two torch kernels in the tensors' dtype: cache = where(use_cache, cache, fresh) in
+    place, then h + gate * cache (addcmul; CUDA's elementwise kernels compute 16-bit types in
+    float32 and round once, as the op's contract says). What CUDA tensors run by default."""
+    b, d = fresh.shape[0], fresh.shape[-1]
+    torch.where(use_cache.view((b,) + (1,) * (fresh.dim() - 1)), cache, fresh, out=cache)
+    g = None if gate is None else _flat_gate(gate, b, d).view((b,) + (1,) * (fresh.dim() - 2) + (d,))
+    if h is None:
+        return cache.clone() if g is None else g * cache
+    return h + cache if g is None else torch.addcmul(h, g, cache)
+
+
+def _torch_path(fresh: Tensor) -> bool:
+    """Eager calls on CUDA skip the custom op and run `torch_cache_select` (on an H100 the op's
+    dispatch and float32 casts cost 0.11 ms where torch's kernels took 0.05 ms); under
+    torch.compile the op stays one graph node."""
+    return fresh.is_cuda and not torch.compiler.is_compiling() and not gpu_uses_triton(default=False)
+
+
 @torch.library.custom_op("osmos::cache_select", mutates_args=("cache",))
 def _op(h: Optional[Tensor], gate: Optional[Tensor], fresh: Tensor, cache: Tensor, use_cache: Tensor) -> Tensor:
     raise NotImplementedError(f"osmos::cache_select has no kernel for {h.device.type}")
@@ -102,11 +121,13 @@ def _(h, gate, fresh, cache, use_cache):
     # torch by default: the Triton kernel ran at 0.45-0.98x torch on an H100 (launch-bound sizes)
     if gpu_uses_triton(default=False):
         return _triton(h, gate, fresh, cache, use_cache)
-    return reference_cache_select(h, gate, fresh, cache, use_cache)
+    return torch_cache_select(h, gate, fresh, cache, use_cache)
 
 
 def cache_select(h: Tensor | None, gate: Tensor | None, fresh: Tensor, cache: Tensor, use_cache: Tensor) -> Tensor:
     """h + gate * (use_cache ? cache : fresh) per sample; refreshes cache in place where the
     branch was computed. See the module docstring for shapes."""
     validate(h, gate, fresh, cache, use_cache)
+    if _torch_path(fresh):
+        return torch_cache_select(h, gate, fresh, cache, use_cache)
     return _op(h, gate, fresh, cache, use_cache)
