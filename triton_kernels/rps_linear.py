@@ -76,9 +76,9 @@ def _segment_table_kernel(table_ptr, cfg_ptr, N, NSEG, KIND: tl.constexpr, USE_S
 
 @triton.jit
 def _segment_map(table_ptr, offs_n, j, N, m, NSEG, USE_SIGN: tl.constexpr, BK: tl.constexpr):
-    """M indices and signs (int32, [BK, BN]) of W^T[j * BK : j * BK + BK, offs_n] from the table."""
-    n = offs_n.to(tl.int64)[None, :]
-    dc = tl.arange(0, BK)[:, None]
+    """M indices and signs (int32, [BN, BK]) of W[offs_n, j * BK : j * BK + BK] from the table."""
+    n = offs_n.to(tl.int64)[:, None]
+    dc = tl.arange(0, BK)[None, :]
     row = table_ptr + (n * NSEG + j) * 4
     valid = n < N
     start = tl.load(row, mask=valid, other=0)
@@ -94,15 +94,17 @@ def _segment_map(table_ptr, offs_n, j, N, m, NSEG, USE_SIGN: tl.constexpr, BK: t
 
 
 @triton.jit
-def _weight_tile_t(M_ptr, cfg_ptr, table_ptr, offs_n, j, N, K, m, NSEG, scale, KIND: tl.constexpr,
-                   USE_SIGN: tl.constexpr, SEGMENTED: tl.constexpr, BK: tl.constexpr):
-    """W^T[j * BK : j * BK + BK, offs_n] as a [BK, BN] tile in the compute dtype (zeros outside)."""
-    c = (j * BK + tl.arange(0, BK)).to(tl.int64)[:, None]
-    mask = (offs_n[None, :] < N) & (c < K)
+def _weight_tile(M_ptr, cfg_ptr, table_ptr, offs_n, j, N, K, m, NSEG, scale, KIND: tl.constexpr,
+                 USE_SIGN: tl.constexpr, SEGMENTED: tl.constexpr, BK: tl.constexpr):
+    """W[offs_n, j * BK : j * BK + BK] as a [BN, BK] tile in the compute dtype (zeros outside).
+    Columns along the fast axis: a row segment is a run of consecutive M entries, so the gather
+    from M is coalesced (the [BK, BN] orientation before it read one M line per lane)."""
+    c = (j * BK + tl.arange(0, BK)).to(tl.int64)[None, :]
+    mask = (offs_n[:, None] < N) & (c < K)
     if SEGMENTED:
         index, sign = _segment_map(table_ptr, offs_n, j, N, m, NSEG, USE_SIGN, BK)
     else:
-        r = offs_n.to(tl.int64)[None, :]
+        r = offs_n.to(tl.int64)[:, None]
         index, sign = rps_index(r, c, cfg_ptr, KIND), rps_sign(r, c, cfg_ptr, USE_SIGN)
     value = tl.load(M_ptr + index, mask=mask, other=0.0)
     compute = value.to(tl.float64) if value.dtype == tl.float64 else value.to(tl.float32)
@@ -120,9 +122,9 @@ def _forward_kernel(x_ptr, M_ptr, y_ptr, cfg_ptr, table_ptr, B, N, K, m, NSEG, s
         offs_k = j * BK + tl.arange(0, BK)
         x = tl.load(x_ptr + offs_b[:, None].to(tl.int64) * K + offs_k[None, :],
                     mask=(offs_b[:, None] < B) & (offs_k[None, :] < K), other=0.0)
-        w_t = _weight_tile_t(M_ptr, cfg_ptr, table_ptr, offs_n, j, N, K, m, NSEG, scale, KIND, USE_SIGN, SEGMENTED,
-                             BK).to(x.dtype)
-        acc += tl.dot(x, w_t, input_precision=PRECISION)
+        w = _weight_tile(M_ptr, cfg_ptr, table_ptr, offs_n, j, N, K, m, NSEG, scale, KIND, USE_SIGN, SEGMENTED,
+                         BK).to(x.dtype)
+        acc += tl.dot(x, tl.trans(w), input_precision=PRECISION)
     tl.store(y_ptr + offs_b[:, None].to(tl.int64) * N + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=(offs_b[:, None] < B) & (offs_n[None, :] < N))
 
@@ -139,9 +141,9 @@ def _grad_x_kernel(gy_ptr, M_ptr, gx_ptr, cfg_ptr, table_ptr, B, N, K, m, NSEG, 
         offs_n = n0 + tl.arange(0, BN)
         gy = tl.load(gy_ptr + offs_b[:, None].to(tl.int64) * N + offs_n[None, :],
                      mask=(offs_b[:, None] < B) & (offs_n[None, :] < N), other=0.0)
-        w_t = _weight_tile_t(M_ptr, cfg_ptr, table_ptr, offs_n, j, N, K, m, NSEG, scale, KIND, USE_SIGN, SEGMENTED,
-                             BK).to(gy.dtype)
-        acc += tl.dot(gy, tl.trans(w_t), input_precision=PRECISION)
+        w = _weight_tile(M_ptr, cfg_ptr, table_ptr, offs_n, j, N, K, m, NSEG, scale, KIND, USE_SIGN, SEGMENTED,
+                         BK).to(gy.dtype)
+        acc += tl.dot(gy, w, input_precision=PRECISION)
     tl.store(gx_ptr + offs_b[:, None].to(tl.int64) * K + offs_k[None, :], acc.to(gx_ptr.dtype.element_ty),
              mask=(offs_b[:, None] < B) & (offs_k[None, :] < K))
 
@@ -153,22 +155,22 @@ def _grad_M_kernel(gy_ptr, x_ptr, gM_ptr, cfg_ptr, table_ptr, B, N, K, m, NSEG, 
     offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
     j = tl.program_id(1)
     offs_k = j * BK + tl.arange(0, BK)
-    acc = tl.zeros((BK, BN), dtype=gM_ptr.dtype.element_ty)  # (grad_y^T x)^T, laid out as W^T
+    acc = tl.zeros((BN, BK), dtype=gM_ptr.dtype.element_ty)  # grad_y^T x, laid out as W
     for b0 in range(0, B, BM):
         offs_b = b0 + tl.arange(0, BM)
         gy = tl.load(gy_ptr + offs_b[:, None].to(tl.int64) * N + offs_n[None, :],
                      mask=(offs_b[:, None] < B) & (offs_n[None, :] < N), other=0.0)
         x = tl.load(x_ptr + offs_b[:, None].to(tl.int64) * K + offs_k[None, :],
                     mask=(offs_b[:, None] < B) & (offs_k[None, :] < K), other=0.0)
-        acc += tl.dot(tl.trans(x), gy, input_precision=PRECISION)
-    c = offs_k.to(tl.int64)[:, None]
+        acc += tl.dot(tl.trans(gy), x, input_precision=PRECISION)
+    c = offs_k.to(tl.int64)[None, :]
     if SEGMENTED:
         index, sign = _segment_map(table_ptr, offs_n, j, N, m, NSEG, USE_SIGN, BK)
     else:
-        r = offs_n.to(tl.int64)[None, :]
+        r = offs_n.to(tl.int64)[:, None]
         index, sign = rps_index(r, c, cfg_ptr, KIND), rps_sign(r, c, cfg_ptr, USE_SIGN)
     v = sign.to(acc.dtype) * (scale * acc)
-    tl.atomic_add(gM_ptr + index, v, mask=(offs_n[None, :] < N) & (c < K))
+    tl.atomic_add(gM_ptr + index, v, mask=(offs_n[:, None] < N) & (c < K))
 
 
 def _blocks(t):
