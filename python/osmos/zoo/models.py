@@ -148,14 +148,15 @@ def build_model(r: Recipe):
 
 def predict_noise(model, x: Tensor, t: Tensor, states: Tensor, mask: Tensor) -> Tensor:
     """One call of a zoo denoiser: x [B,C,H,W] (video: [B,C,F,H,W]), t (scalar or [B]),
-    states [B,T,384], mask [B,T]."""
-    if type(model).__name__ == "UNetMotionModel":
+    states [B,T,384], mask [B,T]. ``model`` may be a torch.compile'd module."""
+    kind = type(getattr(model, "_orig_mod", model)).__name__
+    if kind == "UNetMotionModel":
         # it wants one context per frame ([B*F, T, 384], as AnimateDiffPipeline passes it) and takes no
         # cross-attention mask: padding tokens are zeroed instead (keys of zero carry zero values),
         # which keeps every prompt's output independent of the batch
         context = (states * mask.unsqueeze(-1).to(states.dtype)).repeat_interleave(x.shape[2], dim=0)
         return model(x, t, context).sample
-    if type(model).__name__ == "PixArtTransformer2DModel":
+    if kind == "PixArtTransformer2DModel":
         t = t.expand(x.shape[0]) if t.dim() == 0 else t
         return model(x, encoder_hidden_states=states, timestep=t, encoder_attention_mask=mask,
                      added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from osmos.zoo import data as D
 from osmos.zoo.models import Recipe, build_model, build_scheduler, predict_noise, recipe
+from osmos.zoo.text import HIDDEN_SIZE, MAX_TOKENS
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 CAPTION_POOL = 2048
@@ -229,16 +230,39 @@ def fitted_steps(step: int, max_steps: int, decay_steps: int, seconds_per_step: 
     return new_max, min(new_max, round(decay_steps * new_max / max_steps))
 
 
+def compiled_or_eager(model: torch.nn.Module, r: Recipe, dev: torch.device) -> torch.nn.Module:
+    """torch.compile(model), tried once forward and backward on a random batch of the recipe's
+    shapes (its own generator: the training draws are untouched); the eager model if that fails."""
+    compiled = torch.compile(model, dynamic=False)
+    g = torch.Generator().manual_seed(0)
+    frames = r.extra.get("frames", 0)
+    shape = (r.batch_size, model.config.in_channels) + ((frames,) if frames else ()) + (r.size, r.size)
+    try:
+        x = torch.randn(shape, generator=g).to(dev)
+        states = torch.randn(r.batch_size, MAX_TOKENS, HIDDEN_SIZE, generator=g).to(dev)
+        t = torch.randint(0, r.num_train_timesteps, (r.batch_size,), generator=g).to(dev)
+        mask = torch.ones(r.batch_size, MAX_TOKENS, dtype=torch.long, device=dev)
+        predict_noise(compiled, x, t, states, mask).square().mean().backward()
+    except Exception as e:  # noqa: BLE001 - any compiler failure means: train eagerly
+        print(f"torch.compile failed ({type(e).__name__}: {str(e)[:200]}); training eagerly")
+        compiled = model
+    model.zero_grad(set_to_none=True)
+    return compiled
+
+
 def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Path, resume: bool,
                    device: str = "cpu", decay_steps: int = 0, init: Path | None = None,
-                   fit_steps: bool = False) -> dict:
+                   fit_steps: bool = False, compile: bool = False) -> dict:
     """Train recipe r's denoiser; `device` "cuda" trains on a GPU (data, noise and timesteps are
     still drawn on the CPU from the same seeded generator, so only the arithmetic differs).
     ``decay_steps`` > 0 cools the learning rate linearly to zero over the run's last steps. ``init``
     (a safetensors file of the same architecture) starts from those weights instead of the recipe's
     ``init_from`` model or a fresh initialisation. ``fit_steps``: after FIT_AFTER timed steps, shrink
     ``max_steps`` (and the cool-down in proportion, see `fitted_steps`) to what ``minutes`` allows,
-    so a time-boxed run still ends with its cool-down instead of being cut at full learning rate."""
+    so a time-boxed run still ends with its cool-down instead of being cut at full learning rate.
+    ``compile``: the denoiser's forward and backward run through torch.compile (on a GPU an eager
+    step is bound by the CPU launching ~1000 small kernels); if compiling fails, the run says so and
+    trains eagerly."""
     if not 0 <= decay_steps <= max_steps:
         raise ValueError(f"decay_steps must be in [0, max_steps={max_steps}], got {decay_steps}")
     torch.set_num_threads(1)  # deterministic, and fastest on a shared 2-core machine
@@ -299,6 +323,7 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
         export(r, ema, card, out)
 
     model.train()
+    forward = compiled_or_eager(model, r, dev) if compile else model
     deadline = time.time() + minutes * 60 - seconds
     bar = tqdm(total=max_steps, initial=step, desc=r.name, mininterval=10)
     last_save = time.time()
@@ -326,7 +351,7 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
             x0, states, mask, noise, t = (v.to(dev, non_blocking=True) if v is not None else None
                                           for v in (x0, states, mask, noise, t))
         xt = sched.add_noise(x0, noise, t)
-        pred = predict_noise(model, xt, t, states, mask)
+        pred = predict_noise(forward, xt, t, states, mask)
         target = sched.get_velocity(x0, noise, t) if r.prediction_type == "v_prediction" else noise
         if r.snr_gamma is None:
             loss = F.mse_loss(pred, target)
@@ -446,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fit-steps", action="store_true",
                    help="after 200 timed steps, shrink --steps and --decay-steps in proportion to what --minutes "
                         "allows (a time-boxed run still ends with its cool-down)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the denoiser through torch.compile (falls back to eager if compiling fails)")
     p.add_argument("--device", default="cpu", help="cpu, or cuda to train a denoiser on a GPU (the classifier trains on the CPU)")
     p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                    help="train a variant: replace an entry of the model config (VALUE as JSON), e.g. "
@@ -479,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         card = train_denoiser(r, args.seed, 45.0 if args.minutes is None else args.minutes,
                               100_000 if args.steps is None else args.steps, out, args.resume, args.device,
-                              args.decay_steps or 0, fit_steps=args.fit_steps)
+                              args.decay_steps or 0, fit_steps=args.fit_steps, compile=args.compile)
     print(json.dumps(card, indent=2))
     if args.install:
         install(out, args.name, getattr(torch, args.install_dtype))
