@@ -76,7 +76,7 @@ UNPACK
     set +e
     $PY -m osmos.zoo.train shapes-dit --seed 0 --device "${DIT_DEVICE:-cuda}" "${CONFIG_ARGS[@]}" \
       --steps "${DIT_STEPS:-26000}" --decay-steps "${DIT_DECAY:-6000}" --minutes "${DIT_MINUTES:-8}" \
-      --fit-steps ${DIT_COMPILE:+--compile} --resume --out "$DIT_OUT" 2>&1 | tr '\r' '\n' | grep -v '^ *$' | awk 'NR % 200 == 1 || /steps|card|Error|error/' \
+      --fit-steps ${DIT_COMPILE:+--compile} --resume --out "$DIT_OUT" 2>&1 | tr '\r' '\n' | grep -v '^ *$' | awk 'NR % 200 == 1 || /steps|card|compile|Error|error/' \
       >> "$OUT_DIR/train_dit.log"
     rc=${PIPESTATUS[0]}
     set -e
