@@ -388,6 +388,31 @@ def test_topk_accumulate_native_matches_reference(index_dtype):
         assert not torch.equal(out, torch.zeros(2_000))
 
 
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_rowwise_accumulate_matches_reference(index_dtype):
+    """The CUDA path (one index_add_ per row), run on the CPU: padding past counts is skipped,
+    weights and alpha apply, 1-D inputs are one row, and a present bad index raises first."""
+    from osmos.ops.topk_compress import rowwise_topk_accumulate_
+
+    values, indices, counts, weights = _padded_messages(5, 301, 200, index_dtype)
+    for kw in ({"counts": counts}, {"counts": counts, "weights": weights}):
+        for alpha in (1.0, 0.37):
+            out = torch.randn(200, generator=torch.Generator().manual_seed(1))
+            expected = out.clone()
+            reference_topk_accumulate_(expected, values, indices, kw["counts"], kw.get("weights"), alpha)
+            rowwise_topk_accumulate_(out, values, indices, kw["counts"], kw.get("weights"), alpha)
+            assert_same(out, expected, f"rowwise {kw.keys()} alpha={alpha}")
+    out, expected = torch.zeros(200), torch.zeros(200)
+    rowwise_topk_accumulate_(out, values[0], indices[0])
+    reference_topk_accumulate_(expected, values[0], indices[0])
+    assert_same(out, expected, "1-D")
+    indices[2, 0], counts[2] = 200, max(int(counts[2]), 1)
+    out = torch.zeros(200)
+    with pytest.raises(IndexError, match=r"indices must lie in \[0, 200\)"):
+        rowwise_topk_accumulate_(out, values, indices, counts)
+    assert out.count_nonzero() == 0
+
+
 def test_topk_accumulate_opcheck_and_compile():
     values, indices, counts, weights = _padded_messages(3, 257, 500, torch.int32, seed=3)
     torch.library.opcheck(_topk_accumulate_op, (torch.zeros(500), values, indices, counts, weights, 1.0))

@@ -212,6 +212,34 @@ def _(out, values, indices, counts, weights, alpha):
     return None
 
 
+def rowwise_topk_accumulate_(out: Tensor, values: Tensor, indices: Tensor, counts: Tensor | None = None,
+                             weights: Tensor | None = None, alpha: float = 1.0) -> None:
+    """`topk_accumulate_` as one index_add_ per row, rows in order: on CUDA the same bits on every
+    rank whenever each row's indices are distinct (every TopK / RandK message's are), since no
+    two atomic adds of one index_add_ then meet (one index_add_ of all rows adds repeated indices
+    in whatever order its atomics land). What CUDA tensors run."""
+    rows_v = values.reshape(1, -1) if values.dim() != 2 else values
+    rows_i = indices.reshape(1, -1) if indices.dim() != 2 else indices
+    if rows_i.numel():
+        present = (torch.arange(rows_i.shape[1], device=rows_i.device)[None, :] < counts[:, None]
+                   if counts is not None else torch.ones_like(rows_i, dtype=torch.bool))
+        outside = ((rows_i < 0) | (rows_i >= out.numel())) & present
+        lengths = counts.tolist() if counts is not None else [rows_i.shape[1]] * rows_i.shape[0]
+        if bool(outside.any()):  # one host sync with the counts' (a bad index would assert on the device)
+            raise IndexError(f"indices must lie in [0, {out.numel()})")
+    for r in range(rows_i.shape[0]):
+        n = min(int(lengths[r]), rows_i.shape[1])
+        if n <= 0:
+            continue
+        v = rows_v[r, :n] if weights is None else rows_v[r, :n].to(torch.float32) * weights[r]
+        out.index_add_(0, rows_i[r, :n].long(), v.to(out.dtype), alpha=alpha)
+
+
+@_topk_accumulate_op.register_kernel("cuda")
+def _(out, values, indices, counts, weights, alpha):
+    rowwise_topk_accumulate_(out, values, indices, counts, weights, alpha)
+
+
 @_topk_accumulate_op.register_kernel("cpu")
 def _(out, values, indices, counts, weights, alpha):
     if (out.dtype != torch.float32 or values.dtype != torch.float32 or not out.is_contiguous()
@@ -238,7 +266,8 @@ def topk_accumulate_(out: Tensor, values: Tensor, indices: Tensor, alpha: float 
                      counts: Tensor | None = None, weights: Tensor | None = None) -> Tensor:
     """out[indices] += alpha * values, for values / indices of any matching shape (e.g. [workers, k]
     from an all_gather). Repeated indices accumulate, in row-major order (so every rank that runs it
-    on the same inputs gets the same bits). Returns out.
+    on the same inputs gets the same bits; on CUDA that holds when each row's indices are distinct,
+    as in TopK / RandK messages: rows are added one by one, each with atomics). Returns out.
 
     Args:
         out: 1-D float buffer, updated in place.
