@@ -176,6 +176,45 @@ def test_image_errors_are_the_final_sample_mse_and_selection_keeps_the_least():
         image_errors(model, sched, {"a": fora}, sample_batch=sample_batch, denoise=denoise, batches=0)
 
 
+def test_selection_by_labels_ranks_changed_samples_first_then_mse():
+    model = tiny_dit()
+    sched, sample_batch, denoise = _calibration()
+    cands = {"fora-2": Router.fora(T, 4, 2), "fora-3": Router.fora(T, 4, 3), "always": Router.always(T, 4)}
+    kw = dict(sample_batch=sample_batch, denoise=denoise, batches=2, seed=5)
+    errors = image_errors(model, sched, cands, **kw)
+    assert errors["fora-3"] > errors["fora-2"] > errors["always"] == 0.0
+    # labels: the sign of each sample's mean; 'always' never changes one, the others may
+    chosen = select_by_image_error(model, sched, cands, labels=lambda x: (x.mean((1, 2, 3)) > 0).long(), **kw)
+    assert chosen.name == "always" and chosen.changed["always"] == 0.0 and chosen.errors == errors
+    assert all(0.0 <= v <= 1.0 and v * 4 == int(v * 4) for v in chosen.changed.values())  # shares of 4 samples
+    # a label that only the lower-MSE schedule changes: every sample of fora-2 differs from the reference
+    marks = {}
+
+    def labels(x):  # tells the three runs apart by their errors against the uncached run
+        key = round(float(x.abs().sum()), 3)
+        marks.setdefault(key, len(marks))
+        return torch.full((x.shape[0],), marks[key])
+
+    picked = select_by_image_error(model, sched, {"fora-3": cands["fora-3"], "fora-2": cands["fora-2"]},
+                                   labels=labels, **kw)
+    assert picked.changed == {"fora-3": 1.0, "fora-2": 1.0}  # both change every sample: the MSE decides
+    assert picked.name == "fora-2"
+    assert select_by_image_error(model, sched, cands, **kw).changed is None
+
+
+def test_selection_by_labels_prefers_fewer_changed_samples_over_lower_mse(monkeypatch):
+    import sys
+
+    mod = sys.modules["osmos.accel.harmonica.select"]
+    monkeypatch.setattr(mod, "_calibrate", lambda *a: ({"low-mse": 0.1, "keeps-labels": 0.2},
+                                                        {"low-mse": 0.5, "keeps-labels": 0.25}))
+    cands = {"low-mse": Router.fora(T, 4, 2), "keeps-labels": Router.fora(T, 4, 3)}
+    chosen = select_by_image_error(None, None, cands, labels=lambda x: x, sample_batch=None, denoise=None)
+    assert chosen.name == "keeps-labels" and chosen.router is cands["keeps-labels"]
+    monkeypatch.setattr(mod, "_calibrate", lambda *a: ({"low-mse": 0.1, "keeps-labels": 0.2}, None))
+    assert select_by_image_error(None, None, cands, sample_batch=None, denoise=None).name == "low-mse"
+
+
 @pytest.mark.parametrize("granularity", ["unit", "step"])
 def test_train_router_selection_returns_the_better_of_trained_and_warm_start(granularity):
     router, rec = _train(beta=1.0, iterations=2, init="fora-2", mode=None, select_batches=1, granularity=granularity)

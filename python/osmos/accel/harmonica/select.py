@@ -24,11 +24,14 @@ from osmos.accel.harmonica.train import _Attached, _sample
 
 @dataclass
 class Selection:
-    """name: the chosen candidate; router: it; errors: every candidate's calibration MSE."""
+    """name: the chosen candidate; router: it; errors: every candidate's calibration MSE;
+    changed: with a `labels` function, every candidate's share of calibration samples whose labels
+    differ from the uncached sample's (else None)."""
 
     name: str
     router: Router
     errors: dict[str, float]
+    changed: dict[str, float] | None = None
 
 
 def image_errors(transformer: nn.Module, scheduler, candidates: Mapping[str, Router], *,
@@ -38,6 +41,12 @@ def image_errors(transformer: nn.Module, scheduler, candidates: Mapping[str, Rou
     """{name: MSE between the final samples with that router and without a cache}, averaged over
     `batches` batches drawn by sample_batch from a generator seeded `seed` (sample_batch and
     denoise as in `train_router`). Every candidate must fit the transformer and share one step count."""
+    return _calibrate(transformer, scheduler, candidates, sample_batch, denoise, batches, seed, threshold, None)[0]
+
+
+def _calibrate(transformer, scheduler, candidates, sample_batch, denoise, batches, seed, threshold, labels):
+    """(errors, changed): `image_errors`' MSEs and, with labels, each candidate's share of samples
+    whose labels(final samples) differ from the uncached samples' (None without labels)."""
     if not candidates:
         raise ValueError("candidates must name at least one router")
     if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
@@ -56,20 +65,35 @@ def image_errors(transformer: nn.Module, scheduler, candidates: Mapping[str, Rou
         masks = {name: r.compute_mask(threshold).tolist() for name, r in candidates.items()}
         gen = torch.Generator().manual_seed(seed)
         errors = dict.fromkeys(candidates, 0.0)
+        changed, samples = dict.fromkeys(candidates, 0), 0
         for _ in range(batches):
             x, cond = sample_batch(gen)
             ref = _sample(att, transformer, scheduler, x, cond, denoise, None)
+            ref_labels = None if labels is None else labels(ref).reshape(ref.shape[0], -1)
+            samples += ref.shape[0]
             for name, rows in masks.items():
                 out = _sample(att, transformer, scheduler, x, cond, denoise, rows)
                 errors[name] += float((out - ref).pow(2).mean()) / batches
+                if labels is not None:
+                    changed[name] += int((labels(out).reshape(ref.shape[0], -1) != ref_labels).any(1).sum())
     finally:
         att.detach()
-    return errors
+    return errors, (None if labels is None else {k: v / max(samples, 1) for k, v in changed.items()})
 
 
-def select_by_image_error(transformer: nn.Module, scheduler, candidates: Mapping[str, Router], **kwargs) -> Selection:
+def select_by_image_error(transformer: nn.Module, scheduler, candidates: Mapping[str, Router], *,
+                          labels: Callable[[Tensor], Tensor] | None = None, sample_batch, denoise,
+                          batches: int = 2, seed: int = 1, threshold: float = 0.1) -> Selection:
     """The candidate whose final samples are closest to the uncached ones (`image_errors`, same
-    keyword arguments; ties go to the candidate named first)."""
-    errors = image_errors(transformer, scheduler, candidates, **kwargs)
-    name = min(errors, key=errors.get)
-    return Selection(name, candidates[name], errors)
+    keyword arguments; ties go to the candidate named first).
+
+    labels: optional function from final samples [B, ...] to per-sample labels ([B] or [B, H]
+    integers, e.g. a classifier's predicted classes). Then the candidate that changes the fewest
+    samples' labels wins and the MSE only breaks ties: a low mean error can still hide a few samples
+    whose content the cache changed (on shapes-dit at 50 steps the lowest-MSE learned schedules
+    classified worse than FORA; benchmarks/RESULTS.md)."""
+    errors, changed = _calibrate(transformer, scheduler, candidates, sample_batch, denoise, batches, seed,
+                                 threshold, labels)
+    key = errors.get if changed is None else (lambda n: (changed[n], errors[n]))
+    name = min(candidates, key=key)
+    return Selection(name, candidates[name], errors, changed)
