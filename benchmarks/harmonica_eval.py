@@ -20,7 +20,9 @@ rows ``harmonica step ...`` and ``harmonica step@fora-N``). ``--select B`` adds 
 ``selected@fora-N``: among the HarmoniCa budget rows at FORA-N's usage (every granularity and
 bound) and FORA-N itself, the one whose final samples on B calibration batches (training-wording
 prompts, noise seed 1000 + seed: not the evaluation's prompts and seed) are closest to the
-uncached ones (`osmos.accel.harmonica.select_by_image_error`). ``--routers-from JSON`` reuses
+uncached ones (`osmos.accel.harmonica.select_by_image_error`); with ``--select-labels`` the one
+whose samples the zoo classifier most often still reads as the uncached sample's shape and colour
+(MSE breaks ties). ``--routers-from JSON`` reuses
 the routers a previous run trained (its saved probabilities, matched by row name) instead of
 training them again.
 
@@ -147,6 +149,14 @@ def quality(pipe, router: Router | None, steps: int, per_pair: int, clf, seed: i
     return res
 
 
+def classifier_labels(clf):
+    """labels(final samples in [-1, 1]) -> the zoo classifier's (shape, colour) per sample [B, 2]."""
+    def labels(x):
+        pred = clf.predict((x.clamp(-1, 1) + 1) / 2)
+        return torch.stack([pred["shape"], pred["colour"]], 1)
+    return labels
+
+
 def run(args, pipe, clf, steps: int) -> dict:
     n_units = len(cache_units(pipe.unet))
     sched = type(pipe.scheduler).__name__
@@ -229,8 +239,9 @@ def run(args, pipe, clf, steps: int) -> dict:
                           if k.startswith("harmonica") and "@" in k and k.split("@")[1].split()[0] == label})
             chosen = select_by_image_error(pipe.unet, pipe.scheduler, cands, sample_batch=sample_batch,
                                            denoise=guided_denoiser(pipe), batches=args.select, seed=1000 + args.seed,
-                                           threshold=THRESHOLD)
-            train_info[f"selected@{label}"] = {"winner": chosen.name, "calibration_mse": chosen.errors}
+                                           threshold=THRESHOLD, labels=classifier_labels(clf) if args.select_labels else None)
+            train_info[f"selected@{label}"] = {"winner": chosen.name, "calibration_mse": chosen.errors,
+                                               **({"changed_labels": chosen.changed} if chosen.changed else {})}
             routers[f"selected@{label}"] = chosen.router
             results[f"selected@{label}"] = quality_of(chosen.router)
     seconds = time_methods(pipe, routers, steps, args.time_batch, args.repeats)
@@ -369,6 +380,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="starting points of the whole-step routers (default: --init)")
     p.add_argument("--select", type=int, default=0,
                    help="calibration batches for the selected@fora-N rows (0: no such rows)")
+    p.add_argument("--select-labels", action="store_true",
+                   help="selected@fora-N: fewest calibration samples whose classifier shape / colour the cache "
+                        "changes first, MSE as tie-break (default: MSE alone)")
     p.add_argument("--routers-from", type=Path, nargs="*", default=[],
                    help="earlier runs' JSON files: reuse their trained routers (same row names) instead of training")
     p.add_argument("--budget-only", action="store_true",

@@ -64,3 +64,20 @@ def test_pareto_plot_has_an_mse_and_an_accuracy_panel(tmp_path, monkeypatch):
     plotted = sorted(float(y) for c in acc_ax.collections for _, y in c.get_offsets())
     assert plotted == [0.74, 0.76, 0.82]  # every cached row, none only as the reference line
     assert [line.get_ydata()[0] for line in acc_ax.lines] == [0.8]
+
+
+def test_classifier_labels_read_final_samples_as_shape_and_colour():
+    """--select-labels: the labels of a final sample in [-1, 1] are the zoo classifier's (shape, colour)
+    of the same image in [0, 1]."""
+    import osmos.zoo
+
+    clf = osmos.zoo.load("classifier")
+    from osmos.zoo import data as D
+
+    attrs = D.sample_attributes(6, torch.Generator().manual_seed(3))
+    images = D.render(attrs, 16)
+    labels = E.classifier_labels(clf)(images * 2 - 1)
+    pred = clf.predict(images)
+    assert labels.shape == (6, 2)
+    assert torch.equal(labels[:, 0], pred["shape"]) and torch.equal(labels[:, 1], pred["colour"])
+    assert (labels[:, 0] == attrs.shape).float().mean() >= 0.8  # the classifier reads fresh renders
