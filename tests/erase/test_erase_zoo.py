@@ -206,15 +206,19 @@ def test_spm_cli_validate_others_reaches_the_check(tmp_path, monkeypatch):
     assert cli.validate_others(parser.parse_args(base + ["--candidates", "3", "--validate-others", "0"])) == 0
     assert cli.validate_others(parser.parse_args(base + ["--candidates", "2", "--validate-others", "5"])) == 5
     assert cli.validate_others(parser.parse_args(base + ["--validate-others", "0"])) == 0
+    with pytest.raises(SystemExit, match="--others-rule applies"):
+        cli.validate_others(parser.parse_args(base + ["--candidates", "2", "--others-rule", "tie-break"]))
     seen = []
     monkeypatch.setattr(erase_zoo, "validation_check",
-                        lambda pipe, kind, value, exclude=(), **kw: seen.append(kw["others"]) or (lambda spm: 0.0))
-    for n in ("0", "3"):
-        out = tmp_path / f"o{n}.safetensors"
+                        lambda pipe, kind, value, exclude=(), **kw: seen.append((kw["others"], kw["others_rule"]))
+                        or (lambda spm: (0.0, 0.0) if kw["others_rule"] == "tie-break" else 0.0))
+    for n, rule in (("0", "sum"), ("3", "sum"), ("3", "tie-break")):
+        out = tmp_path / f"o{n}{rule}.safetensors"
         assert osmos_cmd(["erase", "spm", "--concept", "disc", "--steps", "1", "--sampling-steps", "2", "--candidates",
-                          "2", "--validate-others", n, "--out", str(out), "--threads", "1"]) == 0
+                          "2", "--validate-others", n, "--others-rule", rule, "--out", str(out), "--threads", "1"]) == 0
         assert SPM.load(out).settings["selection"]["validate_others"] == int(n)
-    assert seen == [0, 3]
+        assert SPM.load(out).settings["selection"]["others_rule"] == rule
+    assert seen == [(0, "sum"), (3, "sum"), (3, "tie-break")]
 
 
 def test_the_preservation_term_rejects_a_candidate_that_erodes_the_other_values(pipe):
@@ -243,14 +247,19 @@ def test_the_preservation_term_rejects_a_candidate_that_erodes_the_other_values(
         for u in eroding.up:
             u.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
     kept = {}
-    for others in (0, 1):
+    for others, rule in ((0, "sum"), (1, "sum"), (1, "tie-break")):
+        base.clear()
         check = validation_check(pipe, "colour", "red", n=2, seeds=(0,), num_inference_steps=2, classifier=Stub(),
-                                 others=others, others_seeds=(0,))
+                                 others=others, others_seeds=(0,), others_rule=rule)
         best, scores = train_spm_selected(object(), "red", check, [0, 1000],
                                           trained=lambda seed: {0: eroding, 1000: neutral}[seed])
-        kept[others] = (best, scores)
-    assert kept[0][1] == [0.0, 0.0] and kept[0][0] is eroding
-    assert kept[1][1] == [1.0, 0.0] and kept[1][0] is neutral
+        kept[others, rule] = (best, scores)
+    assert kept[0, "sum"][1] == [0.0, 0.0] and kept[0, "sum"][0] is eroding
+    assert kept[1, "sum"][1] == [1.0, 0.0] and kept[1, "sum"][0] is neutral
+    # equal rates (0): the drop breaks the tie, and is reported beside the rate
+    assert kept[1, "tie-break"][1] == [(0.0, 1.0), (0.0, 0.0)] and kept[1, "tie-break"][0] is neutral
+    with pytest.raises(ValueError, match="others_rule"):
+        validation_check(pipe, "colour", "red", classifier=Stub(), others_rule="max")
 
 
 def test_validation_check_scores_the_concept_rate(pipe):

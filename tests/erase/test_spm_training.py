@@ -192,6 +192,25 @@ def test_train_spm_selected_rescores_already_trained_candidates():
     assert best.settings["selection"] == {"seeds": [3, 7], "scores": [0.2, 0.1], "chosen": 7}
 
 
+def test_train_spm_selected_compares_tuple_scores_in_order():
+    """(rate, tie-breaker) scores: the rate decides, the second entry only between equal rates;
+    mixing floats and tuples or a non-finite entry is refused."""
+    from osmos.erase.spm import SPM, train_spm_selected
+    from osmos.erase.spm.targets import LayerSpec
+
+    old = {seed: SPM({"l": LayerSpec("linear", 4, 4)}, "a cat", settings={"seed": seed}) for seed in (3, 7, 9)}
+    score = {3: (0.1, 0.5), 7: (0.1, 0.2), 9: (0.2, 0.0)}
+    best, scores = train_spm_selected(object(), "a cat", lambda spm: score[spm.settings["seed"]], [3, 7, 9],
+                                      trained=old.get)
+    assert best is old[7] and scores == [(0.1, 0.5), (0.1, 0.2), (0.2, 0.0)]
+    assert best.settings["selection"]["chosen"] == 7
+    with pytest.raises(ValueError, match="floats for every seed or tuples"):
+        train_spm_selected(object(), "a cat", lambda spm: {3: 0.1, 7: (0.1, 0.0)}[spm.settings["seed"]], [3, 7],
+                           trained=old.get)
+    with pytest.raises(ValueError, match="finite score"):
+        train_spm_selected(object(), "a cat", lambda spm: (0.1, float("nan")), [3], trained=old.get)
+
+
 def test_train_spm_selected_errors():
     from osmos.erase.spm import train_spm_selected
 

@@ -71,6 +71,9 @@ def add_parser(subparsers) -> None:
                         "classifier's accuracy on N validation captions of every other value of the concept's "
                         "kind (seeds 0 1), against a candidate that erodes its neighbours (default 0: off; "
                         "at N = 8 it fixed one of 24 runs and broke two, benchmarks/RESULTS.md)")
+    p.add_argument("--others-rule", choices=["sum", "tie-break"], default="sum",
+                   help="with --validate-others: add the drop to the concept rate (sum), or rank by the rate "
+                        "and let the drop decide only between equal rates (tie-break; untested on fresh draws)")
     _common(p)
     p.set_defaults(func=_run_spm)
     for method, help_text in (
@@ -214,6 +217,8 @@ def validate_others(args) -> int:
         raise SystemExit(f"--validate-others must be >= 0 (0 disables), got {n}")
     if n > 0 and args.candidates <= 1:
         raise SystemExit("--validate-others scores candidates: it needs --candidates K > 1")
+    if n == 0 and getattr(args, "others_rule", "sum") != "sum":
+        raise SystemExit("--others-rule applies to the --validate-others term: give --validate-others N > 0")
     return n
 
 
@@ -256,13 +261,17 @@ def _run_spm(args) -> int:
         from osmos.erase.zoo import validation_check
 
         validate = validation_check(model.pipe, *kind_value, exclude=[t for t, _ in pairs] if pairs else [args.concept],
-                                    others=others)
+                                    others=others, others_rule=args.others_rule)
         spm, scores = train_spm_selected(train_pipe, args.concept, validate,
                                          [args.seed + 1000 * j for j in range(args.candidates)], **kwargs)
         spm.settings["selection"]["validate_others"] = others
-        what = "concept rate on validation captions" + (" + drop of the other values' accuracy" if others else "")
+        spm.settings["selection"]["others_rule"] = args.others_rule
+        what = "concept rate on validation captions" + (
+            "" if not others else " + drop of the other values' accuracy" if args.others_rule == "sum"
+            else ", drop of the other values' accuracy (tie-break)")
         print(f"  candidates (seed: {what}): "
-              + ", ".join(f"{sd}: {sc:.2f}" for sd, sc in zip(spm.settings["selection"]["seeds"], scores))
+              + ", ".join(f"{sd}: " + (" / ".join(f"{v:.2f}" for v in sc) if isinstance(sc, tuple) else f"{sc:.2f}")
+                          for sd, sc in zip(spm.settings["selection"]["seeds"], scores))
               + f"; kept seed {spm.settings['selection']['chosen']}")
     else:
         spm = train_spm(train_pipe, args.concept, seed=args.seed, checkpoint=args.checkpoint, checkpoint_every=50,

@@ -229,7 +229,7 @@ def validation_prompts(kind: str, value: str, n: int = 24, exclude: Sequence[str
 
 def validation_check(pipe, kind: str, value: str, exclude: Sequence[str] = (), n: int = 24,
                      seeds: Sequence[int] = (0, 1, 2, 3), num_inference_steps: int = 15, classifier=None,
-                     others: int = 0, others_seeds: Sequence[int] = (0, 1)):
+                     others: int = 0, others_seeds: Sequence[int] = (0, 1), others_rule: str = "sum"):
     """The `validate` of train_spm_selected on a zoo pipeline: a function spm -> the fraction of
     images (n validation_prompts(kind, value, exclude=exclude) x `seeds`, generated with the SPM
     attached) in which the zoo classifier still sees `value`; lower = better erased. Pass the
@@ -239,8 +239,13 @@ def validation_check(pipe, kind: str, value: str, exclude: Sequence[str] = (), n
     others > 0 adds a preservation term: `others` validation captions of every other value of the
     same kind x `others_seeds`, and the score grows by how much the classifier's accuracy on them
     falls below the base model's (measured once, on the first call). This sees an SPM that
-    erodes its neighbours, which the concept's own images cannot show."""
+    erodes its neighbours, which the concept's own images cannot show. others_rule "sum" adds the
+    drop to the concept rate; "tie-break" returns (rate, drop), so the drop only decides between
+    candidates with the same rate (train_spm_selected compares such scores in order)."""
     from osmos.erase.spm import apply_spm
+
+    if others_rule not in ("sum", "tie-break"):
+        raise ValueError(f"others_rule must be 'sum' or 'tie-break', got {others_rule!r}")
 
     prompts = validation_prompts(kind, value, n, exclude=exclude)
     if classifier is None:
@@ -258,13 +263,14 @@ def validation_check(pipe, kind: str, value: str, exclude: Sequence[str] = (), n
         images = generate(pipe, other_prompts, others_seeds, num_inference_steps=num_inference_steps, spm_handle=handle)
         return float((classifier.predict(images)[kind] == other_labels).float().mean())
 
-    def validate(spm) -> float:
+    def validate(spm) -> float | tuple[float, float]:
         if other_prompts and not base:
             base.append(accuracy())
         with apply_spm(pipe.unet, [spm]) as handle:
             images = generate(pipe, prompts, seeds, num_inference_steps=num_inference_steps, spm_handle=handle)
             drop = max(0.0, base[0] - accuracy(handle)) if other_prompts else 0.0
-        return float((classifier.predict(images)[kind] == index).float().mean()) + drop
+        rate = float((classifier.predict(images)[kind] == index).float().mean())
+        return (rate, drop) if others_rule == "tie-break" and other_prompts else rate + drop
 
     return validate
 

@@ -341,6 +341,7 @@ def train_spm_selected(pipe, concept: str, validate, seeds: Sequence[int], on_ca
     fraction of images from validation prompts in which a classifier still sees the concept);
     the SPM with the lowest score is returned (the earliest seed on ties), with its settings'
     "selection" entry {"seeds", "scores", "chosen"} recording the choice (saved with the file).
+    A score may also be a tuple of floats, compared in order (e.g. (concept rate, tie-breaker)).
 
     SPM training draws differ in how far the erasure carries from the training prompts to other
     wordings; a validation check picks a draw that generalises. The validation prompts must be
@@ -369,9 +370,13 @@ def train_spm_selected(pipe, concept: str, validate, seeds: Sequence[int], on_ca
         spm = trained(seed) if trained is not None else None
         if spm is None:
             spm = train_spm(pipe, concept, seed=seed, **kwargs)
-        score = float(validate(spm))
-        if score != score or score in (float("inf"), float("-inf")):
-            raise ValueError(f"validate gave {score} for seed {seed}; it must return a finite score")
+        raw = validate(spm)
+        score = tuple(float(v) for v in raw) if isinstance(raw, (tuple, list)) else float(raw)
+        parts = score if isinstance(score, tuple) else (score,)
+        if not parts or any(v != v or v in (float("inf"), float("-inf")) for v in parts):
+            raise ValueError(f"validate gave {raw} for seed {seed}; it must return a finite score (or a tuple of them)")
+        if scores and isinstance(score, tuple) != isinstance(scores[0], tuple):
+            raise ValueError("validate must return floats for every seed or tuples for every seed")
         scores.append(score)
         if on_candidate is not None:
             on_candidate(seed, spm, score)
