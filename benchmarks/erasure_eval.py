@@ -104,6 +104,7 @@ class Settings:
     spm_varied: bool = False  # SPM training captions: erasure_prompt_pairs(varied=True) (more contexts, training vocabulary)
     spm_candidates: int = 1  # >1: train that many SPMs (seeds spm_seed + 1000 j), keep the best on validation_prompts
     spm_validate_others: int = 0  # >0: the selection also counts the drop in accuracy on that many validation captions per other value
+    spm_others_rule: str = "sum"  # "sum": rate + drop; "tie-break": the drop only decides between equal rates
     spm_fixed_anchors: tuple[str, ...] = ("",)  # anchored every step: CFG's unconditional branch
     esd_steps: int = 150
     esd_lr: float = 1e-3
@@ -338,7 +339,8 @@ def spm_for(pipe, value: str, s: Settings, la_strength: float, cache: Path | Non
         return train_spm(SPMTrainingPipe.of(pipe), value, seed=s.spm_seed, **kwargs)
     trained = [t for t, _ in pairs] if pairs else [value]
     validate = validation_check(pipe, kind, value, exclude=trained, n=VALIDATION_PROMPTS, seeds=VALIDATION_SEEDS,
-                                num_inference_steps=s.steps, others=s.spm_validate_others)
+                                num_inference_steps=s.steps, others=s.spm_validate_others,
+                                others_rule=s.spm_others_rule if s.spm_validate_others else "sum")
 
     def plain(seed: int) -> tuple[Settings, Path | None]:
         one = dataclasses.replace(s, spm_seed=seed, spm_candidates=1)
@@ -363,7 +365,8 @@ def spm_cache_path(cache: Path, value: str, s: Settings) -> Path:
     for training seed s.spm_seed = N other than 0, so SPMs of different seeds never mix."""
     tail = (f"_seed{s.spm_seed}" if s.spm_seed else "") + ("_varied" if s.spm_varied else "") + \
         (f"_best{s.spm_candidates}" if s.spm_candidates > 1 else "") + \
-        (f"_o{s.spm_validate_others}" if s.spm_candidates > 1 and s.spm_validate_others else "")
+        (f"_o{s.spm_validate_others}" if s.spm_candidates > 1 and s.spm_validate_others else "") + \
+        ("_tb" if s.spm_candidates > 1 and s.spm_validate_others and s.spm_others_rule == "tie-break" else "")
     return cache / f"spm_{value}{tail}.safetensors"
 
 
@@ -579,6 +582,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="with --spm-candidates: also score each candidate by the drop of the classifier's "
                              "accuracy on N validation captions of every other value of the concept's kind "
                              "(seeds 0 1); cached as ..._best<K>_o<N> (default 0: the concept's rate only)")
+    parser.add_argument("--spm-others-rule", choices=["sum", "tie-break"], default="sum",
+                        help="with --spm-validate-others: add the drop to the rate (sum) or let it decide only "
+                             "between equal rates (tie-break; cached as ..._o<N>_tb)")
     parser.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance scale of every generation (default: the model card's, 2.0 for shapes-unet)")
     parser.add_argument("--multi", action="store_true",
@@ -624,6 +630,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if args.spm_validate_others < 0:
         raise SystemExit(f"--spm-validate-others must be >= 0, got {args.spm_validate_others}")
     change["spm_validate_others"] = args.spm_validate_others
+    if args.spm_others_rule != "sum" and not args.spm_validate_others:
+        raise SystemExit("--spm-others-rule needs --spm-validate-others N > 0")
+    change["spm_others_rule"] = args.spm_others_rule
     if args.spm_varied_targets:
         if args.spm_targets != "captions":
             raise SystemExit("--spm-varied-targets needs --spm-targets captions")

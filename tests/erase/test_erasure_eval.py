@@ -156,6 +156,12 @@ def test_spm_candidates_and_varied_targets_settings_and_cache_names(tmp_path):
     assert E.spm_cache_path(tmp_path, "blue", others).name == "spm_blue_best3_o8.safetensors"
     with pytest.raises(SystemExit):
         E.settings_from(E.parse_args(["--spm-validate-others", "-1"]))
+    tie = E.settings_from(E.parse_args(["--spm-candidates", "3", "--spm-validate-others", "8",
+                                        "--spm-others-rule", "tie-break"]))
+    assert tie.spm_others_rule == "tie-break" and others.spm_others_rule == "sum"
+    assert E.spm_cache_path(tmp_path, "blue", tie).name == "spm_blue_best3_o8_tb.safetensors"
+    with pytest.raises(SystemExit):
+        E.settings_from(E.parse_args(["--spm-candidates", "3", "--spm-others-rule", "tie-break"]))
     with pytest.raises(SystemExit):
         E.settings_from(E.parse_args(["--spm-varied-targets", "--spm-targets", "word"]))
 
