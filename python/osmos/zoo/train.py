@@ -23,11 +23,14 @@ from tqdm import tqdm
 
 from osmos.zoo import data as D
 from osmos.zoo.models import Recipe, build_model, build_scheduler, predict_noise, recipe
+from osmos.zoo.prefetch import BatchStream
 from osmos.zoo.text import HIDDEN_SIZE, MAX_TOKENS
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 CAPTION_POOL = 2048
 FIT_AFTER = 200  # timed steps before --fit-steps sizes the run
+PREFETCH_AHEAD = 2  # batches drawn ahead on a worker thread when training on a GPU
+PREFETCH_ON_CPU = False  # (tests) also draw ahead when training on the CPU
 
 
 class CaptionPool:
@@ -297,7 +300,7 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
     n_params = sum(p.numel() for p in model.parameters())
 
     def save():
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema, "generator": g.get_state(),
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema, "generator": batches.generator_state(),
                     "step": step, "seconds": seconds, "losses": losses}, ckpt)
         card = {
             "name": r.name, "architecture": r.model_class, "parameters": n_params, "image_size": r.size,
@@ -322,8 +325,18 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
         }
         export(r, ema, card, out)
 
+    pin = dev.type == "cuda"
+
+    def draw(at: int) -> tuple:
+        x0, states, mask = _training_batch(r, at, pool, memorized, g)
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, r.num_train_timesteps, (r.batch_size,), generator=g)
+        batch = (x0, states, mask, noise, t)
+        return tuple(v.pin_memory() if pin and v is not None else v for v in batch)
+
     model.train()
     forward = compiled_or_eager(model, r, dev) if compile else model
+    batches = BatchStream(draw, g, step, ahead=PREFETCH_AHEAD if dev.type != "cpu" or PREFETCH_ON_CPU else 0)
     deadline = time.time() + minutes * 60 - seconds
     bar = tqdm(total=max_steps, initial=step, desc=r.name, mininterval=10)
     last_save = time.time()
@@ -344,9 +357,7 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
             bar.total = max_steps
             print(f"\nfit to {minutes:g} min: {max_steps} steps, cool-down over the last {decay_steps}")
         t0 = time.time()
-        x0, states, mask = _training_batch(r, step, pool, memorized, g)
-        noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, r.num_train_timesteps, (r.batch_size,), generator=g)
+        x0, states, mask, noise, t = batches.next()
         if dev.type != "cpu":
             x0, states, mask, noise, t = (v.to(dev, non_blocking=True) if v is not None else None
                                           for v in (x0, states, mask, noise, t))
@@ -377,6 +388,7 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
             save()
             last_save = time.time()
     bar.close()
+    batches.close()
     flush_losses()
     save()
     return json.loads((out / f"{r.name}.json").read_text())["card"]
