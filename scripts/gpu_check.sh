@@ -3,11 +3,10 @@
 # scikit-build-core preinstalled): build osmos with CUDA for the local card, run the GPU tests,
 # run the benchmarks on the GPU, and write logs and tables under $OUT (or the folder given).
 # Wheels of missing pure-Python or small packages (pyeclib for the ISA-L baseline, expecttest
-# for opcheck) may be put in .whl/ beforehand; they are installed into /tmp/site. Prepared with:
-#   echo /.whl/ >> .git/info/exclude
-#   pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d .whl pyeclib==1.8.0 expecttest
-# and carried to the device machine (the device tool's `carry: [".whl"]`).
+# for opcheck, diffusers for the zoo) may be put in .whl/ beforehand; they are installed into
+# /tmp/site. `bash scripts/gpu_prepare.sh` (here, with network) downloads them and the DiT's
+# caption cache; carry both to the device machine (the device tool's `carry: [".whl",
+# "out/zoo/shapes-dit-p1/captions_packed.pt"]`).
 # Budget: about 8 minutes in all (GPU_CHECK_BUDGET_S); a benchmark that would start after the
 # budget is skipped, and so is each benchmark named in GPU_CHECK_SKIP (space-separated file
 # names). Benchmarks run in the order of BENCHES below (code not yet timed on a GPU first).
