@@ -10,21 +10,24 @@ from osmos.ops.group_norm import mean_rstd
 
 
 @triton.jit
-def _stats_kernel(x_ptr, out_ptr, C, L, sN, sC, G, CPG, BLOCK: tl.constexpr):
-    row = tl.program_id(0)  # one (n, g) per program
+def _stats_kernel(x_ptr, out_ptr, C, L, sN, sC, G, CPG, SPLIT, PER: tl.constexpr, BLOCK: tl.constexpr):
+    """Partial sums of one (n, g) over one stretch of PER * BLOCK positions of every channel of
+    the group: program (row, part) writes out[row, part] = (sum, sum of squares) in float64."""
+    row = tl.program_id(0)
+    part = tl.program_id(1)
     n = row // G
     g = row % G
     s = tl.zeros((BLOCK,), dtype=tl.float64)
     ss = tl.zeros((BLOCK,), dtype=tl.float64)
     for c in range(g * CPG, (g + 1) * CPG):
         base = x_ptr + n * sN + c * sC
-        for start in range(0, L, BLOCK):
-            offs = start + tl.arange(0, BLOCK)
+        for i in range(PER):
+            offs = (part * PER + i) * BLOCK + tl.arange(0, BLOCK)
             v = tl.load(base + offs, mask=offs < L, other=0.0).to(tl.float64)
             s += v
             ss += v * v
-    tl.store(out_ptr + row * 2, tl.sum(s, 0))
-    tl.store(out_ptr + row * 2 + 1, tl.sum(ss, 0))
+    tl.store(out_ptr + (row * SPLIT + part) * 2, tl.sum(s, 0))
+    tl.store(out_ptr + (row * SPLIT + part) * 2 + 1, tl.sum(ss, 0))
 
 
 @triton.jit
@@ -52,13 +55,18 @@ def _apply_kernel(x_ptr, y_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, C, L, sN, sC, 
 
 def group_norm_stats(x: torch.Tensor, num_groups: int) -> torch.Tensor:
     n, c, l = x.shape
-    out = torch.zeros((n, num_groups, 3), dtype=torch.float64, device=x.device)
-    sums = torch.zeros((n, num_groups, 2), dtype=torch.float64, device=x.device)
-    if x.numel():
-        block = min(1024, triton.next_power_of_2(max(l, 16)))
-        _stats_kernel[(n * num_groups,)](x, sums, c, l, x.stride(0), x.stride(1), num_groups, c // num_groups, BLOCK=block)
+    out = torch.empty((n, num_groups, 3), dtype=torch.float64, device=x.device)
     out[..., 0] = float((c // num_groups) * l)
-    out[..., 1:] = sums
+    if not x.numel():
+        out[..., 1:] = 0.0
+        return out
+    block = min(1024, triton.next_power_of_2(max(l, 16)))
+    per = 4  # blocks of each channel per program: (n, g) rows alone left most of a GPU idle
+    split = triton.cdiv(l, block * per)
+    partial = torch.empty((n * num_groups, split, 2), dtype=torch.float64, device=x.device)
+    _stats_kernel[(n * num_groups, split)](x, partial, c, l, x.stride(0), x.stride(1), num_groups, c // num_groups,
+                                           split, PER=per, BLOCK=block)
+    out[..., 1:] = partial.sum(1).view(n, num_groups, 2)
     return out
 
 
