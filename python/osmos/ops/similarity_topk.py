@@ -254,8 +254,12 @@ def _(queries, database, k, threshold):
         check_queries_nan(queries)
         return similarity_topk_triton(queries, database, k, threshold)
     # NaN queries: found by the torch path's deferred check (it reports them as such)
-    chunk = max(65536, GPU_SCORE_ELEMENTS // max(1, queries.shape[0]))
-    return similarity_topk_torch(queries, database, k, threshold, chunk=chunk)
+    return similarity_topk_torch(queries, database, k, threshold, chunk=_gpu_chunk(queries))
+
+
+def _gpu_chunk(queries: Tensor) -> int:
+    """Database rows per score block on a GPU: at most GPU_SCORE_ELEMENTS scores, >= 65536 rows."""
+    return max(65536, GPU_SCORE_ELEMENTS // max(1, queries.shape[0]))
 
 
 def as_database(database) -> Tensor:
@@ -288,4 +292,7 @@ def similarity_topk(queries: Tensor, database, k: int, threshold: float | None =
     """
     database = as_database(database)
     validate(queries, database, k, threshold)
-    return _similarity_topk_op(queries, database, k, None if threshold is None else float(threshold))
+    threshold = None if threshold is None else float(threshold)
+    if queries.is_cuda and not torch.compiler.is_compiling() and _gpu_backend(k) == "torch":
+        return similarity_topk_torch(queries, database, k, threshold, chunk=_gpu_chunk(queries))  # no op dispatch
+    return _similarity_topk_op(queries, database, k, threshold)
