@@ -6,7 +6,6 @@ import torch
 import triton
 import triton.language as tl
 
-from osmos.ops.group_norm import mean_rstd
 
 
 @triton.jit
@@ -31,15 +30,21 @@ def _stats_kernel(x_ptr, out_ptr, C, L, sN, sC, G, CPG, SPLIT, PER: tl.constexpr
 
 
 @triton.jit
-def _apply_kernel(x_ptr, y_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, C, L, sN, sC, G, CPG,
+def _apply_kernel(x_ptr, y_ptr, stats_ptr, eps, w_ptr, b_ptr, C, L, sN, sC, G, CPG,
                   HAS_W: tl.constexpr, HAS_B: tl.constexpr, SILU: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)  # one (n, c) per program
     pid_l = tl.program_id(1)
     n = row // C
     c = row % C
     g = c // CPG
-    m = tl.load(mean_ptr + n * G + g)
-    r = tl.load(rstd_ptr + n * G + g)
+    # mean and 1/sqrt(var + eps) of (n, g) from its float64 (count, sum, sumsq), as mean_rstd
+    # computes them, here instead of in a handful of torch kernels per call
+    st = stats_ptr + (n * G + g) * 3
+    count = tl.maximum(tl.load(st), 1.0)
+    mean = tl.load(st + 1) / count
+    var = tl.maximum(tl.load(st + 2) / count - mean * mean, 0.0)
+    m = mean.to(tl.float32)
+    r = (1.0 / tl.sqrt(var + eps)).to(tl.float32)
     offs = pid_l * BLOCK + tl.arange(0, BLOCK)
     mask = offs < L
     v = tl.load(x_ptr + n * sN + c * sC + offs, mask=mask, other=0.0).to(tl.float32)
@@ -73,13 +78,13 @@ def group_norm_stats(x: torch.Tensor, num_groups: int) -> torch.Tensor:
 def group_norm_apply(x, stats, weight, bias, eps: float, silu: bool) -> torch.Tensor:
     n, c, l = x.shape
     g = stats.shape[1]
-    mean, rstd = mean_rstd(stats, eps)
     y = torch.empty((n, c, l), dtype=x.dtype, device=x.device)
     if x.numel():
         block = min(1024, triton.next_power_of_2(max(l, 16)))
         grid = (n * c, triton.cdiv(l, block))
+        stats = stats.contiguous()
         _apply_kernel[grid](
-            x, y, mean, rstd, weight if weight is not None else mean, bias if bias is not None else mean,
+            x, y, stats, float(eps), weight if weight is not None else y, bias if bias is not None else y,
             c, l, x.stride(0), x.stride(1), g, c // g,
             HAS_W=weight is not None, HAS_B=bias is not None, SILU=silu, BLOCK=block,
         )
