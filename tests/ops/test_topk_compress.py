@@ -362,16 +362,23 @@ def _padded_messages(rows: int, cols: int, n: int, index_dtype, seed: int = 0):
     return values, indices, counts, weights
 
 
+def _check_counts_weights_alpha(accumulate, values, indices, counts, weights, n):
+    """accumulate(out, values, indices, counts, weights, alpha) against the reference, with counts
+    alone and with weights, for two alphas."""
+    for w in (None, weights):
+        for alpha in (1.0, 0.37):
+            out = torch.randn(n, generator=torch.Generator().manual_seed(1))
+            expected = out.clone()
+            reference_topk_accumulate_(expected, values, indices, counts, w, alpha)
+            accumulate(out, values, indices, counts, w, alpha)
+            assert_same(out, expected, f"weights={w is not None} alpha={alpha}")
+
+
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
 def test_topk_accumulate_native_matches_reference(index_dtype):
     values, indices, counts, weights = _padded_messages(5, 3_001, 2_000, index_dtype)
-    for kw in ({"counts": counts}, {"counts": counts, "weights": weights}):
-        for alpha in (1.0, 0.37):
-            out = torch.randn(2_000, generator=torch.Generator().manual_seed(1))
-            expected = out.clone()
-            reference_topk_accumulate_(expected, values, indices, kw["counts"], kw.get("weights"), alpha)
-            topk_accumulate_(out, values, indices, alpha, **kw)
-            assert_same(out, expected, f"accumulate {kw.keys()} alpha={alpha}")
+    _check_counts_weights_alpha(lambda o, v, i, c, w, a: topk_accumulate_(o, v, i, a, counts=c, weights=w),
+                                values, indices, counts, weights, 2_000)
     # strided rows (views into a wider table, as the hook passes them) and 1-D inputs
     table = torch.zeros(5, 7_000, dtype=torch.int32)
     table[:, 10:3_011] = indices.to(torch.int32)
@@ -395,13 +402,7 @@ def test_rowwise_accumulate_matches_reference(index_dtype):
     from osmos.ops.topk_compress import rowwise_topk_accumulate_
 
     values, indices, counts, weights = _padded_messages(5, 301, 200, index_dtype)
-    for kw in ({"counts": counts}, {"counts": counts, "weights": weights}):
-        for alpha in (1.0, 0.37):
-            out = torch.randn(200, generator=torch.Generator().manual_seed(1))
-            expected = out.clone()
-            reference_topk_accumulate_(expected, values, indices, kw["counts"], kw.get("weights"), alpha)
-            rowwise_topk_accumulate_(out, values, indices, kw["counts"], kw.get("weights"), alpha)
-            assert_same(out, expected, f"rowwise {kw.keys()} alpha={alpha}")
+    _check_counts_weights_alpha(rowwise_topk_accumulate_, values, indices, counts, weights, 200)
     out, expected = torch.zeros(200), torch.zeros(200)
     rowwise_topk_accumulate_(out, values[0], indices[0])
     reference_topk_accumulate_(expected, values[0], indices[0])
