@@ -407,6 +407,9 @@ def test_rowwise_accumulate_matches_reference(index_dtype):
     rowwise_topk_accumulate_(out, values[0], indices[0])
     reference_topk_accumulate_(expected, values[0], indices[0])
     assert_same(out, expected, "1-D")
+    out = torch.ones(200)
+    rowwise_topk_accumulate_(out, values[:, :0], indices[:, :0], torch.zeros(5, dtype=torch.int64))  # empty rows
+    assert torch.equal(out, torch.ones(200))
     indices[2, 0], counts[2] = 200, max(int(counts[2]), 1)
     out = torch.zeros(200)
     with pytest.raises(IndexError, match=r"indices must lie in \[0, 200\)"):

@@ -94,6 +94,13 @@ def gpu_uses_triton(default: bool) -> bool:
     return wanted and _native.triton_status()[0]
 
 
+def eager_cuda(t: torch.Tensor) -> bool:
+    """A CUDA tensor outside torch.compile tracing: an op whose CUDA path is plain torch can run it
+    directly there and skip the custom op's dispatch (tens of microseconds per call, more than the
+    kernels at launch-bound sizes); under torch.compile the op stays one graph node."""
+    return t.is_cuda and not torch.compiler.is_compiling()
+
+
 def gpu_backend(native_kernel: str) -> str:
     """Backend for an op on a CUDA tensor: OSMOS_GPU_BACKEND=cuda|triton|torch when set, else the
     osmos._cuda kernel `native_kernel` when built, else Triton when usable, else torch."""

@@ -26,7 +26,9 @@ import torch
 from torch import Tensor
 
 from osmos import _native
-from osmos.ops._common import FLOAT_DTYPES, check_tensor, dtype_code, gpu_uses_triton, num_threads, triton_interpreting
+from osmos.ops._common import (
+    FLOAT_DTYPES, check_tensor, dtype_code, eager_cuda, gpu_uses_triton, num_threads, triton_interpreting,
+)
 
 
 def validate(y: Tensor, x: Tensor, down: Tensor, up: Tensor, gamma: Tensor) -> None:
@@ -79,11 +81,10 @@ def torch_adapter_inject(y: Tensor, x: Tensor, down: Tensor, up: Tensor, gamma: 
 
 
 def _torch_path(x: Tensor) -> bool:
-    """Whether a call skips the custom op and runs `torch_adapter_inject` directly: eager calls on
-    CUDA (torch's kernels are the default there, and on an H100 the op's dispatch, float32 casts and
-    copy took 0.09-0.25 ms per call against 0.02-0.03 ms for the kernels). Under torch.compile the
-    op stays one graph node."""
-    return x.is_cuda and not torch.compiler.is_compiling() and not gpu_uses_triton(default=False)
+    """Whether a call runs `torch_adapter_inject` without the custom op: eager calls on CUDA (on an
+    H100 the op's dispatch, float32 casts and copy took 0.09-0.25 ms per call against 0.02-0.03 ms
+    for the kernels)."""
+    return eager_cuda(x) and not gpu_uses_triton(default=False)
 
 
 def _f32(t: Tensor) -> Tensor:

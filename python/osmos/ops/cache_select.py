@@ -23,7 +23,9 @@ import torch
 from torch import Tensor
 
 from osmos import _native
-from osmos.ops._common import FLOAT_DTYPES, check_tensor, dtype_code, gpu_uses_triton, num_threads, triton_interpreting
+from osmos.ops._common import (
+    FLOAT_DTYPES, check_tensor, dtype_code, eager_cuda, gpu_uses_triton, num_threads, triton_interpreting,
+)
 
 
 def _flat_gate(gate: Tensor | None, b: int, d: int) -> Tensor | None:
@@ -75,10 +77,9 @@ def torch_cache_select(h, gate, fresh, cache, use_cache) -> Tensor:
 
 
 def _torch_path(fresh: Tensor) -> bool:
-    """Eager calls on CUDA skip the custom op and run `torch_cache_select` (on an H100 the op's
-    dispatch and float32 casts cost 0.11 ms where torch's kernels took 0.05 ms); under
-    torch.compile the op stays one graph node."""
-    return fresh.is_cuda and not torch.compiler.is_compiling() and not gpu_uses_triton(default=False)
+    """Eager calls on CUDA run `torch_cache_select` without the custom op (on an H100 the op's
+    dispatch and float32 casts cost 0.11 ms where torch's kernels took 0.05 ms)."""
+    return eager_cuda(fresh) and not gpu_uses_triton(default=False)
 
 
 @torch.library.custom_op("osmos::cache_select", mutates_args=("cache",))

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from osmos import _native
-from osmos.ops._common import (FLOAT_DTYPES, check_int, check_tensor, dtype_code, gpu_uses_triton, num_threads,
+from osmos.ops._common import (FLOAT_DTYPES, check_int, check_tensor, dtype_code, eager_cuda, gpu_uses_triton, num_threads,
                                triton_interpreting)
 
 # Query batches up to this size use the fused dot + selection kernel (one pass over the
@@ -293,6 +293,6 @@ def similarity_topk(queries: Tensor, database, k: int, threshold: float | None =
     database = as_database(database)
     validate(queries, database, k, threshold)
     threshold = None if threshold is None else float(threshold)
-    if queries.is_cuda and not torch.compiler.is_compiling() and _gpu_backend(k) == "torch":
-        return similarity_topk_torch(queries, database, k, threshold, chunk=_gpu_chunk(queries))  # no op dispatch
+    if eager_cuda(queries) and _gpu_backend(k) == "torch":
+        return similarity_topk_torch(queries, database, k, threshold, chunk=_gpu_chunk(queries))
     return _similarity_topk_op(queries, database, k, threshold)

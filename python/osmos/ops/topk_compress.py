@@ -220,15 +220,16 @@ def rowwise_topk_accumulate_(out: Tensor, values: Tensor, indices: Tensor, count
     in whatever order its atomics land). What CUDA tensors run."""
     rows_v = values.reshape(1, -1) if values.dim() != 2 else values
     rows_i = indices.reshape(1, -1) if indices.dim() != 2 else indices
-    if rows_i.numel():
-        present = (torch.arange(rows_i.shape[1], device=rows_i.device)[None, :] < counts[:, None]
-                   if counts is not None else torch.ones_like(rows_i, dtype=torch.bool))
-        outside = ((rows_i < 0) | (rows_i >= out.numel())) & present
-        lengths = counts.tolist() if counts is not None else [rows_i.shape[1]] * rows_i.shape[0]
-        if bool(outside.any()):  # one host sync with the counts' (a bad index would assert on the device)
+    cols = rows_i.shape[1]
+    lengths = counts.tolist() if counts is not None else [cols] * rows_i.shape[0]
+    if rows_i.numel():  # checked first: a bad index would assert on the device
+        outside = (rows_i < 0) | (rows_i >= out.numel())
+        if counts is not None:  # padding past counts[r] is not read
+            outside &= torch.arange(cols, device=rows_i.device)[None, :] < counts[:, None]
+        if bool(outside.any()):
             raise IndexError(f"indices must lie in [0, {out.numel()})")
     for r in range(rows_i.shape[0]):
-        n = min(int(lengths[r]), rows_i.shape[1])
+        n = min(int(lengths[r]), cols)
         if n <= 0:
             continue
         v = rows_v[r, :n] if weights is None else rows_v[r, :n].to(torch.float32) * weights[r]
