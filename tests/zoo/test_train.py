@@ -275,3 +275,20 @@ def test_prefetched_batches_train_the_same_model_and_resume_exactly(tmp_path, mo
     for run in ("ahead", "resumed"):
         other = load_file(str(tmp_path / run / "shapes-dit.safetensors"))
         assert all(torch.equal(plain[k], other[k]) for k in plain), run
+
+
+def test_compile_flag_reaches_every_phase_and_not_the_classifier(tmp_path, monkeypatch):
+    seen = []
+
+    def fake(stage, seed, minutes, steps, out, resume, device, decay, init, compile=False):
+        seen.append(compile)
+        return {"steps": steps, "seed": seed, "lr_schedule": "", "shape_weights": None, "train_minutes": 0.0,
+                "final_loss_ema": 0.0}
+
+    monkeypatch.setattr(zoo_train, "train_denoiser", fake)
+    monkeypatch.setattr(zoo_train, "export", lambda *a, **k: None)
+    monkeypatch.setattr(zoo_train, "load_file", lambda path: {})
+    card = zoo_train.train_phases(recipe("shapes-unet"), 0, 1.0, tmp_path, False, compile=True)
+    assert seen == [True, True, True] and card["steps"] == 9283 + 4000 + 2500
+    with pytest.raises(SystemExit):
+        zoo_train.main(["classifier", "--compile", "--out", str(tmp_path / "c")])

@@ -424,7 +424,8 @@ def training_phases(r: Recipe) -> list[tuple[Recipe, int, int, int]]:
     return stages
 
 
-def train_phases(r: Recipe, seed: int, minutes: float, out: Path, resume: bool, device: str = "cpu") -> dict:
+def train_phases(r: Recipe, seed: int, minutes: float, out: Path, resume: bool, device: str = "cpu",
+                 compile: bool = False) -> dict:
     """Train a phased recipe stage by stage (``<out>/phase1``, ``phase2``, ...; ``minutes`` is each
     stage's wall-clock budget) and export the last stage's weights to ``out`` with a card that lists
     the stages. With ``resume`` a finished stage (its card has all its steps) is not trained again and
@@ -436,7 +437,8 @@ def train_phases(r: Recipe, seed: int, minutes: float, out: Path, resume: bool, 
         meta = sub / f"{r.name}.json"
         done = resume and meta.is_file() and json.loads(meta.read_text())["card"]["steps"] == steps
         card = (json.loads(meta.read_text())["card"] if done
-                else train_denoiser(stage, seed + offset, minutes, steps, sub, resume, device, decay, init))
+                else train_denoiser(stage, seed + offset, minutes, steps, sub, resume, device, decay, init,
+                                    compile=compile))
         if card["steps"] < steps:
             print(f"{r.name}: phase {i + 1} stopped at step {card['steps']} of {steps}; --resume continues it")
             return card
@@ -497,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path("out/zoo") / args.name
     if args.config and args.name == "classifier":
         p.error("--config applies to the denoisers, not the classifier")
+    if args.compile and args.name == "classifier":
+        p.error("--compile applies to the denoisers, not the classifier")
     try:
         r = override_config(recipe(args.name), args.config) if args.name != "classifier" else None
     except ValueError as e:
@@ -512,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"{args.name} trains in phases whose steps and cool-downs its recipe fixes: "
                     "drop --steps / --decay-steps / --fit-steps")
         card = train_phases(r, args.seed, float("inf") if args.minutes is None else args.minutes, out, args.resume,
-                            args.device)
+                            args.device, compile=args.compile)
         if card["steps"] < sum(s[1] for s in training_phases(r)):
             return 1
     else:
