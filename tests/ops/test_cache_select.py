@@ -94,13 +94,19 @@ def test_triton_matches_reference(dtype):
     from osmos.triton_kernels.cache_select import cache_select as kernel
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    h, gate, fresh, cache, use = (t.to(device) if t is not None else None for t in _inputs(dtype=dtype))
+    _assert_close_to_reference(kernel, *(t.to(device) if t is not None else None for t in _inputs(dtype=dtype)))
+
+
+def _assert_close_to_reference(run, h, gate, fresh, cache, use):
+    """run(h, gate, fresh, cache, use) against the reference: the result within float32 (16-bit:
+    1e-2) tolerance, the cache refreshed identically; returns the result."""
     cache_ref = cache.clone()
-    got = kernel(h, gate, fresh, cache, use)
+    got = run(h, gate, fresh, cache, use)
     want = reference_cache_select(h, gate, fresh, cache_ref, use)
-    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    tol = 1e-6 if fresh.dtype == torch.float32 else 1e-2
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
     assert torch.equal(cache, cache_ref)
+    return got
 
 
 @pytest.mark.gpu
@@ -121,13 +127,7 @@ def test_torch_path_matches_reference(monkeypatch, gate_shape, dtype, with_h):
 
     monkeypatch.setattr(sys.modules["osmos.ops.cache_select"], "_torch_path", lambda fresh: True)
     h, gate, fresh, cache, use = _inputs(dtype=dtype, gate_shape=gate_shape)
-    h = h if with_h else None
-    cache_ref = cache.clone()
-    got = cache_select(h, gate, fresh, cache, use)
-    want = reference_cache_select(h, gate, fresh, cache_ref, use)
-    tol = 1e-6 if dtype == torch.float32 else 1e-2
-    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
-    assert torch.equal(cache, cache_ref)
+    got = _assert_close_to_reference(cache_select, h if with_h else None, gate, fresh, cache, use)
     assert got.data_ptr() != cache.data_ptr()  # the result never aliases the cache
 
 
