@@ -15,6 +15,7 @@ constexpr int64_t kUnit = 64;                          // thread ranges are mult
 constexpr int64_t kMinSourceBytesPerThread = 1 << 20;  // below this a thread costs more than it saves
 constexpr int64_t kChunkSourceBytes = 512 << 10;       // a chunk of every source stays in L2
 constexpr int64_t kStreamWorkingSet = 64 << 20;        // non-temporal stores beyond this many bytes
+constexpr int64_t kPrefetchWorkingSet = 1 << 20;       // software prefetch beyond this (L2) and below streaming
 
 // Per-coefficient kernel constants for all 256 coefficients, built once.
 struct CoefficientTables {
@@ -135,6 +136,7 @@ Gf256Plan::Gf256Plan(const uint8_t* matrix, int rows, int k, const uint8_t* cons
     job_.stream = (int64_t(k) + rows) * len >= kStreamWorkingSet;
     for (int r = 0; r < rows && job_.stream; ++r) job_.stream = reinterpret_cast<uintptr_t>(dst[r]) % 64 == 0;
   }
+  job_.prefetch = !job_.stream && (int64_t(k) + rows) * len > kPrefetchWorkingSet;
 }
 
 void Gf256Plan::run(int nthreads) const {

@@ -14,7 +14,8 @@ enum class Access { plain, stream, masked };  // full vectors (stores cached / n
 // Rows r < R of dst over [i, i + 64 * U): U vectors per source load share each coefficient's
 // broadcast. Inlined into the row loop so the source and destination pointers and the
 // coefficients stay in registers; `mask` limits the loads and stores of a tail (U = 1).
-template <int R, int U, Access A>
+// PF > 0: each source's lines PF bytes ahead are prefetched into L1 as its vectors are loaded.
+template <int R, int U, Access A, int PF = 0>
 __attribute__((always_inline)) inline void gfni_step(const uint8_t* const* src, int k, const uint64_t* affine,
                                                      uint8_t* const* dst, int64_t i, __mmask64 mask) {
   auto load = [&](const uint8_t* p) {
@@ -28,6 +29,10 @@ __attribute__((always_inline)) inline void gfni_step(const uint8_t* const* src, 
     __m512i x[U];
 #pragma GCC unroll 16
     for (int u = 0; u < U; ++u) x[u] = load(s + 64 * u);
+    if constexpr (PF > 0) {
+#pragma GCC unroll 16
+      for (int u = 0; u < U; ++u) _mm_prefetch(reinterpret_cast<const char*>(s + PF + 64 * u), _MM_HINT_T0);
+    }
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const __m512i a = _mm512_set1_epi64(int64_t(affine[r * k + j]));
@@ -50,12 +55,20 @@ __attribute__((always_inline)) inline void gfni_step(const uint8_t* const* src, 
   }
 }
 
-template <int R, int U, Access A>
+template <int R, int U, Access A, int PF = 0>
 inline int64_t gfni_rows(const uint8_t* const* src, int k, const uint64_t* affine, uint8_t* const* dst,
                          int64_t i, int64_t end) {
-  for (; i + 64 * U <= end; i += 64 * U) gfni_step<R, U, A>(src, k, affine, dst, i, 0);
+  for (; i + 64 * U <= end; i += 64 * U) gfni_step<R, U, A, PF>(src, k, affine, dst, i, 0);
   return i;
 }
+
+// Prefetch distance (bytes ahead in every source). Measured on a Zen 5 EPYC against ISA-L
+// (session 14, standalone harness, one thread, shards as rows of one buffer): with 4-6 output
+// rows the hardware prefetchers do not keep 10+ source streams fed, and prefetching 1 KiB ahead
+// ran RS(10,4) at 1.5x (64 KiB shards), 1.8x (1 MiB) and 1.0x (16 MiB) of the same kernel without
+// it; 512 B - 2 KiB were alike, 4 KiB worse. With 1-3 rows it paid only out of L2 (1 MiB shards:
+// 1.05-1.12x) and cost 10-15% in L2 (64 KiB), so there it follows job.prefetch.
+constexpr int kPrefetchBytes = 1024;
 
 }  // namespace
 
@@ -67,8 +80,9 @@ void gf256_range_gfni(const Gf256Job& job, int64_t begin, int64_t end) {
     // with 1-3 rows one vector per source is the only choice that keeps up with ISA-L whatever
     // the shards' placement (4 ran 1.1-1.4x faster on some heap placements and 0.7-0.8x on rows
     // of one buffer, the layout of osmos.ft's stripes); with 4 rows 4 vectors beat 1, 2 and 3
-    // (RS(10,4), 16 KiB - 1 MiB shards; 5 and 6 rows were not measured apart).
-    constexpr int U = R <= 3 ? 1 : 4;
+    // (RS(10,4), 16 KiB - 1 MiB shards). With 5 and 6 rows 4 vectors spill registers: 2 ran
+    // 1.2-2.3x ISA-L where 4 ran 0.57-1.6x (session 14: RS(6,6), RS(12,5), RS(10,6), prefetching).
+    constexpr int U = R <= 3 ? 1 : (R == 4 ? 4 : 2);
     const int k = job.k;
     const uint64_t* affine = job.affine + size_t(row0) * k;
     uint8_t* dst[R];
@@ -78,6 +92,7 @@ void gf256_range_gfni(const Gf256Job& job, int64_t begin, int64_t end) {
       i = gfni_rows<R, U, Access::stream>(job.src, k, affine, dst, i, end);
       i = gfni_rows<R, 1, Access::stream>(job.src, k, affine, dst, i, end);
     }
+    if (R >= 4 || job.prefetch) i = gfni_rows<R, U, Access::plain, kPrefetchBytes>(job.src, k, affine, dst, i, end);
     i = gfni_rows<R, U, Access::plain>(job.src, k, affine, dst, i, end);
     i = gfni_rows<R, 1, Access::plain>(job.src, k, affine, dst, i, end);
     if (i < end)

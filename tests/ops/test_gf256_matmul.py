@@ -28,6 +28,8 @@ SHAPES = [  # (rows, k, L)
     (3, 1, 1),
     (7, 3, 200),  # more rows than one register pass (6)
     (13, 5, 130),
+    (5, 6, 3037),  # a 5-row pass (GFNI: 2 vectors per source load, prefetching)
+    (3, 4, 200_001),  # working set over 1 MiB: the 1-3 row GFNI pass prefetches too
     (6, 4, 64),
     (2, 3, 31),
     (0, 3, 100),  # r = 0
@@ -212,7 +214,7 @@ def test_cuda_matches_reference(rows, k, length):
 def test_streaming_stores_on_large_outputs(rows, length):
     """Beyond 64 MiB of working set the AVX-512 / GFNI kernels store with non-temporal
     stores; the result must equal the AVX2 kernel's (no streaming), tail included. Two row
-    counts: the GFNI kernel unrolls 3 vectors per source for 4-6 rows and 4 for 1-3."""
+    counts: the GFNI kernel loads 4 vectors per source for 4 rows and 1 for 1-3."""
     fast = [k for k in cpu_kernels() if k in ("gfni", "avx512")]
     if not fast or "avx2" not in cpu_kernels():
         pytest.skip("needs the AVX-512 and AVX2 kernels")
