@@ -105,8 +105,8 @@ def bench_linear(device, shapes, ratio, reps, rows_out):
     print(f"\n### Hashed linear forward ({device.type}, {dtype}, compression {ratio}x; osmos rps_linear = "
           "gather + matmul by default; the fused Triton kernel is opt-in, GPU only)\n")
     print("| mapper | B x K -> N | dense F.linear (ms) | gather + F.linear (ms) | osmos rps_linear (ms) | "
-          "fused Triton (ms) | osmos / dense |")
-    print("|---|---|---|---|---|---|---|")
+          "fused Triton (ms) | fused, loads a tile ahead (ms) | osmos / dense |")
+    print("|---|---|---|---|---|---|---|---|")
     for B, K, N in shapes:
         n = N * K
         m = max(1, n // ratio)
@@ -118,18 +118,21 @@ def bench_linear(device, shapes, ratio, reps, rows_out):
             t_dense = timeit(lambda: F.linear(x, W), device, reps)
             t_gl = timeit(lambda: F.linear(x, rps_gather(M, config, N, K, 0.5)), device, reps)
             t_os = timeit(lambda: rps_linear(x, M, config, N, K, 0.5), device, reps)
-            t_fused = float("nan")
+            t_fused = t_ahead = float("nan")
             if device.type == "cuda":
                 os.environ["OSMOS_GPU_BACKEND"] = "triton"
                 try:
                     t_fused = timeit(lambda: rps_linear(x, M, config, N, K, 0.5), device, reps)
+                    os.environ["OSMOS_RPS_LOAD_AHEAD"] = "1"
+                    t_ahead = timeit(lambda: rps_linear(x, M, config, N, K, 0.5), device, reps)
                 finally:
                     del os.environ["OSMOS_GPU_BACKEND"]
+                    os.environ.pop("OSMOS_RPS_LOAD_AHEAD", None)
             print(f"| {kind} | {B}x{K} -> {N} | {t_dense*1e3:.3f} | {t_gl*1e3:.3f} | {t_os*1e3:.3f} | "
-                  f"{t_fused*1e3:.3f} | {t_os/t_dense:.2f}x |")
+                  f"{t_fused*1e3:.3f} | {t_ahead*1e3:.3f} | {t_os/t_dense:.2f}x |")
             rows_out.append(dict(bench="linear", device=device.type, mapper=kind, shape=f"{B}x{K}->{N}",
                                  osmos_ms=t_os * 1e3, dense_ms=t_dense * 1e3, gather_linear_ms=t_gl * 1e3,
-                                 fused_triton_ms=t_fused * 1e3))
+                                 fused_triton_ms=t_fused * 1e3, fused_ahead_ms=t_ahead * 1e3))
 
 
 def load_native(path: str):
@@ -232,7 +235,8 @@ def main():
     reps = 5 if args.quick else args.reps
     if device.type == "cuda":
         gshapes = [(4096, 4096), (8192, 8192)]
-        lshapes = [(4096, 4096, 4096), (8192, 4096, 4096), (16384, 8192, 8192)]
+        # B = 16 / 128: memory-bound (decoding-like) shapes, where reading M instead of W can pay
+        lshapes = [(16, 4096, 4096), (128, 8192, 8192), (4096, 4096, 4096), (8192, 4096, 4096), (16384, 8192, 8192)]
     else:
         gshapes = [(256, 512)] if args.quick else [(1024, 1024), (4096, 1024)]
         lshapes = [(64, 256, 256)] if args.quick else [(256, 1024, 1024), (2048, 1024, 1024)]

@@ -18,6 +18,8 @@ tiles with a few integer adds, compares and shifts per element. HashedNet (every
 its own) and layers with a tiny M keep the element-by-element mapping.
 """
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -80,7 +82,7 @@ def _segment_map(table_ptr, offs_n, j, N, m, NSEG, USE_SIGN: tl.constexpr, BK: t
     n = offs_n.to(tl.int64)[:, None]
     dc = tl.arange(0, BK)[None, :]
     row = table_ptr + (n * NSEG + j) * 4
-    valid = n < N
+    valid = (n < N) & (j < NSEG)  # j = NSEG: the tile past the last, loaded ahead and unused
     start = tl.load(row, mask=valid, other=0)
     run = tl.load(row + 1, mask=valid, other=0)
     second = tl.load(row + 2, mask=valid, other=0)
@@ -94,11 +96,12 @@ def _segment_map(table_ptr, offs_n, j, N, m, NSEG, USE_SIGN: tl.constexpr, BK: t
 
 
 @triton.jit
-def _weight_tile(M_ptr, cfg_ptr, table_ptr, offs_n, j, N, K, m, NSEG, scale, KIND: tl.constexpr,
-                 USE_SIGN: tl.constexpr, SEGMENTED: tl.constexpr, BK: tl.constexpr):
-    """W[offs_n, j * BK : j * BK + BK] as a [BN, BK] tile in the compute dtype (zeros outside).
-    Columns along the fast axis: a row segment is a run of consecutive M entries, so the gather
-    from M is coalesced (the [BK, BN] orientation before it read one M line per lane)."""
+def _weight_load(M_ptr, cfg_ptr, table_ptr, offs_n, j, N, K, m, NSEG, KIND: tl.constexpr, USE_SIGN: tl.constexpr,
+                 SEGMENTED: tl.constexpr, BK: tl.constexpr):
+    """M's values and the signs (+1 / -1) of W[offs_n, j * BK : j * BK + BK] as [BN, BK] tiles (zeros
+    outside W, also for a j past the last tile). Columns along the fast axis: a row segment is a
+    run of consecutive M entries, so the gather from M is coalesced (the [BK, BN] orientation
+    before it read one M line per lane)."""
     c = (j * BK + tl.arange(0, BK)).to(tl.int64)[None, :]
     mask = (offs_n[:, None] < N) & (c < K)
     if SEGMENTED:
@@ -106,7 +109,12 @@ def _weight_tile(M_ptr, cfg_ptr, table_ptr, offs_n, j, N, K, m, NSEG, scale, KIN
     else:
         r = offs_n.to(tl.int64)[:, None]
         index, sign = rps_index(r, c, cfg_ptr, KIND), rps_sign(r, c, cfg_ptr, USE_SIGN)
-    value = tl.load(M_ptr + index, mask=mask, other=0.0)
+    return tl.load(M_ptr + index, mask=mask, other=0.0), sign
+
+
+@triton.jit
+def _weight_value(value, sign, scale):
+    """scale * sign * M value in the compute dtype (float32, float64 for float64 M)."""
     compute = value.to(tl.float64) if value.dtype == tl.float64 else value.to(tl.float32)
     return sign.to(compute.dtype) * scale * compute
 
@@ -114,17 +122,33 @@ def _weight_tile(M_ptr, cfg_ptr, table_ptr, offs_n, j, N, K, m, NSEG, scale, KIN
 @triton.jit
 def _forward_kernel(x_ptr, M_ptr, y_ptr, cfg_ptr, table_ptr, B, N, K, m, NSEG, scale, KIND: tl.constexpr,
                     USE_SIGN: tl.constexpr, SEGMENTED: tl.constexpr, PRECISION: tl.constexpr, BM: tl.constexpr,
-                    BN: tl.constexpr, BK: tl.constexpr):
+                    BN: tl.constexpr, BK: tl.constexpr, AHEAD: tl.constexpr):
     offs_b = tl.program_id(0) * BM + tl.arange(0, BM)
     offs_n = tl.program_id(1) * BN + tl.arange(0, BN)
     acc = tl.zeros((BM, BN), dtype=tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32)
-    for j in range(0, tl.cdiv(K, BK)):
-        offs_k = j * BK + tl.arange(0, BK)
-        x = tl.load(x_ptr + offs_b[:, None].to(tl.int64) * K + offs_k[None, :],
-                    mask=(offs_b[:, None] < B) & (offs_k[None, :] < K), other=0.0)
-        w = _weight_tile(M_ptr, cfg_ptr, table_ptr, offs_n, j, N, K, m, NSEG, scale, KIND, USE_SIGN, SEGMENTED,
-                         BK).to(x.dtype)
-        acc += tl.dot(x, tl.trans(w), input_precision=PRECISION)
+    x_rows = x_ptr + offs_b[:, None].to(tl.int64) * K
+    if AHEAD:
+        # Tile j + 1's loads (x and W's gathers, into registers) are issued before tile j's dot.
+        # The compiler's pipeliner stages x's loads (cp.async) but not W's table-then-gather
+        # chain, whose latency otherwise stalls every step; with this loop it stages neither.
+        offs_k = tl.arange(0, BK)
+        x = tl.load(x_rows + offs_k[None, :], mask=(offs_b[:, None] < B) & (offs_k[None, :] < K), other=0.0)
+        value, sign = _weight_load(M_ptr, cfg_ptr, table_ptr, offs_n, 0, N, K, m, NSEG, KIND, USE_SIGN, SEGMENTED,
+                                   BK)
+        for j in range(0, tl.cdiv(K, BK)):
+            x_now, w = x, _weight_value(value, sign, scale).to(x.dtype)
+            offs_k = (j + 1) * BK + tl.arange(0, BK)
+            x = tl.load(x_rows + offs_k[None, :], mask=(offs_b[:, None] < B) & (offs_k[None, :] < K), other=0.0)
+            value, sign = _weight_load(M_ptr, cfg_ptr, table_ptr, offs_n, j + 1, N, K, m, NSEG, KIND, USE_SIGN,
+                                       SEGMENTED, BK)
+            acc += tl.dot(x_now, tl.trans(w), input_precision=PRECISION)
+    else:
+        for j in range(0, tl.cdiv(K, BK)):
+            offs_k = j * BK + tl.arange(0, BK)
+            x = tl.load(x_rows + offs_k[None, :], mask=(offs_b[:, None] < B) & (offs_k[None, :] < K), other=0.0)
+            value, sign = _weight_load(M_ptr, cfg_ptr, table_ptr, offs_n, j, N, K, m, NSEG, KIND, USE_SIGN,
+                                       SEGMENTED, BK)
+            acc += tl.dot(x, tl.trans(_weight_value(value, sign, scale).to(x.dtype)), input_precision=PRECISION)
     tl.store(y_ptr + offs_b[:, None].to(tl.int64) * N + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=(offs_b[:, None] < B) & (offs_n[None, :] < N))
 
@@ -132,18 +156,31 @@ def _forward_kernel(x_ptr, M_ptr, y_ptr, cfg_ptr, table_ptr, B, N, K, m, NSEG, s
 @triton.jit
 def _grad_x_kernel(gy_ptr, M_ptr, gx_ptr, cfg_ptr, table_ptr, B, N, K, m, NSEG, scale, KIND: tl.constexpr,
                    USE_SIGN: tl.constexpr, SEGMENTED: tl.constexpr, PRECISION: tl.constexpr, BM: tl.constexpr,
-                   BN: tl.constexpr, BK: tl.constexpr):
+                   BN: tl.constexpr, BK: tl.constexpr, AHEAD: tl.constexpr):
     offs_b = tl.program_id(0) * BM + tl.arange(0, BM)
     j = tl.program_id(1)
     offs_k = j * BK + tl.arange(0, BK)
     acc = tl.zeros((BM, BK), dtype=tl.float64 if gy_ptr.dtype.element_ty == tl.float64 else tl.float32)
-    for n0 in range(0, N, BN):
-        offs_n = n0 + tl.arange(0, BN)
-        gy = tl.load(gy_ptr + offs_b[:, None].to(tl.int64) * N + offs_n[None, :],
-                     mask=(offs_b[:, None] < B) & (offs_n[None, :] < N), other=0.0)
-        w = _weight_tile(M_ptr, cfg_ptr, table_ptr, offs_n, j, N, K, m, NSEG, scale, KIND, USE_SIGN, SEGMENTED,
-                         BK).to(gy.dtype)
-        acc += tl.dot(gy, w, input_precision=PRECISION)
+    gy_rows = gy_ptr + offs_b[:, None].to(tl.int64) * N
+    if AHEAD:  # as in the forward kernel
+        offs_n = tl.arange(0, BN)
+        gy = tl.load(gy_rows + offs_n[None, :], mask=(offs_b[:, None] < B) & (offs_n[None, :] < N), other=0.0)
+        value, sign = _weight_load(M_ptr, cfg_ptr, table_ptr, offs_n, j, N, K, m, NSEG, KIND, USE_SIGN, SEGMENTED,
+                                   BK)
+        for n0 in range(0, N, BN):
+            gy_now, w = gy, _weight_value(value, sign, scale).to(gy.dtype)
+            offs_n = n0 + BN + tl.arange(0, BN)
+            gy = tl.load(gy_rows + offs_n[None, :], mask=(offs_b[:, None] < B) & (offs_n[None, :] < N), other=0.0)
+            value, sign = _weight_load(M_ptr, cfg_ptr, table_ptr, offs_n, j, N, K, m, NSEG, KIND, USE_SIGN,
+                                       SEGMENTED, BK)
+            acc += tl.dot(gy_now, w, input_precision=PRECISION)
+    else:
+        for n0 in range(0, N, BN):
+            offs_n = n0 + tl.arange(0, BN)
+            gy = tl.load(gy_rows + offs_n[None, :], mask=(offs_b[:, None] < B) & (offs_n[None, :] < N), other=0.0)
+            value, sign = _weight_load(M_ptr, cfg_ptr, table_ptr, offs_n, j, N, K, m, NSEG, KIND, USE_SIGN,
+                                       SEGMENTED, BK)
+            acc += tl.dot(gy, _weight_value(value, sign, scale).to(gy.dtype), input_precision=PRECISION)
     tl.store(gx_ptr + offs_b[:, None].to(tl.int64) * K + offs_k[None, :], acc.to(gx_ptr.dtype.element_ty),
              mask=(offs_b[:, None] < B) & (offs_k[None, :] < K))
 
@@ -151,7 +188,7 @@ def _grad_x_kernel(gy_ptr, M_ptr, gx_ptr, cfg_ptr, table_ptr, B, N, K, m, NSEG, 
 @triton.jit
 def _grad_M_kernel(gy_ptr, x_ptr, gM_ptr, cfg_ptr, table_ptr, B, N, K, m, NSEG, scale, KIND: tl.constexpr,
                    USE_SIGN: tl.constexpr, SEGMENTED: tl.constexpr, PRECISION: tl.constexpr, BM: tl.constexpr,
-                   BN: tl.constexpr, BK: tl.constexpr):
+                   BN: tl.constexpr, BK: tl.constexpr, AHEAD: tl.constexpr):
     offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
     j = tl.program_id(1)
     offs_k = j * BK + tl.arange(0, BK)
@@ -200,7 +237,14 @@ class _Plan:
         precision = "ieee" if t.dtype in (torch.float32, torch.float64) else None
         self.m = int(config[1])
         self.meta = dict(KIND=config[0], USE_SIGN=bool(config[14]), SEGMENTED=seg is not None, PRECISION=precision,
-                         BM=self.BM, BN=self.BN, BK=self.BK, num_warps=8 if t.is_cuda else 4)
+                         BM=self.BM, BN=self.BN, BK=self.BK, AHEAD=load_ahead(), num_warps=8 if t.is_cuda else 4)
+
+
+def load_ahead() -> bool:
+    """OSMOS_RPS_LOAD_AHEAD=1: the forward and grad_x kernels issue tile j + 1's loads before tile
+    j's dot (registers) instead of leaving x's loads to the compiler's pipeliner. Not yet timed on a
+    GPU (bench_rps.py times both), so off by default; the results are the same bits either way."""
+    return os.environ.get("OSMOS_RPS_LOAD_AHEAD", "0") == "1"
 
 
 def rps_linear_forward(x, M, config, rows, cols, scale):

@@ -45,8 +45,10 @@ def test_gather_path_matches_reference(kind):
 # (B, rows, cols, m): STABLE partitions that end inside a tile, m below a tile's width (the
 # element-by-element mapping), ROAST with m above and below a ROAST tile (8 x 16), one element.
 @pytest.mark.parametrize("shape", [(5, 19, 37, 101), (33, 40, 70, 7), (6, 45, 67, 300), (1, 1, 1, 1)])
-def test_fused_triton_matches_reference(kind, shape, monkeypatch):
+@pytest.mark.parametrize("ahead", ["0", "1"])
+def test_fused_triton_matches_reference(kind, shape, ahead, monkeypatch):
     monkeypatch.setenv("OSMOS_CPU_BACKEND", "triton")
+    monkeypatch.setenv("OSMOS_RPS_LOAD_AHEAD", ahead)
     _check_against_reference(kind, *shape, torch.float32, 1e-4)
 
 
@@ -115,10 +117,14 @@ def test_on_gpu(kind, backend, monkeypatch):
     ((8, 4), 5, 33, 1000, 17, (32, None)),          # ROAST tiles too narrow for tables
     ((16, 16), 3, 40, 20, 5, (16, None)),           # m below 32 columns: 16-column segments
 ])
-def test_fused_triton_weight_tiles_are_exact(kind, use_sign, tile, rows, cols, m, offset, tables):
+@pytest.mark.parametrize("ahead", ["0", "1"])
+def test_fused_triton_weight_tiles_are_exact(kind, use_sign, tile, rows, cols, m, offset, tables, ahead, monkeypatch):
     """x = I gives y = W^T bit for bit, so every tile-building path (segment tables, element by
-    element) is checked against the reference mapping, signs included."""
+    element; loads issued a tile ahead or not) is checked against the reference mapping, signs
+    included."""
     from osmos.triton_kernels.rps_linear import rps_linear_forward, segment_width
+
+    monkeypatch.setenv("OSMOS_RPS_LOAD_AHEAD", ahead)
 
     config = LayerMap(kind, m, offset, rows, cols, seed=7, layer=3, tile=tile, use_sign=use_sign).config()
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the interpreter on a CPU
