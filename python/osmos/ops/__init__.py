@@ -1,6 +1,7 @@
 """osmos ops: one torch custom op per hot path (namespace `osmos`), each with a pure-torch
 reference, input validation, and a kernel per device."""
 
+from osmos.ops.adapted_linear import adapted_linear
 from osmos.ops.adapter_inject import adapter_inject, adapter_inject_
 from osmos.ops.cache_select import cache_select
 from osmos.ops.gf256_matmul import gf256_matmul
@@ -11,6 +12,7 @@ from osmos.ops.similarity_topk import similarity_topk
 from osmos.ops.topk_compress import topk_accumulate_, topk_compress, topk_decompress
 
 __all__ = [
+    "adapted_linear",
     "adapter_inject",
     "adapter_inject_",
     "cache_select",

@@ -6,6 +6,7 @@ message that names the argument, so bad input never reaches a kernel.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 import torch
@@ -87,11 +88,18 @@ def gpu_uses_triton(default: bool) -> bool:
     benchmarks/RESULTS.md); never when Triton is unusable (osmos._native.triton_status)."""
     import os
 
-    from osmos import _native
-
     choice = os.environ.get("OSMOS_GPU_BACKEND", "")
     wanted = choice == "triton" if choice in ("triton", "torch") else default
-    return wanted and _native.triton_status()[0]
+    return wanted and _triton_usable()
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_usable() -> bool:
+    """osmos._native.triton_status()[0], once per process (it imports triton and asks CUDA for the
+    device name: microseconds that ops deciding per call, e.g. adapted_linear, should not pay)."""
+    from osmos import _native
+
+    return _native.triton_status()[0]
 
 
 def eager_cuda(t: torch.Tensor) -> bool:

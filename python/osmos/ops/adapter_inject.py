@@ -32,23 +32,35 @@ from osmos.ops._common import (
 
 
 def validate(y: Tensor, x: Tensor, down: Tensor, up: Tensor, gamma: Tensor) -> None:
+    validate_input(x)
+    check_tensor("y", y, dtypes=(x.dtype,))
+    if y.dim() != x.dim() or y.shape[:-1] != x.shape[:-1]:
+        raise ValueError(f"y must be x's shape with the last dim replaced, x {tuple(x.shape)}, y {tuple(y.shape)}")
+    if y.device != x.device:
+        raise ValueError(f"y must be on x's device {x.device}, got {y.device}")
+    validate_adapters(x, y.shape[-1], down, up, gamma)
+
+
+def validate_input(x: Tensor) -> None:
     check_tensor("x", x, dtypes=FLOAT_DTYPES)
     if x.dim() < 2:
         raise ValueError(f"x must be [batch, ..., in] (at least 2-D), got shape {tuple(x.shape)}")
-    check_tensor("y", y, dtypes=(x.dtype,))
+
+
+def validate_adapters(x: Tensor, features_out: int, down: Tensor, up: Tensor, gamma: Tensor) -> None:
+    """Checks down, up and gamma against a validated x (validate_input) and the output's channels
+    (shared with osmos.ops.adapted_linear)."""
     check_tensor("down", down, dtypes=FLOAT_DTYPES + (torch.float64,), ndim=2, contiguous=False)
     check_tensor("up", up, dtypes=FLOAT_DTYPES + (torch.float64,), ndim=2, contiguous=False)
     check_tensor("gamma", gamma, dtypes=FLOAT_DTYPES + (torch.float64,), ndim=2, contiguous=False)
     adapters, features_in = down.shape
     if features_in != x.shape[-1]:
         raise ValueError(f"down must be [C, in] with in = x.shape[-1] = {x.shape[-1]}, got {tuple(down.shape)}")
-    if y.dim() != x.dim() or y.shape[:-1] != x.shape[:-1]:
-        raise ValueError(f"y must be x's shape with the last dim replaced, x {tuple(x.shape)}, y {tuple(y.shape)}")
-    if up.shape != (adapters, y.shape[-1]):
-        raise ValueError(f"up must be [C, out] = [{adapters}, {y.shape[-1]}], got {tuple(up.shape)}")
+    if up.shape != (adapters, features_out):
+        raise ValueError(f"up must be [C, out] = [{adapters}, {features_out}], got {tuple(up.shape)}")
     if gamma.shape != (x.shape[0], adapters):
         raise ValueError(f"gamma must be [batch, C] = [{x.shape[0]}, {adapters}], got {tuple(gamma.shape)}")
-    for name, t in (("y", y), ("down", down), ("up", up), ("gamma", gamma)):
+    for name, t in (("down", down), ("up", up), ("gamma", gamma)):
         if t.device != x.device:
             raise ValueError(f"{name} must be on x's device {x.device}, got {t.device}")
 
