@@ -7,6 +7,12 @@
 Every adapted layer's output becomes  base(x) + sum_i gamma[b, i] s_i u_i (d_i^T x)  (additive
 composition; each sample b of the batch with its own gammas). The hooks never write to the
 base weights, so removing or swapping SPMs restores the UNet exactly.
+
+Plain nn.Linear layers in eager inference on a GPU (no grad mode, Triton kernel in use, see
+osmos.ops.adapted_linear.fused_on_gpu) skip the base matmul and the hook: a forward installed
+on the module while attached computes base and adapters in one kernel (osmos.ops.adapted_linear).
+Everywhere else (CPU, training, torch.compile, 1x1 convs) the base layer runs and the hook adds
+the adapters.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from torch import Tensor, nn
 
 from osmos.erase.spm.adapter import SPM
 from osmos.erase.spm.targets import adapted_layers
-from osmos.ops import adapter_inject, adapter_inject_
+from osmos.ops import adapted_linear, adapter_inject, adapter_inject_
+from osmos.ops._common import eager_cuda
+from osmos.ops.adapted_linear import fused_on_gpu
 
 
 class SPMHandle:
@@ -38,9 +46,14 @@ class SPMHandle:
         self.enabled = True
         self._gamma: Tensor | None = None
         self._hooks = []
+        self._attached = True
+        self._forwards: list[tuple[nn.Module, object]] = []  # (module, installed fused forward)
         for name, spec in adapted_layers(unet).items():
             module = unet.get_submodule(name)
-            self._hooks.append(module.register_forward_hook(self._make_hook(name, spec.kind == "conv1x1")))
+            fusable = type(module) is nn.Linear  # its forward is exactly F.linear (not a subclass's)
+            self._hooks.append(module.register_forward_hook(self._make_hook(name, spec.kind == "conv1x1", fusable)))
+            if fusable:
+                self._forwards.append((module, self._install_forward(module, name)))
 
     # ---- gammas -------------------------------------------------------------------------
     def set_gamma(self, gamma: Tensor | Sequence[float] | None) -> None:
@@ -93,18 +106,45 @@ class SPMHandle:
                              "(for classifier-free guidance use set_prompts(..., classifier_free_guidance=True))")
         return g.to(device)
 
-    # ---- the hook -----------------------------------------------------------------------
-    def _make_hook(self, name: str, conv: bool):
-        indices = [spm.index[name] for spm in self.spms]
+    # ---- the hook and the fused forward ------------------------------------------------
+    def _adapters(self, name: str, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(D [C, in], U [C, out] with the scales folded in) of layer `name`, in dtype on device."""
+        pairs = [(spm, spm.index[name]) for spm in self.spms]
+        down = torch.stack([spm.down[i] for spm, i in pairs]).to(device, dtype)
+        up = torch.stack([spm.up[i] * spm.scale for spm, i in pairs]).to(device, dtype)
+        return down, up
 
+    def _fuses(self, module: nn.Module, x: Tensor) -> bool:
+        """Whether the plain Linear `module` runs its adapted forward as one kernel on input x.
+        Decided alike in the installed forward and in the hook (which then has nothing to add).
+        Never after remove() (a forward someone wrapped around ours stays there and passes through),
+        nor under torch.compile (the traced graph keeps base layer + adapter_inject)."""
+        return (self._attached and self.enabled and eager_cuda(x) and not torch.is_grad_enabled()
+                and x.dtype == module.weight.dtype and module.weight.device == x.device and x.dim() >= 2
+                and not torch.is_autocast_enabled(x.device.type) and fused_on_gpu(x))
+
+    def _install_forward(self, module: nn.Linear, name: str):
+        base_forward = module.forward  # the class's, or a wrapper someone installed before
+
+        def forward(x, *args, **kwargs):
+            if not self._fuses(module, x):
+                return base_forward(x, *args, **kwargs)
+            down, up = self._adapters(name, x.dtype, x.device)
+            return adapted_linear(x.contiguous(), module.weight, module.bias, down, up,
+                                  self._batch_gamma(x.shape[0], x.device))
+
+        module.forward = forward
+        return forward
+
+    def _make_hook(self, name: str, conv: bool, fusable: bool):
         def hook(module, args, output):
             if not self.enabled:
                 return None
             x = args[0]
-            dtype, device = output.dtype, output.device
-            down = torch.stack([spm.down[i] for spm, i in zip(self.spms, indices)]).to(device, dtype)
-            up = torch.stack([spm.up[i] * spm.scale for spm, i in zip(self.spms, indices)]).to(device, dtype)
-            gamma = self._batch_gamma(x.shape[0], device)
+            if fusable and self._fuses(module, x):  # the installed forward already added the adapters
+                return None
+            down, up = self._adapters(name, output.dtype, output.device)
+            gamma = self._batch_gamma(x.shape[0], output.device)
             if conv:  # NCHW -> token-major [B, HW, C] for the op, and back
                 b, _, h, w = output.shape
                 xt = x.flatten(2).transpose(1, 2).contiguous()
@@ -119,10 +159,15 @@ class SPMHandle:
         return hook
 
     def remove(self) -> None:
-        """Detach every hook; the UNet is its base self again."""
+        """Detach every hook and installed forward; the UNet is its base self again."""
+        self._attached = False
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
+        for module, forward in self._forwards:
+            if module.__dict__.get("forward") is forward:
+                del module.forward
+        self._forwards.clear()
 
     def __enter__(self) -> "SPMHandle":
         return self
