@@ -5,9 +5,12 @@ For a Linear(ch, ch) on x [batch, tokens, ch] with C rank-1 adapters, times (med
   osmos    adapter_inject(linear(x), x, D, U, gamma)           (fused, per-sample gammas)
   torch    linear(x) + ((x @ D^T) * gamma[:, None]) @ U       (two matmuls and an add)
   peft     PEFT LoRA, C rank-1 adapters active at once          (no per-sample gammas)
+  fused    adapted_linear(x, W, b, D, U, gamma)                  (base GEMM + adapters in one Triton
+           kernel; CUDA only: on the CPU it is base + osmos)
 Overheads are (t - t_base) / t_base. Same process, same inputs.
 
   python benchmarks/bench_adapter_inject.py [--batch 1] [--reps 15] [--threads N] [--dtype D] [--csv PATH]
+      [--fused-tiles BM,BN,BK,WARPS,STAGES ...]   (GPU: also time the Triton kernel with these tiles)
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import time
 
 import torch
 
-from osmos.ops import adapter_inject
+from osmos.ops import adapted_linear, adapter_inject
 
 SHAPES = [(4096, 320), (1024, 640), (256, 1280)]  # SD 1.5 latents 64x64 / 32x32 / 16x16
 ADAPTERS = [1, 4, 16]
@@ -65,6 +68,15 @@ def peft_layer(linear: torch.nn.Linear, adapters: int):
     return holder.proj
 
 
+def fused_with_tiles(spec: str, x, linear, down, up, gamma):
+    """The fused Triton kernel called directly with tiles "BM,BN,BK,WARPS,STAGES" (for tuning)."""
+    from osmos.triton_kernels.adapted_linear import adapted_linear as kernel
+
+    bm, bn, bk, warps, stages = (int(v) for v in spec.split(","))
+    meta = dict(BM=bm, BN=bn, BK=bk, GROUP_M=8, num_warps=warps, num_stages=stages)
+    return lambda: kernel(x, linear.weight, linear.bias, down, up, gamma, meta=meta)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=None, help="samples (default 1 on CPU, 2 on GPU)")
@@ -72,6 +84,8 @@ def main() -> None:
     ap.add_argument("--dtype", default=None, help="float32 / float16 / bfloat16 (default: float32 CPU, float16 GPU)")
     ap.add_argument("--threads", type=int, default=None, help="torch (and osmos) CPU threads")
     ap.add_argument("--csv", default=None)
+    ap.add_argument("--fused-tiles", nargs="*", default=[], metavar="BM,BN,BK,WARPS,STAGES",
+                    help="GPU: extra variants, the fused Triton kernel with these tiles (printed per shape)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -90,6 +104,7 @@ def main() -> None:
                 up = torch.randn(c, ch, device=device, dtype=dtype) * 0.01
                 gamma = torch.rand(batch, c, device=device, dtype=dtype)
                 peft = peft_layer(torch.nn.Linear(ch, ch).to(device, dtype), c)
+                cuda = device.type == "cuda"
                 t = timed({
                     "base": lambda: linear(x),
                     "osmos": lambda: adapter_inject(linear(x), x, down, up, gamma),
@@ -97,23 +112,29 @@ def main() -> None:
                     "peft": (lambda: peft(x)) if peft is not None else None,
                     "osmos_op": lambda: adapter_inject(y, x, down, up, gamma),
                     "torch_op": lambda: y + ((x @ down.T) * gamma[:, None, :]) @ up,
+                    "fused": (lambda: adapted_linear(x, linear.weight, linear.bias, down, up, gamma)) if cuda else None,
+                    **{f"fused[{spec}]": fused_with_tiles(spec, x, linear, down, up, gamma)
+                       for spec in args.fused_tiles if cuda},
                 }, args.reps, device)
                 t.setdefault("peft", float("nan"))
-                rows.append((tokens, ch, c, t["base"], t["osmos"], t["torch"], t["peft"], t["osmos_op"], t["torch_op"]))
+                t.setdefault("fused", float("nan"))
+                rows.append((tokens, ch, c, t["base"], t["osmos"], t["torch"], t["peft"], t["osmos_op"], t["torch_op"],
+                             t["fused"]))
                 print("# " + " ".join(f"{k} {v*1e3:.3f}ms" for k, v in t.items()) + f" (tokens {tokens} ch {ch} C {c})",
                       flush=True)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"\n{name}, batch {batch}, {str(dtype).replace('torch.', '')}, Linear(ch, ch), medians of {args.reps}\n")
     print("| tokens x ch | C | base Linear ms | + osmos fused ms | + unfused torch ms | PEFT ms | osmos overhead "
-          "| torch overhead | PEFT overhead | PEFT / osmos | injection alone: osmos / torch ms |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for tokens, ch, c, tb, to, tt, tp, oo, ot in rows:
+          "| torch overhead | PEFT overhead | PEFT / osmos | injection alone: osmos / torch ms "
+          "| one-kernel adapted_linear ms | its overhead |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for tokens, ch, c, tb, to, tt, tp, oo, ot, tf in rows:
         print(f"| {tokens} x {ch} | {c} | {tb*1e3:.2f} | {to*1e3:.2f} | {tt*1e3:.2f} | {tp*1e3:.2f} | "
               f"{(to/tb-1)*100:+.0f}% | {(tt/tb-1)*100:+.0f}% | {(tp/tb-1)*100:+.0f}% | {tp/to:.2f}x | "
-              f"{oo*1e3:.2f} / {ot*1e3:.2f} |")
+              f"{oo*1e3:.2f} / {ot*1e3:.2f} | {tf*1e3:.3f} | {(tf/tb-1)*100:+.0f}% |")
     if args.csv:
         with open(args.csv, "w") as f:
-            f.write("tokens,channels,adapters,base_s,osmos_s,torch_s,peft_s,osmos_op_s,torch_op_s\n")
+            f.write("tokens,channels,adapters,base_s,osmos_s,torch_s,peft_s,osmos_op_s,torch_op_s,fused_s\n")
             for r in rows:
                 f.write(",".join(str(v) for v in r) + "\n")
 
