@@ -7,9 +7,9 @@ SPM-adapted Linear computes. At Stable Diffusion shapes the base Linear takes 10
 so a separate adapter kernel after it doubles the layer's time; the Triton kernel
 (triton_kernels/adapted_linear.py) computes the adapters in the GEMM's K loop and epilogue.
 
-Backends: on a CUDA tensor the Triton kernel when Triton is usable (16-bit inputs by default;
-float32 only with OSMOS_GPU_BACKEND=triton, its ieee dots being slower than cuBLAS), else F.linear
-+ torch_adapter_inject; OSMOS_GPU_BACKEND=torch forces the latter. On the CPU F.linear + the
+Backends: on a CUDA tensor the Triton kernel with OSMOS_GPU_BACKEND=triton (opt-in until it has
+been timed on a GPU; float32 runs ieee dots, slower than cuBLAS's), else F.linear +
+torch_adapter_inject. On the CPU F.linear + the
 native adapter_inject kernel, bitwise what base layer + adapter_inject_ give. Under
 TRITON_INTERPRET=1, OSMOS_CPU_BACKEND=triton runs the Triton kernel on the CPU (tests).
 
@@ -61,10 +61,11 @@ def reference_adapted_linear(x: Tensor, weight: Tensor, bias: Tensor | None, dow
 
 
 def fused_on_gpu(x: Tensor) -> bool:
-    """Whether a CUDA tensor x runs the Triton kernel: for float16 / bfloat16 unless
-    OSMOS_GPU_BACKEND=torch, for float32 only with OSMOS_GPU_BACKEND=triton; never without a
-    usable Triton. Not yet timed on a GPU (benchmarks/bench_adapter_inject.py, column "fused")."""
-    return gpu_uses_triton(default=x.dtype != torch.float32)
+    """Whether a CUDA tensor x runs the Triton kernel: only with OSMOS_GPU_BACKEND=triton (and a
+    usable Triton) until it has been timed on a GPU against the base Linear + torch path
+    (benchmarks/bench_adapter_inject.py, column "fused"), as for the project's other untimed
+    kernels; otherwise F.linear + the torch adapter path."""
+    return gpu_uses_triton(default=False)
 
 
 def _triton(x, weight, bias, down, up, gamma) -> Tensor:
