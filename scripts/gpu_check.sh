@@ -80,14 +80,14 @@ echo "== benchmarks" | tee -a "$SUMMARY"
 : > "$OUT_DIR/benchmarks.md"
 # name | arguments | seconds allowed
 BENCHES=(
+  "bench_adapter_inject.py|--reps 15 --fused-tiles 128,64,64,4,3 64,64,64,4,4 128,128,64,8,3|60"
+  "bench_rps.py||70"
+  "bench_accel_ops.py|--device cuda|40"
   "bench_snapshot.py|--device cuda --quick|60"
-  "bench_adapter_inject.py||40"
-  "bench_rps.py||60"
   "bench_topk.py|--device cuda --sizes 1000000 16000000 64000000|70"
   "bench_similarity.py|--device cuda --batches 1,16,1000 --k 10|60"
   "bench_topk.py|--device cuda --dtype bfloat16 --sizes 16000000 64000000 --ratios 0.01|40"
   "bench_ec.py|--device cuda|60"
-  "bench_accel_ops.py|--device cuda|40"
 )
 for entry in "${BENCHES[@]}"; do
   IFS='|' read -r bench bargs allowed <<< "$entry"
