@@ -66,15 +66,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--candidates", type=int, default=1,
                    help="zoo concepts: train K SPMs (seeds --seed + 1000 j) and keep the one that leaves the "
                         "concept least often on validation captions it was not trained on (1: no selection)")
-    p.add_argument("--validate-others", type=int, default=0, metavar="N",
-                   help="with --candidates K > 1: each candidate's score also grows by the drop of the zoo "
-                        "classifier's accuracy on N validation captions of every other value of the concept's "
-                        "kind (seeds 0 1), against a candidate that erodes its neighbours (default 0: off; "
-                        "at N = 8 it fixed one of 24 runs and broke two, benchmarks/RESULTS.md)")
-    p.add_argument("--others-rule", choices=["sum", "tie-break"], default="sum",
-                   help="with --validate-others: add the drop to the concept rate (sum), or rank by the rate "
-                        "and let the drop decide only between equal rates (tie-break: every target met in 12 of 14 "
-                        "fresh runs vs 11 without the term, benchmarks/RESULTS.md)")
+    p.add_argument("--validate-others", type=int, default=None, metavar="N",
+                   help="with --candidates K > 1: also generate N validation captions of every other value of "
+                        "the concept's kind (seeds 0 1) per candidate and measure the drop of the zoo "
+                        "classifier's accuracy on them, against a candidate that erodes its neighbours "
+                        "(default 8 with --candidates > 1, else 0; 0 turns it off)")
+    p.add_argument("--others-rule", choices=["sum", "tie-break"], default=None,
+                   help="how the --validate-others drop counts: rank candidates by the concept rate and let the "
+                        "drop decide only between equal rates (tie-break, the default: every target met in 23 of "
+                        "26 fresh training draws against 22 without the term, never worse), or add it to the "
+                        "rate (sum: worse for striped; benchmarks/RESULTS.md)")
     _common(p)
     p.set_defaults(func=_run_spm)
     for method, help_text in (
@@ -211,16 +212,24 @@ def _report(method: str, concept: str, weights: Path, summary: dict | None) -> N
 
 
 def validate_others(args) -> int:
-    """The --validate-others N of an `osmos erase spm` command line, checked: SystemExit for a
-    negative N, for N > 0 without candidates to choose among, or for --others-rule without N."""
+    """The --validate-others N of an `osmos erase spm` command line (default 8 with --candidates
+    K > 1, else 0), checked: SystemExit for a negative N, for N > 0 without candidates to choose
+    among, or for --others-rule with N = 0."""
     n = args.validate_others
+    if n is None:
+        n = 8 if args.candidates > 1 else 0
     if n < 0:
         raise SystemExit(f"--validate-others must be >= 0 (0 disables), got {n}")
     if n > 0 and args.candidates <= 1:
         raise SystemExit("--validate-others scores candidates: it needs --candidates K > 1")
-    if n == 0 and args.others_rule != "sum":
-        raise SystemExit("--others-rule applies to the --validate-others term: give --validate-others N > 0")
+    if n == 0 and args.others_rule is not None:
+        raise SystemExit("--others-rule applies to the --validate-others term, which is off (N = 0)")
     return n
+
+
+def others_rule(args) -> str:
+    """The --others-rule of an `osmos erase spm` command line: tie-break unless given."""
+    return args.others_rule or "tie-break"
 
 
 def _run_spm(args) -> int:
@@ -262,13 +271,13 @@ def _run_spm(args) -> int:
         from osmos.erase.zoo import validation_check
 
         validate = validation_check(model.pipe, *kind_value, exclude=[t for t, _ in pairs] if pairs else [args.concept],
-                                    others=others, others_rule=args.others_rule)
+                                    others=others, others_rule=others_rule(args))
         spm, scores = train_spm_selected(train_pipe, args.concept, validate,
                                          [args.seed + 1000 * j for j in range(args.candidates)], **kwargs)
         spm.settings["selection"]["validate_others"] = others
-        spm.settings["selection"]["others_rule"] = args.others_rule
+        spm.settings["selection"]["others_rule"] = others_rule(args)
         what = "concept rate on validation captions" + (
-            "" if not others else " + drop of the other values' accuracy" if args.others_rule == "sum"
+            "" if not others else " + drop of the other values' accuracy" if others_rule(args) == "sum"
             else ", drop of the other values' accuracy (tie-break)")
         print(f"  candidates (seed: {what}): "
               + ", ".join(f"{sd}: " + (" / ".join(f"{v:.2f}" for v in sc) if isinstance(sc, tuple) else f"{sc:.2f}")
