@@ -4,9 +4,10 @@ PTX and SASS with its own ptxas), on a machine without a GPU.
 The kernels run here only in Triton's interpreter, which accepts code the GPU compiler rejects
 (mixed integer widths, dot shapes, constexpr misuse, register tiles it cannot lay out). So a
 small call of every Triton launcher runs in the interpreter with its launches recorded (kernel,
-argument types, constexprs, warps), and a subprocess without the interpreter compiles each
-recorded launch for sm_90. The fused hashed linear is recorded a second time with the tile sizes
-it uses on a GPU (the interpreter's are smaller).
+argument types, constexprs, warps, which pointers and integers are multiples of 16, as a JIT launch
+specialises them), and a subprocess without the interpreter compiles each recorded launch for
+sm_90. The two fused GEMMs are recorded with the tile sizes they use on a GPU (the interpreter's
+are smaller), at sizes that are multiples of 16 (the usual case there) and at odd ones.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def _describe(fn, args, kwargs) -> dict:
     params = inspect.signature(fn).parameters
     bound = dict(zip(params, args))
     bound.update({k: v for k, v in kwargs.items() if k not in _LAUNCH_OPTIONS})
-    signature, constexprs = {}, {}
+    signature, constexprs, aligned = {}, {}, []
     for name, p in params.items():
         value = bound.get(name, p.default)
         if p.annotation is tl.constexpr or p.annotation == "tl.constexpr":
@@ -48,16 +49,21 @@ def _describe(fn, args, kwargs) -> dict:
             constexprs[name] = value if isinstance(value, (bool, int, float, str, type(None))) else str(value)
         elif isinstance(value, torch.Tensor):
             signature[name] = "*" + _TYPES[value.dtype]
+            if value.data_ptr() % 16 == 0:
+                aligned.append(name)
         elif isinstance(value, bool):
             signature[name] = "i1"
         elif isinstance(value, int):
             signature[name] = "i32" if -2**31 <= value < 2**31 else "i64"
+            if value % 16 == 0 and value != 0:
+                aligned.append(name)
         elif isinstance(value, float):
             signature[name] = "fp32"
         else:
             raise TypeError(f"{fn.__name__}: cannot type argument {name}={value!r}")
     options = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
-    return dict(module=fn.__module__, name=fn.__name__, signature=signature, constexprs=constexprs, options=options)
+    return dict(module=fn.__module__, name=fn.__name__, signature=signature, constexprs=constexprs, options=options,
+                aligned=aligned)
 
 
 @pytest.fixture
@@ -110,22 +116,25 @@ def _run_every_launcher(monkeypatch):
     monkeypatch.setattr(adapted_linear, "_widen", lambda t: False)
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         bk = 32 if dtype == torch.float32 else 64
-        x, w, b = torch.randn(2, 5, 24).to(dtype), torch.randn(40, 24).to(dtype), torch.randn(40).to(dtype)
-        down, up, gamma = torch.randn(4, 24), torch.randn(4, 40), torch.rand(2, 4)
-        for meta in (dict(BM=128, BN=128, BK=bk, GROUP_M=8, num_warps=8, num_stages=3),
-                     dict(BM=64, BN=64, BK=bk, GROUP_M=8, num_warps=4, num_stages=3)):
-            adapted_linear.adapted_linear(x, w, b, down, up, gamma, meta=meta)
+        for k_in, n_out in ((32, 48), (24, 40)):
+            x, w, b = (torch.randn(2, 8, k_in).to(dtype), torch.randn(n_out, k_in).to(dtype),
+                       torch.randn(n_out).to(dtype))
+            down, up, gamma = torch.randn(4, k_in).to(dtype), torch.randn(4, n_out).to(dtype), torch.rand(2, 4).to(dtype)
+            for meta in (dict(BM=128, BN=128, BK=bk, GROUP_M=8, num_warps=8, num_stages=3),
+                         dict(BM=64, BN=64, BK=bk, GROUP_M=8, num_warps=4, num_stages=3)):
+                adapted_linear.adapted_linear(x, w, b, down, up, gamma, meta=meta)
         adapted_linear.adapted_linear(x, w, None, down, up, gamma, meta=meta)
     # the fused hashed linear at its GPU tiles and warps, float16 (tensor cores), both loops
     monkeypatch.setattr(rps_linear, "_blocks", lambda t: (128, 128, 32))
     for ahead in ("0", "1"):
         monkeypatch.setenv("OSMOS_RPS_LOAD_AHEAD", ahead)
         for kind in ("stable", "roast"):
-            config = LayerMap(kind, 4001, 0, 130, 200, seed=1).config()
-            M, xl = torch.randn(4001).half(), torch.randn(3, 200).half()
-            rps_linear.rps_linear_forward(xl, M, config, 130, 200, 0.5)
-            rps_linear.rps_linear_grad_x(torch.randn(3, 130).half(), M, config, 130, 200, 0.5)
-            rps_linear.rps_linear_grad_M(torch.randn(3, 130).half(), xl, config, 130, 200, 0.5)
+            for rows, cols in ((128, 192), (130, 200)):
+                config = LayerMap(kind, 4001, 0, rows, cols, seed=1).config()
+                M, xl = torch.randn(4001).half(), torch.randn(16, cols).half()
+                rps_linear.rps_linear_forward(xl, M, config, rows, cols, 0.5)
+                rps_linear.rps_linear_grad_x(torch.randn(16, rows).half(), M, config, rows, cols, 0.5)
+                rps_linear.rps_linear_grad_M(torch.randn(16, rows).half(), xl, config, rows, cols, 0.5)
 
 
 _COMPILE = r"""
@@ -142,7 +151,10 @@ for launch in json.load(sys.stdin):
     if launch["name"] in ("_forward_kernel", "_grad_x_kernel", "_grad_M_kernel"):
         options["num_warps"] = 8  # what rps_linear launches on a GPU
     try:
-        src = ASTSource(fn=fn, signature=launch["signature"], constexprs=launch["constexprs"])
+        # the specialisation a JIT launch makes: 16-aligned pointers, integers divisible by 16
+        # (without it pointer loads compile unvectorised and unpipelined: another code path)
+        attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in launch["aligned"]}
+        src = ASTSource(fn=fn, signature=launch["signature"], constexprs=launch["constexprs"], attrs=attrs)
         kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
         assert kernel.asm["cubin"], "no cubin"
     except Exception as e:  # report every failure, not just the first
