@@ -195,22 +195,13 @@ def test_every_triton_kernel_compiles_for_sm90(launches, monkeypatch):
     assert not failures, "\n".join(failures)
 
 
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
-
-
-@triton.jit
-def _dot_too_small_for_a_gpu(a_ptr, out_ptr, B: tl.constexpr):
-    offs = tl.arange(0, B)
-    a = tl.load(a_ptr + offs[:, None] * B + offs[None, :])
-    tl.store(out_ptr + offs[:, None] * B + offs[None, :], tl.dot(a, a))
-
-
 def test_the_check_fails_on_a_kernel_only_the_interpreter_accepts(launches):
     """An 8 x 8 tl.dot runs in the interpreter; the GPU compiler needs 16 at least."""
+    from _gpu_codegen_bad_kernel import dot_too_small_for_a_gpu
+
     a, out = torch.randn(8, 8), torch.empty(8, 8)
-    _dot_too_small_for_a_gpu[(1,)](a, out, B=8)
+    dot_too_small_for_a_gpu[(1,)](a, out, B=8)
     torch.testing.assert_close(out, a @ a)
-    assert [launch["name"] for launch in launches] == ["_dot_too_small_for_a_gpu"]
+    assert [launch["name"] for launch in launches] == ["dot_too_small_for_a_gpu"]
     failures = _compile_for_sm90(launches)
-    assert len(failures) == 1 and "_dot_too_small_for_a_gpu" in failures[0], failures
+    assert len(failures) == 1 and "dot_too_small_for_a_gpu" in failures[0], failures
