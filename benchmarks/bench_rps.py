@@ -105,7 +105,7 @@ def bench_linear(device, shapes, ratio, reps, rows_out):
     print(f"\n### Hashed linear forward ({device.type}, {dtype}, compression {ratio}x; osmos rps_linear = "
           "gather + matmul by default; the fused Triton kernel is opt-in, GPU only)\n")
     print("| mapper | B x K -> N | dense F.linear (ms) | gather + F.linear (ms) | osmos rps_linear (ms) | "
-          "fused Triton (ms) | fused, loads a tile ahead (ms) | osmos / dense |")
+          "fused Triton (ms) | fused, W a tile ahead (ms) | osmos / dense |")
     print("|---|---|---|---|---|---|---|---|")
     for B, K, N in shapes:
         n = N * K
@@ -126,8 +126,8 @@ def bench_linear(device, shapes, ratio, reps, rows_out):
                     os.environ["OSMOS_RPS_LOAD_AHEAD"] = "1"
                     t_ahead = timeit(lambda: rps_linear(x, M, config, N, K, 0.5), device, reps)
                 finally:
-                    del os.environ["OSMOS_GPU_BACKEND"]
-                    os.environ.pop("OSMOS_RPS_LOAD_AHEAD", None)
+                    for var in ("OSMOS_GPU_BACKEND", "OSMOS_RPS_LOAD_AHEAD"):
+                        os.environ.pop(var, None)
             print(f"| {kind} | {B}x{K} -> {N} | {t_dense*1e3:.3f} | {t_gl*1e3:.3f} | {t_os*1e3:.3f} | "
                   f"{t_fused*1e3:.3f} | {t_ahead*1e3:.3f} | {t_os/t_dense:.2f}x |")
             rows_out.append(dict(bench="linear", device=device.type, mapper=kind, shape=f"{B}x{K}->{N}",

@@ -29,12 +29,13 @@ from .rps_gather import config_tensor
 
 
 def segment_width(config, block_k: int):
-    """BK for the segment-table path (block_k or 16), or None when the layer needs the
-    element-by-element mapping."""
+    """BK for the segment-table path (block_k, at most 32 with signs, or 16), or None when the
+    layer needs the element-by-element mapping."""
     kind, m, tile_r, tile_c = (int(v) for v in (config[0], config[1], config[4], config[5]))
     if m >= 2**31:  # the table holds int32 indices
         return None
-    for bk in (block_k, 16):
+    widest = min(block_k, 32) if int(config[14]) else block_k  # the table holds 32 sign bits a segment
+    for bk in (widest, 16):
         if kind == int(STABLE) and m >= bk:
             return bk
         # ROAST indices never wrap when m > tile_r * tile_c; column tile boundaries are at
@@ -128,20 +129,19 @@ def _forward_kernel(x_ptr, M_ptr, y_ptr, cfg_ptr, table_ptr, B, N, K, m, NSEG, s
     acc = tl.zeros((BM, BN), dtype=tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32)
     x_rows = x_ptr + offs_b[:, None].to(tl.int64) * K
     if AHEAD:
-        # Tile j + 1's loads (x and W's gathers, into registers) are issued before tile j's dot.
-        # The compiler's pipeliner stages x's loads (cp.async) but not W's table-then-gather
-        # chain, whose latency otherwise stalls every step; with this loop it stages neither.
-        offs_k = tl.arange(0, BK)
-        x = tl.load(x_rows + offs_k[None, :], mask=(offs_b[:, None] < B) & (offs_k[None, :] < K), other=0.0)
+        # W's tile j + 1 (its table-then-gather chain, into registers) is loaded before tile j's
+        # dot: the compiler's pipeliner stages x's loads (cp.async) but not that chain, whose
+        # latency otherwise stalls every step. x's loads stay in the loop, so they stay staged
+        # (loading x ahead by hand too made the pipeliner stage neither: sm_90 SASS, session 14).
         value, sign = _weight_load(M_ptr, cfg_ptr, table_ptr, offs_n, 0, N, K, m, NSEG, KIND, USE_SIGN, SEGMENTED,
                                    BK)
         for j in range(0, tl.cdiv(K, BK)):
-            x_now, w = x, _weight_value(value, sign, scale).to(x.dtype)
-            offs_k = (j + 1) * BK + tl.arange(0, BK)
+            offs_k = j * BK + tl.arange(0, BK)
             x = tl.load(x_rows + offs_k[None, :], mask=(offs_b[:, None] < B) & (offs_k[None, :] < K), other=0.0)
+            w = _weight_value(value, sign, scale).to(x.dtype)
             value, sign = _weight_load(M_ptr, cfg_ptr, table_ptr, offs_n, j + 1, N, K, m, NSEG, KIND, USE_SIGN,
                                        SEGMENTED, BK)
-            acc += tl.dot(x_now, tl.trans(w), input_precision=PRECISION)
+            acc += tl.dot(x, tl.trans(w), input_precision=PRECISION)
     else:
         for j in range(0, tl.cdiv(K, BK)):
             offs_k = j * BK + tl.arange(0, BK)
@@ -162,18 +162,16 @@ def _grad_x_kernel(gy_ptr, M_ptr, gx_ptr, cfg_ptr, table_ptr, B, N, K, m, NSEG, 
     offs_k = j * BK + tl.arange(0, BK)
     acc = tl.zeros((BM, BK), dtype=tl.float64 if gy_ptr.dtype.element_ty == tl.float64 else tl.float32)
     gy_rows = gy_ptr + offs_b[:, None].to(tl.int64) * N
-    if AHEAD:  # as in the forward kernel
-        offs_n = tl.arange(0, BN)
-        gy = tl.load(gy_rows + offs_n[None, :], mask=(offs_b[:, None] < B) & (offs_n[None, :] < N), other=0.0)
-        value, sign = _weight_load(M_ptr, cfg_ptr, table_ptr, offs_n, j, N, K, m, NSEG, KIND, USE_SIGN, SEGMENTED,
-                                   BK)
+    if AHEAD:  # as in the forward kernel: W's tiles one ahead, gy's left to the pipeliner
+        value, sign = _weight_load(M_ptr, cfg_ptr, table_ptr, tl.arange(0, BN), j, N, K, m, NSEG, KIND, USE_SIGN,
+                                   SEGMENTED, BK)
         for n0 in range(0, N, BN):
-            gy_now, w = gy, _weight_value(value, sign, scale).to(gy.dtype)
-            offs_n = n0 + BN + tl.arange(0, BN)
+            offs_n = n0 + tl.arange(0, BN)
             gy = tl.load(gy_rows + offs_n[None, :], mask=(offs_b[:, None] < B) & (offs_n[None, :] < N), other=0.0)
-            value, sign = _weight_load(M_ptr, cfg_ptr, table_ptr, offs_n, j, N, K, m, NSEG, KIND, USE_SIGN,
+            w = _weight_value(value, sign, scale).to(gy.dtype)
+            value, sign = _weight_load(M_ptr, cfg_ptr, table_ptr, offs_n + BN, j, N, K, m, NSEG, KIND, USE_SIGN,
                                        SEGMENTED, BK)
-            acc += tl.dot(gy_now, w, input_precision=PRECISION)
+            acc += tl.dot(gy, w, input_precision=PRECISION)
     else:
         for n0 in range(0, N, BN):
             offs_n = n0 + tl.arange(0, BN)
@@ -213,7 +211,12 @@ def _grad_M_kernel(gy_ptr, x_ptr, gM_ptr, cfg_ptr, table_ptr, B, N, K, m, NSEG, 
 def _blocks(t):
     """(BM, BN, BK): small tiles in the interpreter, tensor-core sized ones on a GPU. BM = 128
     builds each W tile from M half as often as 64 (building tiles is integer work per element,
-    the kernel's bound); not yet timed against 64 on a GPU."""
+    the kernel's bound); not yet timed against 64 on a GPU. OSMOS_RPS_TILES="BM,BN,BK" overrides
+    (for tuning; BK is the segment width when the layer allows it, else 16)."""
+    tiles = os.environ.get("OSMOS_RPS_TILES")
+    if tiles:
+        bm, bn, bk = (int(v) for v in tiles.split(","))
+        return bm, bn, bk
     return (128, 128, 32) if t.is_cuda else (16, 32, 32)
 
 
@@ -241,9 +244,9 @@ class _Plan:
 
 
 def load_ahead() -> bool:
-    """OSMOS_RPS_LOAD_AHEAD=1: the forward and grad_x kernels issue tile j + 1's loads before tile
-    j's dot (registers) instead of leaving x's loads to the compiler's pipeliner. Not yet timed on a
-    GPU (bench_rps.py times both), so off by default; the results are the same bits either way."""
+    """OSMOS_RPS_LOAD_AHEAD=1: the forward and grad_x kernels load W's tile j + 1 from M before tile
+    j's dot (x's / grad_y's tiles stay with the compiler's pipeliner). Not yet timed on a GPU
+    (bench_rps.py times both), so off by default; the results are the same bits either way."""
     return os.environ.get("OSMOS_RPS_LOAD_AHEAD", "0") == "1"
 
 

@@ -133,3 +133,15 @@ def test_fused_triton_weight_tiles_are_exact(kind, use_sign, tile, rows, cols, m
     assert torch.equal(w_t.cpu(), reference_rps_gather(M, config, rows, cols, 0.5).t())
     expected = {"stable": tables[0], "roast": tables[1], "hashednet": None}[kind]
     assert segment_width(config, 32) == expected
+
+
+def test_segments_hold_at_most_32_signed_columns():
+    """The segment table keeps 32 sign bits a segment: a wider BK (OSMOS_RPS_TILES) is capped at 32
+    for signed layers and kept for unsigned ones."""
+    pytest.importorskip("triton")
+    from osmos.triton_kernels.rps_linear import segment_width
+
+    signed = LayerMap("stable", 1000, 0, 8, 100, seed=1, use_sign=True).config()
+    unsigned = LayerMap("stable", 1000, 0, 8, 100, seed=1, use_sign=False).config()
+    assert segment_width(signed, 64) == 32 and segment_width(unsigned, 64) == 64
+    assert segment_width(signed, 32) == 32 and segment_width(unsigned, 16) == 16
