@@ -100,3 +100,13 @@ def tiny_pipe(kind: str = "sd15") -> TinyPipe:
     from diffusers import DDIMScheduler
 
     return TinyPipe(tiny_unet(kind), DDIMScheduler(num_train_timesteps=100), WordEncoder(TEXT_DIM[kind]), kind)
+
+
+def randomized(spm, seed: int):
+    """`spm` with its up vectors drawn from N(0, 1) (seeded): an SPM that changes the output
+    (a fresh one starts at u = 0)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for u in spm.up:
+            u.copy_(torch.randn(u.shape, generator=g))
+    return spm

@@ -8,17 +8,9 @@ import torch
 
 from osmos.erase.spm import SPM, ArchitectureMismatch, adapted_layers, apply_spm
 from osmos.erase.spm.adapter import METADATA_KEY
-from spm_tiny import run_unet, tiny_unet, unet_inputs
+from spm_tiny import randomized, run_unet, tiny_unet, unet_inputs
 
 KINDS = ["sd15", "sd21", "sdxl"]
-
-
-def randomized(spm: SPM, seed: int) -> SPM:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for u in spm.up:
-            u.copy_(torch.randn(u.shape, generator=g))
-    return spm
 
 
 def test_sd15_real_shapes_have_the_papers_parameter_count():

@@ -9,16 +9,9 @@ import torch
 from torch import nn
 
 from osmos.erase.spm import SPM, apply_spm
+from spm_tiny import randomized
 
 inject = sys.modules["osmos.erase.spm.inject"]
-
-
-def randomized(spm: SPM, seed: int) -> SPM:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for u in spm.up:
-            u.copy_(torch.randn(u.shape, generator=g))
-    return spm
 
 
 @pytest.fixture
