@@ -1,5 +1,13 @@
+import os
+
 import pytest
 import torch
+
+# Every test runs with the Hugging Face hub switched off: loading (the zoo's text encoder and
+# models) must never download. (One conftest for the suite: a second one, in tests/zoo, shadowed
+# this module's helpers as `conftest` when a command line listed both folders.)
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
 def pytest_collection_modifyitems(config, items):
