@@ -2,6 +2,8 @@
 // one VPSHUFB per nibble per 64 bytes and coefficient.
 #include <immintrin.h>
 
+#include <type_traits>
+
 #include "cpu/gf256_matmul.h"
 
 namespace osmos::cpu {
@@ -13,11 +15,14 @@ void gf256_range_avx512(const Gf256Job& job, int64_t begin, int64_t end) {
     constexpr int R = decltype(rows_in_group)::value;
     const uint8_t* tables = job.nibble_tables + size_t(row0) * k * 32;
     int64_t i = begin;
+    // Prefetching as in the GFNI kernel (gf256_matmul_gfni.cpp): always with 4+ rows, else out of L2.
+    auto rows = [&](auto prefetch) {
     for (; i + 64 <= end; i += 64) {
       __m512i acc[R];
       for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_si512();
       for (int j = 0; j < k; ++j) {
         const __m512i x = _mm512_loadu_si512(job.src[j] + i);
+        if constexpr (decltype(prefetch)::value) _mm_prefetch(reinterpret_cast<const char*>(job.src[j] + i + 1024), _MM_HINT_T0);
         const __m512i lo = _mm512_and_si512(x, low_nibble);
         const __m512i hi = _mm512_and_si512(_mm512_srli_epi64(x, 4), low_nibble);
         for (int r = 0; r < R; ++r) {
@@ -32,6 +37,9 @@ void gf256_range_avx512(const Gf256Job& job, int64_t begin, int64_t end) {
         else _mm512_storeu_si512(job.dst[row0 + r] + i, acc[r]);
       }
     }
+    };
+    if (R >= 4 || job.prefetch) rows(std::true_type{});
+    else rows(std::false_type{});
     if (i < end) gf256_rows_scalar(job, row0, R, i, end);
   });
   if (job.stream) _mm_sfence();
