@@ -1,7 +1,9 @@
 """Accuracy against compression for randomized parameter sharing, on scikit-learn's bundled
 digits (8x8 images, 10 classes; offline), with an MLP 64-256-256-10 and a small CNN
-(conv3x3 32 - conv3x3 64 - maxpool - fc 128 - fc 10). Compression counts the weights of the
-Linear and Conv2d layers.
+(conv3x3 32 - conv3x3 64 - maxpool - fc 128 - fc 10), and on the zoo's shapes world (16x16 RGB
+renders of osmos.zoo.data, labelled by shape: 6 classes, every colour, style and background
+mixed in; 3000 train / 1000 test renders, seeded) with a CNN (conv3x3 32 - pool - conv3x3 64 -
+pool - fc 128 - fc 6). Compression counts the weights of the Linear and Conv2d layers.
 
 Methods at each compression ratio (target-layer weights / stored weights), 3 seeds:
   stable     STABLE-RPS mapper + RPSGradScaler
@@ -14,7 +16,7 @@ All train with Adam (lr 3e-3, batch 64). Also a stability sweep: SGD (lr 0.05, m
 initial one) for ROAST (no gradient scaling) and STABLE-RPS (with it).
 
 Writes benchmarks/figures/rps_pareto.png and prints markdown tables (for RESULTS.md).
-Usage: nice python benchmarks/rps_pareto.py [--epochs 10] [--seeds 3] [--archs mlp,cnn] [--no-stability]
+Usage: nice python benchmarks/rps_pareto.py [--epochs 10] [--seeds 3] [--archs mlp,cnn,shapes-cnn] [--no-stability]
 """
 
 from __future__ import annotations
@@ -46,6 +48,18 @@ def load_digits_split(seed: int = 0):
     return x[perm[:cut]], y[perm[:cut]], x[perm[cut:]], y[perm[cut:]]
 
 
+def load_shapes_split(seed: int = 0, n_train: int = 3000, n_test: int = 1000):
+    """Zoo renders (16x16 RGB) labelled by shape; the other concepts vary freely."""
+    from osmos.zoo.data import render, sample_attributes
+
+    attrs = sample_attributes(n_train + n_test, torch.Generator().manual_seed(seed))
+    x, y = render(attrs, 16), attrs.shape
+    return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+
+
+TASKS = {"digits": load_digits_split, "shapes": load_shapes_split}
+
+
 def mlp(width: float = 1.0) -> nn.Module:
     """MLP 64-256-256-10; ``width`` scales both hidden layers."""
     h = max(1, round(256 * width))
@@ -61,7 +75,18 @@ def cnn(width: float = 1.0) -> nn.Module:
                          nn.Linear(c2 * 16, f), nn.ReLU(), nn.Linear(f, 10))
 
 
-ARCHS = {"mlp": (mlp, "MLP 64-256-256-10"), "cnn": (cnn, "CNN conv32-conv64-pool-fc128-fc10")}
+def shapes_cnn(width: float = 1.0) -> nn.Module:
+    """CNN on the 16x16 zoo renders: conv3x3(32) - pool - conv3x3(64) - pool - fc(128) - fc(6);
+    ``width`` scales every channel / hidden count."""
+    c1, c2, f = (max(1, round(c * width)) for c in (32, 64, 128))
+    return nn.Sequential(nn.Conv2d(3, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(c2 * 16, f), nn.ReLU(), nn.Linear(f, 6))
+
+
+# name: (builder, title, task)
+ARCHS = {"mlp": (mlp, "MLP 64-256-256-10", "digits"), "cnn": (cnn, "CNN conv32-conv64-pool-fc128-fc10", "digits"),
+         "shapes-cnn": (shapes_cnn, "CNN conv32-pool-conv64-pool-fc128-fc6", "shapes")}
 
 
 def target_layers(model: nn.Module) -> list[nn.Module]:
@@ -161,8 +186,8 @@ def stability(data, epochs: int, seeds: int):
 
 
 def table(arch: str, results: dict, seeds: int, epochs: int) -> None:
-    build, title = ARCHS[arch]
-    print(f"\n#### Accuracy vs compression (digits, {title}, {weights_of(build())} weights; "
+    build, title, task = ARCHS[arch]
+    print(f"\n#### Accuracy vs compression ({task}, {title}, {weights_of(build())} weights; "
           f"mean +- std over {seeds} seeds, {epochs} epochs)\n")
     print("| ratio | " + " | ".join(METHODS) + " |")
     print("|---|" + "---|" * len(METHODS))
@@ -175,7 +200,7 @@ def table(arch: str, results: dict, seeds: int, epochs: int) -> None:
         print(f"| {ratio}x | " + " | ".join(cells) + " |")
 
 
-def plot(archs: list[str], results: dict, seeds: int) -> str:
+def plot(archs: list[str], results: dict, seeds: int, out: str | None = None) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -190,11 +215,11 @@ def plot(archs: list[str], results: dict, seeds: int) -> str:
             ax.errorbar(RATIOS, means, yerr=sds, marker="o", capsize=3, label=method)
         ax.set_xscale("log")
         ax.set_xlabel("compression (dense weights / stored weights)")
-        ax.set_ylabel("test accuracy (digits)")
+        ax.set_ylabel(f"test accuracy ({ARCHS[arch][2]})")
         ax.set_title(f"RPS vs pruning vs smaller dense: {ARCHS[arch][1]}", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend()
-    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures", "rps_pareto.png")
+    out = out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures", "rps_pareto.png")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
@@ -205,7 +230,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--archs", default="mlp,cnn", help="comma-separated subset of " + ",".join(ARCHS))
+    parser.add_argument("--archs", default="mlp,cnn,shapes-cnn", help="comma-separated subset of " + ",".join(ARCHS))
+    parser.add_argument("--out", default=None, help="figure path (default benchmarks/figures/rps_pareto.png)")
     parser.add_argument("--no-stability", action="store_true", help="skip the init-std stability sweep")
     args = parser.parse_args()
     archs = [a for a in args.archs.split(",") if a]
@@ -213,13 +239,14 @@ def main():
     if unknown:
         parser.error(f"unknown arch(s) {unknown}; choose from {sorted(ARCHS)}")
     torch.set_num_threads(1)
-    data = load_digits_split()
+    datasets = {task: TASKS[task]() for task in {ARCHS[a][2] for a in archs} | {"digits"}}
+    data = datasets["digits"]  # the stability sweep's
     t0 = time.time()
     results = {}
     for arch in archs:
         for method in METHODS:
             for ratio in RATIOS:
-                accs = [run(arch, method, ratio, seed, data, args.epochs) for seed in range(args.seeds)]
+                accs = [run(arch, method, ratio, seed, datasets[ARCHS[arch][2]], args.epochs) for seed in range(args.seeds)]
                 results[(arch, method, ratio)] = accs
                 print(f"  {arch} {method:9s} {ratio:5g}x: {statistics.mean(accs):.3f} ({time.time() - t0:.0f}s)",
                       flush=True)
@@ -235,7 +262,7 @@ def main():
         for s in sorted({s for s, _, _, _ in stab}):
             (rd, ra), (sd_, sa) = by[(s, "roast")], by[(s, "stable")]
             print(f"| {s:g} | {rd}/{args.seeds} | {ra:.3f} | {sd_}/{args.seeds} | {sa:.3f} |")
-    out = plot(archs, results, args.seeds)
+    out = plot(archs, results, args.seeds, args.out)
     print(f"\nwrote {out} ({time.time() - t0:.0f}s)")
 
 
