@@ -2,7 +2,7 @@
 digits (8x8 images, 10 classes; offline), with an MLP 64-256-256-10 and a small CNN
 (conv3x3 32 - conv3x3 64 - maxpool - fc 128 - fc 10), and on the zoo's shapes world (16x16 RGB
 renders of osmos.zoo.data, labelled by shape: 6 classes, every colour, style and background
-mixed in; 3000 train / 1000 test renders, seeded) with a CNN (conv3x3 32 - pool - conv3x3 64 -
+mixed in; 8000 train / 2000 test renders, seeded) with a CNN (conv3x3 32 - pool - conv3x3 64 -
 pool - fc 128 - fc 6). Compression counts the weights of the Linear and Conv2d layers.
 
 Methods at each compression ratio (target-layer weights / stored weights), 3 seeds:
@@ -48,7 +48,7 @@ def load_digits_split(seed: int = 0):
     return x[perm[:cut]], y[perm[:cut]], x[perm[cut:]], y[perm[cut:]]
 
 
-def load_shapes_split(seed: int = 0, n_train: int = 3000, n_test: int = 1000):
+def load_shapes_split(seed: int = 0, n_train: int = 8000, n_test: int = 2000):
     """Zoo renders (16x16 RGB) labelled by shape; the other concepts vary freely."""
     from osmos.zoo.data import render, sample_attributes
 
