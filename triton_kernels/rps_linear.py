@@ -135,20 +135,17 @@ def _forward_kernel(x_ptr, M_ptr, y_ptr, cfg_ptr, table_ptr, B, N, K, m, NSEG, s
         # (loading x ahead by hand too made the pipeliner stage neither: sm_90 SASS, session 14).
         value, sign = _weight_load(M_ptr, cfg_ptr, table_ptr, offs_n, 0, N, K, m, NSEG, KIND, USE_SIGN, SEGMENTED,
                                    BK)
-        for j in range(0, tl.cdiv(K, BK)):
-            offs_k = j * BK + tl.arange(0, BK)
-            x = tl.load(x_rows + offs_k[None, :], mask=(offs_b[:, None] < B) & (offs_k[None, :] < K), other=0.0)
-            w = _weight_value(value, sign, scale).to(x.dtype)
-            value, sign = _weight_load(M_ptr, cfg_ptr, table_ptr, offs_n, j + 1, N, K, m, NSEG, KIND, USE_SIGN,
-                                       SEGMENTED, BK)
-            acc += tl.dot(x, tl.trans(w), input_precision=PRECISION)
-    else:
-        for j in range(0, tl.cdiv(K, BK)):
-            offs_k = j * BK + tl.arange(0, BK)
-            x = tl.load(x_rows + offs_k[None, :], mask=(offs_b[:, None] < B) & (offs_k[None, :] < K), other=0.0)
+    for j in range(0, tl.cdiv(K, BK)):
+        offs_k = j * BK + tl.arange(0, BK)
+        x = tl.load(x_rows + offs_k[None, :], mask=(offs_b[:, None] < B) & (offs_k[None, :] < K), other=0.0)
+        if not AHEAD:
             value, sign = _weight_load(M_ptr, cfg_ptr, table_ptr, offs_n, j, N, K, m, NSEG, KIND, USE_SIGN,
                                        SEGMENTED, BK)
-            acc += tl.dot(x, tl.trans(_weight_value(value, sign, scale).to(x.dtype)), input_precision=PRECISION)
+        w = _weight_value(value, sign, scale).to(x.dtype)
+        if AHEAD:
+            value, sign = _weight_load(M_ptr, cfg_ptr, table_ptr, offs_n, j + 1, N, K, m, NSEG, KIND, USE_SIGN,
+                                       SEGMENTED, BK)
+        acc += tl.dot(x, tl.trans(w), input_precision=PRECISION)
     tl.store(y_ptr + offs_b[:, None].to(tl.int64) * N + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=(offs_b[:, None] < B) & (offs_n[None, :] < N))
 
@@ -165,20 +162,17 @@ def _grad_x_kernel(gy_ptr, M_ptr, gx_ptr, cfg_ptr, table_ptr, B, N, K, m, NSEG, 
     if AHEAD:  # as in the forward kernel: W's tiles one ahead, gy's left to the pipeliner
         value, sign = _weight_load(M_ptr, cfg_ptr, table_ptr, tl.arange(0, BN), j, N, K, m, NSEG, KIND, USE_SIGN,
                                    SEGMENTED, BK)
-        for n0 in range(0, N, BN):
-            offs_n = n0 + tl.arange(0, BN)
-            gy = tl.load(gy_rows + offs_n[None, :], mask=(offs_b[:, None] < B) & (offs_n[None, :] < N), other=0.0)
-            w = _weight_value(value, sign, scale).to(gy.dtype)
-            value, sign = _weight_load(M_ptr, cfg_ptr, table_ptr, offs_n + BN, j, N, K, m, NSEG, KIND, USE_SIGN,
-                                       SEGMENTED, BK)
-            acc += tl.dot(gy, w, input_precision=PRECISION)
-    else:
-        for n0 in range(0, N, BN):
-            offs_n = n0 + tl.arange(0, BN)
-            gy = tl.load(gy_rows + offs_n[None, :], mask=(offs_b[:, None] < B) & (offs_n[None, :] < N), other=0.0)
+    for n0 in range(0, N, BN):
+        offs_n = n0 + tl.arange(0, BN)
+        gy = tl.load(gy_rows + offs_n[None, :], mask=(offs_b[:, None] < B) & (offs_n[None, :] < N), other=0.0)
+        if not AHEAD:
             value, sign = _weight_load(M_ptr, cfg_ptr, table_ptr, offs_n, j, N, K, m, NSEG, KIND, USE_SIGN,
                                        SEGMENTED, BK)
-            acc += tl.dot(gy, _weight_value(value, sign, scale).to(gy.dtype), input_precision=PRECISION)
+        w = _weight_value(value, sign, scale).to(gy.dtype)
+        if AHEAD:
+            value, sign = _weight_load(M_ptr, cfg_ptr, table_ptr, offs_n + BN, j, N, K, m, NSEG, KIND, USE_SIGN,
+                                       SEGMENTED, BK)
+        acc += tl.dot(gy, w, input_precision=PRECISION)
     tl.store(gx_ptr + offs_b[:, None].to(tl.int64) * K + offs_k[None, :], acc.to(gx_ptr.dtype.element_ty),
              mask=(offs_b[:, None] < B) & (offs_k[None, :] < K))
 
