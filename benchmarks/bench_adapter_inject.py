@@ -68,15 +68,6 @@ def peft_layer(linear: torch.nn.Linear, adapters: int):
     return holder.proj
 
 
-def fused_op(x, linear, down, up, gamma):
-    """The public op on its Triton path, which is opt-in until timed (OSMOS_GPU_BACKEND=triton):
-    the bench turns it on for adapted_linear alone (the other columns keep their defaults)."""
-    import osmos.ops.adapted_linear as op_module
-
-    op_module.fused_on_gpu = lambda t: True
-    return lambda: adapted_linear(x, linear.weight, linear.bias, down, up, gamma)
-
-
 def fused_with_tiles(spec: str, x, linear, down, up, gamma):
     """The fused Triton kernel called directly with tiles "BM,BN,BK,WARPS,STAGES" (for tuning)."""
     from osmos.triton_kernels.adapted_linear import adapted_linear as kernel
@@ -96,6 +87,11 @@ def main() -> None:
     ap.add_argument("--fused-tiles", nargs="*", default=[], metavar="BM,BN,BK,WARPS,STAGES",
                     help="GPU: extra variants, the fused Triton kernel with these tiles (printed per shape)")
     args = ap.parse_args()
+    # adapted_linear's Triton path is opt-in until timed (OSMOS_GPU_BACKEND=triton, which would switch
+    # the other columns' ops too): turn it on for that op alone
+    import osmos.ops.adapted_linear as adapted_linear_module
+
+    adapted_linear_module.fused_on_gpu = lambda t: True
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -121,7 +117,7 @@ def main() -> None:
                     "peft": (lambda: peft(x)) if peft is not None else None,
                     "osmos_op": lambda: adapter_inject(y, x, down, up, gamma),
                     "torch_op": lambda: y + ((x @ down.T) * gamma[:, None, :]) @ up,
-                    "fused": fused_op(x, linear, down, up, gamma) if cuda else None,
+                    "fused": (lambda: adapted_linear(x, linear.weight, linear.bias, down, up, gamma)) if cuda else None,
                     **{f"fused[{spec}]": fused_with_tiles(spec, x, linear, down, up, gamma)
                        for spec in args.fused_tiles if cuda},
                 }, args.reps, device)
