@@ -24,8 +24,8 @@ struct Gf256Job {
   // larger than the caches and every dst is 64-byte aligned; outputs then skip the read-for-
   // ownership and do not evict the sources.
   bool stream = false;
-  // Software prefetch of the sources ahead of the loads (gfni; kernels with 4+ output rows
-  // prefetch whatever this says): set when the working set is larger than L2 and not streamed.
+  // Software prefetch of the sources ahead of the loads, for passes of 1-3 output rows (passes of
+  // 4+ rows always prefetch): set when the working set is larger than L2 and not streamed.
   bool prefetch = false;
 };
 

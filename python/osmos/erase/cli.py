@@ -270,14 +270,15 @@ def _run_spm(args) -> int:
         from osmos.erase.spm import train_spm_selected
         from osmos.erase.zoo import validation_check
 
+        rule = others_rule(args)
         validate = validation_check(model.pipe, *kind_value, exclude=[t for t, _ in pairs] if pairs else [args.concept],
-                                    others=others, others_rule=others_rule(args))
+                                    others=others, others_rule=rule)
         spm, scores = train_spm_selected(train_pipe, args.concept, validate,
                                          [args.seed + 1000 * j for j in range(args.candidates)], **kwargs)
         spm.settings["selection"]["validate_others"] = others
-        spm.settings["selection"]["others_rule"] = others_rule(args)
+        spm.settings["selection"]["others_rule"] = rule
         what = "concept rate on validation captions" + (
-            "" if not others else " + drop of the other values' accuracy" if others_rule(args) == "sum"
+            "" if not others else " + drop of the other values' accuracy" if rule == "sum"
             else ", drop of the other values' accuracy (tie-break)")
         print(f"  candidates (seed: {what}): "
               + ", ".join(f"{sd}: " + (" / ".join(f"{v:.2f}" for v in sc) if isinstance(sc, tuple) else f"{sc:.2f}")
