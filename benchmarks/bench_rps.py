@@ -4,7 +4,8 @@
    `M[idx] * sign * scale` with idx / sign precomputed (the torch path's best case), per mapper,
    timed interleaved call by call, beside a floor for any op that returns a fresh W:
    `torch.empty(rows, cols).fill_(scale)` (allocation, first-touch page faults, writing W).
-   Also the backward scatter vs torch `index_add_`.
+   Also the backward scatter vs torch `index_add_`. On a GPU also the CUDA kernels that hash every
+   element (OSMOS_RPS_CUDA_WALK=0) beside the default warp-chunk walk.
 2. Hashed linear y = x @ W^T: osmos.ops.rps_linear (fused Triton on a GPU; gather + matmul on the
    CPU) vs dense F.linear with a materialised W and vs gather + F.linear.
 
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from osmos.ops import rps_gather, rps_indices, rps_linear, rps_scatter
+from osmos.ops._common import gpu_backend
 from osmos.ops.rps_mapping import LayerMap
 
 MAPPERS = ("stable", "roast", "hashednet")
@@ -74,8 +76,8 @@ def timeit_interleaved(fns, device, reps: int) -> list[float]:
 def bench_gather(device, shapes, ratio, reps, rows_out):
     print(f"\n### Hashed gather and scatter ({device.type}, compression {ratio}x, float32, medians)\n")
     print("| mapper | W shape | osmos gather (ms) | torch M[idx]*sign*scale (ms) | speed-up | fresh-W floor (ms) | "
-          "osmos / floor | osmos scatter (ms) | torch index_add_ (ms) | speed-up |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "osmos / floor | osmos scatter (ms) | torch index_add_ (ms) | speed-up | CUDA per-element gather / scatter (ms) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for rows, cols in shapes:
         n = rows * cols
         m = max(1, n // ratio)
@@ -92,12 +94,22 @@ def bench_gather(device, shapes, ratio, reps, rows_out):
             t_os_s = timeit(lambda: rps_scatter(G, config, 0.5), device, reps)
             t_tc_s = timeit(lambda: torch.zeros(m, device=device).index_add_(0, flat_idx, (G * 0.5 * signf).reshape(-1)),
                             device, reps)
+            t_elem = t_elem_s = float("nan")
+            if device.type == "cuda" and gpu_backend("rps_gather") == "cuda":
+                # the CUDA kernels before the warp-chunk walk: one thread per element, every hash per element
+                os.environ["OSMOS_RPS_CUDA_WALK"] = "0"
+                try:
+                    t_elem = timeit(lambda: rps_gather(M, config, rows, cols, 0.5), device, reps)
+                    t_elem_s = timeit(lambda: rps_scatter(G, config, 0.5), device, reps)
+                finally:
+                    os.environ.pop("OSMOS_RPS_CUDA_WALK", None)
             print(f"| {kind} | {rows}x{cols} | {t_os*1e3:.3f} | {t_tc*1e3:.3f} | {t_tc/t_os:.2f}x | {t_floor*1e3:.3f} | "
-                  f"{t_os/t_floor:.2f}x | {t_os_s*1e3:.3f} | {t_tc_s*1e3:.3f} | {t_tc_s/t_os_s:.2f}x |")
+                  f"{t_os/t_floor:.2f}x | {t_os_s*1e3:.3f} | {t_tc_s*1e3:.3f} | {t_tc_s/t_os_s:.2f}x | "
+                  f"{t_elem*1e3:.3f} / {t_elem_s*1e3:.3f} |")
             rows_out.append(dict(bench="gather", device=device.type, mapper=kind, shape=f"{rows}x{cols}",
                                  osmos_ms=t_os * 1e3, torch_ms=t_tc * 1e3, fresh_fill_ms=t_floor * 1e3,
-                                 scatter_ms=t_os_s * 1e3,
-                                 torch_scatter_ms=t_tc_s * 1e3))
+                                 scatter_ms=t_os_s * 1e3, torch_scatter_ms=t_tc_s * 1e3,
+                                 per_element_gather_ms=t_elem * 1e3, per_element_scatter_ms=t_elem_s * 1e3))
 
 
 def bench_linear(device, shapes, ratio, reps, rows_out):

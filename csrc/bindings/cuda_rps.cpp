@@ -18,18 +18,18 @@ static cudaStream_t as_stream(uintptr_t s) { return reinterpret_cast<cudaStream_
 
 OSMOS_BIND(rps) {
   m.def("rps_gather", [](uintptr_t M, uintptr_t W, int dtype, const std::vector<int64_t>& config, int64_t rows,
-                         int64_t cols, double scale, uintptr_t stream) {
+                         int64_t cols, double scale, bool walk, uintptr_t stream) {
     const int64_t* c = checked_config(config);
     py::gil_scoped_release release;
-    osmos::cuda::rps_gather(as_ptr<const void>(M), as_ptr<void>(W), osmos::DType(dtype), c, rows, cols, scale,
+    osmos::cuda::rps_gather(as_ptr<const void>(M), as_ptr<void>(W), osmos::DType(dtype), c, rows, cols, scale, walk,
                             as_stream(stream));
   });
   m.def("rps_scatter_atomic", [](uintptr_t G, int dtype, uintptr_t acc, const std::vector<int64_t>& config,
-                                 int64_t rows, int64_t cols, double scale, uintptr_t stream) {
+                                 int64_t rows, int64_t cols, double scale, bool walk, uintptr_t stream) {
     const int64_t* c = checked_config(config);
     py::gil_scoped_release release;
     osmos::cuda::rps_scatter_atomic(as_ptr<const void>(G), osmos::DType(dtype), as_ptr<void>(acc), c, rows, cols, scale,
-                                    as_stream(stream));
+                                    walk, as_stream(stream));
   });
   m.def("rps_scatter_sorted", [](uintptr_t G, int dtype, uintptr_t acc, const std::vector<int64_t>& config,
                                  int64_t cols, double scale, uintptr_t order, uintptr_t slots, uintptr_t starts,

@@ -9,6 +9,7 @@
 #include "cuda/rps.h"
 #include "osmos/dtype.h"
 #include "osmos/rps_hash.h"
+#include "osmos/rps_walk.h"
 
 namespace osmos::cuda {
 namespace {
@@ -48,6 +49,64 @@ __global__ void gather_kernel(const T* __restrict__ M, T* __restrict__ W, Map p,
     C v = load(M, rps::index(p, r, c));
     store(W, e, mul(C(rps::sign(p, r, c)) * scale, v));
   }
+}
+
+// Warp-chunk kernels (osmos/rps_walk.h): warp w of the grid takes chunks w, w + warps, ... of
+// kWarpChunk consecutive elements; lane l handles chunk + l + 32 k, walking the mapping with an
+// IndexWalker, and takes its signs from the lane that hashed their group. Every lane runs the
+// same number of steps (the shuffles need the whole warp); positions past n are skipped.
+struct ChunkSigns {
+  int64_t group0 = 0, mine = 0, last = 0;  // first group, this lane's group bits, group 32's bits
+};
+
+__device__ __forceinline__ ChunkSigns chunk_signs(const Map& p, int64_t e0, int lane) {
+  ChunkSigns s;
+  if (p.use_sign) {
+    s.group0 = rps::sign_group0(p, e0);
+    s.mine = rps::sign_bits(p, s.group0 + lane);
+    s.last = rps::sign_bits(p, s.group0 + rps::kLanes);
+  }
+  return s;
+}
+
+__device__ __forceinline__ int chunk_sign(const Map& p, const ChunkSigns& s, int64_t e) {
+  if (!p.use_sign) return 1;
+  const int slot = rps::sign_slot(p, e, s.group0);
+  const long long from_lane = __shfl_sync(0xffffffffu, (long long)s.mine, slot & (rps::kLanes - 1));
+  return rps::sign_from_bits(p, e, slot < rps::kLanes ? int64_t(from_lane) : s.last);
+}
+
+// Calls f(e, index(e), sign(e)) for every position e < n, each warp walking its chunks.
+template <class F>
+__device__ __forceinline__ void walk_chunks(const Map& p, int64_t n, F&& f) {
+  const int lane = threadIdx.x % rps::kLanes;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / rps::kLanes);
+  for (int64_t w = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / rps::kLanes; w * rps::kWarpChunk < n; w += warps) {
+    const int64_t e0 = w * rps::kWarpChunk;
+    const ChunkSigns signs = chunk_signs(p, e0, lane);
+    rps::IndexWalker walk(p);
+    for (int k = 0; k < rps::kPerLane; ++k) {
+      const int64_t e = e0 + lane + int64_t(k) * rps::kLanes;
+      const int sg = chunk_sign(p, signs, e);  // every lane: a warp shuffle
+      if (e < n) f(e, walk.index(e), sg);
+    }
+  }
+}
+
+template <class T, class C = typename Compute<T>::type>
+__global__ void gather_walk_kernel(const T* __restrict__ M, T* __restrict__ W, Map p, int64_t n, C scale) {
+  walk_chunks(p, n, [&](int64_t e, int64_t index, int sg) { store(W, e, mul(C(sg) * scale, load(M, index))); });
+}
+
+template <class T, class C = typename Compute<T>::type>
+__global__ void scatter_walk_kernel(const T* __restrict__ G, C* acc, Map p, int64_t n, C scale) {
+  walk_chunks(p, n, [&](int64_t e, int64_t index, int sg) { atomicAdd(acc + index, C(sg) * mul(scale, C(load(G, e)))); });
+}
+
+inline int blocks_for_chunks(int64_t n) {
+  const int64_t chunks = (n + rps::kWarpChunk - 1) / rps::kWarpChunk;
+  const int64_t b = (chunks + kThreads / rps::kLanes - 1) / (kThreads / rps::kLanes);
+  return int(b < 65535 * 16 ? (b > 0 ? b : 1) : 65535 * 16);
 }
 
 template <class T, class C = typename Compute<T>::type>
@@ -103,26 +162,35 @@ void dispatch(DType dtype, const char* what, F&& fn) {
 }  // namespace
 
 void rps_gather(const void* M, void* W, DType dtype, const int64_t* config, int64_t rows, int64_t cols, double scale,
-                cudaStream_t stream) {
+                bool walk, cudaStream_t stream) {
   Map p = rps::map_from_config(config);
   int64_t n = rows * cols;
   dispatch(dtype, "rps_gather", [&](auto tag) {
     using T = decltype(tag);
     using C = typename Compute<T>::type;
-    gather_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(static_cast<const T*>(M), static_cast<T*>(W), p, n, C(scale));
+    if (walk)
+      gather_walk_kernel<T><<<blocks_for_chunks(n), kThreads, 0, stream>>>(static_cast<const T*>(M), static_cast<T*>(W),
+                                                                         p, n, C(scale));
+    else
+      gather_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(static_cast<const T*>(M), static_cast<T*>(W), p, n,
+                                                               C(scale));
   });
   check_launch("rps_gather");
 }
 
 void rps_scatter_atomic(const void* G, DType dtype, void* acc, const int64_t* config, int64_t rows, int64_t cols,
-                        double scale, cudaStream_t stream) {
+                        double scale, bool walk, cudaStream_t stream) {
   Map p = rps::map_from_config(config);
   int64_t n = rows * cols;
   dispatch(dtype, "rps_scatter_atomic", [&](auto tag) {
     using T = decltype(tag);
     using C = typename Compute<T>::type;
-    scatter_atomic_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(static_cast<const T*>(G), static_cast<C*>(acc), p,
-                                                                       n, C(scale));
+    if (walk)
+      scatter_walk_kernel<T><<<blocks_for_chunks(n), kThreads, 0, stream>>>(static_cast<const T*>(G),
+                                                                           static_cast<C*>(acc), p, n, C(scale));
+    else
+      scatter_atomic_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(static_cast<const T*>(G), static_cast<C*>(acc),
+                                                                         p, n, C(scale));
   });
   check_launch("rps_scatter_atomic");
 }

@@ -303,3 +303,21 @@ def test_gpu_matches_cpu(backend, kind, monkeypatch):
     torch.testing.assert_close(rps_scatter(g.cuda(), config, 0.37).cpu(), cpu, atol=1e-5, rtol=1e-5)
     if backend == "cuda":  # sort-and-reduce sums in element order, like the CPU kernel: bitwise equal
         assert torch.equal(rps_scatter(g.cuda(), config, 0.37, deterministic=True).cpu(), cpu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("walk", ["1", "0"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", SHAPES + [(70, 33, 31, 2**33 + 5), (3, 1000, 100000, 17)])
+def test_cuda_walk_kernels_match_cpu(walk, kind, shape, monkeypatch):
+    # both CUDA gather / atomic scatter kernels (warp-chunk walk, and one thread per element) on
+    # odd shapes, m smaller than a warp's chunk, rows shorter than a warp, every dtype
+    monkeypatch.setenv("OSMOS_GPU_BACKEND", "cuda")
+    monkeypatch.setenv("OSMOS_RPS_CUDA_WALK", walk)
+    rows, cols, m, offset = shape
+    config = _map(kind, rows, cols, m, offset, use_sign=shape[0] % 2 == 1)
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        M = torch.randn(m, dtype=torch.float64).to(dtype)
+        assert torch.equal(rps_gather(M.cuda(), config, rows, cols, 0.37).cpu(), rps_gather(M, config, rows, cols, 0.37))
+    g = torch.randn(rows, cols, dtype=torch.float64)
+    torch.testing.assert_close(rps_scatter(g.cuda(), config, 0.37).cpu(), rps_scatter(g, config, 0.37))

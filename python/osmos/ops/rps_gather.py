@@ -127,6 +127,13 @@ def _scatter_cpu(grad, config, rows, cols, scale):
     return acc.to(grad.dtype)
 
 
+def cuda_walk() -> bool:
+    """The CUDA gather / atomic scatter kernels walk the mapping per warp chunk (hashing once per
+    STABLE-RPS partition, ROAST tile and 16 signs) unless OSMOS_RPS_CUDA_WALK=0, which selects the
+    one-thread-per-element kernels that hash every element (same results; kept to compare)."""
+    return os.environ.get("OSMOS_RPS_CUDA_WALK", "1") != "0"
+
+
 def _gather_cuda(M, config, rows, cols, scale):
     backend = gpu_backend("rps_gather")
     if backend == "triton":
@@ -136,7 +143,8 @@ def _gather_cuda(M, config, rows, cols, scale):
     if backend != "cuda":
         return reference_rps_gather(M, config, rows, cols, scale)
     W = torch.empty(rows, cols, dtype=M.dtype, device=M.device)
-    _native.CUDA.rps_gather(M.data_ptr(), W.data_ptr(), dtype_code(M), list(config), rows, cols, scale, cuda_stream(M))
+    _native.CUDA.rps_gather(M.data_ptr(), W.data_ptr(), dtype_code(M), list(config), rows, cols, scale, cuda_walk(),
+                            cuda_stream(M))
     return W
 
 
@@ -170,7 +178,7 @@ def _scatter_cuda(grad, config, rows, cols, scale, deterministic):
                                         order.data_ptr(), slots.data_ptr(), starts.data_ptr(), slots.numel(), stream)
     else:
         _native.CUDA.rps_scatter_atomic(grad.data_ptr(), dtype_code(grad), acc.data_ptr(), list(config), rows, cols,
-                                        scale, stream)
+                                        scale, cuda_walk(), stream)
     return acc.to(grad.dtype)
 
 
