@@ -1,5 +1,7 @@
 // Randomized parameter sharing on CUDA: hashed gather, scatter-add into M (atomic, or
-// deterministic over elements pre-sorted by M index), and the index / sign tables.
+// deterministic over elements pre-sorted by M index), and the index / sign tables. The gather,
+// the atomic scatter and the tables walk the mapping per warp chunk (osmos/rps_walk.h); the
+// one-thread-per-element gather and scatter stay for comparison (OSMOS_RPS_CUDA_WALK=0).
 // The mapping is csrc/include/osmos/rps_hash.h, shared with the CPU kernels.
 #include <cuda_runtime.h>
 
@@ -135,11 +137,10 @@ __global__ void scatter_sorted_kernel(const T* __restrict__ G, C* acc, Map p, C 
 }
 
 __global__ void indices_kernel(int64_t* index, int8_t* sign, Map p, int64_t n) {
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
-    int64_t r = e / p.cols, c = e % p.cols;
-    index[e] = rps::index(p, r, c);
-    sign[e] = int8_t(rps::sign(p, r, c));
-  }
+  walk_chunks(p, n, [&](int64_t e, int64_t i, int sg) {
+    index[e] = i;
+    sign[e] = int8_t(sg);
+  });
 }
 
 void check_launch(const char* what) {
@@ -210,7 +211,7 @@ void rps_scatter_sorted(const void* G, DType dtype, void* acc, const int64_t* co
 void rps_indices(int64_t* index, int8_t* sign, const int64_t* config, int64_t rows, int64_t cols, cudaStream_t stream) {
   Map p = rps::map_from_config(config);
   int64_t n = rows * cols;
-  indices_kernel<<<blocks_for(n), kThreads, 0, stream>>>(index, sign, p, n);
+  indices_kernel<<<blocks_for_chunks(n), kThreads, 0, stream>>>(index, sign, p, n);
   check_launch("rps_indices");
 }
 

@@ -316,6 +316,9 @@ def test_cuda_walk_kernels_match_cpu(walk, kind, shape, monkeypatch):
     monkeypatch.setenv("OSMOS_RPS_CUDA_WALK", walk)
     rows, cols, m, offset = shape
     config = _map(kind, rows, cols, m, offset, use_sign=shape[0] % 2 == 1)
+    index, sign = rps_indices(config, rows, cols, device="cuda")  # the tables always walk
+    ref_index, ref_sign = rps_indices(config, rows, cols)
+    assert torch.equal(index.cpu(), ref_index) and torch.equal(sign.cpu(), ref_sign)
     for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         M = torch.randn(m, dtype=torch.float64).to(dtype)
         assert torch.equal(rps_gather(M.cuda(), config, rows, cols, 0.37).cpu(), rps_gather(M, config, rows, cols, 0.37))
