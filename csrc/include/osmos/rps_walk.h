@@ -47,10 +47,10 @@ struct IndexWalker {
   Map p;
   // STABLE: the partition [lo, hi) of global indices the last position fell in, and its shift.
   int64_t lo = 0, hi = 0, shift = 0;
-  // ROAST: the last position's row and column, its tile's rows [r_lo, r_lo + tile_r) and
-  // columns [c_lo, c_lo + tile_c), and the tile's start in M.
-  int64_t r = 0, c = 0, e_last = -1, r_lo = 0, c_lo = 0, start = 0;
-  bool tile_known = false;
+  // ROAST: the last position's row and column, its tile's rows [r_lo, r_lo + tile_r) (and that
+  // row of tiles' share of the hash) and columns [c_lo, c_lo + tile_c), and the tile's start in M.
+  int64_t r = 0, c = 0, e_last = -1, r_lo = 0, c_lo = 0, row_term = 0, span = 1, start = 0;
+  bool row_known = false, col_known = false;
 
   OSMOS_WALK_HD explicit IndexWalker(const Map& map) : p(map) {}
 
@@ -70,14 +70,22 @@ struct IndexWalker {
     }
     if (p.kind == kRoast) {
       advance_to(e);
-      if (!tile_known || r < r_lo || r >= r_lo + p.tile_r || c < c_lo || c >= c_lo + p.tile_c) {
-        const int64_t rb = r / p.tile_r, cb = c / p.tile_c;
+      if (!row_known || r < r_lo || r >= r_lo + p.tile_r) {  // a new row of tiles
+        const int64_t rb = r / p.tile_r;
         r_lo = rb * p.tile_r;
-        c_lo = cb * p.tile_c;
+        row_term = mod_prime(mod_prime(rb) * p.a[2]);
         const int64_t z = p.tile_r * p.tile_c;
-        const int64_t span = p.m > z ? p.m - z : 1;
-        start = reduce(mod_prime(mod_prime(mod_prime(rb) * p.a[2]) + mod_prime(mod_prime(cb) * p.a[1]) + p.a[0]), span);
-        tile_known = true;
+        span = p.m > z ? p.m - z : 1;
+        row_known = true;
+        col_known = false;
+      }
+      if (!col_known || c < c_lo || c >= c_lo + p.tile_c) {  // a new tile in the row
+        // 32-bit division where it is exact (columns below 2^31): several times cheaper on a GPU
+        const int64_t cb = p.cols <= 0x7fffffff && p.tile_c <= 0x7fffffff ? int64_t(uint32_t(c) / uint32_t(p.tile_c))
+                                                                           : c / p.tile_c;
+        c_lo = cb * p.tile_c;
+        start = reduce(mod_prime(row_term + mod_prime(mod_prime(cb) * p.a[1]) + p.a[0]), span);
+        col_known = true;
       }
       const int64_t h = start + (r - r_lo) * p.tile_c + (c - c_lo);
       return h < p.m ? h : h % p.m;
