@@ -258,3 +258,29 @@ def test_torch_path_only_for_eager_cuda_calls(monkeypatch):
     assert not _torch_path(torch.zeros(1))  # CPU tensors keep the native kernel
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert not _torch_path(torch.zeros(1))
+
+
+def test_untracked_eager_calls_skip_the_op_with_the_same_bits(monkeypatch):
+    # inference calls run the kernel without the custom op's dispatch; the results are the op's
+    import sys
+
+    mod = sys.modules["osmos.ops.adapter_inject"]  # the module (osmos.ops.adapter_inject is the function)
+    y, x, down, up, gamma = make(2, 7, 16, 24, 3)
+    via_op = mod._adapter_inject_op(y, x, down, up, gamma)
+    y_op = y.clone()
+    mod._adapter_inject_inplace_op(y_op, x, down, up, gamma)
+    calls = []
+    monkeypatch.setattr(mod, "_adapter_inject_op", lambda *a: calls.append("op"))
+    monkeypatch.setattr(mod, "_adapter_inject_inplace_op", lambda *a: calls.append("inplace op"))
+    with torch.no_grad():
+        direct = adapter_inject(y, x, down, up, gamma)
+        y_direct = adapter_inject_(y.clone(), x, down, up, gamma)
+    assert calls == [] and torch.equal(direct, via_op) and torch.equal(y_direct, y_op)
+    # a call autograd records, or one torch.compile traces, keeps the op
+    down.requires_grad_(True)
+    adapter_inject(y, x, down, up, gamma)
+    down.requires_grad_(False)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    adapter_inject(y, x, down, up, gamma)
+    adapter_inject_(y.clone(), x, down, up, gamma)
+    assert calls == ["op", "op", "inplace op"]
