@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from osmos.ops import rps_linear
+from osmos.ops import rps_gather, rps_linear
 from osmos.ops.rps_gather import reference_rps_gather
 from osmos.ops.rps_mapping import LayerMap
 
@@ -145,3 +145,31 @@ def test_segments_hold_at_most_32_signed_columns():
     unsigned = LayerMap("stable", 1000, 0, 8, 100, seed=1, use_sign=False).config()
     assert segment_width(signed, 64) == 32 and segment_width(unsigned, 64) == 64
     assert segment_width(signed, 32) == 32 and segment_width(unsigned, 16) == 16
+
+
+def test_untracked_eager_calls_skip_the_ops_with_the_same_bits(monkeypatch):
+    # inference runs the gather / hashed linear without the custom ops' dispatch; same results
+    import sys
+
+    gmod, lmod = sys.modules["osmos.ops.rps_gather"], sys.modules["osmos.ops.rps_linear"]
+    rows, cols, m = 24, 40, 97
+    config = LayerMap("stable", m, 5, rows, cols, seed=2).config()
+    M, x = torch.nn.Parameter(torch.randn(m)), torch.randn(3, 7, cols)  # M as the RPS layers hold it
+    with torch.no_grad():
+        W_op = gmod._gather_op(M, config, rows, cols, 0.5, False)
+        y_op = lmod._linear_op(x.reshape(-1, cols), M, config, rows, cols, 0.5).reshape(3, 7, rows)
+    calls = []
+
+    def spy(name, real):
+        return lambda *a: calls.append(name) or real(*a)
+
+    monkeypatch.setattr(gmod, "_gather_op", spy("gather op", gmod._gather_op))
+    monkeypatch.setattr(lmod, "_linear_op", spy("linear op", lmod._linear_op))
+    with torch.no_grad():
+        W = rps_gather(M, config, rows, cols, 0.5)
+        y = rps_linear(x, M, config, rows, cols, 0.5)
+    assert calls == [] and torch.equal(W, W_op) and torch.equal(y, y_op)
+    # autograd records these (M needs a gradient, grad mode on): the ops run
+    rps_gather(M, config, rows, cols, 0.5)
+    rps_linear(x, M, config, rows, cols, 0.5)
+    assert calls == ["gather op", "linear op"]

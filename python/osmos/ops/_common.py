@@ -109,6 +109,21 @@ def eager_cuda(t: torch.Tensor) -> bool:
     return t.is_cuda and not torch.compiler.is_compiling()
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # not subclasses that trace or fake (FakeTensor, functional)
+
+
+def eager_untracked(*tensors: torch.Tensor) -> bool:
+    """An eager call on plain CPU / CUDA tensors that autograd does not record (inference, or no
+    input needs a gradient): an op can run its kernel without the custom op's dispatch, which costs
+    10-20 us per call on the CPU, as much as the kernel itself at small layers. Under torch.compile
+    the op stays one graph node."""
+    if torch.compiler.is_compiling():
+        return False
+    if any(type(t) not in _PLAIN or t.device.type not in ("cpu", "cuda") for t in tensors):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
 def gpu_backend(native_kernel: str) -> str:
     """Backend for an op on a CUDA tensor: OSMOS_GPU_BACKEND=cuda|triton|torch when set, else the
     osmos._cuda kernel `native_kernel` when built, else Triton when usable, else torch."""

@@ -27,7 +27,8 @@ from torch import Tensor
 
 from osmos import _native
 from osmos.ops._common import (
-    FLOAT_DTYPES, check_tensor, dtype_code, eager_cuda, gpu_uses_triton, num_threads, triton_interpreting,
+    FLOAT_DTYPES, check_tensor, dtype_code, eager_cuda, eager_untracked, gpu_uses_triton, num_threads,
+    triton_interpreting,
 )
 
 
@@ -97,16 +98,6 @@ def _torch_path(x: Tensor) -> bool:
     H100 the op's dispatch, float32 casts and copy took 0.09-0.25 ms per call against 0.02-0.03 ms
     for the kernels)."""
     return eager_cuda(x) and not gpu_uses_triton(default=False)
-
-
-def _eager_untracked(*tensors: Tensor) -> bool:
-    """An eager call on plain tensors that autograd does not record (inference, or no input needs
-    a gradient): its kernel can run without the custom op's dispatch, which costs about as much as
-    the CPU kernel itself at the small layers of a UNet's attention blocks. Under torch.compile
-    the op stays one graph node."""
-    if torch.compiler.is_compiling() or any(type(t) is not torch.Tensor for t in tensors):
-        return False
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
 def _f32(t: Tensor) -> Tensor:
@@ -208,7 +199,7 @@ def adapter_inject(y: Tensor, x: Tensor, down: Tensor, up: Tensor, gamma: Tensor
     validate(y, x, down, up, gamma)
     if _torch_path(x):
         return torch_adapter_inject(y, x, down, up, gamma)
-    if _eager_untracked(y, x, down, up, gamma):
+    if eager_untracked(y, x, down, up, gamma):
         out = torch.empty_like(y)
         _run(out, y, x, down, up, gamma)
         return out
@@ -221,7 +212,7 @@ def adapter_inject_(y: Tensor, x: Tensor, down: Tensor, up: Tensor, gamma: Tenso
     validate(y, x, down, up, gamma)
     if _torch_path(x):
         return torch_adapter_inject(y, x, down, up, gamma, out=y)
-    if _eager_untracked(y, x, down, up, gamma):
+    if eager_untracked(y, x, down, up, gamma):
         _run(y, y, x, down, up, gamma)
     else:
         _adapter_inject_inplace_op(y, x, down, up, gamma)

@@ -23,6 +23,7 @@ from osmos.ops._common import (
     check_tensor,
     cuda_stream,
     dtype_code,
+    eager_untracked,
     gpu_backend,
     num_threads,
     triton_interpreting,
@@ -204,6 +205,14 @@ def _(M, config, rows, cols, scale, deterministic):
     return _gather_cuda(M, config, rows, cols, scale)
 
 
+def gather(M: Tensor, config: List[int], rows: int, cols: int, scale: float, deterministic: bool) -> Tensor:
+    """The gather op, or for a call autograd does not record its kernel without the op's dispatch
+    (same result); for callers that have validated their arguments."""
+    if eager_untracked(M):
+        return (_gather_cuda if M.is_cuda else _gather_cpu)(M, config, rows, cols, scale)
+    return _gather_op(M, config, rows, cols, scale, deterministic)
+
+
 @torch.library.custom_op("osmos::rps_scatter", mutates_args=())
 def _scatter_op(grad: Tensor, config: List[int], rows: int, cols: int, scale: float, deterministic: bool) -> Tensor:
     raise NotImplementedError(f"osmos::rps_scatter has no kernel for device {grad.device.type}")
@@ -258,7 +267,7 @@ def rps_gather(M: Tensor, config: list[int], rows: int, cols: int, scale: float 
     validate_config(config, rows, cols)
     if M.numel() != config[1]:
         raise ValueError(f"M must have config[1]={config[1]} elements, got {M.numel()}")
-    return _gather_op(M, list(config), rows, cols, float(scale), bool(deterministic))
+    return gather(M, list(config), rows, cols, float(scale), bool(deterministic))
 
 
 def rps_scatter(grad: Tensor, config: list[int], scale: float = 1.0, deterministic: bool = False) -> Tensor:

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from osmos.ops._common import check_tensor, gpu_uses_triton, triton_interpreting
-from osmos.ops.rps_gather import DTYPES, _gather_op, _scatter_op, validate_config
+from osmos.ops._common import check_tensor, eager_untracked, gpu_uses_triton, triton_interpreting
+from osmos.ops.rps_gather import DTYPES, _gather_op, _scatter_op, gather, validate_config
 
 
 def _fused() -> bool:
@@ -39,13 +39,17 @@ def reference_rps_linear(x: Tensor, M: Tensor, config: list[int], rows: int, col
     return F.linear(x, reference_rps_gather(M, config, rows, cols, scale))
 
 
-@torch.library.custom_op("osmos::rps_linear", mutates_args=())
-def _linear_op(x: Tensor, M: Tensor, config: List[int], rows: int, cols: int, scale: float) -> Tensor:
+def _linear_forward(x: Tensor, M: Tensor, config: List[int], rows: int, cols: int, scale: float) -> Tensor:
     if _use_fused(x.device):
         from osmos.triton_kernels.rps_linear import rps_linear_forward
 
         return rps_linear_forward(x, M, config, rows, cols, scale)
-    return F.linear(x, _gather_op(M, config, rows, cols, scale, False))
+    return F.linear(x, gather(M, config, rows, cols, scale, False))
+
+
+@torch.library.custom_op("osmos::rps_linear", mutates_args=())
+def _linear_op(x: Tensor, M: Tensor, config: List[int], rows: int, cols: int, scale: float) -> Tensor:
+    return _linear_forward(x, M, config, rows, cols, scale)
 
 
 @_linear_op.register_fake
@@ -94,6 +98,7 @@ def rps_linear(x: Tensor, M: Tensor, config: list[int], rows: int, cols: int, sc
         raise ValueError(f"M must have config[1]={config[1]} elements, got {M.numel()}")
     if x.shape[-1] != cols:
         raise ValueError(f"x must have {cols} features in its last dim, got shape {tuple(x.shape)}")
-    y = _linear_op(x.reshape(-1, cols).contiguous(), M, list(config), rows, cols, float(scale))
+    forward = _linear_forward if eager_untracked(x, M) else _linear_op  # inference: no op dispatch
+    y = forward(x.reshape(-1, cols).contiguous(), M, list(config), rows, cols, float(scale))
     y = y.reshape(*x.shape[:-1], rows)
     return y if bias is None else y + bias
