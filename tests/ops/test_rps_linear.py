@@ -173,3 +173,18 @@ def test_untracked_eager_calls_skip_the_ops_with_the_same_bits(monkeypatch):
     rps_gather(M, config, rows, cols, 0.5)
     rps_linear(x, M, config, rows, cols, 0.5)
     assert calls == ["gather op", "linear op"]
+
+
+def test_inference_tracing_still_records_the_op():
+    # the direct inference path is for plain eager calls: make_fx (real tensors, inference) and
+    # torch.func.vmap still see the custom op
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from osmos.ops._common import eager_untracked
+
+    config = LayerMap("stable", 10, 0, 3, 8, seed=1).config()
+    x, M = torch.randn(4, 8), torch.randn(10)
+    with torch.no_grad():
+        graph = make_fx(lambda x, M: rps_linear(x, M, config, 3, 8, 0.5), tracing_mode="real")(x, M).graph
+    assert "osmos.rps_linear.default" in [str(n.target) for n in graph.nodes if n.op == "call_function"]
+    assert eager_untracked(x) and not torch.func.vmap(lambda t: torch.tensor(eager_untracked(t)))(x).any()

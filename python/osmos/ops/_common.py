@@ -112,12 +112,20 @@ def eager_cuda(t: torch.Tensor) -> bool:
 _PLAIN = (torch.Tensor, torch.nn.Parameter)  # not subclasses that trace or fake (FakeTensor, functional)
 
 
+def _tracing_or_transformed() -> bool:
+    """A Python dispatch mode (make_fx, export, FakeTensorMode) or a torch.func transform (vmap,
+    grad) is active: the op must be called so that it is recorded / transformed."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return _get_current_dispatch_mode() is not None or torch._C._functorch.maybe_current_level() is not None
+
+
 def eager_untracked(*tensors: torch.Tensor) -> bool:
     """An eager call on plain CPU / CUDA tensors that autograd does not record (inference, or no
     input needs a gradient): an op can run its kernel without the custom op's dispatch, which costs
     10-20 us per call on the CPU, as much as the kernel itself at small layers. Under torch.compile
     the op stays one graph node."""
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or _tracing_or_transformed():
         return False
     if any(type(t) not in _PLAIN or t.device.type not in ("cpu", "cuda") for t in tensors):
         return False
