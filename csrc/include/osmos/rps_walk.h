@@ -1,6 +1,7 @@
 // Walking the RPS mapping (osmos/rps_hash.h) along increasing element positions, for the CUDA
-// gather and scatter: the hashes are computed once per STABLE-RPS partition or ROAST tile a
-// thread enters, not once per element, and the divisions once per position a thread starts at.
+// gather, scatter and index tables: STABLE-RPS hashes and divides once per partition a thread
+// enters, ROAST once per tile (the row's share of the tile hash kept, columns divided in 32 bits),
+// instead of everything for every element.
 //
 // The GPU kernels give each warp a chunk of kWarpChunk consecutive elements of W (flattened
 // row-major); lane l handles positions chunk + l + 32 k for k = 0 .. kPerLane - 1, so every
