@@ -1,5 +1,6 @@
 """Zoo denoiser training: a few steps train, export, resume, and (on a GPU) run with --device cuda."""
 
+import dataclasses
 import json
 
 import pytest
@@ -193,7 +194,7 @@ def test_phased_recipe_validation_and_cli(tmp_path, monkeypatch):
         with pytest.raises(ValueError, match="phase 1"):
             zoo_train.training_phases(dataclasses.replace(r, extra={"phases": bad}))
     with pytest.raises(ValueError, match="no extra"):
-        zoo_train.training_phases(recipe("shapes-dit"))
+        zoo_train.training_phases(recipe("shapes-unet-ft"))
     with pytest.raises(SystemExit):  # the recipe fixes the steps of a phased model
         zoo_train.main(["shapes-unet", "--steps", "5", "--out", str(tmp_path)])
     monkeypatch.setattr(zoo_train, "CAPTION_POOL", 64)
@@ -201,12 +202,18 @@ def test_phased_recipe_validation_and_cli(tmp_path, monkeypatch):
     assert zoo_train.main(["shapes-unet", "--minutes", "0", "--out", str(tmp_path / "unet")]) == 1
     assert json.loads((tmp_path / "unet" / "phase1" / "shapes-unet.json").read_text())["card"]["steps"] == 0
     assert not (tmp_path / "unet" / "phase2").exists()
-    assert zoo_train.main(["shapes-dit", "--steps", "1", "--out", str(tmp_path / "dit")]) == 0  # unphased: --steps
-    assert json.loads((tmp_path / "dit" / "shapes-dit.json").read_text())["card"]["steps"] == 1
+    assert zoo_train.main(["shapes-unet-ft", "--steps", "1", "--out", str(tmp_path / "ft")]) == 0  # unphased: --steps
+    assert json.loads((tmp_path / "ft" / "shapes-unet-ft.json").read_text())["card"]["steps"] == 1
+
+
+def _unphased_dit():
+    r = recipe("shapes-dit")
+    return dataclasses.replace(r, extra={k: v for k, v in r.extra.items() if k != "phases"})
 
 
 def test_config_override_trains_and_loads_a_variant(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo_train, "CAPTION_POOL", 64)
+    monkeypatch.setattr(zoo_train, "recipe", lambda name: _unphased_dit())  # --steps needs an unphased recipe
     out = tmp_path / "dit-p1"
     assert zoo_train.main(["shapes-dit", "--steps", "1", "--config", "patch_size=1", "--config", "num_layers=2",
                            "--out", str(out)]) == 0
@@ -292,3 +299,93 @@ def test_compile_flag_reaches_every_phase_and_not_the_classifier(tmp_path, monke
     assert seen == [True, True, True] and card["steps"] == 9283 + 4000 + 2500
     with pytest.raises(SystemExit):
         zoo_train.main(["classifier", "--compile", "--out", str(tmp_path / "c")])
+
+
+def test_grow_depth_doubles_the_blocks_and_keeps_the_function():
+    from osmos.zoo.models import grow_depth, predict_noise
+
+    r = dataclasses.replace(recipe("shapes-dit"), config={**recipe("shapes-dit").config, "num_layers": 2})
+    torch.manual_seed(0)
+    small = build_model(r).eval()
+    with torch.no_grad():  # non-zero output projections everywhere, so that a wrong copy would show
+        for p in small.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    grown_state = grow_depth(small.state_dict())
+    big = build_model(dataclasses.replace(r, config={**r.config, "num_layers": 4})).eval()
+    big.load_state_dict(grown_state)  # exactly the keys of a 4-block model
+    assert torch.equal(grown_state["transformer_blocks.2.attn1.to_q.weight"], small.state_dict()["transformer_blocks.1.attn1.to_q.weight"])
+    assert not grown_state["transformer_blocks.3.ff.net.2.weight"].any()
+    x, states = torch.randn(2, 3, 16, 16), torch.randn(2, 5, 384)
+    mask, t = torch.ones(2, 5, dtype=torch.long), torch.tensor([10, 700])
+    with torch.no_grad():
+        before, after = predict_noise(small, x, t, states, mask), predict_noise(big, x, t, states, mask)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)
+    assert before.abs().mean() > 1e-2
+    with pytest.raises(ValueError, match="transformer_blocks"):
+        grow_depth(build_model(recipe("shapes-unet")).state_dict())
+
+
+@pytest.mark.parametrize("teacher_type, student_type", [("epsilon", "v_prediction"), ("v_prediction", "epsilon"),
+                                                        ("epsilon", "epsilon")])
+def test_teacher_target_of_an_oracle_teacher_is_the_true_target(teacher_type, student_type):
+    from osmos.zoo.models import build_scheduler
+
+    teacher = dataclasses.replace(recipe("shapes-unet"), prediction_type=teacher_type)
+    student = dataclasses.replace(recipe("shapes-dit"), prediction_type=student_type)
+    sched = build_scheduler(student, "ddpm")
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(8, 3, 4, 4, generator=g) * 1.8 - 0.9
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.tensor([0, 1, 50, 200, 500, 800, 990, 999])
+    xt = sched.add_noise(x0, noise, t)
+    velocity = sched.get_velocity(x0, noise, t)
+    oracle = velocity if teacher_type == "v_prediction" else noise
+    want = velocity if student_type == "v_prediction" else noise
+    got = zoo_train.teacher_target(student, teacher, sched, oracle, xt, t)
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=2e-3)
+    # a teacher whose x0 estimate leaves the data range: the target's x0 is the clipped estimate
+    far = zoo_train.teacher_target(student, teacher, sched, oracle * 0 + (5.0 if teacher_type == "epsilon" else -5.0), xt, t)
+    a = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x0_of_target = (a.sqrt() * xt - (1 - a).sqrt() * far if student_type == "v_prediction"
+                    else (xt - (1 - a).sqrt() * far) / a.sqrt())
+    # (recovering x0 from the target divides by sqrt(alpha_bar), tiny at t = 999: float error shows there)
+    assert x0_of_target.abs().max() <= 1.02 and (x0_of_target.abs() > 0.999).any()
+
+
+def test_shapes_dit_recipe_grows_then_distils():
+    stages = zoo_train.training_phases(recipe("shapes-dit"))
+    assert [s[1] for s in stages] == [26000, 5000, 5000] and [s[3] for s in stages] == [0, 5, 6]
+    assert [s[0].config["num_layers"] for s in stages] == [6, 12, 12]
+    assert [s[0].extra.get("grow", False) for s in stages] == [False, True, False]
+    assert [s[0].extra.get("teacher") for s in stages] == [None, "shapes-unet", "shapes-unet"]
+    assert recipe("shapes-dit").config["num_layers"] == 12  # what load() builds
+
+
+@pytest.mark.parametrize("phases, match", [
+    ([{"steps": 1, "grow": True}], "phase 1 cannot grow"),
+    ([{"steps": 1}, {"steps": 1, "grow": True}], "twice phase 1's"),
+    ([{"steps": 1, "config": {"num_layer": 1}}], "unknown keys"),
+    ([{"steps": 1, "teacher": "sd-1.5"}], "teacher must be a zoo model"),
+])
+def test_grow_and_teacher_phases_are_validated(phases, match):
+    r = dataclasses.replace(recipe("shapes-dit"), extra={"phases": phases})
+    with pytest.raises(ValueError, match=match):
+        zoo_train.training_phases(r)
+
+
+def test_a_grown_distilled_phase_trains_end_to_end(tmp_path, monkeypatch):
+    """A 1-block phase, then the same grown to 2 blocks and distilled from shapes-unet: the final model
+    has 2 blocks, its card names the teacher and the growth, and the teacher changes what is learned."""
+    monkeypatch.setattr(zoo_train, "CAPTION_POOL", 64)
+    base = dataclasses.replace(recipe("shapes-dit"), config={**recipe("shapes-dit").config, "num_layers": 2})
+    phases = [{"steps": 1, "config": {"num_layers": 1}}, {"steps": 2, "grow": True, "teacher": "shapes-unet"}]
+    card = zoo_train.train_phases(dataclasses.replace(base, extra={"phases": phases}), 0, 10.0, tmp_path / "a", False)
+    assert card["steps"] == 3 and "teacher" not in card
+    assert card["phases"][1]["teacher"] == "shapes-unet" and card["phases"][1]["grow"] is True
+    final = load_file(str(tmp_path / "a" / "shapes-dit.safetensors"))
+    assert any(k.startswith("transformer_blocks.1.") for k in final) and not any(k.startswith("transformer_blocks.2.") for k in final)
+    undistilled = [{"steps": 1, "config": {"num_layers": 1}}, {"steps": 2, "grow": True}]
+    other = zoo_train.train_phases(dataclasses.replace(base, extra={"phases": undistilled}), 0, 10.0, tmp_path / "b", False)
+    assert other["final_loss_ema"] != card["final_loss_ema"]
+    with pytest.raises(ValueError, match="grow needs the starting weights"):
+        zoo_train.train_denoiser(dataclasses.replace(base, extra={"grow": True}), 0, 10.0, 1, tmp_path / "c", False)

@@ -22,7 +22,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from osmos.zoo import data as D
-from osmos.zoo.models import Recipe, build_model, build_scheduler, predict_noise, recipe
+from osmos.zoo.models import RECIPES, Recipe, build_model, build_scheduler, grow_depth, predict_noise, recipe
 from osmos.zoo.prefetch import BatchStream
 from osmos.zoo.text import HIDDEN_SIZE, MAX_TOKENS
 
@@ -154,6 +154,36 @@ def _training_batch(r: Recipe, step: int, pool: CaptionPool, memorized: CaptionP
     return tuple(torch.cat(parts) for parts in zip(batch, pool.batch(n_fresh, r.size, g, r.cfg_dropout)))
 
 
+def load_teacher(student: Recipe, name: str, device: torch.device) -> tuple[Recipe, torch.nn.Module]:
+    """(recipe, frozen denoiser) of the shipped zoo model ``name`` that a distilling recipe learns from;
+    it must share the student's noise schedule, image size and channels."""
+    teacher = recipe(name)
+    for key in ("num_train_timesteps", "beta_schedule", "size"):
+        if getattr(teacher, key) != getattr(student, key):
+            raise ValueError(f"teacher {name} has {key}={getattr(teacher, key)!r}, the student "
+                             f"{student.name} {getattr(student, key)!r}: they must match")
+    model = build_model(teacher)
+    model.load_state_dict({k: v.float() for k, v in load_file(str(WEIGHTS_DIR / f"{name}.safetensors")).items()})
+    return teacher, model.to(device).eval().requires_grad_(False)
+
+
+def teacher_target(student: Recipe, teacher: Recipe, sched, teacher_pred: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+    """The student's regression target from a teacher's prediction for the same noisy x_t at timesteps t:
+    the teacher's x0 estimate, clipped to the data range [-1, 1] (as the samplers clip it), and the noise
+    that goes with it, re-expressed in the student's prediction type (epsilon or v). With an oracle teacher
+    (the true noise) this is the usual target; with a trained one, the noise-free version of it (the
+    average over the images that could have produced x_t, not the one that did)."""
+    a = sched.alphas_cumprod.to(t.device)[t].float().view(-1, *([1] * (x_t.dim() - 1)))
+    signal, noise_level = a.sqrt(), (1 - a).sqrt()
+    if teacher.prediction_type == "v_prediction":
+        x0 = signal * x_t - noise_level * teacher_pred
+    else:
+        x0 = (x_t - noise_level * teacher_pred) / signal
+    x0 = x0.clamp(-1, 1)
+    eps = (x_t - signal * x0) / noise_level
+    return signal * eps - noise_level * x0 if student.prediction_type == "v_prediction" else eps
+
+
 def loss_weights(r: Recipe, sched, t: Tensor) -> Tensor:
     """Per-sample min-SNR weights [B] of the MSE loss at timesteps t [B]: they cap the implicit
     x0-error weight of the recipe's objective (SNR for epsilon, SNR + 1 for v) at ``r.snr_gamma``."""
@@ -274,10 +304,19 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
     dev = torch.device(device)
     model = build_model(r)
     if init is not None:
-        model.load_state_dict({k: v.float() for k, v in load_file(str(init)).items()})
+        start = {k: v.float() for k, v in load_file(str(init)).items()}
+        if r.extra.get("grow"):
+            start = grow_depth(start)
+        if set(start) != set(model.state_dict()):
+            raise ValueError(f"{r.name}: the weights in {init}{' (grown)' if r.extra.get('grow') else ''} "
+                             f"do not match the config (num_layers={r.config.get('num_layers')})")
+        model.load_state_dict(start)
+    elif r.extra.get("grow"):
+        raise ValueError(f"{r.name}: grow needs the starting weights (a phase after the first, or init)")
     elif "init_from" in r.extra:  # a fine-tuned variant starts from a shipped model's weights
         model.load_state_dict(_initial_weights(r, model))
     model.to(dev)
+    teacher = load_teacher(r, r.extra["teacher"], dev) if r.extra.get("teacher") else None
     sched = build_scheduler(r, "ddpm")
     opt = torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=0.0)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -320,7 +359,8 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
                         else torch.cuda.get_device_name(dev)),
             **({"memorized_captions": memorized.texts} if memorized else {}),
             **({k: r.extra[k] for k in ("init_from", "pin", "frames", "pure_steps", "fresh_fraction",
-                                                  "heldout_fraction", "shape_weights", "config_overrides")
+                                                  "heldout_fraction", "shape_weights", "config_overrides",
+                                                  "teacher", "grow")
                 if k in r.extra}),
         }
         export(r, ema, card, out)
@@ -363,7 +403,11 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
                                           for v in (x0, states, mask, noise, t))
         xt = sched.add_noise(x0, noise, t)
         pred = predict_noise(forward, xt, t, states, mask)
-        target = sched.get_velocity(x0, noise, t) if r.prediction_type == "v_prediction" else noise
+        if teacher is not None:
+            with torch.no_grad():
+                target = teacher_target(r, teacher[0], sched, predict_noise(teacher[1], xt, t, states, mask), xt, t)
+        else:
+            target = sched.get_velocity(x0, noise, t) if r.prediction_type == "v_prediction" else noise
         if r.snr_gamma is None:
             loss = F.mse_loss(pred, target)
         else:
@@ -393,7 +437,8 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
     save()
     return json.loads((out / f"{r.name}.json").read_text())["card"]
 
-PHASE_KEYS = ("steps", "lr", "warmup_steps", "decay_steps", "shape_weights", "seed_offset")
+PHASE_KEYS = ("steps", "lr", "warmup_steps", "decay_steps", "shape_weights", "seed_offset", "config", "grow",
+              "teacher")
 
 
 def training_phases(r: Recipe) -> list[tuple[Recipe, int, int, int]]:
@@ -401,9 +446,12 @@ def training_phases(r: Recipe) -> list[tuple[Recipe, int, int, int]]:
 
     Each phase is a dict with ``steps`` and optionally ``lr``, ``warmup_steps``, ``decay_steps`` (linear
     cool-down over the phase's last steps), ``shape_weights`` (the phase's caption draw weights) and
-    ``seed_offset`` (the phase trains with seed + offset: other captions, noise and draws). The first
-    phase starts as the recipe says (fresh or ``init_from``); every later one from the previous phase's
-    EMA weights with a fresh optimizer."""
+    ``seed_offset`` (the phase trains with seed + offset: other captions, noise and draws), ``config``
+    (model-config entries of this phase, e.g. fewer ``num_layers`` before a growth), ``grow`` (start
+    from the previous phase's weights deepened twice over, see :func:`osmos.zoo.models.grow_depth`)
+    and ``teacher`` (a shipped zoo model whose denoiser gives the targets: distillation, see
+    :func:`teacher_target`). The first phase starts as the recipe says (fresh or ``init_from``);
+    every later one from the previous phase's EMA weights with a fresh optimizer."""
     phases = r.extra.get("phases")
     if not phases:
         raise ValueError(f"recipe {r.name!r} has no extra['phases']")
@@ -414,9 +462,19 @@ def training_phases(r: Recipe) -> list[tuple[Recipe, int, int, int]]:
         if unknown or not isinstance(p.get("steps"), int) or p["steps"] < 1:
             raise ValueError(f"{r.name}: phase {i + 1} must have integer steps >= 1 and only the keys "
                              f"{PHASE_KEYS}, got {p}")
-        extra = dict(base_extra, **({"shape_weights": p["shape_weights"]} if p.get("shape_weights") else {}))
+        extra = dict(base_extra, **{k: p[k] for k in ("shape_weights", "grow", "teacher") if p.get(k)})
+        if i == 0 and p.get("grow"):
+            raise ValueError(f"{r.name}: phase 1 cannot grow (it has no previous phase's weights)")
+        if p.get("teacher") and p["teacher"] not in RECIPES:
+            raise ValueError(f"{r.name}: phase {i + 1} teacher must be a zoo model, got {p['teacher']!r}")
+        config = dict(r.config, **p.get("config", {}))
+        if set(config) != set(r.config):
+            raise ValueError(f"{r.name}: phase {i + 1} config has unknown keys {sorted(set(config) - set(r.config))}")
+        if p.get("grow") and config.get("num_layers") != 2 * stages[-1][0].config.get("num_layers", -1):
+            raise ValueError(f"{r.name}: phase {i + 1} grows, so its num_layers must be twice phase {i}'s "
+                             f"({stages[-1][0].config.get('num_layers')}), got {config.get('num_layers')}")
         stage = dataclasses.replace(r, lr=p.get("lr", r.lr), warmup_steps=p.get("warmup_steps", r.warmup_steps),
-                                    extra=extra)
+                                    config=config, extra=extra)
         decay = p.get("decay_steps", 0)
         if not 0 <= decay <= p["steps"]:
             raise ValueError(f"{r.name}: phase {i + 1} decay_steps must be in [0, {p['steps']}], got {decay}")
@@ -445,15 +503,16 @@ def train_phases(r: Recipe, seed: int, minutes: float, out: Path, resume: bool, 
         cards.append(card)
         init = sub / f"{r.name}.safetensors"
     card = dict(cards[-1])
-    card.pop("shape_weights", None)
+    for key in ("shape_weights", "grow", "teacher"):  # per phase, listed under "phases"
+        card.pop(key, None)
     card.update(
         steps=sum(c["steps"] for c in cards), train_minutes=round(sum(c["train_minutes"] for c in cards), 2),
         seed=seed, final_loss_ema=cards[-1]["final_loss_ema"],
         lr_schedule=f"{len(cards)} phases, each from the previous one's EMA weights (see phases)",
         command=(f"python -m osmos.zoo.train {r.name} --seed {seed}" + _config_flags(r)
                  + (f" --device {device}" if device != "cpu" else "")),
-        phases=[{k: c[k] for k in ("steps", "seed", "lr_schedule", "shape_weights", "train_minutes",
-                                   "final_loss_ema", "machine") if k in c} for c in cards],
+        phases=[{k: c[k] for k in ("steps", "seed", "lr_schedule", "shape_weights", "grow", "teacher", "parameters",
+                                   "train_minutes", "final_loss_ema", "machine") if k in c} for c in cards],
     )
     export(r, load_file(str(init)), card, out)
     return card
