@@ -21,7 +21,7 @@
 #      (--resume: a second call on the same warm machine continues), and copies the exported weights
 #      and card to $OUT. Evaluate them back here with
 #        python benchmarks/zoo_quality.py --model shapes-dit --per-pair 16 --scheduler ddim --steps 20 --weights <dir>
-# Settings: DIT_CONFIG (default "patch_size=1"), DIT_STEPS (26000), DIT_DECAY (6000), DIT_COMPILE (set: --compile;
+# Settings: DIT_CONFIG (default "patch_size=1 num_layers=6": the 6-block recipe before growth, one plain run), DIT_STEPS (26000), DIT_DECAY (6000), DIT_COMPILE (set: --compile;
 # an eager step took 54 ms on an H100 machine, bound by the CPU launching kernels), DIT_OUT
 # (out/zoo/shapes-dit-p1). `train` with DIT_DEVICE=cpu DIT_STEPS=2 is a dry run of the same path.
 set -euo pipefail
@@ -29,7 +29,7 @@ cd "$(dirname "$0")/.."
 MODE=${1:-}
 PY=${PYTHON:-python3}
 DIT_OUT=${DIT_OUT:-out/zoo/shapes-dit-p1}
-read -r -a CONFIG_ARGS <<< "$(for c in ${DIT_CONFIG:-patch_size=1}; do printf -- '--config %s ' "$c"; done)"
+read -r -a CONFIG_ARGS <<< "$(for c in ${DIT_CONFIG:-patch_size=1 num_layers=6}; do printf -- '--config %s ' "$c"; done)"
 
 case "$MODE" in
   prepare)
@@ -40,7 +40,7 @@ case "$MODE" in
       --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
       -d .whl diffusers importlib_metadata
     # the caption cache: zero training steps encode and save the captions, export, and stop
-    PYTHONPATH=python $PY -m osmos.zoo.train shapes-dit --seed 0 --steps 0 "${CONFIG_ARGS[@]}" --out "$DIT_OUT"
+    PYTHONPATH=python $PY -m osmos.zoo.train shapes-dit --no-phases --seed 0 --steps 0 "${CONFIG_ARGS[@]}" --out "$DIT_OUT"
     $PY - "$DIT_OUT" <<'PACK'
 import sys, torch
 d = sys.argv[1]
@@ -74,7 +74,7 @@ UNPACK
     export PYTHONPATH=python${SITE:+:$SITE} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
     { date -u; nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || true; } | tee "$OUT_DIR/train_dit.log"
     set +e
-    $PY -m osmos.zoo.train shapes-dit --seed 0 --device "${DIT_DEVICE:-cuda}" "${CONFIG_ARGS[@]}" \
+    $PY -m osmos.zoo.train shapes-dit --no-phases --seed 0 --device "${DIT_DEVICE:-cuda}" "${CONFIG_ARGS[@]}" \
       --steps "${DIT_STEPS:-26000}" --decay-steps "${DIT_DECAY:-6000}" --minutes "${DIT_MINUTES:-8}" \
       --fit-steps ${DIT_COMPILE:+--compile} --resume --out "$DIT_OUT" 2>&1 | tr '\r' '\n' | grep -v '^ *$' | awk 'NR % 200 == 1 || /steps|card|compile|Error|error/' \
       >> "$OUT_DIR/train_dit.log"

@@ -206,21 +206,18 @@ def test_phased_recipe_validation_and_cli(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "ft" / "shapes-unet-ft.json").read_text())["card"]["steps"] == 1
 
 
-def _unphased_dit():
-    r = recipe("shapes-dit")
-    return dataclasses.replace(r, extra={k: v for k, v in r.extra.items() if k != "phases"})
-
 
 def test_config_override_trains_and_loads_a_variant(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo_train, "CAPTION_POOL", 64)
-    monkeypatch.setattr(zoo_train, "recipe", lambda name: _unphased_dit())  # --steps needs an unphased recipe
     out = tmp_path / "dit-p1"
-    assert zoo_train.main(["shapes-dit", "--steps", "1", "--config", "patch_size=1", "--config", "num_layers=2",
-                           "--out", str(out)]) == 0
+    with pytest.raises(SystemExit):  # a phased recipe fixes its steps...
+        zoo_train.main(["shapes-dit", "--steps", "1", "--out", str(out)])
+    assert zoo_train.main(["shapes-dit", "--no-phases", "--steps", "1", "--config", "patch_size=1",  # ...unless asked
+                           "--config", "num_layers=2", "--out", str(out)]) == 0
     meta = json.loads((out / "shapes-dit.json").read_text())
     assert meta["recipe"]["config"]["patch_size"] == 1 and meta["recipe"]["config"]["num_layers"] == 2
     assert meta["card"]["config_overrides"] == {"patch_size": 1, "num_layers": 2}
-    assert meta["card"]["command"].endswith("--config patch_size=1 --config num_layers=2")
+    assert meta["card"]["command"].endswith("--no-phases --config patch_size=1 --config num_layers=2")
     import osmos.zoo
 
     pipe = osmos.zoo.load("shapes-dit", weights_dir=out)  # the variant's architecture, from its JSON

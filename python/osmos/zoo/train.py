@@ -249,7 +249,10 @@ def override_config(r: Recipe, items: list[str]) -> Recipe:
 
 
 def _config_flags(r: Recipe) -> str:
-    return "".join(f" --config {k}={json.dumps(v, separators=(',', ':'))}" for k, v in r.extra.get("config_overrides", {}).items())
+    """The command-line flags that rebuild r from its registered recipe (a phased recipe trained in one run:
+    ``--no-phases``; config overrides: ``--config``)."""
+    single = r.name in RECIPES and "phases" in RECIPES[r.name].extra and "phases" not in r.extra
+    return (" --no-phases" if single else "") + "".join(f" --config {k}={json.dumps(v, separators=(',', ':'))}" for k, v in r.extra.get("config_overrides", {}).items())
 
 
 def fitted_steps(step: int, max_steps: int, decay_steps: int, seconds_per_step: float,
@@ -550,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                    help="train a variant: replace an entry of the model config (VALUE as JSON), e.g. "
                         "--config patch_size=1 for a patch-1 shapes-dit; repeatable; recorded in the card")
+    p.add_argument("--no-phases", action="store_true",
+                   help="train the recipe's final architecture in one run (--steps, --decay-steps), ignoring its phases")
     p.add_argument("--pool-size", type=int, default=8192, help="classifier only: renders in its training pool")
     p.add_argument("--install", action="store_true", help="copy the exported weights into osmos/zoo/weights")
     p.add_argument("--install-dtype", choices=["float32", "float16"], default="float32",
@@ -564,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
         r = override_config(recipe(args.name), args.config) if args.name != "classifier" else None
     except ValueError as e:
         p.error(str(e))
+    if args.no_phases and r is not None:
+        r = dataclasses.replace(r, extra={k: v for k, v in r.extra.items() if k != "phases"})
     if args.name == "classifier":
         from osmos.zoo.classifier import train_classifier
 
@@ -573,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     elif "phases" in r.extra:
         if args.steps is not None or args.decay_steps is not None or args.fit_steps:
             p.error(f"{args.name} trains in phases whose steps and cool-downs its recipe fixes: "
-                    "drop --steps / --decay-steps / --fit-steps")
+                    "drop --steps / --decay-steps / --fit-steps, or add --no-phases for one plain run")
         card = train_phases(r, args.seed, float("inf") if args.minutes is None else args.minutes, out, args.resume,
                             args.device, compile=args.compile)
         if card["steps"] < sum(s[1] for s in training_phases(r)):
