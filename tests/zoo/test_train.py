@@ -143,7 +143,23 @@ def test_shape_weights_draw_weighted_shapes_more_often(tmp_path):
     with pytest.raises(ValueError, match="shape_weights"):
         zoo_train.CaptionPool(96, seed=0, cache=tmp_path / "captions.pt", shape_weights={"blob": 2.0})
     with pytest.raises(ValueError, match="shape_weights"):
+        zoo_train.CaptionPool(96, seed=0, cache=tmp_path / "captions.pt", shape_weights={"pink star": 2.0})
+    with pytest.raises(ValueError, match="shape_weights"):
         zoo_train.CaptionPool(96, seed=0, cache=tmp_path / "captions.pt", shape_weights={"star": 0.0})
+
+
+def test_shape_weights_pair_key_overrides_its_shape(tmp_path):
+    """A "colour shape" key weights that pair alone, over its shape's weight."""
+    from osmos.zoo import data as D
+
+    pool = zoo_train.CaptionPool(96, seed=0, cache=tmp_path / "captions.pt",
+                                 shape_weights={"star": 2.0, "red star": 5.0, "blue square": 0.5})
+    shape = [D.SHAPES[i] for i in pool.attrs.shape.tolist()]
+    colour = [D.COLOURS[i] for i in pool.attrs.colour.tolist()]
+    expected = [5.0 if (c, s) == ("red", "star") else 2.0 if s == "star" else 0.5 if (c, s) == ("blue", "square")
+                else 1.0 for s, c in zip(shape, colour)]
+    assert {("red", "star"), ("green", "star"), ("blue", "square")} <= set(zip(colour, shape))
+    assert pool.draw_weights.tolist() == expected
 
 
 def _two_phase_recipe():
@@ -165,6 +181,7 @@ def test_phased_recipe_trains_stage_by_stage(tmp_path, monkeypatch):
     assert card["steps"] == 4 and card["seed"] == 0 and len(card["phases"]) == 2
     assert [p["seed"] for p in card["phases"]] == [0, 1] and card["phases"][1]["shape_weights"] == {"star": 2.0}
     assert card["command"] == "python -m osmos.zoo.train shapes-unet --seed 0"
+    assert card["phases"][0]["machine"].startswith(zoo_train.cpu_name() + " CPU")  # this machine, not a fixed name
     first = load_file(str(tmp_path / "phase1" / "shapes-unet.safetensors"))
     final = load_file(str(tmp_path / "shapes-unet.safetensors"))
     assert set(first) == set(final)

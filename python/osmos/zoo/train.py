@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import platform
 import time
 from pathlib import Path
 
@@ -45,14 +47,17 @@ class CaptionPool:
     ``heldout_fraction`` of the captions use the paraphrase ("heldout") wordings and templates, so
     the model understands them too (erasure methods are still tuned on the "train" wordings only and
     evaluated on the paraphrases). ``shape_weights`` ({"star": 2.0, ...}; unnamed shapes 1.0) makes
-    batches draw captions of those shapes that many times as often.
+    batches draw captions of those shapes that many times as often; a "colour shape" key
+    ({"orange square": 4.0}) sets one (shape, colour) pair's weight instead of its shape's.
     """
 
     def __init__(self, n: int, seed: int, cache: Path | None = None, pin: dict | None = None, memorize: int = 0,
                  frames: int = 0, heldout_fraction: float = 0.0, shape_weights: dict | None = None):
+        pairs = [f"{c} {s}" for s in D.SHAPES for c in D.COLOURS]
         if shape_weights:  # checked before the text encoder runs
-            if set(shape_weights) - set(D.SHAPES) or min(shape_weights.values()) <= 0:
-                raise ValueError(f"shape_weights must map shapes of {D.SHAPES} to positive weights, got {shape_weights}")
+            if set(shape_weights) - set(D.SHAPES) - set(pairs) or min(shape_weights.values()) <= 0:
+                raise ValueError(f"shape_weights must map shapes of {D.SHAPES} or 'colour shape' pairs "
+                                 f"(colours {D.COLOURS}) to positive weights, got {shape_weights}")
             if memorize:
                 raise ValueError("shape_weights does not apply to a memorizing pool")
         g = torch.Generator().manual_seed(seed)
@@ -84,8 +89,9 @@ class CaptionPool:
         self.empty_states, self.empty_mask = blob["empty_states"], blob["empty_mask"]
         self.draw_weights = None
         if shape_weights:
-            per_shape = torch.tensor([float(shape_weights.get(s, 1.0)) for s in D.SHAPES])
-            self.draw_weights = per_shape[self.attrs.shape]
+            per_pair = torch.tensor([[float(shape_weights.get(f"{c} {s}", shape_weights.get(s, 1.0)))
+                                      for c in D.COLOURS] for s in D.SHAPES])
+            self.draw_weights = per_pair[self.attrs.shape, self.attrs.colour]
 
     def batch(self, n: int, size: int, g: torch.Generator, cfg_dropout: float):
         """(images in [-1, 1] [n,3,size,size] (clips: [n,3,F,size,size]), states [n,T,384], mask [n,T])."""
@@ -114,11 +120,26 @@ class CaptionPool:
         return images, states, mask
 
 
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one), for the model card."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names and names[0] else (platform.processor() or platform.machine() or "unknown")
+
+
+def float_weights(path: Path) -> dict[str, Tensor]:
+    """A safetensors state dict (the package ships float16) as float32, to train from."""
+    return {k: v.float() for k, v in load_file(str(path)).items()}
+
+
 def _initial_weights(r: Recipe, model: torch.nn.Module) -> dict:
     """The starting state dict of a recipe with ``init_from``: the shipped model's weights, or for a
     ``UNetMotionModel`` its spatial weights plus fresh motion modules whose output projections are
     zero (as in AnimateDiff), so that training starts from the image model applied frame by frame."""
-    weights = {k: v.float() for k, v in load_file(str(WEIGHTS_DIR / f"{r.extra['init_from']}.safetensors")).items()}
+    weights = float_weights(WEIGHTS_DIR / f"{r.extra['init_from']}.safetensors")
     if r.model_class != "UNetMotionModel":
         return weights
     import diffusers
@@ -163,7 +184,7 @@ def load_teacher(student: Recipe, name: str, device: torch.device) -> tuple[Reci
             raise ValueError(f"teacher {name} has {key}={getattr(teacher, key)!r}, the student "
                              f"{student.name} {getattr(student, key)!r}: they must match")
     model = build_model(teacher)
-    model.load_state_dict({k: v.float() for k, v in load_file(str(WEIGHTS_DIR / f"{name}.safetensors")).items()})
+    model.load_state_dict(float_weights(WEIGHTS_DIR / f"{name}.safetensors"))
     return teacher, model.to(device).eval().requires_grad_(False)
 
 
@@ -307,7 +328,7 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
     dev = torch.device(device)
     model = build_model(r)
     if init is not None:
-        start = {k: v.float() for k, v in load_file(str(init)).items()}
+        start = float_weights(init)
         if r.extra.get("grow"):
             start = grow_depth(start)
         if set(start) != set(model.state_dict()):
@@ -358,7 +379,7 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
             "command": (f"python -m osmos.zoo.train {r.name} --seed {seed} --steps {step} --minutes 600"
                         + (f" --decay-steps {decay_steps}" if decay_steps else "") + _config_flags(r)
                         + (f" --device {device}" if dev.type != "cpu" else "")),
-            "machine": ("shared 2-core Xeon CPU (1 torch thread)" if dev.type == "cpu"
+            "machine": (f"{cpu_name()} CPU, {os.cpu_count()} cores (1 torch thread)" if dev.type == "cpu"
                         else torch.cuda.get_device_name(dev)),
             **({"memorized_captions": memorized.texts} if memorized else {}),
             **({k: r.extra[k] for k in ("init_from", "pin", "frames", "pure_steps", "fresh_fraction",
