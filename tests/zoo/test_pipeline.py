@@ -111,3 +111,5 @@ def test_every_model_card_reports_how_good_the_model_is(name):
     assert card["metrics"]["command"].startswith("python benchmarks/zoo_quality.py --model " + name)
     if "guidance_scale" in card["metrics"]:  # measured at the guidance the pipeline uses by default
         assert card["metrics"]["guidance_scale"] == osmos.zoo.load(name).recipe.default_guidance
+    # measured with the sampler the pipeline uses by default
+    assert f"--scheduler {osmos.zoo.load(name).recipe.default_scheduler} " in card["metrics"]["command"]

@@ -21,12 +21,12 @@ class ShapesPipeline:
     ``PixArtTransformer2DModel`` (held as ``pipe.unet`` either way, as diffusers pipelines do)."""
 
     def __init__(self, unet: torch.nn.Module, recipe: Recipe, card: dict | None = None,
-                 text_encoder: TextEncoder | None = None, scheduler: str = "ddim"):
+                 text_encoder: TextEncoder | None = None, scheduler: str | None = None):
         self.unet = unet.eval()
         self.recipe = recipe
         self.card = card or {}
         self.text_encoder = text_encoder or shared_encoder()
-        self.scheduler = build_scheduler(recipe, scheduler)
+        self.scheduler = build_scheduler(recipe, recipe.default_scheduler if scheduler is None else scheduler)
         self.size = recipe.size
         self.name = recipe.name
 
