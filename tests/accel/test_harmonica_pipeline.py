@@ -88,6 +88,30 @@ def test_router_trained_to_always_refresh_reproduces_the_uncached_output_exactly
     assert torch.equal(cached, base)
 
 
+@pytest.mark.parametrize("method", ["harmonica", "l2c"])
+def test_routers_train_under_a_multistep_scheduler(pipe, method):
+    """DPM-Solver++ (shapes-dit's default sampler) keeps a step index and past outputs between steps:
+    every training trajectory must start it afresh (before the fix the second one ran off the end of
+    the schedule), and an always-refresh router still reproduces the uncached DPM-Solver++ output."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    pipe.set_scheduler("dpm")
+    try:
+        assert isinstance(pipe.scheduler, DPMSolverMultistepScheduler)
+        base = sample(pipe)
+        kw = {"refresh_every": 2} if method == "harmonica" else {}
+        router, rec = train_pipeline_router(pipe, T, beta=0.0, prompts=["a red circle"], batch_size=2, iterations=3,
+                                            lr=0.01, init=5.0, method=method, progress=False, **kw)
+        assert len(rec.losses) == 3 and all(torch.isfinite(torch.tensor(rec.losses)))
+        assert router.scheduler == "DPMSolverMultistepScheduler" and router.compute_mask().all()
+        handle = apply_harmonica(pipe.unet, HarmonicaConfig(router))
+        cached = sample(pipe)
+        handle.remove()
+        assert torch.equal(cached, base)
+    finally:
+        pipe.set_scheduler("ddim")
+
+
 def test_a_large_compute_penalty_learns_to_reuse(pipe):
     router, rec = train_pipeline_router(pipe, T, beta=10.0, prompts=["a red circle"], batch_size=2, iterations=3, init=0.0,
                                         lr=1.0, refresh_every=3, progress=False)

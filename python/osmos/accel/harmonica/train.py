@@ -123,9 +123,18 @@ class _Attached:
 
 
 @torch.no_grad()
+def restart_trajectory(scheduler) -> None:
+    """Before a new trajectory: a multistep solver (DPM-Solver++) keeps its step index and last model
+    outputs between ``step`` calls, so a second pass over ``scheduler.timesteps`` would continue the
+    first (and run off its end); ``set_timesteps`` with the same count resets them. DDIM steps keep no
+    state, so this changes nothing there."""
+    scheduler.set_timesteps(len(scheduler.timesteps))
+
+
 def _sample(att: _Attached, transformer, scheduler, x: Tensor, cond, denoise, mask: list[list[bool]] | None) -> Tensor:
     """Gradient-free sampling; mask None = no cache (teacher), else hard router mask [T][2N]."""
     att.clear()
+    restart_trajectory(scheduler)
     for i, t in enumerate(scheduler.timesteps):
         if mask is None:
             att.set("teacher")
@@ -302,6 +311,7 @@ def train_router(
                 lam = _iepo_lambdas(att, transformer, scheduler, x, cond, denoise, router.compute_mask(threshold), lambda_mode)
                 record.lambdas.append(lam.tolist())
             att.clear()
+            restart_trajectory(scheduler)
             total = 0.0
             run = torch.zeros(len(units), dtype=torch.long)  # consecutive hard reuses per unit
             for i, t in enumerate(scheduler.timesteps):
