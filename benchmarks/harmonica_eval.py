@@ -73,18 +73,18 @@ FIGURES = Path(__file__).resolve().parent / "figures"
 THRESHOLD = 0.1
 
 
-def load_pipe(weights: Path | None) -> tuple[ShapesPipeline, str]:
-    """The DiT pipeline (DDIM) and where its weights came from."""
+def load_pipe(weights: Path | None, scheduler: str = "ddim") -> tuple[ShapesPipeline, str]:
+    """The DiT pipeline (DDIM unless told: "dpm" for DPM-Solver++) and where its weights came from."""
     from osmos.zoo.models import build_model, recipe
 
     if weights is not None:
-        pipe = osmos.zoo.load("shapes-dit", scheduler="ddim", weights_dir=weights)
+        pipe = osmos.zoo.load("shapes-dit", scheduler=scheduler, weights_dir=weights)
         return pipe, f"{weights} ({pipe.card['steps']} steps)"
     if "shapes-dit" in osmos.zoo.available():
-        return osmos.zoo.load("shapes-dit", scheduler="ddim"), "shipped shapes-dit"
+        return osmos.zoo.load("shapes-dit", scheduler=scheduler), "shipped shapes-dit"
     torch.manual_seed(0)
     r = recipe("shapes-dit")
-    return ShapesPipeline(build_model(r), r, scheduler="ddim"), "UNTRAINED shapes-dit (plumbing only)"
+    return ShapesPipeline(build_model(r), r, scheduler=scheduler), "UNTRAINED shapes-dit (plumbing only)"
 
 
 def router_prompts(n_variants: int = 6) -> list[str]:
@@ -370,6 +370,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", type=Path, default=None, help="folder with shapes-dit.safetensors/.json (a checkpoint)")
     p.add_argument("--steps", type=int, nargs="+", default=[20])
+    p.add_argument("--scheduler", default="ddim", choices=["ddim", "dpm"],
+                   help="sampler (shapes-dit's own default is dpm; the evaluations in RESULTS.md use ddim unless they say)")
     p.add_argument("--fora", type=int, nargs="+", default=[2, 3], help="FORA intervals")
     p.add_argument("--betas", type=float, nargs="+", default=[5e-4], help="compute penalties (one router each)")
     p.add_argument("--methods", nargs="*", default=["harmonica", "l2c"], choices=["harmonica", "l2c"],
@@ -427,7 +429,7 @@ def main(argv: list[str] | None = None) -> None:
         args.iterations, args.refresh_every, args.iepo_warmup, args.router_batch = 3, 3, 1, 2
         args.per_pair, args.time_batch, args.repeats = 1, 4, 3
     torch.set_num_threads(args.threads)
-    pipe, source = load_pipe(args.weights)
+    pipe, source = load_pipe(args.weights, args.scheduler)
     clf = osmos.zoo.load("classifier")
     if args.retime is not None:
         retime(args, pipe, args.retime)
