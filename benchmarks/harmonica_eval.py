@@ -4,7 +4,7 @@
     PYTHONPATH=python python benchmarks/harmonica_eval.py --quick         # < 2 min, plumbing check
     PYTHONPATH=python python benchmarks/harmonica_eval.py --weights out/zoo/shapes-dit   # a checkpoint
 
-For each sampling-step count it trains routers (one per beta and trainer) on the DDIM sampler the pipeline uses, and compares, in one process with the same prompts and
+For each sampling-step count it trains routers (one per beta and trainer) on the sampler the pipeline uses (DDIM; DPM-Solver++ with --scheduler dpm), and compares, in one process with the same prompts and
 latents:
 
 * ``none``: no cache; ``fora-N``: every unit recomputed every N-th step, reused in between;
@@ -85,6 +85,12 @@ def load_pipe(weights: Path | None, scheduler: str = "ddim") -> tuple[ShapesPipe
     torch.manual_seed(0)
     r = recipe("shapes-dit")
     return ShapesPipeline(build_model(r), r, scheduler=scheduler), "UNTRAINED shapes-dit (plumbing only)"
+
+
+def sampler_name(pipe) -> str:
+    """How the tables name the pipeline's sampler (runs saved without one were DDIM)."""
+    kind = type(pipe.scheduler).__name__
+    return {"DDIMScheduler": "DDIM", "DPMSolverMultistepScheduler": "DPM-Solver++"}.get(kind, kind)
 
 
 def router_prompts(n_variants: int = 6) -> list[str]:
@@ -267,8 +273,10 @@ def run(args, pipe, clf, steps: int) -> dict:
     grid = torch.cat([results[name]["images"]["train"][picks] for name in routers])
     args.out.mkdir(parents=True, exist_ok=True)
     save_grid(grid, args.out / f"harmonica_eval_{steps}{args.tag}.png", nrow=len(picks), scale=4)
-    plot_pareto(rows, args.out / f"harmonica_eval_{steps}{args.tag}_pareto.png", f"shapes-dit, DDIM {steps} steps")
-    return {"steps": steps, "guidance": pipe.recipe.default_guidance, "rows": rows, "training": train_info,
+    plot_pareto(rows, args.out / f"harmonica_eval_{steps}{args.tag}_pareto.png",
+                f"shapes-dit, {sampler_name(pipe)} {steps} steps")
+    return {"steps": steps, "sampler": sampler_name(pipe), "guidance": pipe.recipe.default_guidance, "rows": rows,
+            "training": train_info,
             "frechet_real_vs_real": results["none"]["frechet_real_vs_real"]}
 
 
@@ -311,7 +319,7 @@ def plot_pareto(rows: list[dict], path: Path, title: str) -> None:
 
 
 def print_table(out: dict, source: str) -> None:
-    print(f"\nshapes-dit ({source}), DDIM {out['steps']} steps, CFG {out['guidance']}"
+    print(f"\nshapes-dit ({source}), {out.get('sampler', 'DDIM')} {out['steps']} steps, CFG {out['guidance']}"
           f", Frechet real vs real {out['frechet_real_vs_real']:.2f}")
     print("| method | cache usage | s / batch | speed-up | pair acc | shape acc | colour acc | Frechet | MSE vs none "
           "| median image MSE | PSNR vs none (dB) |")
@@ -355,7 +363,8 @@ def retime(args, pipe, path: Path) -> None:
         r["seconds"], r["speedup"] = seconds[r["method"]], seconds["none"] / seconds[r["method"]]
     out["retimed"] = {"repeats": args.repeats, "time_batch": args.time_batch, "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     path.write_text(json.dumps(out, indent=2))
-    plot_pareto(out["rows"], path.with_name(path.stem + "_pareto.png"), f"shapes-dit, DDIM {out['steps']} steps")
+    plot_pareto(out["rows"], path.with_name(path.stem + "_pareto.png"),
+                f"shapes-dit, {out.get('sampler', 'DDIM')} {out['steps']} steps")
     print_table(out, out.get("source", ""))
 
 
