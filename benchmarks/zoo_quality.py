@@ -172,7 +172,8 @@ def main() -> None:
     p.add_argument("--model", default="shapes-unet")
     p.add_argument("--per-pair", type=int, default=4)
     p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--scheduler", default="dpm", choices=["ddim", "dpm"])
+    p.add_argument("--scheduler", default=None, choices=["ddim", "dpm"],
+                   help="sampler (default: the model's own, as osmos.zoo.load picks it)")
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--weights", type=Path, default=None,
@@ -181,7 +182,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     FIGURES.mkdir(parents=True, exist_ok=True)
     clf = osmos.zoo.load("classifier")
-    extra = json.loads(((args.weights or osmos.zoo.WEIGHTS_DIR) / f"{args.model}.json").read_text())["recipe"]["extra"]
+    saved = json.loads(((args.weights or osmos.zoo.WEIGHTS_DIR) / f"{args.model}.json").read_text())["recipe"]
+    args.scheduler = args.scheduler or saved.get("default_scheduler", "ddim")
+    extra = saved["extra"]
     if "memorize" in extra:
         memorization_report(args, clf)
     elif "frames" in extra:

@@ -36,7 +36,8 @@ def load(name: str, device: str = "cpu", scheduler: str | None = None, weights_d
     """Load a shipped model, offline. Denoisers come back as a ready :class:`ShapesPipeline`
     (``"shapes-video"``: :class:`ShapesVideoPipeline`, frames [B, F, 3, S, S]); ``"classifier"`` gives
     the evaluator (:class:`ShapesClassifier`). ``scheduler``: "ddim" or "dpm" (DPM-Solver++); by default
-    the model's own (its recipe's ``default_scheduler``: DDIM, DPM-Solver++ for shapes-dit). ``weights_dir`` loads ``<name>.safetensors`` and
+    the model's own (its recipe's ``default_scheduler``: DDIM, DPM-Solver++ for shapes-dit).
+    ``weights_dir`` loads ``<name>.safetensors`` and
     ``<name>.json`` from another folder instead, e.g. the ``--out`` folder of ``osmos.zoo.train``."""
     if not isinstance(name, str):
         raise TypeError(f"name must be a string, got {type(name).__name__}")

@@ -53,8 +53,8 @@ class CaptionPool:
 
     def __init__(self, n: int, seed: int, cache: Path | None = None, pin: dict | None = None, memorize: int = 0,
                  frames: int = 0, heldout_fraction: float = 0.0, shape_weights: dict | None = None):
-        pairs = [f"{c} {s}" for s in D.SHAPES for c in D.COLOURS]
         if shape_weights:  # checked before the text encoder runs
+            pairs = [f"{c} {s}" for s in D.SHAPES for c in D.COLOURS]
             if set(shape_weights) - set(D.SHAPES) - set(pairs) or min(shape_weights.values()) <= 0:
                 raise ValueError(f"shape_weights must map shapes of {D.SHAPES} or 'colour shape' pairs "
                                  f"(colours {D.COLOURS}) to positive weights, got {shape_weights}")
