@@ -37,7 +37,9 @@ Scatters of MSE to the uncached images and of pair accuracy against speed-up go 
 Columns: cache usage (fraction of attention/MLP evaluations served from the cache), wall-clock
 speed-up over ``none`` (median of interleaved repeats, generating one fixed batch), classifier
 accuracy (shape and colour both right, per (shape, colour) prompt), Frechet distance of classifier
-features to real renders, and MSE / PSNR of the images to the uncached images from the same latents
+features to real renders and to the uncached images' features (how far the cache moves the model's
+output distribution; a cache can lower the first by changing what the model draws, e.g. its share of
+black backgrounds, also reported), and MSE / PSNR of the images to the uncached images from the same latents
 (mean over images, and the median of the per-image MSE: the mean is dominated by the few samples
 whose shape or layout the cache changes).
 Writes benchmarks/figures/harmonica_eval_<T><tag>.{json,png} (table, grid: one row per method)
@@ -66,6 +68,7 @@ from osmos.accel.harmonica.pipeline import (
 )
 from osmos.accel.harmonica.router import max_reuse_fraction
 from osmos.zoo import data as D
+from osmos.zoo.classifier import frechet_distance
 from osmos.zoo.evaluate import evaluate
 from osmos.zoo.pipeline import ShapesPipeline, save_grid
 
@@ -215,6 +218,18 @@ def run(args, pipe, clf, steps: int) -> dict:
     def mse_median(name: str) -> float:  # the mean is dominated by the few samples that change shape
         return float((results[name]["images"]["train"] - ref).pow(2).flatten(1).mean(1).median())
 
+    def frechet_vs_none(name: str) -> float:
+        """Frechet distance of the row's classifier features to the uncached images' features: how far
+        the cache moves the model's output distribution (0: none's own row). The Frechet column compares
+        with real renders instead, and a cache can lower that one by changing what the model draws."""
+        if name == "none":
+            return 0.0
+        for res in (results[name], results["none"]):
+            if "features" not in res:
+                with torch.no_grad():
+                    res["features"] = clf.features(res["images"]["train"])
+        return max(0.0, frechet_distance(results[name]["features"], results["none"]["features"]))  # -0 when equal
+
     # each trainer at fixed budgets, most probable pairs only, from its most accurate router (ties: lowest
     # MSE) or (--budget-source usage) the router whose own cache usage is closest to the budget
     budgets = {f"fora-{n}": routers[f"fora-{n}"].cache_usage(THRESHOLD) for n in args.fora}
@@ -263,6 +278,7 @@ def run(args, pipe, clf, steps: int) -> dict:
             "speedup": seconds["none"] / seconds[name],
             "acc": res["train"]["mean"], "shape_acc": res["train"]["shape_acc"],
             "colour_acc": res["train"]["colour_acc"], "frechet": res["frechet"],
+            "frechet_vs_none": frechet_vs_none(name), "black_background": res["train"]["background_share"]["black"],
             "mse_vs_none": err, "mse_median_vs_none": mse_median(name), "psnr_vs_none": float("inf") if err == 0 else float(-10 * torch.log10(torch.tensor(err))),
             "compute_mask": None if router is None else router.compute_mask(THRESHOLD).int().tolist(),
         })
@@ -321,13 +337,15 @@ def plot_pareto(rows: list[dict], path: Path, title: str) -> None:
 def print_table(out: dict, source: str) -> None:
     print(f"\nshapes-dit ({source}), {out.get('sampler', 'DDIM')} {out['steps']} steps, CFG {out['guidance']}"
           f", Frechet real vs real {out['frechet_real_vs_real']:.2f}")
-    print("| method | cache usage | s / batch | speed-up | pair acc | shape acc | colour acc | Frechet | MSE vs none "
-          "| median image MSE | PSNR vs none (dB) |")
-    print("|---" * 11 + "|")
+    print("| method | cache usage | s / batch | speed-up | pair acc | shape acc | colour acc | Frechet | Frechet vs none "
+          "| black backgrounds | MSE vs none | median image MSE | PSNR vs none (dB) |")
+    print("|---" * 13 + "|")
     for r in out["rows"]:
         median = f"{r['mse_median_vs_none']:.2e}" if "mse_median_vs_none" in r else "-"
+        vs_none = f"{r['frechet_vs_none']:.2f}" if "frechet_vs_none" in r else "-"  # runs saved before session 18: -
+        black = f"{r['black_background']:.3f}" if "black_background" in r else "-"
         print(f"| {r['method']} | {r['cache_usage']:.2f} | {r['seconds']:.3f} | {r['speedup']:.2f}x | {r['acc']:.3f} | "
-              f"{r['shape_acc']:.3f} | {r['colour_acc']:.3f} | {r['frechet']:.2f} | {r['mse_vs_none']:.2e} | {median} | "
+              f"{r['shape_acc']:.3f} | {r['colour_acc']:.3f} | {r['frechet']:.2f} | {vs_none} | {black} | {r['mse_vs_none']:.2e} | {median} | "
               f"{r['psnr_vs_none']:.1f} |")
     for name, info in out["training"].items():
         if name == "max_reuse_run":

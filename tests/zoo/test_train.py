@@ -229,7 +229,7 @@ def test_config_override_trains_and_loads_a_variant(tmp_path, monkeypatch):
     out = tmp_path / "dit-p1"
     with pytest.raises(SystemExit):  # a phased recipe fixes its steps...
         zoo_train.main(["shapes-dit", "--steps", "1", "--out", str(out)])
-    assert zoo_train.main(["shapes-dit", "--no-phases", "--steps", "1", "--config", "patch_size=1",  # ...unless asked
+    assert zoo_train.main(["shapes-dit", "--no-phases", "--no-compile", "--steps", "1", "--config", "patch_size=1",  # ...unless asked
                            "--config", "num_layers=2", "--out", str(out)]) == 0
     meta = json.loads((out / "shapes-dit.json").read_text())
     assert meta["recipe"]["config"]["patch_size"] == 1 and meta["recipe"]["config"]["num_layers"] == 2
@@ -261,7 +261,7 @@ def test_config_override_rejects_bad_entries(tmp_path):
 def test_compiled_training_matches_eager(tmp_path, monkeypatch):
     """--compile trains the same model as eager (inductor on the CPU here) to float tolerance."""
     monkeypatch.setattr(zoo_train, "CAPTION_POOL", 64)
-    r = recipe("shapes-dit")
+    r = dataclasses.replace(recipe("shapes-dit"), train_precision="float32", train_compile=False)  # bf16 rounds per kernel
     eager = zoo_train.train_denoiser(r, 0, 10.0, 2, tmp_path / "eager", False)
     compiled = zoo_train.train_denoiser(r, 0, 10.0, 2, tmp_path / "compiled", False, compile=True)
     assert compiled["final_loss_ema"] == pytest.approx(eager["final_loss_ema"], rel=1e-4)
@@ -286,7 +286,7 @@ def test_prefetched_batches_train_the_same_model_and_resume_exactly(tmp_path, mo
     """Batches drawn ahead on a thread (the GPU default) give the plain loop's weights bit for bit,
     and a run stopped after 2 steps and resumed to 4 ends where a 4-step run ends."""
     monkeypatch.setattr(zoo_train, "CAPTION_POOL", 64)
-    r = recipe("shapes-dit")
+    r = dataclasses.replace(recipe("shapes-dit"), train_compile=False)  # (compiling: its own test)
     zoo_train.train_denoiser(r, 0, 10.0, 4, tmp_path / "plain", False)
     monkeypatch.setattr(zoo_train, "PREFETCH_ON_CPU", True)
     zoo_train.train_denoiser(r, 0, 10.0, 4, tmp_path / "ahead", False)
@@ -298,19 +298,19 @@ def test_prefetched_batches_train_the_same_model_and_resume_exactly(tmp_path, mo
         assert all(torch.equal(plain[k], other[k]) for k in plain), run
 
 
-def test_compile_flag_reaches_every_phase_and_not_the_classifier(tmp_path, monkeypatch):
+def test_compile_and_threads_reach_every_phase_and_not_the_classifier(tmp_path, monkeypatch):
     seen = []
 
-    def fake(stage, seed, minutes, steps, out, resume, device, decay, init, compile=False):
-        seen.append(compile)
+    def fake(stage, seed, minutes, steps, out, resume, device, decay, init, compile=False, threads=None):
+        seen.append((compile, threads))
         return {"steps": steps, "seed": seed, "lr_schedule": "", "shape_weights": None, "train_minutes": 0.0,
                 "final_loss_ema": 0.0}
 
     monkeypatch.setattr(zoo_train, "train_denoiser", fake)
     monkeypatch.setattr(zoo_train, "export", lambda *a, **k: None)
     monkeypatch.setattr(zoo_train, "load_file", lambda path: {})
-    card = zoo_train.train_phases(recipe("shapes-unet"), 0, 1.0, tmp_path, False, compile=True)
-    assert seen == [True, True, True] and card["steps"] == 9283 + 4000 + 2500
+    card = zoo_train.train_phases(recipe("shapes-unet"), 0, 1.0, tmp_path, False, compile=True, threads=3)
+    assert seen == [(True, 3)] * 3 and card["steps"] == 9283 + 4000 + 2500
     with pytest.raises(SystemExit):
         zoo_train.main(["classifier", "--compile", "--out", str(tmp_path / "c")])
 
@@ -391,7 +391,8 @@ def test_a_grown_distilled_phase_trains_end_to_end(tmp_path, monkeypatch):
     """A 1-block phase, then the same grown to 2 blocks and distilled from shapes-unet: the final model
     has 2 blocks, its card names the teacher and the growth, and the teacher changes what is learned."""
     monkeypatch.setattr(zoo_train, "CAPTION_POOL", 64)
-    base = dataclasses.replace(recipe("shapes-dit"), config={**recipe("shapes-dit").config, "num_layers": 2})
+    base = dataclasses.replace(recipe("shapes-dit"), config={**recipe("shapes-dit").config, "num_layers": 2},
+                               train_compile=False)
     phases = [{"steps": 1, "config": {"num_layers": 1}}, {"steps": 2, "grow": True, "teacher": "shapes-unet"}]
     card = zoo_train.train_phases(dataclasses.replace(base, extra={"phases": phases}), 0, 10.0, tmp_path / "a", False)
     assert card["steps"] == 3 and "teacher" not in card
@@ -403,3 +404,45 @@ def test_a_grown_distilled_phase_trains_end_to_end(tmp_path, monkeypatch):
     assert other["final_loss_ema"] != card["final_loss_ema"]
     with pytest.raises(ValueError, match="grow needs the starting weights"):
         zoo_train.train_denoiser(dataclasses.replace(base, extra={"grow": True}), 0, 10.0, 1, tmp_path / "c", False)
+
+
+def test_training_precision_follows_the_recipe_and_the_device(monkeypatch):
+    cpu = torch.device("cpu")
+    assert zoo_train.training_precision(recipe("shapes-unet"), cpu) == "float32"
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert zoo_train.training_precision(recipe("shapes-dit"), cpu) == ("bfloat16" if native else "float32")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)  # a CPU without it
+    assert zoo_train.training_precision(recipe("shapes-dit"), cpu) == "float32"
+    with pytest.raises(ValueError, match="train_precision must be"):
+        zoo_train.training_precision(dataclasses.replace(recipe("shapes-dit"), train_precision="fp8"), cpu)
+
+
+def test_bfloat16_training_rounds_like_bfloat16_and_learns_the_same(tmp_path, monkeypatch):
+    """Mixed precision changes the weights (it is not silently float32) but only by bfloat16 rounding,
+    and the card says which arithmetic trained the model."""
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU has no native bfloat16: the recipe trains in float32 here")
+    monkeypatch.setattr(zoo_train, "CAPTION_POOL", 64)
+    r = dataclasses.replace(recipe("shapes-dit"), config={**recipe("shapes-dit").config, "num_layers": 2},
+                            train_compile=False)
+    mixed = zoo_train.train_denoiser(r, 0, 10.0, 3, tmp_path / "bf16", False)
+    plain = zoo_train.train_denoiser(dataclasses.replace(r, train_precision="float32"), 0, 10.0, 3, tmp_path / "fp32", False)
+    assert mixed["precision"].startswith("bfloat16") and plain["precision"] == "float32"
+    a, b = (load_file(str(tmp_path / d / "shapes-dit.safetensors")) for d in ("bf16", "fp32"))
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    for k in a:
+        assert a[k].dtype == torch.float32
+        torch.testing.assert_close(a[k], b[k], rtol=0.05, atol=5e-3)
+    assert mixed["final_loss_ema"] == pytest.approx(plain["final_loss_ema"], rel=0.05)
+
+
+def test_threads_are_set_and_recorded(tmp_path, monkeypatch):
+    monkeypatch.setattr(zoo_train, "CAPTION_POOL", 64)
+    before = torch.get_num_threads()
+    try:
+        card = zoo_train.train_denoiser(recipe("shapes-unet"), 0, 10.0, 1, tmp_path, False, threads=1)
+        assert torch.get_num_threads() == 1 and "(1 torch thread)" in card["machine"]
+        with pytest.raises(ValueError, match="threads must be >= 1"):
+            zoo_train.train_denoiser(recipe("shapes-unet"), 0, 10.0, 1, tmp_path, False, threads=0)
+    finally:
+        torch.set_num_threads(before)

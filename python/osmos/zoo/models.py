@@ -31,6 +31,10 @@ class Recipe:
     snr_gamma: float | None = None
     default_guidance: float = 3.0
     default_scheduler: str = "ddim"  # the sampler a pipeline uses unless told: "ddim" or "dpm"
+    # "bfloat16": train with mixed precision (matmuls and convolutions in bfloat16 under autocast; weights,
+    # optimizer, EMA and loss in float32) where the device computes bfloat16 natively; "float32" everywhere else
+    train_precision: str = "float32"
+    train_compile: bool = False  # train the denoiser through torch.compile (as --compile; eager if compiling fails)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -138,6 +142,7 @@ RECIPES: dict[str, Recipe] = {
     # (benchmarks/RESULTS.md, "DPM-Solver++ 20 steps: every pair")
     "shapes-dit": Recipe("shapes-dit", "PixArtTransformer2DModel", 16, _dit_config(16, num_layers=12), lr=1e-3,
                          prediction_type="v_prediction", snr_gamma=5.0, default_guidance=2.0, default_scheduler="dpm",
+                         train_precision="bfloat16", train_compile=True,
                          extra={"heldout_fraction": 1 / 3, "phases": [
                              {"steps": 26000, "decay_steps": 6000, "config": {"num_layers": 6}},
                              {"steps": 5000, "lr": 5e-4, "warmup_steps": 10, "decay_steps": 5000, "grow": True,

@@ -1,6 +1,7 @@
 """Train the zoo's models: ``python -m osmos.zoo.train shapes-unet --seed 0 [--minutes 45]``.
 
-Reproducible for a given seed and number of steps (single-threaded CPU math is deterministic);
+Reproducible for a given seed, number of steps and thread count (CPU math with a fixed thread count is
+deterministic; ``--threads``, default: torch's, one per core);
 resumable (``--resume``) from the checkpoint in ``--out``; every checkpoint also exports the EMA
 weights and a model card, and ``--install`` copies them into the package (osmos/zoo/weights).
 A recipe with ``extra["phases"]`` (shapes-unet) trains in stages whose steps the recipe fixes, each
@@ -10,6 +11,7 @@ stage in ``<out>/phase<i>`` from the previous stage's EMA weights (:func:`train_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -287,7 +289,42 @@ def fitted_steps(step: int, max_steps: int, decay_steps: int, seconds_per_step: 
     return new_max, min(new_max, round(decay_steps * new_max / max_steps))
 
 
-def compiled_or_eager(model: torch.nn.Module, r: Recipe, dev: torch.device) -> torch.nn.Module:
+def training_precision(r: Recipe, dev: torch.device) -> str:
+    """The arithmetic recipe r trains with on dev: "bfloat16" (mixed precision) where the recipe asks for
+    it and the device computes bfloat16 natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU with
+    bfloat16 support); otherwise "float32" (emulated bfloat16 would be slower than float32)."""
+    if r.train_precision not in ("float32", "bfloat16"):
+        raise ValueError(f"{r.name}: train_precision must be 'float32' or 'bfloat16', got {r.train_precision!r}")
+    if r.train_precision == "float32":
+        return "float32"
+    if dev.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+    else:
+        try:
+            native = dev.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            native = False
+    return "bfloat16" if native else "float32"
+
+
+def autocast(precision: str, dev: torch.device, backward: bool = True) -> contextlib.AbstractContextManager:
+    """The context the denoisers' forward passes run in: nothing for float32; for bfloat16, autocast
+    (matmuls and convolutions in bfloat16, the backward in the forward's dtypes) and, for a forward
+    that will be differentiated (``backward``) on the CPU, the math attention kernel (the fused CPU
+    attention's bfloat16 backward is ~10x slower than its float32 one at these sizes; the math one
+    is batched matmuls, fast in bfloat16)."""
+    if precision == "float32":
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.autocast(dev.type, dtype=torch.bfloat16))
+    if dev.type == "cpu" and backward:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+    return stack
+
+
+def compiled_or_eager(model: torch.nn.Module, r: Recipe, dev: torch.device, precision: str = "float32") -> torch.nn.Module:
     """torch.compile(model), tried once forward and backward on a random batch of the recipe's
     shapes (its own generator: the training draws are untouched); the eager model if that fails."""
     compiled = torch.compile(model, dynamic=False)
@@ -299,7 +336,9 @@ def compiled_or_eager(model: torch.nn.Module, r: Recipe, dev: torch.device) -> t
         states = torch.randn(r.batch_size, MAX_TOKENS, HIDDEN_SIZE, generator=g).to(dev)
         t = torch.randint(0, r.num_train_timesteps, (r.batch_size,), generator=g).to(dev)
         mask = torch.ones(r.batch_size, MAX_TOKENS, dtype=torch.long, device=dev)
-        predict_noise(compiled, x, t, states, mask).square().mean().backward()
+        with autocast(precision, dev):
+            pred = predict_noise(compiled, x, t, states, mask)
+        pred.float().square().mean().backward()
     except Exception as e:  # noqa: BLE001 - any compiler failure means: train eagerly
         print(f"torch.compile failed ({type(e).__name__}: {str(e)[:200]}); training eagerly")
         compiled = model
@@ -309,7 +348,7 @@ def compiled_or_eager(model: torch.nn.Module, r: Recipe, dev: torch.device) -> t
 
 def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Path, resume: bool,
                    device: str = "cpu", decay_steps: int = 0, init: Path | None = None,
-                   fit_steps: bool = False, compile: bool = False) -> dict:
+                   fit_steps: bool = False, compile: bool | None = None, threads: int | None = None) -> dict:
     """Train recipe r's denoiser; `device` "cuda" trains on a GPU (data, noise and timesteps are
     still drawn on the CPU from the same seeded generator, so only the arithmetic differs).
     ``decay_steps`` > 0 cools the learning rate linearly to zero over the run's last steps. ``init``
@@ -319,10 +358,15 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
     so a time-boxed run still ends with its cool-down instead of being cut at full learning rate.
     ``compile``: the denoiser's forward and backward run through torch.compile (on a GPU an eager
     step is bound by the CPU launching ~1000 small kernels); if compiling fails, the run says so and
-    trains eagerly."""
+    trains eagerly (default None: as the recipe's ``train_compile`` says). ``threads``: torch threads (default: torch's own, one per core). The recipe's
+    ``train_precision`` "bfloat16" trains with mixed precision where the device has native bfloat16
+    (:func:`training_precision`; the card records what was used)."""
     if not 0 <= decay_steps <= max_steps:
         raise ValueError(f"decay_steps must be in [0, max_steps={max_steps}], got {decay_steps}")
-    torch.set_num_threads(1)  # deterministic, and fastest on a shared 2-core machine
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)  # results are deterministic for a fixed thread count
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     dev = torch.device(device)
@@ -340,6 +384,9 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
     elif "init_from" in r.extra:  # a fine-tuned variant starts from a shipped model's weights
         model.load_state_dict(_initial_weights(r, model))
     model.to(dev)
+    precision = training_precision(r, dev)
+    if precision != r.train_precision:
+        print(f"{r.name}: {dev.type} has no native bfloat16, training in float32")
     teacher = load_teacher(r, r.extra["teacher"], dev) if r.extra.get("teacher") else None
     sched = build_scheduler(r, "ddpm")
     opt = torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=0.0)
@@ -371,6 +418,8 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
             "objective": (f"{r.prediction_type.removesuffix('_prediction')} prediction, "
                           f"DDPM noise schedule {r.beta_schedule}"
                           + (f", min-SNR-{r.snr_gamma:g} loss weighting" if r.snr_gamma is not None else "")),
+            "compiled": forward is not model,
+            "precision": precision if precision == "float32" else "bfloat16 mixed precision (autocast; float32 weights)",
             "steps": step, "batch_size": r.batch_size, "train_minutes": round(seconds / 60, 2), "seed": seed,
             "final_loss_ema": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 5),
             "lr_schedule": (f"warm-up {r.warmup_steps}, constant {r.lr:g}"
@@ -379,8 +428,8 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
             "command": (f"python -m osmos.zoo.train {r.name} --seed {seed} --steps {step} --minutes 600"
                         + (f" --decay-steps {decay_steps}" if decay_steps else "") + _config_flags(r)
                         + (f" --device {device}" if dev.type != "cpu" else "")),
-            "machine": (f"{cpu_name()} CPU, {os.cpu_count()} cores (1 torch thread)" if dev.type == "cpu"
-                        else torch.cuda.get_device_name(dev)),
+            "machine": (f"{cpu_name()} CPU, {os.cpu_count()} cores ({_threads(torch.get_num_threads())})"
+                        if dev.type == "cpu" else torch.cuda.get_device_name(dev)),
             **({"memorized_captions": memorized.texts} if memorized else {}),
             **({k: r.extra[k] for k in ("init_from", "pin", "frames", "pure_steps", "fresh_fraction",
                                                   "heldout_fraction", "shape_weights", "config_overrides",
@@ -399,7 +448,7 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
         return tuple(v.pin_memory() if pin and v is not None else v for v in batch)
 
     model.train()
-    forward = compiled_or_eager(model, r, dev) if compile else model
+    forward = compiled_or_eager(model, r, dev, precision) if (r.train_compile if compile is None else compile) else model
     batches = BatchStream(draw, g, step, ahead=PREFETCH_AHEAD if dev.type != "cpu" or PREFETCH_ON_CPU else 0)
     deadline = time.time() + minutes * 60 - seconds
     bar = tqdm(total=max_steps, initial=step, desc=r.name, mininterval=10)
@@ -426,10 +475,12 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
             x0, states, mask, noise, t = (v.to(dev, non_blocking=True) if v is not None else None
                                           for v in (x0, states, mask, noise, t))
         xt = sched.add_noise(x0, noise, t)
-        pred = predict_noise(forward, xt, t, states, mask)
+        with autocast(precision, dev):
+            pred = predict_noise(forward, xt, t, states, mask).float()
         if teacher is not None:
-            with torch.no_grad():
-                target = teacher_target(r, teacher[0], sched, predict_noise(teacher[1], xt, t, states, mask), xt, t)
+            with torch.no_grad(), autocast(precision, dev, backward=False):
+                teacher_pred = predict_noise(teacher[1], xt, t, states, mask).float()
+            target = teacher_target(r, teacher[0], sched, teacher_pred, xt, t)
         else:
             target = sched.get_velocity(x0, noise, t) if r.prediction_type == "v_prediction" else noise
         if r.snr_gamma is None:
@@ -463,6 +514,10 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
 
 PHASE_KEYS = ("steps", "lr", "warmup_steps", "decay_steps", "shape_weights", "seed_offset", "config", "grow",
               "teacher")
+
+
+def _threads(n: int) -> str:
+    return f"{n} torch thread" + ("s" if n != 1 else "")
 
 
 def training_phases(r: Recipe) -> list[tuple[Recipe, int, int, int]]:
@@ -507,7 +562,7 @@ def training_phases(r: Recipe) -> list[tuple[Recipe, int, int, int]]:
 
 
 def train_phases(r: Recipe, seed: int, minutes: float, out: Path, resume: bool, device: str = "cpu",
-                 compile: bool = False) -> dict:
+                 compile: bool | None = None, threads: int | None = None) -> dict:
     """Train a phased recipe stage by stage (``<out>/phase1``, ``phase2``, ...; ``minutes`` is each
     stage's wall-clock budget) and export the last stage's weights to ``out`` with a card that lists
     the stages. With ``resume`` a finished stage (its card has all its steps) is not trained again and
@@ -520,7 +575,7 @@ def train_phases(r: Recipe, seed: int, minutes: float, out: Path, resume: bool, 
         done = resume and meta.is_file() and json.loads(meta.read_text())["card"]["steps"] == steps
         card = (json.loads(meta.read_text())["card"] if done
                 else train_denoiser(stage, seed + offset, minutes, steps, sub, resume, device, decay, init,
-                                    compile=compile))
+                                    compile=compile, threads=threads))
         if card["steps"] < steps:
             print(f"{r.name}: phase {i + 1} stopped at step {card['steps']} of {steps}; --resume continues it")
             return card
@@ -568,8 +623,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fit-steps", action="store_true",
                    help="after 200 timed steps, shrink --steps and --decay-steps in proportion to what --minutes "
                         "allows (a time-boxed run still ends with its cool-down)")
-    p.add_argument("--compile", action="store_true",
-                   help="run the denoiser through torch.compile (falls back to eager if compiling fails)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the denoiser through torch.compile (falls back to eager if compiling fails); "
+                        "default: as the recipe says (shapes-dit compiles)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads on the CPU (default: torch's, one per core; results are reproducible for a fixed count)")
     p.add_argument("--device", default="cpu", help="cpu, or cuda to train a denoiser on a GPU (the classifier trains on the CPU)")
     p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                    help="train a variant: replace an entry of the model config (VALUE as JSON), e.g. "
@@ -603,13 +661,14 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"{args.name} trains in phases whose steps and cool-downs its recipe fixes: "
                     "drop --steps / --decay-steps / --fit-steps, or add --no-phases for one plain run")
         card = train_phases(r, args.seed, float("inf") if args.minutes is None else args.minutes, out, args.resume,
-                            args.device, compile=args.compile)
+                            args.device, compile=args.compile, threads=args.threads)
         if card["steps"] < sum(s[1] for s in training_phases(r)):
             return 1
     else:
         card = train_denoiser(r, args.seed, 45.0 if args.minutes is None else args.minutes,
                               100_000 if args.steps is None else args.steps, out, args.resume, args.device,
-                              args.decay_steps or 0, fit_steps=args.fit_steps, compile=args.compile)
+                              args.decay_steps or 0, fit_steps=args.fit_steps, compile=args.compile,
+                              threads=args.threads)
     print(json.dumps(card, indent=2))
     if args.install:
         install(out, args.name, getattr(torch, args.install_dtype))
