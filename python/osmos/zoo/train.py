@@ -358,9 +358,10 @@ def train_denoiser(r: Recipe, seed: int, minutes: float, max_steps: int, out: Pa
     so a time-boxed run still ends with its cool-down instead of being cut at full learning rate.
     ``compile``: the denoiser's forward and backward run through torch.compile (on a GPU an eager
     step is bound by the CPU launching ~1000 small kernels); if compiling fails, the run says so and
-    trains eagerly (default None: as the recipe's ``train_compile`` says). ``threads``: torch threads (default: torch's own, one per core). The recipe's
-    ``train_precision`` "bfloat16" trains with mixed precision where the device has native bfloat16
-    (:func:`training_precision`; the card records what was used)."""
+    trains eagerly (default None: as the recipe's ``train_compile`` says). ``threads``: torch
+    threads (default: torch's own, one per core). The recipe's ``train_precision`` "bfloat16" trains
+    with mixed precision where the device has native bfloat16 (:func:`training_precision`; the card
+    records what was used)."""
     if not 0 <= decay_steps <= max_steps:
         raise ValueError(f"decay_steps must be in [0, max_steps={max_steps}], got {decay_steps}")
     if threads is not None:
