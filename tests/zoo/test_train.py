@@ -313,6 +313,8 @@ def test_compile_and_threads_reach_every_phase_and_not_the_classifier(tmp_path, 
     assert seen == [(True, 3)] * 3 and card["steps"] == 9283 + 4000 + 2500
     with pytest.raises(SystemExit):
         zoo_train.main(["classifier", "--compile", "--out", str(tmp_path / "c")])
+    with pytest.raises(SystemExit):
+        zoo_train.main(["classifier", "--threads", "2", "--out", str(tmp_path / "c")])
 
 
 def test_grow_depth_doubles_the_blocks_and_keeps_the_function():

@@ -122,6 +122,10 @@ class CaptionPool:
         return images, states, mask
 
 
+def _threads(n: int) -> str:
+    return f"{n} torch thread" + ("s" if n != 1 else "")
+
+
 def cpu_name() -> str:
     """The CPU's model name (from /proc/cpuinfo where there is one), for the model card."""
     try:
@@ -517,10 +521,6 @@ PHASE_KEYS = ("steps", "lr", "warmup_steps", "decay_steps", "shape_weights", "se
               "teacher")
 
 
-def _threads(n: int) -> str:
-    return f"{n} torch thread" + ("s" if n != 1 else "")
-
-
 def training_phases(r: Recipe) -> list[tuple[Recipe, int, int, int]]:
     """The stages of a recipe with ``extra["phases"]``: ``[(stage recipe, steps, decay_steps, seed_offset)]``.
 
@@ -645,6 +645,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--config applies to the denoisers, not the classifier")
     if args.compile and args.name == "classifier":
         p.error("--compile applies to the denoisers, not the classifier")
+    if args.threads is not None and args.name == "classifier":
+        p.error("--threads applies to the denoisers, not the classifier (it trains on one thread)")
     try:
         r = override_config(recipe(args.name), args.config) if args.name != "classifier" else None
     except ValueError as e:
